@@ -1,0 +1,174 @@
+#include "kernels/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/plain_attention.h"
+#include "kernels/positional/common.h"
+#include "kernels/positional/method.h"
+#include "kernels/status_macros.h"
+
+namespace attnserve::kernels {
+namespace {
+
+// Rejects tensors the op does not take (a caller's bug, not to be ignored:
+// api.md "Which inputs an op takes") and missing required ones.
+absl::Status CheckInputNames(const TensorMap& inputs, const std::vector<InputSpec>& specs,
+                             absl::string_view method, absl::string_view op) {
+  for (const auto& [name, tensor] : inputs) {
+    bool known = false;
+    for (const InputSpec& spec : specs) known = known || spec.name == name;
+    if (!known) {
+      std::vector<std::string> names;
+      for (const InputSpec& spec : specs) names.emplace_back(spec.name);
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": not an input of ", method, " ", op, " (it takes ",
+          names.empty() ? "no tensors" : absl::StrJoin(names, ", "), ")"));
+    }
+  }
+  for (const InputSpec& spec : specs) {
+    if (spec.required && inputs.find(spec.name) == inputs.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(spec.name, ": required by ", method, " ", op, ", not set"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// NaN or infinity in an input has no defined attention; name the first one.
+absl::Status CheckFinite(const TensorMap& inputs) {
+  for (const auto& [name, tensor] : inputs) {
+    const float* data = tensor.data();
+    for (int64_t n = 0; n < tensor.size(); ++n) {
+      if (!std::isfinite(data[n])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, ".data[", n, "]: must be finite, got ", data[n]));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckFiniteOutput(const Tensor& out) {
+  for (int64_t n = 0; n < out.size(); ++n) {
+    if (!std::isfinite(out.data()[n])) {
+      return absl::InvalidArgumentError(
+          "q, k, scale: the scores overflow float32 (an output is not finite); scale the "
+          "inputs down");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::string_view MethodName(MethodKind kind) {
+  switch (kind) {
+    case MethodKind::kNone: return "none";
+    case MethodKind::kSinusoidal: return "sinusoidal";
+    case MethodKind::kLearned: return "learned";
+    case MethodKind::kRope: return "rope";
+    case MethodKind::kTransformerXL: return "transformer_xl";
+    case MethodKind::kShaw: return "shaw";
+    case MethodKind::kAlibi: return "alibi";
+    case MethodKind::kDaTransformer: return "da_transformer";
+  }
+  return "unknown";
+}
+
+std::optional<MethodKind> MethodFromName(absl::string_view name) {
+  for (MethodKind kind : kAllMethods) {
+    if (MethodName(kind) == name) return kind;
+  }
+  return std::nullopt;
+}
+
+const PositionalMethod& GetMethod(MethodKind kind) {
+  switch (kind) {
+    case MethodKind::kNone: return NoneMethod();
+    case MethodKind::kSinusoidal: return SinusoidalMethod();
+    case MethodKind::kLearned: return LearnedMethod();
+    case MethodKind::kRope: return RopeMethod();
+    case MethodKind::kTransformerXL: return TransformerXlMethod();
+    case MethodKind::kShaw: return ShawMethod();
+    case MethodKind::kAlibi: return AlibiMethod();
+    case MethodKind::kDaTransformer: return DaTransformerMethod();
+  }
+  return NoneMethod();  // Unreachable: the switch is exhaustive.
+}
+
+absl::StatusOr<TensorMap> PositionalMethod::Encode(EncodeArgs& /*args*/,
+                                                   const ComputeOptions& /*options*/) const {
+  return absl::InvalidArgumentError(
+      absl::StrCat("method: ", MethodName(kind()), " has no encode form"));
+}
+
+absl::StatusOr<AttendResult> Attend(AttendArgs args, const ComputeOptions& options) {
+  const PositionalMethod& method = GetMethod(args.method);
+  ATTN_RETURN_IF_ERROR(
+      CheckInputNames(args.inputs, method.attend_inputs(), MethodName(args.method), "attend"));
+  ATTN_RETURN_IF_ERROR(CheckFinite(args.inputs));
+  const bool return_probs = args.return_probs;
+  ATTN_ASSIGN_OR_RETURN(PreparedAttention prepared, method.PrepareAttend(args, options));
+  const AttentionProblem& p = prepared.problem;
+  if (return_probs) {
+    ATTN_RETURN_IF_ERROR(CheckOutputSize({p.batch, p.heads, p.sq, p.sk}, "probs", options));
+  }
+  ATTN_ASSIGN_OR_RETURN(AttendResult result, RunPlainAttention(prepared, return_probs, options));
+  ATTN_RETURN_IF_ERROR(CheckFiniteOutput(result.out));
+  return result;
+}
+
+absl::StatusOr<EncodeResult> Encode(EncodeArgs args, const ComputeOptions& options) {
+  const PositionalMethod& method = GetMethod(args.method);
+  if (!method.has_encode()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method: ", MethodName(args.method), " has no encode form"));
+  }
+  ATTN_RETURN_IF_ERROR(
+      CheckInputNames(args.inputs, method.encode_inputs(), MethodName(args.method), "encode"));
+  ATTN_RETURN_IF_ERROR(CheckFinite(args.inputs));
+  EncodeResult result;
+  ATTN_ASSIGN_OR_RETURN(result.outputs, method.Encode(args, options));
+  return result;
+}
+
+std::vector<MethodInfo> DescribeMethods() {
+  const std::vector<std::string> attend_only = {"attend"};
+  std::vector<MethodInfo> methods;
+  for (MethodKind kind : kAllMethods) {
+    const PositionalMethod& method = GetMethod(kind);
+    MethodInfo info;
+    info.kind = kind;
+    info.name = std::string(MethodName(kind));
+    info.description = std::string(method.description());
+    info.parameters = method.parameters();
+    // The parameters every attend form shares (positional-methods.md 1.2-1.4);
+    // one the method lists already for encode gains the attend op instead.
+    const ParameterInfo common[] = {
+        {"causal", "bool", "false", "mask keys after the query's position", attend_only},
+        {"scale", "double", "1/sqrt(D)", "finite; any sign", attend_only},
+        {"query_offset", "int", "Sk - Sq", "query i sits at position query_offset + i; >= 0",
+         attend_only},
+        {"return_probs", "bool", "false", "also return probs [B,H,Sq,Sk]", attend_only},
+    };
+    for (const ParameterInfo& param : common) {
+      auto same = std::find_if(info.parameters.begin(), info.parameters.end(),
+                               [&](const ParameterInfo& p) { return p.name == param.name; });
+      if (same == info.parameters.end()) {
+        info.parameters.push_back(param);
+      } else {
+        same->ops.push_back("attend");
+      }
+    }
+    methods.push_back(std::move(info));
+  }
+  return methods;
+}
+
+}  // namespace attnserve::kernels

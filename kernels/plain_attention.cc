@@ -1,0 +1,91 @@
+#include "kernels/plain_attention.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/parallel.h"
+#include "kernels/positional/common.h"
+
+namespace attnserve::kernels {
+
+absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared,
+                                               bool return_probs,
+                                               const ComputeOptions& options) {
+  const AttentionProblem& p = prepared.problem;
+  const ScoreModifier& modifier = *prepared.modifier;
+  AttendResult result;
+  result.out = Tensor({p.batch, p.heads, p.sq, p.dv});
+  if (return_probs) result.probs = Tensor({p.batch, p.heads, p.sq, p.sk});
+  float* probs = return_probs ? result.probs->data() : nullptr;
+  float* out = result.out.data();
+  const float* q = p.q.data();
+  const float* k = p.k.data();
+  const float* v = p.v.data();
+  const bool value_term = modifier.HasValueTerm();
+  std::atomic<bool> stopped{false};
+
+  const int64_t rows = p.batch * p.heads * p.sq;
+  const double work = static_cast<double>(rows) * static_cast<double>(p.sk) * (p.d + p.dv);
+  ParallelFor(rows, ThreadsFor(work, options), 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(static_cast<size_t>(p.sk));
+    std::vector<float> weights(static_cast<size_t>(p.sk));
+    std::vector<double> acc(static_cast<size_t>(p.dv));
+    std::vector<float> term(value_term ? static_cast<size_t>(p.dv) : 0);
+    for (int64_t row = begin; row < end; ++row) {
+      if (options.cancelled != nullptr && options.cancelled->load(std::memory_order_relaxed)) {
+        stopped.store(true, std::memory_order_relaxed);
+        return;
+      }
+      const int64_t bh = row / p.sq, i = row % p.sq;
+      const int64_t b = bh / p.heads, h = bh % p.heads;
+      // Keys after the query's own position are masked (1.3); key 0 never is.
+      const int64_t q_pos = p.query_offset + i;
+      const int64_t visible = p.causal ? std::min<int64_t>(p.sk, q_pos + 1) : p.sk;
+      const float* q_row = q + row * p.d;
+      const float* k_head = k + bh * p.sk * p.d;
+      const float* v_head = v + bh * p.sk * p.dv;
+      for (int64_t j = 0; j < visible; ++j) {
+        const float* k_row = k_head + j * p.d;
+        double dot = 0;
+        for (int64_t e = 0; e < p.d; ++e) dot += static_cast<double>(q_row[e]) * k_row[e];
+        scores[j] = static_cast<float>(dot);
+      }
+      const ScoreTile tile{b, h, i, 1, 0, visible};
+      modifier.ModifyScores(tile, scores.data(), p.sk);
+
+      // Max-subtracted softmax (1.5), normalised in double.
+      float max_score = scores[0];
+      for (int64_t j = 1; j < visible; ++j) max_score = std::max(max_score, scores[j]);
+      double sum = 0;
+      for (int64_t j = 0; j < visible; ++j) {
+        sum += std::exp(static_cast<double>(scores[j]) - max_score);
+      }
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t j = 0; j < visible; ++j) {
+        const double weight = std::exp(static_cast<double>(scores[j]) - max_score) / sum;
+        weights[j] = static_cast<float>(weight);
+        const float* v_row = v_head + j * p.dv;
+        for (int64_t e = 0; e < p.dv; ++e) acc[e] += weight * v_row[e];
+      }
+      if (value_term) {
+        std::fill(term.begin(), term.end(), 0.0f);
+        modifier.AccumulateValueTerm(tile, weights.data(), p.sk, term.data(), p.dv);
+        for (int64_t e = 0; e < p.dv; ++e) acc[e] += term[e];
+      }
+      float* out_row = out + row * p.dv;
+      for (int64_t e = 0; e < p.dv; ++e) out_row[e] = static_cast<float>(acc[e]);
+      if (probs != nullptr) {
+        float* probs_row = probs + row * p.sk;
+        std::copy(weights.begin(), weights.begin() + visible, probs_row);
+        std::fill(probs_row + visible, probs_row + p.sk, 0.0f);
+      }
+    }
+  });
+  if (stopped.load()) return absl::CancelledError("the call was cancelled while computing");
+  return result;
+}
+
+}  // namespace attnserve::kernels

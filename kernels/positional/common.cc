@@ -1,0 +1,255 @@
+#include "kernels/positional/common.h"
+
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/parallel.h"
+#include "kernels/status_macros.h"
+
+namespace attnserve::kernels {
+
+absl::StatusOr<double> ResolveScale(std::optional<double> scale, int64_t d) {
+  if (!scale.has_value()) return 1.0 / std::sqrt(static_cast<double>(d));
+  if (!std::isfinite(*scale)) {
+    return absl::InvalidArgumentError(absl::StrCat("scale: must be finite, got ", *scale));
+  }
+  return *scale;
+}
+
+absl::StatusOr<int64_t> ResolveQueryOffset(std::optional<int64_t> query_offset, int64_t sq,
+                                           int64_t sk) {
+  if (query_offset.has_value()) {
+    if (*query_offset < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("query_offset: must be >= 0, got ", *query_offset));
+    }
+    return *query_offset;
+  }
+  if (sq > sk) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "query_offset: the default Sk - Sq = ", sk - sq,
+        " is negative (Sq=", sq, " > Sk=", sk, "); pass an explicit query_offset >= 0"));
+  }
+  return sk - sq;
+}
+
+absl::StatusOr<double> ResolvePositive(std::optional<double> value, double fallback,
+                                       absl::string_view name) {
+  if (!value.has_value()) return fallback;
+  if (!std::isfinite(*value) || *value <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": must be finite and > 0, got ", *value));
+  }
+  return *value;
+}
+
+absl::Status ExpectRank(const Tensor& t, absl::string_view name, int rank,
+                        absl::string_view layout) {
+  if (t.rank() != rank) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ".shape: expected ", rank, " dimensions ",
+                                                   layout, ", got ", ShapeToString(t.shape())));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpectDim(const Tensor& t, absl::string_view name, int axis, int64_t expected,
+                       absl::string_view expected_text) {
+  if (t.dim(axis) != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ".shape: expected ", expected_text,
+                                                   ", got ", ShapeToString(t.shape())));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckOutputSize(std::initializer_list<int64_t> shape, absl::string_view what,
+                             const ComputeOptions& options) {
+  int64_t count = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(count, d, &count)) {
+      count = -1;
+      break;
+    }
+  }
+  if (count < 0 || count > options.max_elements) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, ": ", ShapeToString(std::vector<int64_t>(shape)), " is more than the ",
+        options.max_elements, " elements this server allows per tensor (--max_elements)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpectPositive(int64_t value, absl::string_view name) {
+  if (value < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": must be >= 1, got ", value));
+  }
+  return absl::OkStatus();
+}
+
+int ThreadsFor(double work, const ComputeOptions& options) {
+  // About 20 us of single-core work: below it a team's start-up dominates.
+  constexpr double kMinParallelWork = 1 << 16;
+  return work < kMinParallelWork ? 1 : options.threads;
+}
+
+absl::StatusOr<AttentionProblem> TakeQkvProblem(AttendArgs& args, const ComputeOptions& options) {
+  Tensor& q = args.inputs.at("q");
+  Tensor& k = args.inputs.at("k");
+  Tensor& v = args.inputs.at("v");
+  ATTN_RETURN_IF_ERROR(ExpectRank(q, "q", 4, "[B,H,Sq,D]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(k, "k", 4, "[B,H,Sk,D]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(v, "v", 4, "[B,H,Sk,Dv]"));
+  const int64_t batch = q.dim(0), heads = q.dim(1), sq = q.dim(2), d = q.dim(3);
+  const int64_t sk = k.dim(2), dv = v.dim(3);
+  const std::string k_text =
+      absl::StrCat("[B=", batch, ",H=", heads, ",Sk,D=", d, "] to match q");
+  ATTN_RETURN_IF_ERROR(ExpectDim(k, "k", 0, batch, k_text));
+  ATTN_RETURN_IF_ERROR(ExpectDim(k, "k", 1, heads, k_text));
+  ATTN_RETURN_IF_ERROR(ExpectDim(k, "k", 3, d, k_text));
+  const std::string v_text =
+      absl::StrCat("[B=", batch, ",H=", heads, ",Sk=", sk, ",Dv] to match q and k");
+  ATTN_RETURN_IF_ERROR(ExpectDim(v, "v", 0, batch, v_text));
+  ATTN_RETURN_IF_ERROR(ExpectDim(v, "v", 1, heads, v_text));
+  ATTN_RETURN_IF_ERROR(ExpectDim(v, "v", 2, sk, v_text));
+  if (args.num_heads != 0 && args.num_heads != heads) {
+    return absl::InvalidArgumentError(absl::StrCat("num_heads: must be 0 (unset) or H=", heads,
+                                                   " of q, got ", args.num_heads));
+  }
+  ATTN_RETURN_IF_ERROR(CheckOutputSize({batch, heads, sq, dv}, "out", options));
+
+  AttentionProblem problem;
+  ATTN_ASSIGN_OR_RETURN(problem.scale, ResolveScale(args.scale, d));
+  ATTN_ASSIGN_OR_RETURN(problem.query_offset, ResolveQueryOffset(args.query_offset, sq, sk));
+  problem.batch = batch;
+  problem.heads = heads;
+  problem.sq = sq;
+  problem.sk = sk;
+  problem.d = d;
+  problem.dv = dv;
+  problem.causal = args.causal;
+  problem.q = std::move(q);
+  problem.k = std::move(k);
+  problem.v = std::move(v);
+  return problem;
+}
+
+absl::StatusOr<ProjectionGeometry> CheckProjectionInputs(const AttendArgs& args,
+                                                         const ComputeOptions& options) {
+  const Tensor& x_q = args.inputs.at("x_q");
+  const Tensor& x_kv = args.inputs.at("x_kv");
+  const Tensor& w_q = args.inputs.at("w_q");
+  const Tensor& w_k = args.inputs.at("w_k");
+  const Tensor& w_v = args.inputs.at("w_v");
+  ATTN_RETURN_IF_ERROR(ExpectRank(x_q, "x_q", 3, "[B,Sq,d_model]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(x_kv, "x_kv", 3, "[B,Sk,d_model]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(w_q, "w_q", 2, "[d_model,H*D]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(w_k, "w_k", 2, "[d_model,H*D]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(w_v, "w_v", 2, "[d_model,H*Dv]"));
+  ProjectionGeometry g;
+  g.batch = x_q.dim(0);
+  g.sq = x_q.dim(1);
+  g.d_model = x_q.dim(2);
+  g.sk = x_kv.dim(1);
+  const std::string kv_text =
+      absl::StrCat("[B=", g.batch, ",Sk,d_model=", g.d_model, "] to match x_q");
+  ATTN_RETURN_IF_ERROR(ExpectDim(x_kv, "x_kv", 0, g.batch, kv_text));
+  ATTN_RETURN_IF_ERROR(ExpectDim(x_kv, "x_kv", 2, g.d_model, kv_text));
+  const std::string rows_text = absl::StrCat("[d_model=", g.d_model, ",...] to match x_q");
+  ATTN_RETURN_IF_ERROR(ExpectDim(w_q, "w_q", 0, g.d_model, rows_text));
+  ATTN_RETURN_IF_ERROR(ExpectDim(w_k, "w_k", 0, g.d_model, rows_text));
+  ATTN_RETURN_IF_ERROR(ExpectDim(w_v, "w_v", 0, g.d_model, rows_text));
+  ATTN_RETURN_IF_ERROR(ExpectDim(w_k, "w_k", 1, w_q.dim(1),
+                                 absl::StrCat("[d_model,H*D=", w_q.dim(1), "] to match w_q")));
+  if (args.num_heads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_heads: required (>= 1) for the absolute methods, got ", args.num_heads));
+  }
+  g.heads = args.num_heads;
+  if (w_q.dim(1) % g.heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("w_q.shape: width ", w_q.dim(1),
+                                                   " must be divisible by num_heads=", g.heads,
+                                                   ", got ", ShapeToString(w_q.shape())));
+  }
+  if (w_v.dim(1) % g.heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("w_v.shape: width ", w_v.dim(1),
+                                                   " must be divisible by num_heads=", g.heads,
+                                                   ", got ", ShapeToString(w_v.shape())));
+  }
+  g.d = w_q.dim(1) / g.heads;
+  g.dv = w_v.dim(1) / g.heads;
+  ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sq, g.d}, "q (projected)", options));
+  ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sk, g.d}, "k (projected)", options));
+  ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sk, g.dv}, "v (projected)", options));
+  ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sq, g.dv}, "out", options));
+  ATTN_RETURN_IF_ERROR(ResolveScale(args.scale, g.d).status());
+  ATTN_ASSIGN_OR_RETURN(g.query_offset, ResolveQueryOffset(args.query_offset, g.sq, g.sk));
+  return g;
+}
+
+namespace {
+
+// dst[b, h, s, e] = sum_c (x[b, s, c] + pos[s, c]) * w[c, h * width + e].
+void ProjectIntoHeads(const Tensor& x, const float* pos, const Tensor& w, int64_t heads,
+                      int64_t width, const ComputeOptions& options, Tensor& dst) {
+  const int64_t batch = x.dim(0), seq = x.dim(1), d_model = x.dim(2);
+  const int64_t cols = w.dim(1);
+  const float* xs = x.data();
+  const float* ws = w.data();
+  float* out = dst.data();
+  const int threads = ThreadsFor(static_cast<double>(batch * seq) * d_model * cols, options);
+  ParallelFor(batch * seq, threads, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(static_cast<size_t>(d_model));
+    std::vector<double> acc(static_cast<size_t>(cols));
+    for (int64_t bs = begin; bs < end; ++bs) {
+      const int64_t b = bs / seq, s = bs % seq;
+      for (int64_t c = 0; c < d_model; ++c) row[c] = xs[bs * d_model + c] + pos[s * d_model + c];
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t c = 0; c < d_model; ++c) {
+        const double xc = row[c];
+        const float* wrow = ws + c * cols;
+        for (int64_t n = 0; n < cols; ++n) acc[n] += xc * wrow[n];
+      }
+      for (int64_t h = 0; h < heads; ++h) {
+        float* dst_row = out + ((b * heads + h) * seq + s) * width;
+        for (int64_t e = 0; e < width; ++e) dst_row[e] = static_cast<float>(acc[h * width + e]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
+                                                      const ProjectionGeometry& g,
+                                                      const float* pos_q, const float* pos_k,
+                                                      const ComputeOptions& options) {
+  AttentionProblem problem;
+  ATTN_ASSIGN_OR_RETURN(problem.scale, ResolveScale(args.scale, g.d));
+  problem.batch = g.batch;
+  problem.heads = g.heads;
+  problem.sq = g.sq;
+  problem.sk = g.sk;
+  problem.d = g.d;
+  problem.dv = g.dv;
+  problem.query_offset = g.query_offset;
+  problem.causal = args.causal;
+  problem.q = Tensor({g.batch, g.heads, g.sq, g.d});
+  problem.k = Tensor({g.batch, g.heads, g.sk, g.d});
+  problem.v = Tensor({g.batch, g.heads, g.sk, g.dv});
+  ProjectIntoHeads(args.inputs.at("x_q"), pos_q, args.inputs.at("w_q"), g.heads, g.d, options,
+                   problem.q);
+  const Tensor& x_kv = args.inputs.at("x_kv");
+  ProjectIntoHeads(x_kv, pos_k, args.inputs.at("w_k"), g.heads, g.d, options, problem.k);
+  ProjectIntoHeads(x_kv, pos_k, args.inputs.at("w_v"), g.heads, g.dv, options, problem.v);
+  return problem;
+}
+
+void ScaledDotProduct::ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const {
+  for (int64_t r = 0; r < tile.rows; ++r) {
+    float* row = scores + r * ld;
+    for (int64_t c = 0; c < tile.cols; ++c) row[c] *= scale_;
+  }
+}
+
+}  // namespace attnserve::kernels

@@ -1,0 +1,90 @@
+// Validation and construction shared by the positional methods: scale and
+// query_offset defaults, shape checks with field-naming messages, the q/k/v
+// problem, and the projections of the absolute methods.
+//
+// Every function is pure; errors are INVALID_ARGUMENT unless stated.
+#ifndef ATTNSERVE_KERNELS_POSITIONAL_COMMON_H_
+#define ATTNSERVE_KERNELS_POSITIONAL_COMMON_H_
+
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "kernels/attention.h"
+#include "kernels/positional/method.h"
+#include "kernels/tensor.h"
+
+namespace attnserve::kernels {
+
+// scale: unset -> 1/sqrt(d); set -> must be finite (any sign).
+absl::StatusOr<double> ResolveScale(std::optional<double> scale, int64_t d);
+
+// query_offset: unset -> sk - sq; the result must be >= 0 (positional-methods.md 1.2).
+absl::StatusOr<int64_t> ResolveQueryOffset(std::optional<int64_t> query_offset, int64_t sq,
+                                           int64_t sk);
+
+// A finite value > 0 (NaN, inf, 0, negative are rejected); unset -> fallback.
+absl::StatusOr<double> ResolvePositive(std::optional<double> value, double fallback,
+                                       absl::string_view name);
+
+// The tensor's rank must be `rank`; `layout` describes the expected shape in
+// the message, e.g. "[B,H,Sq,D]".
+absl::Status ExpectRank(const Tensor& t, absl::string_view name, int rank,
+                        absl::string_view layout);
+
+// One named dimension of a tensor must equal `expected`; the message shows
+// `expected_text` (e.g. "[B=2,H=4,Sk,D=16] to match q") and the shape got.
+absl::Status ExpectDim(const Tensor& t, absl::string_view name, int axis, int64_t expected,
+                       absl::string_view expected_text);
+
+// RESOURCE_EXHAUSTED when the product of `shape` overflows or exceeds
+// options.max_elements; `what` names the tensor.
+absl::Status CheckOutputSize(std::initializer_list<int64_t> shape, absl::string_view what,
+                             const ComputeOptions& options);
+
+// For the methods on per-head q, k, v: validates their shapes and num_heads,
+// resolves scale and query_offset, and moves q, k, v into the problem.
+absl::StatusOr<AttentionProblem> TakeQkvProblem(AttendArgs& args, const ComputeOptions& options);
+
+// The absolute methods (sinusoidal, learned) take inputs before projection.
+struct ProjectionGeometry {
+  int64_t batch = 0, sq = 0, sk = 0, d_model = 0, heads = 0, d = 0, dv = 0;
+  int64_t query_offset = 0;
+};
+
+// Validates x_q, x_kv, w_q, w_k, w_v and num_heads (positional-methods.md 2.2).
+absl::StatusOr<ProjectionGeometry> CheckProjectionInputs(const AttendArgs& args,
+                                                         const ComputeOptions& options);
+
+// q = (x_q + pos_q) @ w_q, k = (x_kv + pos_k) @ w_k, v = (x_kv + pos_k) @ w_v,
+// split into heads (column h*D+e is head h, feature e). pos_q is [Sq, d_model]
+// (row i for query i), pos_k is [Sk, d_model]. Dot products accumulate in double.
+absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
+                                                      const ProjectionGeometry& geometry,
+                                                      const float* pos_q, const float* pos_k,
+                                                      const ComputeOptions& options);
+
+// score = scale * q.k: the modifier of every method without a score term.
+class ScaledDotProduct : public ScoreModifier {
+ public:
+  explicit ScaledDotProduct(double scale) : scale_(static_cast<float>(scale)) {}
+  void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override;
+
+ private:
+  const float scale_;
+};
+
+// Used by Encode forms: the spec's sq/sk/num_heads must be >= 1.
+absl::Status ExpectPositive(int64_t value, absl::string_view name);
+
+// OpenMP thread count for a loop of `work` inner-product FLOPs: small work
+// runs inline, where a thread team costs more than it saves.
+int ThreadsFor(double work, const ComputeOptions& options);
+
+}  // namespace attnserve::kernels
+
+#endif  // ATTNSERVE_KERNELS_POSITIONAL_COMMON_H_

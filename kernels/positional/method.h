@@ -1,0 +1,117 @@
+// The interface every positional method implements, and the pieces the
+// attention engine hands between them.
+//
+// A method acts only where it needs to (STYLE.md, "Positional methods"):
+//   - on the inputs before the projections (sinusoidal, learned) and on q/k
+//     (RoPE): both inside PrepareAttend, which returns the per-head q, k, v;
+//   - on a tile of scores, given the tile's query and key positions (ALiBi,
+//     Shaw, Transformer-XL, DA-Transformer): ScoreModifier::ModifyScores;
+//   - on the output (Shaw's value term): ScoreModifier::AccumulateValueTerm.
+// Like FlexAttention's score_mod, nothing here needs a full [Sq, Sk] matrix,
+// so the same method code serves the plain engine (one query row per tile)
+// and a tiled one.
+//
+// Thread-safety: methods are stateless singletons; a ScoreModifier is
+// immutable after PrepareAttend and called from many threads at once.
+#ifndef ATTNSERVE_KERNELS_POSITIONAL_METHOD_H_
+#define ATTNSERVE_KERNELS_POSITIONAL_METHOD_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "kernels/attention.h"
+#include "kernels/tensor.h"
+
+namespace attnserve::kernels {
+
+// Attention after the method's input-side work, in the layout of
+// positional-methods.md 1.1. Positions: q_pos(i) = query_offset + i,
+// k_pos(j) = j.
+struct AttentionProblem {
+  Tensor q;  // [B, H, Sq, D]
+  Tensor k;  // [B, H, Sk, D]
+  Tensor v;  // [B, H, Sk, Dv]
+  int64_t batch = 0, heads = 0, sq = 0, sk = 0, d = 0, dv = 0;
+  int64_t query_offset = 0;
+  bool causal = false;
+  double scale = 1.0;
+};
+
+// A block of scores of one (batch, head): query rows i0 .. i0+rows-1, key
+// columns j0 .. j0+cols-1.
+struct ScoreTile {
+  int64_t b = 0, h = 0;
+  int64_t i0 = 0, rows = 0;
+  int64_t j0 = 0, cols = 0;
+};
+
+class ScoreModifier {
+ public:
+  virtual ~ScoreModifier() = default;
+
+  // On entry scores[r * ld + c] holds the raw dot product q_i . k_j (not
+  // scaled) for i = i0 + r, j = j0 + c; on return it holds the method's
+  // logit score(i, j). Entries the causal mask removes may be left anything:
+  // the engine masks after this call.
+  virtual void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const = 0;
+
+  // Methods with a term on the values (Shaw's rel_v) return true and add
+  // sum_c weights[r * ldw + c] * term(i0 + r, j0 + c)[e] to acc[r * lda + e]
+  // for e < Dv. weights are zero on masked entries.
+  virtual bool HasValueTerm() const { return false; }
+  virtual void AccumulateValueTerm(const ScoreTile& /*tile*/, const float* /*weights*/,
+                                   int64_t /*ldw*/, float* /*acc*/, int64_t /*lda*/) const {}
+};
+
+struct PreparedAttention {
+  AttentionProblem problem;
+  std::unique_ptr<ScoreModifier> modifier;
+};
+
+// Which tensors an op takes; Attend/Encode reject any other before calling
+// the method, and a missing required one.
+struct InputSpec {
+  absl::string_view name;
+  bool required = true;
+};
+
+class PositionalMethod {
+ public:
+  virtual ~PositionalMethod() = default;
+
+  virtual MethodKind kind() const = 0;
+  virtual absl::string_view description() const = 0;
+  // The method's own parameters and tensors (not the common attend ones).
+  virtual std::vector<ParameterInfo> parameters() const = 0;
+
+  virtual std::vector<InputSpec> attend_inputs() const = 0;
+  // Validates every rule of the spec, then builds the per-head problem and
+  // the score modifier. May move tensors out of args.
+  virtual absl::StatusOr<PreparedAttention> PrepareAttend(AttendArgs& args,
+                                                          const ComputeOptions& options) const = 0;
+
+  // Methods without an encode form keep these defaults (INVALID_ARGUMENT).
+  virtual bool has_encode() const { return false; }
+  virtual std::vector<InputSpec> encode_inputs() const { return {}; }
+  virtual absl::StatusOr<TensorMap> Encode(EncodeArgs& args, const ComputeOptions& options) const;
+};
+
+// The explicit registry: an exhaustive switch over MethodKind.
+const PositionalMethod& GetMethod(MethodKind kind);
+
+// The singletons, one per file under positional/.
+const PositionalMethod& NoneMethod();
+const PositionalMethod& SinusoidalMethod();
+const PositionalMethod& LearnedMethod();
+const PositionalMethod& RopeMethod();
+const PositionalMethod& TransformerXlMethod();
+const PositionalMethod& ShawMethod();
+const PositionalMethod& AlibiMethod();
+const PositionalMethod& DaTransformerMethod();
+
+}  // namespace attnserve::kernels
+
+#endif  // ATTNSERVE_KERNELS_POSITIONAL_METHOD_H_

@@ -1,0 +1,181 @@
+// rope: rotary position embedding on q and k.
+// Su et al. 2021, "RoFormer", section 3.4 (general form; interleaved pairs
+// (2n, 2n+1) as in the public RoFormer code); the "half" layout pairs
+// (n, n + r/2) as GPT-NeoX / LLaMA rotate_half. Position interpolation (linear):
+// Chen et al. 2023, pos' = pos / s. NTK-aware scaling: base' = base * s^(r/(r-2)).
+//   theta_n = base'^(-2n / r),  phi_n = pos' * theta_n   (double, 1.6)
+//   x'[a] = x[a] cos(phi_n) - x[b] sin(phi_n)
+//   x'[b] = x[b] cos(phi_n) + x[a] sin(phi_n)
+// Dims r .. D-1 pass unchanged (partial rotary). Values are not rotated.
+#include <cmath>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/parallel.h"
+#include "kernels/positional/common.h"
+#include "kernels/positional/method.h"
+#include "kernels/positional/tables.h"
+#include "kernels/status_macros.h"
+
+namespace attnserve::kernels {
+
+void RopeAngles(const RopeConfig& config, double position, double* out) {
+  const int64_t r = config.rotary_dim;
+  double base = config.base;
+  if (config.scaling == RopeScaling::kNtk) {
+    base *= std::pow(config.scaling_factor,
+                     static_cast<double>(r) / static_cast<double>(r - 2));
+  }
+  if (config.scaling == RopeScaling::kLinear) position /= config.scaling_factor;
+  for (int64_t n = 0; n < r / 2; ++n) {
+    const double theta = std::pow(base, -static_cast<double>(2 * n) / static_cast<double>(r));
+    out[n] = position * theta;
+  }
+}
+
+namespace {
+
+constexpr double kDefaultBase = 10000;
+
+// The index pair (a, b) rotated together as pair n.
+inline void PairOf(const RopeConfig& config, int64_t n, int64_t* a, int64_t* b) {
+  if (config.layout == RopeLayout::kInterleaved) {
+    *a = 2 * n;
+    *b = 2 * n + 1;
+  } else {
+    *a = n;
+    *b = n + config.rotary_dim / 2;
+  }
+}
+
+void RotateWithAngles(const RopeConfig& config, const double* angles, float* row) {
+  for (int64_t n = 0; n < config.rotary_dim / 2; ++n) {
+    int64_t a = 0, b = 0;
+    PairOf(config, n, &a, &b);
+    const double c = std::cos(angles[n]), s = std::sin(angles[n]);
+    const double xa = row[a], xb = row[b];
+    row[a] = static_cast<float>(xa * c - xb * s);
+    row[b] = static_cast<float>(xb * c + xa * s);
+  }
+}
+
+// Validates the parameters for head size d and fills the config.
+absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d) {
+  RopeConfig config;
+  config.layout = params.rope_layout;
+  config.scaling = params.rope_scaling;
+  ATTN_ASSIGN_OR_RETURN(config.base, ResolvePositive(params.base, kDefaultBase, "base"));
+  // api.md: scaling_factor, when set, must be > 0 even if scaling is none.
+  ATTN_ASSIGN_OR_RETURN(config.scaling_factor,
+                        ResolvePositive(params.scaling_factor, 1.0, "scaling_factor"));
+  if (!params.rotary_dim.has_value()) {
+    if (d % 2 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "rotary_dim: unset means D, and D=", d,
+          " is odd; rotation needs pairs (set an even rotary_dim <= D)"));
+    }
+    config.rotary_dim = d;
+  } else {
+    const int64_t r = *params.rotary_dim;
+    if (r < 2 || r > d || r % 2 != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rotary_dim: must be even with 2 <= rotary_dim <= D=", d, ", got ", r));
+    }
+    config.rotary_dim = r;
+  }
+  if (config.scaling == RopeScaling::kNtk && config.rotary_dim == 2) {
+    return absl::InvalidArgumentError(
+        "rotary_dim: NTK scaling needs rotary_dim > 2 (base * s^(r/(r-2)) is undefined at r=2)");
+  }
+  return config;
+}
+
+// Rotates rows [count, d] of every (outer) block: row s at first_position + s.
+void RotateRows(const RopeConfig& config, Tensor& x, int64_t outer, int64_t count, int64_t d,
+                double first_position, const ComputeOptions& options) {
+  // The angles depend only on the position: compute them once per row.
+  const int64_t half = config.rotary_dim / 2;
+  std::vector<double> angles(static_cast<size_t>(count * half));
+  for (int64_t s = 0; s < count; ++s) {
+    RopeAngles(config, first_position + static_cast<double>(s), angles.data() + s * half);
+  }
+  float* data = x.data();
+  const double work = static_cast<double>(outer * count) * config.rotary_dim * 8;
+  ParallelFor(outer * count, ThreadsFor(work, options), 256, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      RotateWithAngles(config, angles.data() + (row % count) * half, data + row * d);
+    }
+  });
+}
+
+class Rope final : public PositionalMethod {
+ public:
+  MethodKind kind() const override { return MethodKind::kRope; }
+  absl::string_view description() const override {
+    return "Rotary position embedding on q and k (Su et al. 2021), interleaved or half layout, "
+           "partial rotary_dim, linear (position interpolation) or NTK-aware scaling.";
+  }
+  std::vector<ParameterInfo> parameters() const override {
+    return {{"layout", "enum", "interleaved", "interleaved | half", {"encode", "attend"}},
+            {"base", "double", "10000", "finite, > 0", {"encode", "attend"}},
+            {"scaling", "enum", "none", "none | linear | ntk", {"encode", "attend"}},
+            {"scaling_factor", "double", "1", "finite, > 0 (checked even when scaling = none)",
+             {"encode", "attend"}},
+            {"rotary_dim", "int", "D", "even, 2 <= rotary_dim <= D; > 2 with ntk",
+             {"encode", "attend"}},
+            {"offset", "int", "0", ">= 0; position of row 0", {"encode"}},
+            {"x", "tensor", "", "[B,H,S,D]", {"encode"}},
+            {"q", "tensor", "", "[B,H,Sq,D]", {"attend"}},
+            {"k", "tensor", "", "[B,H,Sk,D]", {"attend"}},
+            {"v", "tensor", "", "[B,H,Sk,Dv]", {"attend"}}};
+  }
+  std::vector<InputSpec> attend_inputs() const override { return {{"q"}, {"k"}, {"v"}}; }
+
+  absl::StatusOr<PreparedAttention> PrepareAttend(AttendArgs& args,
+                                                  const ComputeOptions& options) const override {
+    PreparedAttention prepared;
+    ATTN_ASSIGN_OR_RETURN(prepared.problem, TakeQkvProblem(args, options));
+    AttentionProblem& p = prepared.problem;
+    ATTN_ASSIGN_OR_RETURN(const RopeConfig config, MakeConfig(args.params, p.d));
+    RotateRows(config, p.q, p.batch * p.heads, p.sq, p.d, static_cast<double>(p.query_offset),
+               options);
+    RotateRows(config, p.k, p.batch * p.heads, p.sk, p.d, 0, options);
+    prepared.modifier = std::make_unique<ScaledDotProduct>(p.scale);
+    return prepared;
+  }
+
+  bool has_encode() const override { return true; }
+  std::vector<InputSpec> encode_inputs() const override { return {{"x"}}; }
+
+  absl::StatusOr<TensorMap> Encode(EncodeArgs& args,
+                                   const ComputeOptions& options) const override {
+    Tensor& x = args.inputs.at("x");
+    ATTN_RETURN_IF_ERROR(ExpectRank(x, "x", 4, "[B,H,S,D]"));
+    ATTN_ASSIGN_OR_RETURN(const RopeConfig config, MakeConfig(args.params, x.dim(3)));
+    if (args.offset < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("offset: must be >= 0, got ", args.offset));
+    }
+    RotateRows(config, x, x.dim(0) * x.dim(1), x.dim(2), x.dim(3),
+               static_cast<double>(args.offset), options);
+    TensorMap outputs;
+    outputs["y"] = std::move(x);
+    return outputs;
+  }
+};
+
+}  // namespace
+
+void RopeRotateRow(const RopeConfig& config, double position, float* row) {
+  std::vector<double> angles(static_cast<size_t>(config.rotary_dim / 2));
+  RopeAngles(config, position, angles.data());
+  RotateWithAngles(config, angles.data(), row);
+}
+
+const PositionalMethod& RopeMethod() {
+  static const Rope* const method = new Rope();
+  return *method;
+}
+
+}  // namespace attnserve::kernels

@@ -1,0 +1,115 @@
+// sinusoidal: fixed absolute encoding added to the inputs.
+// Vaswani et al. 2017, "Attention Is All You Need", section 3.5:
+//   P[p, 2n]   = sin(p / base^(2n / d_model))
+//   P[p, 2n+1] = cos(p / base^(2n / d_model))
+// Interleaved columns as in the paper; an odd d_model ends in a lone sine
+// (EXTENSION, positional-methods.md 2.2). Attend adds P to x_q (positions
+// query_offset + i) and x_kv (positions j) before the Q/K/V projections.
+#include <cmath>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/positional/common.h"
+#include "kernels/positional/method.h"
+#include "kernels/positional/tables.h"
+#include "kernels/status_macros.h"
+
+namespace attnserve::kernels {
+
+void SinusoidRow(double position, int64_t d_model, double base, double* out) {
+  for (int64_t c = 0; c < d_model; ++c) {
+    const int64_t n = c / 2;
+    const double angle =
+        position / std::pow(base, static_cast<double>(2 * n) / static_cast<double>(d_model));
+    out[c] = (c % 2 == 0) ? std::sin(angle) : std::cos(angle);
+  }
+}
+
+namespace {
+
+constexpr double kDefaultBase = 10000;
+
+// rows x d_model floats: row s is P[first_position + s].
+std::vector<float> SinusoidTable(double first_position, int64_t rows, int64_t d_model,
+                                 double base) {
+  std::vector<float> table(static_cast<size_t>(rows * d_model));
+  std::vector<double> row(static_cast<size_t>(d_model));
+  for (int64_t s = 0; s < rows; ++s) {
+    SinusoidRow(first_position + static_cast<double>(s), d_model, base, row.data());
+    for (int64_t c = 0; c < d_model; ++c) table[s * d_model + c] = static_cast<float>(row[c]);
+  }
+  return table;
+}
+
+class Sinusoidal final : public PositionalMethod {
+ public:
+  MethodKind kind() const override { return MethodKind::kSinusoidal; }
+  absl::string_view description() const override {
+    return "Fixed sinusoidal absolute encoding added to the inputs before the Q/K/V "
+           "projections, interleaved sin/cos (Vaswani et al. 2017, section 3.5).";
+  }
+  std::vector<ParameterInfo> parameters() const override {
+    return {{"base", "double", "10000", "finite, > 0", {"encode", "attend"}},
+            {"offset", "int", "0", ">= 0; position of row 0", {"encode"}},
+            {"num_heads", "int", "", ">= 1; divides the widths of w_q, w_k, w_v", {"attend"}},
+            {"x", "tensor", "", "[B,S,d_model]", {"encode"}},
+            {"x_q", "tensor", "", "[B,Sq,d_model]", {"attend"}},
+            {"x_kv", "tensor", "", "[B,Sk,d_model]", {"attend"}},
+            {"w_q", "tensor", "", "[d_model,H*D]", {"attend"}},
+            {"w_k", "tensor", "", "[d_model,H*D]", {"attend"}},
+            {"w_v", "tensor", "", "[d_model,H*Dv]", {"attend"}}};
+  }
+  std::vector<InputSpec> attend_inputs() const override {
+    return {{"x_q"}, {"x_kv"}, {"w_q"}, {"w_k"}, {"w_v"}};
+  }
+
+  absl::StatusOr<PreparedAttention> PrepareAttend(AttendArgs& args,
+                                                  const ComputeOptions& options) const override {
+    ATTN_ASSIGN_OR_RETURN(const double base, ResolvePositive(args.params.base, kDefaultBase, "base"));
+    ATTN_ASSIGN_OR_RETURN(const ProjectionGeometry g, CheckProjectionInputs(args, options));
+    const std::vector<float> pos_q =
+        SinusoidTable(static_cast<double>(g.query_offset), g.sq, g.d_model, base);
+    const std::vector<float> pos_k = SinusoidTable(0, g.sk, g.d_model, base);
+    PreparedAttention prepared;
+    ATTN_ASSIGN_OR_RETURN(prepared.problem,
+                          ProjectWithPositions(args, g, pos_q.data(), pos_k.data(), options));
+    prepared.modifier = std::make_unique<ScaledDotProduct>(prepared.problem.scale);
+    return prepared;
+  }
+
+  bool has_encode() const override { return true; }
+  std::vector<InputSpec> encode_inputs() const override { return {{"x"}}; }
+
+  absl::StatusOr<TensorMap> Encode(EncodeArgs& args,
+                                   const ComputeOptions& options) const override {
+    ATTN_ASSIGN_OR_RETURN(const double base, ResolvePositive(args.params.base, kDefaultBase, "base"));
+    Tensor& x = args.inputs.at("x");
+    ATTN_RETURN_IF_ERROR(ExpectRank(x, "x", 3, "[B,S,d_model]"));
+    if (args.offset < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("offset: must be >= 0, got ", args.offset));
+    }
+    const int64_t batch = x.dim(0), seq = x.dim(1), d_model = x.dim(2);
+    ATTN_RETURN_IF_ERROR(CheckOutputSize({seq, d_model}, "table", options));
+    std::vector<float> table =
+        SinusoidTable(static_cast<double>(args.offset), seq, d_model, base);
+    float* y = x.data();
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t n = 0; n < seq * d_model; ++n) y[b * seq * d_model + n] += table[n];
+    }
+    TensorMap outputs;
+    outputs["y"] = std::move(x);
+    outputs["table"] = Tensor({seq, d_model}, std::move(table));
+    return outputs;
+  }
+};
+
+}  // namespace
+
+const PositionalMethod& SinusoidalMethod() {
+  static const Sinusoidal* const method = new Sinusoidal();
+  return *method;
+}
+
+}  // namespace attnserve::kernels

@@ -1,0 +1,56 @@
+// The position-dependent tables of positional-methods.md, computed in double
+// precision as section 1.6 requires (the angle position * frequency is formed
+// in double and sin/cos take the double angle). Each is defined in its
+// method's file; they are exposed for the methods' unit tests.
+//
+// All functions are pure and thread-safe.
+#ifndef ATTNSERVE_KERNELS_POSITIONAL_TABLES_H_
+#define ATTNSERVE_KERNELS_POSITIONAL_TABLES_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/attention.h"
+
+namespace attnserve::kernels {
+
+// sinusoidal.cc, 2.2: row `position` of P, d_model columns, interleaved
+// sin/cos; an odd d_model ends in a lone sine. out has d_model entries.
+void SinusoidRow(double position, int64_t d_model, double base, double* out);
+
+// rope.cc, 2.4: the rotation angle phi_n of pair n (n < rotary_dim / 2) at
+// `position`, after linear or NTK scaling. Parameters are already validated.
+struct RopeConfig {
+  RopeLayout layout = RopeLayout::kInterleaved;
+  double base = 10000;
+  RopeScaling scaling = RopeScaling::kNone;
+  double scaling_factor = 1;
+  int64_t rotary_dim = 0;
+};
+// phi_n for n = 0 .. rotary_dim/2 - 1, written to out.
+void RopeAngles(const RopeConfig& config, double position, double* out);
+// Rotates one row of D floats in place at `position` (dims >= rotary_dim kept).
+void RopeRotateRow(const RopeConfig& config, double position, float* row);
+
+// transformer_xl.cc, 2.5: R(r), d_rel entries: all sines, then all cosines.
+void TransformerXlSinusoid(double r, int64_t d_rel, double base, double* out);
+
+// alibi.cc, 2.7: the slopes m_1 .. m_H of the public get_slopes.
+std::vector<double> AlibiSlopes(int64_t heads);
+
+// da_transformer.cc, 2.8: Rhat = (1 + exp(v)) / (1 + exp(v - w * distance)),
+// evaluated without overflow for any finite w, v (the result itself may be
+// +inf only when it exceeds the double range).
+double DaCoefficient(double w, double v, double distance);
+
+// shaw.cc, 2.6: idx = clip(k_pos - q_pos, -K, K) + K.
+inline int64_t ShawIndex(int64_t q_pos, int64_t k_pos, int64_t max_relative_position) {
+  int64_t a = k_pos - q_pos;
+  if (a < -max_relative_position) a = -max_relative_position;
+  if (a > max_relative_position) a = max_relative_position;
+  return a + max_relative_position;
+}
+
+}  // namespace attnserve::kernels
+
+#endif  // ATTNSERVE_KERNELS_POSITIONAL_TABLES_H_

@@ -1,0 +1,237 @@
+// transformer_xl: relative encoding with global content and position biases.
+// Dai et al. 2019, "Transformer-XL", section 3.3 (terms (a)-(d)); as the
+// public RelPartialLearnableMultiHeadAttn (r_w_bias = u, r_r_bias = v,
+// r_net = W_R, PositionalEmbedding with concatenated sin | cos halves):
+//   f_n        = base^(-2n / d_rel)
+//   R(r)       = [sin(r f_0) .. sin(r f_{d_rel/2-1}), cos(r f_0) .. cos(r f_{d_rel/2-1})]
+//   rel_h(r)   = R(r) @ w_r[h]                          [D]
+//   score(i,j) = scale * ((q_i + u_h) . k_j + (q_i + v_h) . rel_h(q_pos(i) - k_pos(j)))
+// The original's pad-and-reshape "relative shift" is an implementation
+// technique; here rel_h is tabulated once per distance the call can meet.
+// Non-causal (negative distances) is an EXTENSION (positional-methods.md 2.5).
+#include <cmath>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/parallel.h"
+#include "kernels/positional/common.h"
+#include "kernels/positional/method.h"
+#include "kernels/positional/tables.h"
+#include "kernels/status_macros.h"
+
+namespace attnserve::kernels {
+
+void TransformerXlSinusoid(double r, int64_t d_rel, double base, double* out) {
+  const int64_t half = d_rel / 2;
+  for (int64_t n = 0; n < half; ++n) {
+    const double f = std::pow(base, -static_cast<double>(2 * n) / static_cast<double>(d_rel));
+    const double angle = r * f;
+    out[n] = std::sin(angle);
+    out[half + n] = std::cos(angle);
+  }
+}
+
+namespace {
+
+constexpr double kDefaultBase = 10000;
+
+absl::StatusOr<int64_t> ResolveDRel(const MethodParams& params) {
+  if (params.d_rel < 2 || params.d_rel % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "d_rel: required, even and >= 2 (the width of the relative sinusoid), got ",
+        params.d_rel));
+  }
+  return params.d_rel;
+}
+
+// w_r must be [H, d_rel, D]; heads/d of 0 accept any (encode).
+absl::Status CheckWr(const Tensor& w_r, int64_t d_rel, int64_t heads, int64_t d) {
+  ATTN_RETURN_IF_ERROR(ExpectRank(w_r, "w_r", 3, "[H,d_rel,D]"));
+  const std::string text =
+      heads > 0 ? absl::StrCat("[H=", heads, ",d_rel=", d_rel, ",D=", d, "] to match q and d_rel")
+                : absl::StrCat("[H,d_rel=", d_rel, ",D] to match d_rel");
+  if (heads > 0) {
+    ATTN_RETURN_IF_ERROR(ExpectDim(w_r, "w_r", 0, heads, text));
+    ATTN_RETURN_IF_ERROR(ExpectDim(w_r, "w_r", 2, d, text));
+  }
+  return ExpectDim(w_r, "w_r", 1, d_rel, text);
+}
+
+// rel[h, n, e] = sum_c R(distance_n)[c] * w_r[h, c, e], accumulated in double.
+void ProjectSinusoids(const std::vector<double>& distances, const Tensor& w_r, double base,
+                      const ComputeOptions& options, float* rel) {
+  const int64_t heads = w_r.dim(0), d_rel = w_r.dim(1), d = w_r.dim(2);
+  const int64_t count = static_cast<int64_t>(distances.size());
+  const double work = static_cast<double>(heads * count) * d_rel * d;
+  ParallelFor(count, ThreadsFor(work, options), 64, [&](int64_t begin, int64_t end) {
+    std::vector<double> sinusoid(static_cast<size_t>(d_rel));
+    std::vector<double> acc(static_cast<size_t>(d));
+    for (int64_t n = begin; n < end; ++n) {
+      TransformerXlSinusoid(distances[n], d_rel, base, sinusoid.data());
+      for (int64_t h = 0; h < heads; ++h) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        const float* w = w_r.data() + h * d_rel * d;
+        for (int64_t c = 0; c < d_rel; ++c) {
+          for (int64_t e = 0; e < d; ++e) acc[e] += sinusoid[c] * w[c * d + e];
+        }
+        float* dst = rel + (h * count + n) * d;
+        for (int64_t e = 0; e < d; ++e) dst[e] = static_cast<float>(acc[e]);
+      }
+    }
+  });
+}
+
+class TxlModifier final : public ScoreModifier {
+ public:
+  // rel: [H, Sq+Sk-1, D], row n holding rel_h(min_distance + n).
+  TxlModifier(const AttentionProblem& problem, Tensor u, Tensor v, std::vector<float> rel,
+              int64_t min_distance)
+      : q_(problem.q.data()),
+        k_(problem.k.data()),
+        heads_(problem.heads),
+        sq_(problem.sq),
+        sk_(problem.sk),
+        d_(problem.d),
+        scale_(problem.scale),
+        query_offset_(problem.query_offset),
+        u_(std::move(u)),
+        v_(std::move(v)),
+        rel_(std::move(rel)),
+        min_distance_(min_distance),
+        distances_(problem.sq + problem.sk - 1) {}
+
+  void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
+    const int64_t bh = tile.b * heads_ + tile.h;
+    const float* u = u_.data() + tile.h * d_;
+    const float* v = v_.data() + tile.h * d_;
+    const float* rel_head = rel_.data() + tile.h * distances_ * d_;
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const int64_t i = tile.i0 + r;
+      const float* q_row = q_ + (bh * sq_ + i) * d_;
+      float* row = scores + r * ld;
+      for (int64_t c = 0; c < tile.cols; ++c) {
+        const int64_t j = tile.j0 + c;
+        const float* k_row = k_ + (bh * sk_ + j) * d_;
+        const float* rel_row = rel_head + (query_offset_ + i - j - min_distance_) * d_;
+        // (a)+(c): u . k_j; (b)+(d): (q_i + v) . rel_h(delta).
+        double extra = 0;
+        for (int64_t e = 0; e < d_; ++e) {
+          extra += static_cast<double>(u[e]) * k_row[e] +
+                   (static_cast<double>(q_row[e]) + v[e]) * rel_row[e];
+        }
+        row[c] = static_cast<float>(scale_ * (row[c] + extra));
+      }
+    }
+  }
+
+ private:
+  const float* const q_;  // Owned by the problem, as k_.
+  const float* const k_;
+  const int64_t heads_, sq_, sk_, d_;
+  const double scale_;
+  const int64_t query_offset_;
+  const Tensor u_, v_;
+  const std::vector<float> rel_;
+  const int64_t min_distance_, distances_;
+};
+
+class TransformerXl final : public PositionalMethod {
+ public:
+  MethodKind kind() const override { return MethodKind::kTransformerXL; }
+  absl::string_view description() const override {
+    return "Relative sinusoid projected by W_R with global content (u) and position (v) biases "
+           "(Dai et al. 2019); memory via query_offset.";
+  }
+  std::vector<ParameterInfo> parameters() const override {
+    return {{"d_rel", "int", "", "even, >= 2; required", {"encode", "attend"}},
+            {"base", "double", "10000", "finite, > 0", {"encode", "attend"}},
+            {"pos_bias_u", "tensor", "", "[H,D]", {"attend"}},
+            {"pos_bias_v", "tensor", "", "[H,D]", {"attend"}},
+            {"w_r", "tensor", "", "[H,d_rel,D]; optional for encode", {"encode", "attend"}},
+            {"distances", "tensor", "", "[N] real distances", {"encode"}},
+            {"q", "tensor", "", "[B,H,Sq,D]", {"attend"}},
+            {"k", "tensor", "", "[B,H,Sk,D]", {"attend"}},
+            {"v", "tensor", "", "[B,H,Sk,Dv]", {"attend"}}};
+  }
+  std::vector<InputSpec> attend_inputs() const override {
+    return {{"q"}, {"k"}, {"v"}, {"pos_bias_u"}, {"pos_bias_v"}, {"w_r"}};
+  }
+
+  absl::StatusOr<PreparedAttention> PrepareAttend(AttendArgs& args,
+                                                  const ComputeOptions& options) const override {
+    ATTN_ASSIGN_OR_RETURN(const int64_t d_rel, ResolveDRel(args.params));
+    ATTN_ASSIGN_OR_RETURN(const double base,
+                          ResolvePositive(args.params.base, kDefaultBase, "base"));
+    PreparedAttention prepared;
+    ATTN_ASSIGN_OR_RETURN(prepared.problem, TakeQkvProblem(args, options));
+    const AttentionProblem& p = prepared.problem;
+    Tensor& u = args.inputs.at("pos_bias_u");
+    Tensor& v = args.inputs.at("pos_bias_v");
+    const Tensor& w_r = args.inputs.at("w_r");
+    const std::string hd_text = absl::StrCat("[H=", p.heads, ",D=", p.d, "] to match q");
+    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"pos_bias_u", &u},
+                                  std::pair<const char*, const Tensor*>{"pos_bias_v", &v}}) {
+      ATTN_RETURN_IF_ERROR(ExpectRank(*t, name, 2, "[H,D]"));
+      ATTN_RETURN_IF_ERROR(ExpectDim(*t, name, 0, p.heads, hd_text));
+      ATTN_RETURN_IF_ERROR(ExpectDim(*t, name, 1, p.d, hd_text));
+    }
+    ATTN_RETURN_IF_ERROR(CheckWr(w_r, d_rel, p.heads, p.d));
+    // Every distance q_pos(i) - j the call can meet, smallest first.
+    const int64_t count = p.sq + p.sk - 1;
+    ATTN_RETURN_IF_ERROR(CheckOutputSize({p.heads, count, p.d}, "rel_h (per distance)", options));
+    const int64_t min_distance = p.query_offset - (p.sk - 1);
+    std::vector<double> distances(static_cast<size_t>(count));
+    for (int64_t n = 0; n < count; ++n) distances[n] = static_cast<double>(min_distance + n);
+    std::vector<float> rel(static_cast<size_t>(p.heads * count * p.d));
+    ProjectSinusoids(distances, w_r, base, options, rel.data());
+    prepared.modifier = std::make_unique<TxlModifier>(p, std::move(u), std::move(v),
+                                                      std::move(rel), min_distance);
+    return prepared;
+  }
+
+  bool has_encode() const override { return true; }
+  std::vector<InputSpec> encode_inputs() const override {
+    return {{"distances"}, {"w_r", /*required=*/false}};
+  }
+
+  absl::StatusOr<TensorMap> Encode(EncodeArgs& args,
+                                   const ComputeOptions& options) const override {
+    ATTN_ASSIGN_OR_RETURN(const int64_t d_rel, ResolveDRel(args.params));
+    ATTN_ASSIGN_OR_RETURN(const double base,
+                          ResolvePositive(args.params.base, kDefaultBase, "base"));
+    const Tensor& distances_in = args.inputs.at("distances");
+    ATTN_RETURN_IF_ERROR(ExpectRank(distances_in, "distances", 1, "[N]"));
+    const auto w_r = args.inputs.find("w_r");
+    if (w_r != args.inputs.end()) ATTN_RETURN_IF_ERROR(CheckWr(w_r->second, d_rel, 0, 0));
+    const int64_t count = distances_in.dim(0);
+    ATTN_RETURN_IF_ERROR(CheckOutputSize({count, d_rel}, "rel_table", options));
+    std::vector<double> distances(distances_in.values().begin(), distances_in.values().end());
+    Tensor table({count, d_rel});
+    std::vector<double> row(static_cast<size_t>(d_rel));
+    for (int64_t n = 0; n < count; ++n) {
+      TransformerXlSinusoid(distances[n], d_rel, base, row.data());
+      for (int64_t c = 0; c < d_rel; ++c) table.data()[n * d_rel + c] = static_cast<float>(row[c]);
+    }
+    TensorMap outputs;
+    outputs["rel_table"] = std::move(table);
+    if (w_r != args.inputs.end()) {
+      const int64_t heads = w_r->second.dim(0), d = w_r->second.dim(2);
+      ATTN_RETURN_IF_ERROR(CheckOutputSize({heads, count, d}, "rel_proj", options));
+      Tensor proj({heads, count, d});
+      ProjectSinusoids(distances, w_r->second, base, options, proj.data());
+      outputs["rel_proj"] = std::move(proj);
+    }
+    return outputs;
+  }
+};
+
+}  // namespace
+
+const PositionalMethod& TransformerXlMethod() {
+  static const TransformerXl* const method = new TransformerXl();
+  return *method;
+}
+
+}  // namespace attnserve::kernels

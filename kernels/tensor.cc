@@ -1,0 +1,53 @@
+#include "kernels/tensor.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace attnserve::kernels {
+
+Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)) {
+  int64_t count = 1;
+  for (int64_t d : shape_) count *= d;
+  data_.assign(static_cast<size_t>(count), 0.0f);
+}
+
+Tensor::Tensor(std::vector<int64_t> shape, std::vector<float> data)
+    : shape_(std::move(shape)), data_(std::move(data)) {}
+
+absl::StatusOr<Tensor> Tensor::Create(std::vector<int64_t> shape, std::vector<float> data,
+                                      absl::string_view field) {
+  absl::StatusOr<int64_t> count = CheckedElementCount(shape, field);
+  if (!count.ok()) return count.status();
+  if (*count != static_cast<int64_t>(data.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".data: shape ", ShapeToString(shape), " needs ", *count,
+                     " values, got ", data.size()));
+  }
+  return Tensor(std::move(shape), std::move(data));
+}
+
+std::string ShapeToString(absl::Span<const int64_t> shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+absl::StatusOr<int64_t> CheckedElementCount(absl::Span<const int64_t> shape,
+                                            absl::string_view field) {
+  if (shape.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".shape: must not be empty"));
+  }
+  int64_t count = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".shape: every dimension must be >= 1, got ",
+                                                     ShapeToString(shape)));
+    }
+    if (__builtin_mul_overflow(count, shape[i], &count)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".shape: element count of ", ShapeToString(shape), " overflows int64"));
+    }
+  }
+  return count;
+}
+
+}  // namespace attnserve::kernels
