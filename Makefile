@@ -1,0 +1,33 @@
+# The two commands: `make run` and `make test` (each installs what is missing
+# and builds first). See README.md.
+BUILD_DIR  ?= build
+BUILD_TYPE ?= Release
+JOBS       ?= $(shell nproc)
+ADDRESS    ?= 127.0.0.1:50051
+ATTND_FLAGS ?=
+
+.PHONY: all deps configure build run test bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+configure: deps
+	@mkdir -p $(BUILD_DIR) && cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) > $(BUILD_DIR)/configure.log 2>&1 \
+	  || { cat $(BUILD_DIR)/configure.log; exit 1; }
+
+build: configure
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+run: build
+	$(BUILD_DIR)/bin/attnd --address=$(ADDRESS) $(ATTND_FLAGS)
+
+test: build
+	ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) --timeout 300
+
+bench: build
+	@echo "benchmarks arrive with the fast-kernels work (bench/)"
+
+clean:
+	rm -rf $(BUILD_DIR)

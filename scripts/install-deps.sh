@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages attnserve builds, tests and runs with.
+# Idempotent and quiet when everything is present; the one list of packages
+# that the Makefile, CI and the Dockerfile all use.
+#
+#   scripts/install-deps.sh            build + test dependencies
+#   scripts/install-deps.sh --check    exit 1 (listing them) if any is missing
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  build-essential cmake make pkg-config
+  # RPC and serialisation
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  # kernels
+  libdnnl-dev
+  # utilities
+  libabsl-dev nlohmann-json3-dev prometheus-cpp-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # Python SDK and its tests (Debian's interpreter: /usr/bin/python3)
+  python3 python3-grpcio python3-protobuf python3-numpy
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "${1:-}" = "--check" ]; then
+  echo "missing packages: ${missing[*]}" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done" >&2
