@@ -27,7 +27,7 @@ test: build
 	ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) --timeout 300
 
 bench: build
-	@echo "benchmarks arrive with the fast-kernels work (bench/)"
+	$(BUILD_DIR)/bin/attention_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BUILD_DIR)
