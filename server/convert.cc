@@ -1,0 +1,307 @@
+#include "server/convert.h"
+
+#include <cstring>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/status_macros.h"
+
+namespace attnserve::server {
+namespace {
+
+// raw_data is little-endian float32 (api.md "Tensors"). On a little-endian
+// host with IEEE floats that is the in-memory layout, so a memcpy converts.
+static_assert(std::numeric_limits<float>::is_iec559 && sizeof(float) == 4,
+              "raw_data decoding assumes IEEE-754 binary32 floats");
+constexpr bool kLittleEndianHost = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+
+void DecodeLittleEndianFloats(const std::string& bytes, float* out) {
+  if constexpr (kLittleEndianHost) {
+    std::memcpy(out, bytes.data(), bytes.size());
+  } else {
+    for (size_t i = 0; i < bytes.size() / 4; ++i) {
+      uint32_t word = 0;
+      for (int b = 3; b >= 0; --b) {
+        word = (word << 8) | static_cast<uint8_t>(bytes[4 * i + static_cast<size_t>(b)]);
+      }
+      std::memcpy(&out[i], &word, 4);
+    }
+  }
+}
+
+void EncodeLittleEndianFloats(const std::vector<float>& values, std::string* bytes) {
+  bytes->resize(values.size() * 4);
+  if constexpr (kLittleEndianHost) {
+    std::memcpy(bytes->data(), values.data(), bytes->size());
+  } else {
+    for (size_t i = 0; i < values.size(); ++i) {
+      uint32_t word = 0;
+      std::memcpy(&word, &values[i], 4);
+      for (size_t b = 0; b < 4; ++b) (*bytes)[4 * i + b] = static_cast<char>(word >> (8 * b));
+    }
+  }
+}
+
+// Validates `tensor` without allocating and returns its element count.
+absl::StatusOr<int64_t> CheckTensor(const v1::Tensor& tensor, absl::string_view field,
+                                    const ConvertLimits& limits) {
+  std::vector<std::string> encodings;
+  if (tensor.data_size() > 0) encodings.emplace_back("data");
+  if (!tensor.raw_data().empty()) encodings.emplace_back("raw_data");
+  if (!tensor.ref().empty()) encodings.emplace_back("ref");
+  if (encodings.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": exactly one of data, raw_data, ref must be set (got ",
+                     encodings.empty() ? "none" : absl::StrJoin(encodings, ", "), ")"));
+  }
+  if (!tensor.ref().empty()) {
+    // No tensor store exists yet: every name is unknown.
+    return absl::NotFoundError(
+        absl::StrCat(field, ".ref: no tensor named '", tensor.ref(), "' is loaded on this server"));
+  }
+  ATTN_ASSIGN_OR_RETURN(const int64_t count, kernels::CheckedElementCount(tensor.shape(), field));
+  const std::string shape = kernels::ShapeToString(tensor.shape());
+  if (tensor.data_size() > 0 && tensor.data_size() != count) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".data: shape ", shape, " needs ", count,
+                                                   " values, got ", tensor.data_size()));
+  }
+  if (!tensor.raw_data().empty()) {
+    int64_t bytes = 0;
+    const bool overflow = __builtin_mul_overflow(count, int64_t{4}, &bytes);
+    if (overflow || static_cast<int64_t>(tensor.raw_data().size()) != bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".raw_data: shape ", shape, " needs ",
+                       overflow ? absl::StrCat("4*", count) : absl::StrCat(bytes),
+                       " bytes (4 per float32), got ", tensor.raw_data().size()));
+    }
+  }
+  if (count > limits.max_elements) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(field, ": ", count, " elements exceed --max_elements=", limits.max_elements));
+  }
+  return count;
+}
+
+// The tensor of a message CheckTensor accepted, with `count` elements.
+kernels::Tensor DecodeTensor(const v1::Tensor& tensor, int64_t count) {
+  std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
+  if (tensor.data_size() > 0) {
+    return kernels::Tensor(std::move(shape),
+                           std::vector<float>(tensor.data().begin(), tensor.data().end()));
+  }
+  std::vector<float> values(static_cast<size_t>(count));
+  DecodeLittleEndianFloats(tensor.raw_data(), values.data());
+  return kernels::Tensor(std::move(shape), std::move(values));
+}
+
+// Converts a request's tensors into a TensorMap while keeping the sum of
+// their element counts within limits.max_elements.
+class InputCollector {
+ public:
+  InputCollector(const ConvertLimits& limits, kernels::TensorMap* inputs)
+      : limits_(limits), inputs_(inputs) {}
+
+  // Adds `tensor` under `name` when the field is set (`present`).
+  absl::Status Add(absl::string_view name, bool present, const v1::Tensor& tensor) {
+    if (!present) return absl::OkStatus();
+    ATTN_ASSIGN_OR_RETURN(const int64_t count, CheckTensor(tensor, name, limits_));
+    // Both are <= max_elements here, so the sum cannot overflow.
+    if (count > limits_.max_elements - total_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          name, ": the request's input tensors total more than --max_elements=",
+          limits_.max_elements, " elements (", total_, " before this one's ", count, ")"));
+    }
+    total_ += count;
+    inputs_->insert_or_assign(std::string(name), DecodeTensor(tensor, count));
+    return absl::OkStatus();
+  }
+
+ private:
+  const ConvertLimits& limits_;
+  kernels::TensorMap* inputs_;
+  int64_t total_ = 0;
+};
+
+absl::StatusOr<kernels::RopeLayout> ToRopeLayout(v1::RopeLayout layout) {
+  switch (layout) {
+    case v1::ROPE_LAYOUT_UNSPECIFIED:
+    case v1::ROPE_LAYOUT_INTERLEAVED: return kernels::RopeLayout::kInterleaved;
+    case v1::ROPE_LAYOUT_HALF: return kernels::RopeLayout::kHalf;
+    default: break;  // proto3 enums are open: any int32 can arrive.
+  }
+  return absl::InvalidArgumentError(absl::StrCat("method.rope.layout: unknown value ",
+                                                 static_cast<int>(layout),
+                                                 " (known: 0 unspecified, 1 interleaved, 2 half)"));
+}
+
+absl::StatusOr<kernels::RopeScaling> ToRopeScaling(v1::RopeScaling scaling) {
+  switch (scaling) {
+    case v1::ROPE_SCALING_UNSPECIFIED:
+    case v1::ROPE_SCALING_NONE: return kernels::RopeScaling::kNone;
+    case v1::ROPE_SCALING_LINEAR: return kernels::RopeScaling::kLinear;
+    case v1::ROPE_SCALING_NTK: return kernels::RopeScaling::kNtk;
+    default: break;  // proto3 enums are open: any int32 can arrive.
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("method.rope.scaling: unknown value ", static_cast<int>(scaling),
+                   " (known: 0 unspecified, 1 none, 2 linear, 3 ntk)"));
+}
+
+// The method, its scalar parameters and its tensors (into `inputs`).
+absl::Status ConvertMethod(const v1::PositionalMethod& method, kernels::MethodKind* kind,
+                           kernels::MethodParams* params, InputCollector* inputs) {
+  switch (method.kind_case()) {
+    case v1::PositionalMethod::kNone: *kind = kernels::MethodKind::kNone; return absl::OkStatus();
+    case v1::PositionalMethod::kSinusoidal: {
+      *kind = kernels::MethodKind::kSinusoidal;
+      const v1::Sinusoidal& m = method.sinusoidal();
+      if (m.has_base()) params->base = m.base();
+      return absl::OkStatus();
+    }
+    case v1::PositionalMethod::kLearned: {
+      *kind = kernels::MethodKind::kLearned;
+      const v1::Learned& m = method.learned();
+      return inputs->Add("table", m.has_table(), m.table());
+    }
+    case v1::PositionalMethod::kRope: {
+      *kind = kernels::MethodKind::kRope;
+      const v1::Rope& m = method.rope();
+      ATTN_ASSIGN_OR_RETURN(params->rope_layout, ToRopeLayout(m.layout()));
+      ATTN_ASSIGN_OR_RETURN(params->rope_scaling, ToRopeScaling(m.scaling()));
+      if (m.has_base()) params->base = m.base();
+      if (m.has_scaling_factor()) params->scaling_factor = m.scaling_factor();
+      if (m.has_rotary_dim()) params->rotary_dim = m.rotary_dim();
+      return absl::OkStatus();
+    }
+    case v1::PositionalMethod::kTransformerXl: {
+      *kind = kernels::MethodKind::kTransformerXL;
+      const v1::TransformerXL& m = method.transformer_xl();
+      params->d_rel = m.d_rel();
+      if (m.has_base()) params->base = m.base();
+      ATTN_RETURN_IF_ERROR(inputs->Add("pos_bias_u", m.has_pos_bias_u(), m.pos_bias_u()));
+      ATTN_RETURN_IF_ERROR(inputs->Add("pos_bias_v", m.has_pos_bias_v(), m.pos_bias_v()));
+      return inputs->Add("w_r", m.has_w_r(), m.w_r());
+    }
+    case v1::PositionalMethod::kShaw: {
+      *kind = kernels::MethodKind::kShaw;
+      const v1::Shaw& m = method.shaw();
+      if (m.has_max_relative_position()) {
+        params->max_relative_position = m.max_relative_position();
+      }
+      ATTN_RETURN_IF_ERROR(inputs->Add("rel_k", m.has_rel_k(), m.rel_k()));
+      return inputs->Add("rel_v", m.has_rel_v(), m.rel_v());
+    }
+    case v1::PositionalMethod::kAlibi: *kind = kernels::MethodKind::kAlibi; return absl::OkStatus();
+    case v1::PositionalMethod::kDaTransformer: {
+      *kind = kernels::MethodKind::kDaTransformer;
+      const v1::DaTransformer& m = method.da_transformer();
+      ATTN_RETURN_IF_ERROR(inputs->Add("dist_w", m.has_dist_w(), m.dist_w()));
+      return inputs->Add("dist_v", m.has_dist_v(), m.dist_v());
+    }
+    case v1::PositionalMethod::KIND_NOT_SET: break;
+  }
+  return absl::InvalidArgumentError(
+      "method: not set; choose one of none, sinusoidal, learned, rope, transformer_xl, shaw, "
+      "alibi, da_transformer");
+}
+
+}  // namespace
+
+absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
+                                               const ConvertLimits& limits) {
+  ATTN_ASSIGN_OR_RETURN(const int64_t count, CheckTensor(tensor, field, limits));
+  return DecodeTensor(tensor, count);
+}
+
+absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
+                                                 const ConvertLimits& limits) {
+  kernels::AttendArgs args;
+  InputCollector inputs(limits, &args.inputs);
+  // The method first: "method: not set" is the most basic mistake to report.
+  ATTN_RETURN_IF_ERROR(ConvertMethod(request.method(), &args.method, &args.params, &inputs));
+  ATTN_RETURN_IF_ERROR(inputs.Add("q", request.has_q(), request.q()));
+  ATTN_RETURN_IF_ERROR(inputs.Add("k", request.has_k(), request.k()));
+  ATTN_RETURN_IF_ERROR(inputs.Add("v", request.has_v(), request.v()));
+  ATTN_RETURN_IF_ERROR(inputs.Add("x_q", request.has_x_q(), request.x_q()));
+  ATTN_RETURN_IF_ERROR(inputs.Add("x_kv", request.has_x_kv(), request.x_kv()));
+  ATTN_RETURN_IF_ERROR(inputs.Add("w_q", request.has_w_q(), request.w_q()));
+  ATTN_RETURN_IF_ERROR(inputs.Add("w_k", request.has_w_k(), request.w_k()));
+  ATTN_RETURN_IF_ERROR(inputs.Add("w_v", request.has_w_v(), request.w_v()));
+  args.num_heads = request.num_heads();
+  args.causal = request.causal();
+  if (request.has_scale()) args.scale = request.scale();
+  if (request.has_query_offset()) args.query_offset = request.query_offset();
+  args.return_probs = request.return_probs();
+  return args;
+}
+
+absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const v1::EncodeRequest& request,
+                                                 const ConvertLimits& limits) {
+  kernels::EncodeArgs args;
+  InputCollector inputs(limits, &args.inputs);
+  ATTN_RETURN_IF_ERROR(ConvertMethod(request.method(), &args.method, &args.params, &inputs));
+  ATTN_RETURN_IF_ERROR(inputs.Add("x", request.has_x(), request.x()));
+  ATTN_RETURN_IF_ERROR(inputs.Add("distances", request.has_distances(), request.distances()));
+  args.offset = request.offset();
+  args.sq = request.sq();
+  args.sk = request.sk();
+  if (request.has_query_offset()) args.query_offset = request.query_offset();
+  args.num_heads = request.num_heads();
+  return args;
+}
+
+void FillTensor(const kernels::Tensor& tensor, bool raw_output, v1::Tensor* out) {
+  out->Clear();
+  out->mutable_shape()->Add(tensor.shape().begin(), tensor.shape().end());
+  if (raw_output) {
+    EncodeLittleEndianFloats(tensor.values(), out->mutable_raw_data());
+  } else {
+    out->mutable_data()->Reserve(static_cast<int>(tensor.values().size()));
+    out->mutable_data()->Add(tensor.values().begin(), tensor.values().end());
+  }
+}
+
+void FillAttendResponse(kernels::AttendResult&& result, bool raw_output,
+                        v1::AttendResponse* response) {
+  response->Clear();
+  FillTensor(result.out, raw_output, response->mutable_out());
+  if (result.probs.has_value()) FillTensor(*result.probs, raw_output, response->mutable_probs());
+  result = kernels::AttendResult();  // Release the kernel buffers now, not at the caller.
+}
+
+void FillEncodeResponse(kernels::EncodeResult&& result, bool raw_output,
+                        v1::EncodeResponse* response) {
+  response->Clear();
+  auto& outputs = *response->mutable_outputs();
+  for (const auto& [name, tensor] : result.outputs) FillTensor(tensor, raw_output, &outputs[name]);
+  result.outputs.clear();
+}
+
+void FillListMethodsResponse(const std::vector<kernels::MethodInfo>& methods,
+                             int64_t max_message_bytes, int64_t max_elements,
+                             absl::string_view server, v1::ListMethodsResponse* response) {
+  response->Clear();
+  for (const kernels::MethodInfo& method : methods) {
+    v1::MethodInfo* info = response->add_methods();
+    info->set_name(method.name);
+    info->set_description(method.description);
+    for (const kernels::ParameterInfo& param : method.parameters) {
+      v1::ParameterInfo* p = info->add_parameters();
+      p->set_name(param.name);
+      p->set_type(param.type);
+      p->set_default_value(param.default_value);
+      p->set_rule(param.rule);
+      for (const std::string& op : param.ops) p->add_ops(op);
+    }
+  }
+  response->mutable_limits()->set_max_message_bytes(max_message_bytes);
+  response->mutable_limits()->set_max_elements(max_elements);
+  response->set_server(std::string(server));
+}
+
+}  // namespace attnserve::server

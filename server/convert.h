@@ -1,0 +1,78 @@
+// Conversion between the wire messages of attnserve.v1 and the kernels' types.
+// This is the only file where protobuf and kernels types meet.
+//
+// Requests: every tensor field that is set (message presence) becomes an entry
+// of args.inputs under its spec name (q, k, v, x_q, x_kv, w_q, w_k, w_v, x,
+// distances, table, pos_bias_u, pos_bias_v, w_r, rel_k, rel_v, dist_w,
+// dist_v). Which tensors a method takes is left to the kernels, which reject
+// extra or missing ones by name. Here only the encoding of each tensor and
+// the size limits are checked.
+//
+// Thread-safety: pure functions of their arguments; safe from any thread.
+#ifndef ATTNSERVE_SERVER_CONVERT_H_
+#define ATTNSERVE_SERVER_CONVERT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "attnserve/v1/attention.pb.h"
+#include "kernels/attention.h"
+#include "kernels/tensor.h"
+
+namespace attnserve::server {
+
+// Limits applied while converting a request, before any allocation.
+struct ConvertLimits {
+  // Largest element count of any one input tensor, and of all input tensors
+  // of one request together (the --max_elements flag).
+  int64_t max_elements = int64_t{1} << 28;
+};
+
+// The kernel tensor of `tensor`, whose field name is `field` (e.g. "q").
+// Exactly one of data, raw_data (little-endian float32) and ref must be set;
+// shape must have every dimension >= 1 and a count that fits in int64.
+// Errors (messages name `field`):
+//   INVALID_ARGUMENT   encodings set != 1, bad shape, value or byte count not
+//                      matching product(shape)
+//   NOT_FOUND          ref (no tensor store is loaded on this server)
+//   RESOURCE_EXHAUSTED product(shape) > limits.max_elements
+absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
+                                               const ConvertLimits& limits);
+
+// The kernels' arguments for an Attend request. Besides ToKernelTensor's
+// errors: INVALID_ARGUMENT when no method is set or an enum holds a value
+// this server does not know; RESOURCE_EXHAUSTED when all input tensors
+// together exceed limits.max_elements.
+absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
+                                                 const ConvertLimits& limits);
+
+// The kernels' arguments for an Encode request; errors as ToAttendArgs.
+absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const v1::EncodeRequest& request,
+                                                 const ConvertLimits& limits);
+
+// Writes `tensor` into `out` (cleared first): its shape, and its values as
+// little-endian float32 bytes in raw_data when `raw_output`, else in data.
+void FillTensor(const kernels::Tensor& tensor, bool raw_output, v1::Tensor* out);
+
+// Moves `result` into `response` (cleared first): out [B,H,Sq,Dv], and probs
+// [B,H,Sq,Sk] when the result has them.
+void FillAttendResponse(kernels::AttendResult&& result, bool raw_output,
+                        v1::AttendResponse* response);
+
+// Moves `result` into `response` (cleared first): one `outputs` entry per
+// kernel output, under the same name.
+void FillEncodeResponse(kernels::EncodeResult&& result, bool raw_output,
+                        v1::EncodeResponse* response);
+
+// ListMethods: `methods` as the kernels describe them, the server's limits and
+// its name and version (e.g. "attnd 0.1.0"). Clears `response` first.
+void FillListMethodsResponse(const std::vector<kernels::MethodInfo>& methods,
+                             int64_t max_message_bytes, int64_t max_elements,
+                             absl::string_view server, v1::ListMethodsResponse* response);
+
+}  // namespace attnserve::server
+
+#endif  // ATTNSERVE_SERVER_CONVERT_H_

@@ -1,0 +1,87 @@
+// attnd: the attnserve gRPC server. Parses flags, starts an AttnServer (see
+// server/server.h) and drains it on SIGTERM or SIGINT.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/time/time.h"
+#include "server/server.h"
+
+namespace {
+
+int32_t DefaultThreads() {
+  const unsigned hardware = std::thread::hardware_concurrency();
+  return hardware == 0 ? 1 : static_cast<int32_t>(hardware);
+}
+
+constexpr absl::Duration kShutdownGrace = absl::Seconds(30);
+
+}  // namespace
+
+ABSL_FLAG(std::string, address, "127.0.0.1:50051",
+          "host:port to listen on; port 0 picks a free port (see --port_file)");
+ABSL_FLAG(std::string, port_file, "",
+          "if set, the bound port and a newline are written here (atomically) once serving");
+ABSL_FLAG(int32_t, threads, DefaultThreads(), "compute threads (>= 1)");
+ABSL_FLAG(int64_t, max_message_bytes, int64_t{256} << 20,
+          "largest request or response message in bytes");
+ABSL_FLAG(int64_t, max_elements, int64_t{1} << 28,
+          "per request: largest tensor, and sum of input tensors, in float32 elements");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("attnd: multi-head attention with positional encodings over gRPC");
+  const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() > 1) {
+    std::fprintf(stderr, "attnd: unexpected argument '%s' (every setting is a --flag)\n", args[1]);
+    return 1;
+  }
+
+  // Blocked before any thread starts, so that every thread inherits the mask
+  // and the signals reach only the sigwait below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  attnserve::server::ServerOptions options;
+  options.address = absl::GetFlag(FLAGS_address);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.max_elements = absl::GetFlag(FLAGS_max_elements);
+  absl::StatusOr<std::unique_ptr<attnserve::server::AttnServer>> server =
+      attnserve::server::AttnServer::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "attnd: %s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  const std::string port_file = absl::GetFlag(FLAGS_port_file);
+  if (!port_file.empty()) {
+    absl::Status written = attnserve::server::WritePortFile(port_file, (*server)->port());
+    if (!written.ok()) {
+      std::fprintf(stderr, "attnd: %s\n", std::string(written.message()).c_str());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "attnd listening on %s\n", (*server)->address().c_str());
+
+  std::thread signal_thread([&server, &signals] {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    std::fprintf(stderr, "attnd: signal %d, draining (up to %s)\n", signal_number,
+                 absl::FormatDuration(kShutdownGrace).c_str());
+    (*server)->Shutdown(kShutdownGrace);
+  });
+  (*server)->Wait();
+  signal_thread.join();
+  std::fprintf(stderr, "attnd: stopped\n");
+  return 0;
+}

@@ -1,0 +1,163 @@
+#include "server/server.h"
+
+#include <grpc/grpc.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "kernels/status_macros.h"
+
+namespace attnserve::server {
+namespace {
+
+// The host and port of "host:port" ("[::1]:0" keeps its brackets in host).
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+
+absl::StatusOr<HostPort> SplitAddress(absl::string_view address) {
+  const size_t colon = address.rfind(':');
+  const absl::string_view port_text =
+      colon == absl::string_view::npos ? absl::string_view() : address.substr(colon + 1);
+  int port = -1;
+  if (colon == absl::string_view::npos || colon == 0 || port_text.empty() ||
+      !std::all_of(port_text.begin(), port_text.end(), absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(port_text, &port) || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--address: expected host:port with port 0..65535 (0 picks a free port), got '", address,
+        "'"));
+  }
+  return HostPort{std::string(address.substr(0, colon)), port};
+}
+
+std::string ErrnoText(int error) { return std::strerror(error); }
+
+}  // namespace
+
+absl::Status ValidateServerOptions(const ServerOptions& options) {
+  ATTN_RETURN_IF_ERROR(SplitAddress(options.address).status());
+  if (options.threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--threads: must be >= 1, got ", options.threads));
+  }
+  if (options.max_message_bytes < 1 ||
+      options.max_message_bytes > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_message_bytes: must be in 1..", std::numeric_limits<int32_t>::max(),
+                     " (gRPC's limit is an int), got ", options.max_message_bytes));
+  }
+  if (options.max_elements < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_elements: must be >= 1, got ", options.max_elements));
+  }
+  return absl::OkStatus();
+}
+
+AttnServer::AttnServer(const ServerOptions& options, std::string address)
+    : pool_(std::make_unique<ComputePool>(options.threads)),
+      service_(std::make_unique<AttentionServiceImpl>(
+          pool_.get(), ServiceOptions{options.max_elements, options.max_message_bytes})),
+      address_(std::move(address)) {}
+
+absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOptions& options) {
+  ATTN_RETURN_IF_ERROR(ValidateServerOptions(options));
+  ATTN_ASSIGN_OR_RETURN(HostPort host_port, SplitAddress(options.address));
+
+  // Both are process-wide switches read when a ServerBuilder is created.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  std::unique_ptr<AttnServer> server(new AttnServer(options, ""));
+  grpc::ServerBuilder builder;
+  int selected_port = 0;
+  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &selected_port);
+  // gRPC sets SO_REUSEPORT by default: a second attnd on the same port would
+  // then start and silently share the traffic instead of failing to bind.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || selected_port == 0) {
+    if (server->server_ != nullptr) server->server_->Shutdown();
+    // Nothing ran yet; the destructor has only the pool to stop.
+    server->server_.reset();
+    {
+      absl::MutexLock lock(&server->shutdown_mu_);
+      server->shut_down_ = true;
+    }
+    return absl::UnavailableError(
+        absl::StrCat("--address=", options.address,
+                     ": could not listen (port in use, or not an address of this host)"));
+  }
+  server->port_ = selected_port;
+  server->address_ = absl::StrCat(host_port.host, ":", selected_port);
+  if (grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService()) {
+    health->SetServingStatus(true);
+  }
+  return server;
+}
+
+AttnServer::~AttnServer() {
+  Shutdown(absl::ZeroDuration());
+  pool_->Stop();
+}
+
+void AttnServer::Shutdown(absl::Duration grace) {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                            absl::ToChronoNanoseconds(grace));
+  // Returns once every call has finished (or was cancelled at the deadline);
+  // the pool keeps running meanwhile so that queued calls can finish.
+  server_->Shutdown(deadline);
+  pool_->Stop();
+}
+
+void AttnServer::Wait() {
+  if (server_ != nullptr) server_->Wait();
+}
+
+absl::Status WritePortFile(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  std::FILE* file = std::fopen(tmp.c_str(), "w");
+  if (file == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("--port_file: cannot create '", tmp, "': ", ErrnoText(errno)));
+  }
+  const std::string text = absl::StrCat(port, "\n");
+  const bool written = std::fwrite(text.data(), 1, text.size(), file) == text.size();
+  const int write_errno = errno;
+  if (std::fclose(file) != 0 || !written) {
+    const int error = written ? errno : write_errno;
+    std::remove(tmp.c_str());
+    return absl::InternalError(
+        absl::StrCat("--port_file: cannot write '", tmp, "': ", ErrnoText(error)));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    std::remove(tmp.c_str());
+    return absl::InternalError(
+        absl::StrCat("--port_file: cannot rename '", tmp, "' to '", path, "': ", ErrnoText(error)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace attnserve::server

@@ -1,0 +1,92 @@
+// AttnServer: the attnd gRPC server assembled from its parts: the attention
+// service on a compute pool, the standard health service and server
+// reflection, on one listening address with insecure credentials.
+//
+// main.cc only parses flags, starts an AttnServer and waits for a signal;
+// tests start one in-process on port 0.
+//
+// Thread-safety: port() and address() are immutable after Start; Shutdown
+// and Wait may be called from any thread, Shutdown more than once.
+#ifndef ATTNSERVE_SERVER_SERVER_H_
+#define ATTNSERVE_SERVER_SERVER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/attention_service.h"
+#include "server/compute_pool.h"
+
+namespace attnserve::server {
+
+struct ServerOptions {
+  // host:port to listen on; port 0 picks a free port (see AttnServer::port).
+  std::string address = "127.0.0.1:50051";
+  // Compute threads (ComputePool workers); >= 1.
+  int threads = 1;
+  // Largest request and response message, in bytes; 1 .. INT32_MAX (gRPC's limit type).
+  int64_t max_message_bytes = int64_t{256} << 20;
+  // Per request, in float32 elements (see ServiceOptions::max_elements); >= 1.
+  int64_t max_elements = int64_t{1} << 28;
+};
+
+// INVALID_ARGUMENT naming the flag (--threads, ...) and its rule when
+// `options` cannot be used.
+absl::Status ValidateServerOptions(const ServerOptions& options);
+
+class AttnServer {
+ public:
+  // Validates `options`, builds and starts the server, and marks it SERVING
+  // in the health service. Errors: INVALID_ARGUMENT (see
+  // ValidateServerOptions); UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<AttnServer>> Start(const ServerOptions& options);
+
+  // Shuts down with no grace period unless Shutdown already ran.
+  ~AttnServer();
+
+  AttnServer(const AttnServer&) = delete;
+  AttnServer& operator=(const AttnServer&) = delete;
+
+  // The bound port (the picked one when options.address had port 0).
+  int port() const { return port_; }
+  // The address actually listened on: options.address with port().
+  const std::string& address() const { return address_; }
+
+  // Drains: marks the health service NOT_SERVING, stops accepting calls,
+  // lets running ones finish for up to `grace` (then cancels them), and
+  // stops the compute pool. Blocks until done; later calls return at once.
+  void Shutdown(absl::Duration grace);
+
+  // Blocks until Shutdown has stopped the server.
+  void Wait();
+
+ private:
+  AttnServer(const ServerOptions& options, std::string address);
+
+  // Declaration order is destruction order reversed: the grpc::Server goes
+  // first, then the service, then the pool the service submits to.
+  std::unique_ptr<ComputePool> pool_;
+  std::unique_ptr<AttentionServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::string address_;
+
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+// Writes "<port>\n" to `path` atomically: to `path`.tmp first, then renamed
+// over `path`, so a reader never sees a partial file. Errors: the failing
+// step and errno text (INTERNAL).
+absl::Status WritePortFile(const std::string& path, int port);
+
+}  // namespace attnserve::server
+
+#endif  // ATTNSERVE_SERVER_SERVER_H_
