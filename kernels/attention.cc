@@ -41,8 +41,17 @@ absl::Status CheckInputNames(const TensorMap& inputs, const std::vector<InputSpe
 }
 
 // NaN or infinity in an input has no defined attention; name the first one.
+// First the shape itself (1.1: every dimension >= 1, data to match): a Tensor
+// built without Tensor::Create is unchecked, and Sk = 0 would leave the
+// softmax no key to read.
 absl::Status CheckFinite(const TensorMap& inputs) {
   for (const auto& [name, tensor] : inputs) {
+    ATTN_ASSIGN_OR_RETURN(const int64_t count, CheckedElementCount(tensor.shape(), name));
+    if (count != tensor.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ".data: shape ",
+                                                     ShapeToString(tensor.shape()), " needs ",
+                                                     count, " values, got ", tensor.size()));
+    }
     const float* data = tensor.data();
     for (int64_t n = 0; n < tensor.size(); ++n) {
       if (!std::isfinite(data[n])) {
