@@ -1,0 +1,379 @@
+// attn: a command-line client of attnd, built on the C++ SDK (client.h).
+//
+//   attn health  [--service=NAME]
+//   attn methods
+//   attn encode  [FILE|-]            request as proto-JSON, response pretty-printed
+//   attn attend  [FILE|-]
+//   attn attend  --stream [FILE|-]   a JSON array of requests, or one object per
+//                                    line; one JSON response per line
+//
+// Common flags: --address=HOST:PORT (default 127.0.0.1:50051), --timeout=SECONDS
+// (default 30). Flags may come before or after the subcommand, as --flag=value
+// or --flag value.
+//
+// Exit codes: 0 success; 1 an RPC failed (or health is not SERVING); 2 a usage
+// error (unknown flag or subcommand, unreadable file, malformed JSON). Errors
+// go to stderr as "attn: <CODE>: <message>".
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "attnserve/v1/attention.pb.h"
+#include "client/client.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace attnserve::client {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitRpcError = 1;
+constexpr int kExitUsage = 2;
+
+constexpr char kUsage[] =
+    R"(usage: attn [--address=HOST:PORT] [--timeout=SECONDS] <command> [args]
+
+commands:
+  health [--service=NAME]     grpc.health.v1 Check; prints SERVING or NOT_SERVING
+                              (exit 1 unless SERVING)
+  methods                     ListMethods; prints the response as JSON
+  encode [FILE|-]             Encode; the request is proto-JSON read from FILE or
+                              stdin ("-" or no FILE); prints the response as JSON
+  attend [FILE|-]             Attend; as encode
+  attend --stream [FILE|-]    AttendStream; FILE holds a JSON array of requests or
+                              one request object per line; prints one JSON response
+                              per line
+
+flags:
+  --address=HOST:PORT         server address (default 127.0.0.1:50051)
+  --timeout=SECONDS           deadline of each call (default 30)
+  --help                      this text
+
+exit codes: 0 ok, 1 RPC error, 2 usage error
+)";
+
+struct Args {
+  std::string address = "127.0.0.1:50051";
+  double timeout_seconds = 30;
+  std::string service;
+  bool stream = false;
+  bool help = false;
+  std::vector<std::string> positional;  // command, then its arguments
+};
+
+void PrintError(absl::string_view code, absl::string_view message) {
+  std::cerr << "attn: " << code << ": " << message << "\n";
+}
+
+// Usage errors use the status-code vocabulary too, so that stderr always reads
+// "attn: <CODE>: <message>"; the exit code tells them apart from RPC errors.
+int UsageError(absl::string_view message) {
+  PrintError(absl::StatusCodeToString(absl::StatusCode::kInvalidArgument), message);
+  std::cerr << "run 'attn --help' for usage\n";
+  return kExitUsage;
+}
+
+int RpcError(const absl::Status& status) {
+  PrintError(absl::StatusCodeToString(status.code()), status.message());
+  return kExitRpcError;
+}
+
+// Parses argv into `args`; an error message on failure.
+std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
+  // Flags that take a value, as --name=value or --name value.
+  const auto take_value = [&](int& i, absl::string_view arg, absl::string_view name,
+                              std::string& value) -> std::optional<bool> {
+    const std::string prefix = absl::StrCat("--", name);
+    if (arg == prefix) {
+      if (i + 1 >= argc) return std::nullopt;
+      value = argv[++i];
+      return true;
+    }
+    if (absl::StartsWith(arg, prefix + "=")) {
+      value = std::string(arg.substr(prefix.size() + 1));
+      return true;
+    }
+    return false;
+  };
+  bool only_positional = false;
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (only_positional || arg == "-" || !absl::StartsWith(arg, "-")) {
+      args.positional.emplace_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      only_positional = true;
+      continue;
+    }
+    if (arg == "--help" || arg == "-h") {
+      args.help = true;
+      continue;
+    }
+    if (arg == "--stream") {
+      args.stream = true;
+      continue;
+    }
+    std::string value;
+    bool matched = false;
+    for (absl::string_view name : {"address", "timeout", "service"}) {
+      std::optional<bool> taken = take_value(i, arg, name, value);
+      if (!taken.has_value()) return absl::StrCat("--", name, " needs a value");
+      if (!*taken) continue;
+      matched = true;
+      if (name == "address") {
+        if (value.empty()) return "--address must not be empty";
+        args.address = value;
+      } else if (name == "timeout") {
+        if (!absl::SimpleAtod(value, &args.timeout_seconds) || !(args.timeout_seconds > 0) ||
+            args.timeout_seconds > 1e9) {
+          return absl::StrCat("--timeout must be a number of seconds > 0, got \"", value, "\"");
+        }
+      } else {
+        args.service = value;
+      }
+      break;
+    }
+    if (!matched) return absl::StrCat("unknown flag ", arg);
+  }
+  return std::nullopt;
+}
+
+// The contents of `path`, or of stdin for "-" or "".
+absl::StatusOr<std::string> ReadInput(const std::string& path) {
+  if (path.empty() || path == "-") {
+    std::string text((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+    if (std::cin.bad()) return absl::InvalidArgumentError("cannot read stdin");
+    return text;
+  }
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (file.bad()) return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
+  return text.str();
+}
+
+// Splits `text` into its top-level JSON values: the elements of one JSON
+// array, or a sequence of objects (one per line, or simply concatenated).
+// Only brackets and strings are tracked; each piece is parsed by protobuf
+// afterwards, which reports any other syntax error.
+absl::StatusOr<std::vector<std::string>> SplitJsonValues(absl::string_view text) {
+  size_t start = 0;
+  while (start < text.size() && std::isspace(static_cast<unsigned char>(text[start]))) ++start;
+  if (start == text.size()) return absl::InvalidArgumentError("no requests in the input");
+  const bool array = text[start] == '[';
+  if (array) ++start;
+  const int base_depth = array ? 1 : 0;
+  std::vector<std::string> values;
+  int depth = base_depth;
+  bool in_string = false, escaped = false, closed = false;
+  size_t value_start = std::string::npos;
+  for (size_t i = start; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    if (closed) return absl::InvalidArgumentError("unexpected text after the closing ']'");
+    if (depth == base_depth) {
+      if (array && c == ']') {
+        closed = true;
+        continue;
+      }
+      if (array && c == ',') {
+        if (value_start != std::string::npos || values.empty()) {
+          return absl::InvalidArgumentError("expected a request object before ','");
+        }
+        continue;
+      }
+      if (c != '{') {
+        return absl::InvalidArgumentError(
+            absl::StrCat("expected a request object, got '", std::string(1, c), "' at byte ", i));
+      }
+      value_start = i;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+    } else if (c == '}' || c == ']') {
+      if (--depth < base_depth) return absl::InvalidArgumentError("unbalanced brackets");
+      if (depth == base_depth) {
+        values.emplace_back(text.substr(value_start, i + 1 - value_start));
+        value_start = std::string::npos;
+      }
+    }
+  }
+  if (in_string || depth != base_depth || (array && !closed)) {
+    return absl::InvalidArgumentError("unexpected end of input (unterminated JSON)");
+  }
+  if (values.empty()) return absl::InvalidArgumentError("no requests in the input");
+  return values;
+}
+
+template <typename Message>
+absl::Status ParseJson(const std::string& json, Message& message) {
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  const auto status = google::protobuf::util::JsonStringToMessage(json, &message, options);
+  if (!status.ok()) return absl::InvalidArgumentError(std::string(status.message()));
+  return absl::OkStatus();
+}
+
+template <typename Message>
+std::string ToJson(const Message& message, bool pretty) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = pretty;
+  options.preserve_proto_field_names = true;
+  std::string json;
+  // Printing a valid message cannot fail.
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  if (!pretty) return json;
+  // add_whitespace already ends with a newline.
+  while (!json.empty() && json.back() == '\n') json.pop_back();
+  return json;
+}
+
+// The single FILE argument of encode/attend ("" = stdin).
+absl::StatusOr<std::string> InputPath(const Args& args) {
+  if (args.positional.size() > 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        args.positional[0], " takes at most one FILE, got ", args.positional.size() - 1));
+  }
+  return args.positional.size() == 2 ? args.positional[1] : std::string();
+}
+
+template <typename Request>
+absl::StatusOr<Request> ReadRequest(const Args& args) {
+  absl::StatusOr<std::string> path = InputPath(args);
+  if (!path.ok()) return path.status();
+  absl::StatusOr<std::string> text = ReadInput(*path);
+  if (!text.ok()) return text.status();
+  Request request;
+  absl::Status status = ParseJson(*text, request);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request JSON (", path->empty() ? "-" : *path, "): ", status.message()));
+  }
+  return request;
+}
+
+int RunHealth(Client& client, const Args& args) {
+  if (args.positional.size() > 1) return UsageError("health takes no arguments");
+  absl::StatusOr<bool> serving = client.Health(args.service);
+  if (!serving.ok()) return RpcError(serving.status());
+  std::cout << (*serving ? "SERVING" : "NOT_SERVING") << std::endl;
+  return *serving ? kExitOk : kExitRpcError;
+}
+
+int RunMethods(Client& client, const Args& args) {
+  if (args.positional.size() > 1) return UsageError("methods takes no arguments");
+  absl::StatusOr<attnserve::v1::ListMethodsResponse> response = client.ListMethods();
+  if (!response.ok()) return RpcError(response.status());
+  std::cout << ToJson(*response, /*pretty=*/true) << std::endl;
+  return kExitOk;
+}
+
+int RunEncode(Client& client, const Args& args) {
+  absl::StatusOr<attnserve::v1::EncodeRequest> request =
+      ReadRequest<attnserve::v1::EncodeRequest>(args);
+  if (!request.ok()) return UsageError(request.status().message());
+  absl::StatusOr<attnserve::v1::EncodeResponse> response = client.Encode(*request);
+  if (!response.ok()) return RpcError(response.status());
+  std::cout << ToJson(*response, /*pretty=*/true) << std::endl;
+  return kExitOk;
+}
+
+int RunAttend(Client& client, const Args& args) {
+  absl::StatusOr<attnserve::v1::AttendRequest> request =
+      ReadRequest<attnserve::v1::AttendRequest>(args);
+  if (!request.ok()) return UsageError(request.status().message());
+  absl::StatusOr<attnserve::v1::AttendResponse> response = client.Attend(*request);
+  if (!response.ok()) return RpcError(response.status());
+  std::cout << ToJson(*response, /*pretty=*/true) << std::endl;
+  return kExitOk;
+}
+
+int RunAttendStream(Client& client, const Args& args) {
+  absl::StatusOr<std::string> path = InputPath(args);
+  if (!path.ok()) return UsageError(path.status().message());
+  absl::StatusOr<std::string> text = ReadInput(*path);
+  if (!text.ok()) return UsageError(text.status().message());
+  const std::string source = path->empty() ? "-" : *path;
+  absl::StatusOr<std::vector<std::string>> pieces = SplitJsonValues(*text);
+  if (!pieces.ok()) {
+    return UsageError(absl::StrCat("requests JSON (", source, "): ", pieces.status().message()));
+  }
+  std::vector<attnserve::v1::AttendRequest> requests(pieces->size());
+  for (size_t i = 0; i < pieces->size(); ++i) {
+    absl::Status status = ParseJson((*pieces)[i], requests[i]);
+    if (!status.ok()) {
+      return UsageError(
+          absl::StrCat("requests JSON (", source, ") request ", i, ": ", status.message()));
+    }
+  }
+  Client::StreamResult result = client.AttendStream(requests);
+  for (const attnserve::v1::AttendResponse& response : result.responses) {
+    std::cout << ToJson(response, /*pretty=*/false) << "\n";
+  }
+  std::cout.flush();
+  if (!result.status.ok()) return RpcError(result.status);
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  Args args;
+  if (std::optional<std::string> error = ParseArgs(argc, argv, args)) return UsageError(*error);
+  if (args.help || args.positional.empty()) {
+    (args.help ? std::cout : std::cerr) << kUsage;
+    return args.help ? kExitOk : kExitUsage;
+  }
+  const std::string& command = args.positional[0];
+  if (command != "health" && command != "methods" && command != "encode" && command != "attend") {
+    return UsageError(absl::StrCat("unknown command \"", command, "\""));
+  }
+  if (args.stream && command != "attend") return UsageError("--stream applies to attend only");
+  if (!args.service.empty() && command != "health") {
+    return UsageError("--service applies to health only");
+  }
+  ClientOptions options;
+  options.default_deadline = absl::Seconds(args.timeout_seconds);
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(args.address, options);
+  if (!client.ok()) return UsageError(client.status().message());
+  if (command == "health") return RunHealth(**client, args);
+  if (command == "methods") return RunMethods(**client, args);
+  if (command == "encode") return RunEncode(**client, args);
+  return args.stream ? RunAttendStream(**client, args) : RunAttend(**client, args);
+}
+
+}  // namespace
+}  // namespace attnserve::client
+
+int main(int argc, char** argv) { return attnserve::client::Main(argc, argv); }

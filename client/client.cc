@@ -1,0 +1,270 @@
+#include "client/client.h"
+
+#include <cctype>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "grpcpp/support/sync_stream.h"
+
+namespace attnserve::client {
+namespace {
+
+// raw_data is little-endian on the wire whatever the host's byte order, so
+// the bytes are assembled explicitly instead of memcpy'd.
+void AppendFloatLe(float value, std::string& out) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  for (int shift = 0; shift < 32; shift += 8) {
+    out.push_back(static_cast<char>((bits >> shift) & 0xff));
+  }
+}
+
+float ReadFloatLe(const unsigned char* bytes) {
+  uint32_t bits = 0;
+  for (int i = 0; i < 4; ++i) bits |= static_cast<uint32_t>(bytes[i]) << (8 * i);
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+std::string ShapeString(const attnserve::v1::Tensor& tensor) {
+  return absl::StrCat("[", absl::StrJoin(tensor.shape(), ","), "]");
+}
+
+}  // namespace
+
+attnserve::v1::Tensor MakeTensor(absl::Span<const int64_t> shape, absl::Span<const float> values,
+                                 TensorEncoding encoding) {
+  attnserve::v1::Tensor tensor;
+  tensor.mutable_shape()->Add(shape.begin(), shape.end());
+  switch (encoding) {
+    case TensorEncoding::kData:
+      tensor.mutable_data()->Add(values.begin(), values.end());
+      break;
+    case TensorEncoding::kRawData: {
+      std::string* raw = tensor.mutable_raw_data();
+      raw->reserve(values.size() * 4);
+      for (float value : values) AppendFloatLe(value, *raw);
+      break;
+    }
+  }
+  return tensor;
+}
+
+absl::StatusOr<std::vector<float>> TensorValues(const attnserve::v1::Tensor& tensor) {
+  if (!tensor.ref().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor.ref: a ref (\"", tensor.ref(), "\") holds no values on the client"));
+  }
+  if (tensor.data_size() > 0 && !tensor.raw_data().empty()) {
+    return absl::InvalidArgumentError("tensor: exactly one of data and raw_data may be set");
+  }
+  // Every dimension >= 1 and the product fits in int64 (then also in size_t
+  // here, since the values are in memory already or the counts mismatch).
+  int64_t count = 1;
+  for (int64_t dim : tensor.shape()) {
+    if (dim < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor.shape: every dimension must be >= 1, got ", ShapeString(tensor)));
+    }
+    if (count > std::numeric_limits<int64_t>::max() / dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor.shape: element count overflows int64: ", ShapeString(tensor)));
+    }
+    count *= dim;
+  }
+  if (!tensor.raw_data().empty()) {
+    const std::string& raw = tensor.raw_data();
+    if (raw.size() % 4 != 0 || static_cast<int64_t>(raw.size() / 4) != count) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor.raw_data: expected 4 * product(shape ", ShapeString(tensor), ") = ",
+          count <= std::numeric_limits<int64_t>::max() / 4 ? absl::StrCat(4 * count) : "overflow",
+          " bytes, got ", raw.size()));
+    }
+    std::vector<float> values(raw.size() / 4);
+    const auto* bytes = reinterpret_cast<const unsigned char*>(raw.data());
+    for (size_t i = 0; i < values.size(); ++i) values[i] = ReadFloatLe(bytes + 4 * i);
+    return values;
+  }
+  if (tensor.data_size() != count) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor.data: expected product(shape ",
+                                                   ShapeString(tensor), ") = ", count,
+                                                   " values, got ", tensor.data_size()));
+  }
+  return std::vector<float>(tensor.data().begin(), tensor.data().end());
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  absl::StatusCode code = absl::StatusCode::kUnknown;
+  switch (status.error_code()) {
+    case grpc::StatusCode::OK:
+      return absl::OkStatus();
+    case grpc::StatusCode::CANCELLED:
+      code = absl::StatusCode::kCancelled;
+      break;
+    case grpc::StatusCode::UNKNOWN:
+      code = absl::StatusCode::kUnknown;
+      break;
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      code = absl::StatusCode::kInvalidArgument;
+      break;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      code = absl::StatusCode::kDeadlineExceeded;
+      break;
+    case grpc::StatusCode::NOT_FOUND:
+      code = absl::StatusCode::kNotFound;
+      break;
+    case grpc::StatusCode::ALREADY_EXISTS:
+      code = absl::StatusCode::kAlreadyExists;
+      break;
+    case grpc::StatusCode::PERMISSION_DENIED:
+      code = absl::StatusCode::kPermissionDenied;
+      break;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      code = absl::StatusCode::kResourceExhausted;
+      break;
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      code = absl::StatusCode::kFailedPrecondition;
+      break;
+    case grpc::StatusCode::ABORTED:
+      code = absl::StatusCode::kAborted;
+      break;
+    case grpc::StatusCode::OUT_OF_RANGE:
+      code = absl::StatusCode::kOutOfRange;
+      break;
+    case grpc::StatusCode::UNIMPLEMENTED:
+      code = absl::StatusCode::kUnimplemented;
+      break;
+    case grpc::StatusCode::INTERNAL:
+      code = absl::StatusCode::kInternal;
+      break;
+    case grpc::StatusCode::UNAVAILABLE:
+      code = absl::StatusCode::kUnavailable;
+      break;
+    case grpc::StatusCode::DATA_LOSS:
+      code = absl::StatusCode::kDataLoss;
+      break;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      code = absl::StatusCode::kUnauthenticated;
+      break;
+    case grpc::StatusCode::DO_NOT_USE:
+      // Not a real code; keep it visible rather than mapping it to OK.
+      code = absl::StatusCode::kUnknown;
+      break;
+  }
+  return absl::Status(code, status.error_message());
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target,
+                                                       ClientOptions options) {
+  if (target.empty()) return absl::InvalidArgumentError("target: must not be empty");
+  for (char c : target) {
+    if (std::isspace(static_cast<unsigned char>(c)) ||
+        std::iscntrl(static_cast<unsigned char>(c))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "target: must not contain spaces or control characters, got \"", target, "\""));
+    }
+  }
+  if (options.default_deadline <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("options.default_deadline: must be > 0");
+  }
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError("options.max_message_bytes: must be > 0");
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  // gRPC does not fail on a target it cannot parse; it returns a "lame"
+  // channel that fails every call. A fresh real channel is IDLE, a lame one
+  // is not.
+  if (channel == nullptr || channel->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_IDLE) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("target: \"", target, "\" is not a valid gRPC target"));
+  }
+  return std::unique_ptr<Client>(new Client(options, std::move(channel)));
+}
+
+Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
+    : options_(options),
+      channel_(std::move(channel)),
+      stub_(attnserve::v1::AttentionService::NewStub(channel_)),
+      health_stub_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+std::unique_ptr<grpc::ClientContext> Client::NewContext() const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(absl::ToChronoTime(absl::Now() + options_.default_deadline));
+  return context;
+}
+
+absl::StatusOr<attnserve::v1::AttendResponse> Client::Attend(
+    const attnserve::v1::AttendRequest& request) {
+  std::unique_ptr<grpc::ClientContext> context = NewContext();
+  attnserve::v1::AttendResponse response;
+  absl::Status status = FromGrpcStatus(stub_->Attend(context.get(), request, &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<attnserve::v1::EncodeResponse> Client::Encode(
+    const attnserve::v1::EncodeRequest& request) {
+  std::unique_ptr<grpc::ClientContext> context = NewContext();
+  attnserve::v1::EncodeResponse response;
+  absl::Status status = FromGrpcStatus(stub_->Encode(context.get(), request, &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<attnserve::v1::ListMethodsResponse> Client::ListMethods() {
+  std::unique_ptr<grpc::ClientContext> context = NewContext();
+  attnserve::v1::ListMethodsResponse response;
+  absl::Status status = FromGrpcStatus(
+      stub_->ListMethods(context.get(), attnserve::v1::ListMethodsRequest(), &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<bool> Client::Health(const std::string& service) {
+  std::unique_ptr<grpc::ClientContext> context = NewContext();
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  absl::Status status = FromGrpcStatus(health_stub_->Check(context.get(), request, &response));
+  if (!status.ok()) return status;
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+Client::StreamResult Client::AttendStream(
+    const std::vector<attnserve::v1::AttendRequest>& requests) {
+  std::unique_ptr<grpc::ClientContext> context = NewContext();
+  std::unique_ptr<
+      grpc::ClientReaderWriter<attnserve::v1::AttendRequest, attnserve::v1::AttendResponse>>
+      stream = stub_->AttendStream(context.get());
+  // The writer runs beside the reader: writing everything first could block
+  // on flow control while the server waits for us to read its responses.
+  // Write() returns false once the stream has failed (the server ended it
+  // with an error), which stops the writer early.
+  std::thread writer([&stream, &requests] {
+    for (const attnserve::v1::AttendRequest& request : requests) {
+      if (!stream->Write(request)) return;
+    }
+    stream->WritesDone();
+  });
+  StreamResult result;
+  attnserve::v1::AttendResponse response;
+  while (stream->Read(&response)) result.responses.push_back(std::move(response));
+  writer.join();
+  result.status = FromGrpcStatus(stream->Finish());
+  return result;
+}
+
+}  // namespace attnserve::client

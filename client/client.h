@@ -1,0 +1,119 @@
+// The C++ SDK of attnserve: a client of attnserve.v1.AttentionService and of
+// grpc.health.v1.Health that hides channels, stubs and ClientContext, and
+// returns absl::Status instead of grpc::Status.
+//
+// Thread-safety: a Client is thread-safe; any number of threads may call any
+// of its methods at once (each call has its own ClientContext). MakeTensor and
+// TensorValues are pure functions.
+//
+// Errors: every RPC returns the server's status with the same-named
+// absl::StatusCode and the server's message (see FromGrpcStatus); a call that
+// does not finish within ClientOptions::default_deadline is DEADLINE_EXCEEDED,
+// and an unreachable server is UNAVAILABLE.
+//
+// Example:
+//   auto client = attnserve::client::Client::Create("127.0.0.1:50051");
+//   attnserve::v1::AttendRequest request;
+//   request.mutable_method()->mutable_alibi();
+//   *request.mutable_q() = MakeTensor({1, 1, 2, 2}, {1, 0, 0, 1});
+//   ...
+//   absl::StatusOr<attnserve::v1::AttendResponse> response = (*client)->Attend(request);
+#ifndef ATTNSERVE_CLIENT_CLIENT_H_
+#define ATTNSERVE_CLIENT_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "attnserve/v1/attention.grpc.pb.h"
+#include "attnserve/v1/attention.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/support/status.h"
+
+namespace attnserve::client {
+
+struct ClientOptions {
+  // The deadline of every call, counted from its start (for AttendStream: of
+  // the whole stream).
+  absl::Duration default_deadline = absl::Seconds(30);
+  // The channel's send and receive message size limits, in bytes.
+  int max_message_bytes = 256 << 20;
+};
+
+enum class TensorEncoding {
+  kData,     // Tensor.data: repeated float (JSON-friendly).
+  kRawData,  // Tensor.raw_data: little-endian float32 bytes (fast path).
+};
+
+// A request tensor of `shape` holding `values` (row-major, C order), in
+// `encoding`. Does not check that values.size() == product(shape): the server
+// rejects a mismatch with INVALID_ARGUMENT naming the field.
+attnserve::v1::Tensor MakeTensor(absl::Span<const int64_t> shape, absl::Span<const float> values,
+                                 TensorEncoding encoding = TensorEncoding::kData);
+
+// The values (row-major) of a tensor given as data or raw_data.
+// INVALID_ARGUMENT if it holds a ref, sets both data and raw_data, has a
+// dimension < 1, or the count (for raw_data: the byte length / 4) does not
+// match product(shape).
+absl::StatusOr<std::vector<float>> TensorValues(const attnserve::v1::Tensor& tensor);
+
+// The absl::Status with the same-named code and the same message as `status`.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+class Client {
+ public:
+  // A client of the server at `target` (a gRPC target: "host:port",
+  // "dns:///host:port", "unix:/path", ...) over an insecure channel. Connects
+  // lazily, on the first call; so fails only on a malformed target
+  // (INVALID_ARGUMENT), never because the server is down.
+  static absl::StatusOr<std::unique_ptr<Client>> Create(const std::string& target,
+                                                        ClientOptions options = {});
+
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Multi-head attention under one positional method (api.md "Attend").
+  absl::StatusOr<attnserve::v1::AttendResponse> Attend(const attnserve::v1::AttendRequest& request);
+
+  // A positional encoding on its own (api.md "Encode").
+  absl::StatusOr<attnserve::v1::EncodeResponse> Encode(const attnserve::v1::EncodeRequest& request);
+
+  // The server's methods, their parameters and defaults, and its limits.
+  absl::StatusOr<attnserve::v1::ListMethodsResponse> ListMethods();
+
+  // grpc.health.v1.Health/Check of `service` ("" = the server as a whole):
+  // true when SERVING, false for any other serving status. An unknown
+  // service is NOT_FOUND (the server's status).
+  absl::StatusOr<bool> Health(const std::string& service = "");
+
+  // Sends every request on one AttendStream and reads the responses in
+  // order. Requests are written from a second thread while this one reads,
+  // so large batches pipeline without deadlock.
+  struct StreamResult {
+    std::vector<attnserve::v1::AttendResponse> responses;  // those received before any error
+    absl::Status status;                                   // the stream's final status
+  };
+  StreamResult AttendStream(const std::vector<attnserve::v1::AttendRequest>& requests);
+
+ private:
+  Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel);
+
+  // A fresh context for one call, with the default deadline set.
+  std::unique_ptr<grpc::ClientContext> NewContext() const;
+
+  const ClientOptions options_;
+  const std::shared_ptr<grpc::Channel> channel_;
+  // Generated stubs are thread-safe.
+  const std::unique_ptr<attnserve::v1::AttentionService::Stub> stub_;
+  const std::unique_ptr<grpc::health::v1::Health::Stub> health_stub_;
+};
+
+}  // namespace attnserve::client
+
+#endif  // ATTNSERVE_CLIENT_CLIENT_H_

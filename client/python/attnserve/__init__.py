@@ -1,0 +1,21 @@
+"""attnserve: a Python client of the attnserve.v1 AttentionService.
+
+A thin wrapper over the generated gRPC stubs (attnserve.v1.attention_pb2 and
+attention_pb2_grpc, generated next to this package in <build>/python) that
+takes and returns NumPy float32 arrays:
+
+    import numpy as np
+    import attnserve
+
+    with attnserve.Client("127.0.0.1:50051") as client:
+        result = client.attend(method="alibi", q=q, k=k, v=v, causal=True,
+                               return_probs=True)
+        result.out, result.probs           # np.float32 arrays, shapes restored
+        client.encode(method="rope", x=x, layout="half")["y"]
+
+Errors raise attnserve.AttnError with the gRPC status code and message.
+"""
+
+from attnserve.client import AttendResult, AttnError, Client, from_tensor, to_tensor
+
+__all__ = ["AttendResult", "AttnError", "Client", "from_tensor", "to_tensor"]

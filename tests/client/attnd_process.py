@@ -1,0 +1,84 @@
+"""The real attnd as a child process of a Python test (the Python twin of
+tests/testing/server_process.h): 127.0.0.1 port 0, the bound port read back
+from --port_file, SIGTERM then SIGKILL on stop."""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+
+def attnd_path():
+    path = os.environ.get("ATTND_PATH")
+    if not path:
+        raise RuntimeError("ATTND_PATH is not set (CTest sets it to the attnd binary)")
+    return path
+
+
+class AttndProcess:
+    """Starts attnd with `extra_flags`; .port and .address once it serves."""
+
+    def __init__(self, extra_flags=()):
+        self._dir = tempfile.mkdtemp(prefix="attnd_pytest_")
+        port_file = os.path.join(self._dir, "port")
+        self.command = [attnd_path(), "--address=127.0.0.1:0", f"--port_file={port_file}",
+                        *extra_flags]
+        self._process = subprocess.Popen(self.command)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        previous = None
+        while True:
+            port = self._read_port(port_file, previous)
+            if isinstance(port, int):
+                self.port = port
+                self.address = f"127.0.0.1:{port}"
+                return
+            previous = port
+            code = self._process.poll()
+            if code is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                raise RuntimeError(f"attnd exited with status {code} before writing its port "
+                                   f"file; command: {' '.join(self.command)}")
+            if time.monotonic() > deadline:
+                self._process.kill()
+                self._process.wait()
+                shutil.rmtree(self._dir, ignore_errors=True)
+                raise RuntimeError(f"attnd did not write its port within {START_TIMEOUT_S} s; "
+                                   f"command: {' '.join(self.command)}")
+            time.sleep(0.01)
+
+    @staticmethod
+    def _read_port(path, previous):
+        """The port (int) once completely written (newline-terminated, or the
+        same text twice in a row); else the text read so far (str or None)."""
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read()
+        except OSError:
+            return None
+        if text and (text.endswith("\n") or text == previous) and text.strip().isdigit():
+            port = int(text.strip())
+            if 0 < port < 65536:
+                return port
+        return text
+
+    def stop(self):
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False

@@ -1,0 +1,196 @@
+"""The attn CLI (<build>/bin/attn) against the real attnd: output JSON values,
+exit codes (0 ok, 1 RPC error, 2 usage error) and stderr.
+
+Run by CTest with ATTN_PYTHON and the environment ATTN_PATH, ATTND_PATH."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attnd_process import AttndProcess  # pylint: disable=wrong-import-position
+
+ATTN = os.environ.get("ATTN_PATH", "")
+
+# api.md's example: ALiBi, causal, q = k = [[1,0],[0,1]], v = [[1,2],[3,4]].
+EXAMPLE = {
+    "method": {"alibi": {}},
+    "causal": True,
+    "q": {"shape": [1, 1, 2, 2], "data": [1, 0, 0, 1]},
+    "k": {"shape": [1, 1, 2, 2], "data": [1, 0, 0, 1]},
+    "v": {"shape": [1, 1, 2, 2], "data": [1, 2, 3, 4]},
+}
+# By hand (slope 2^-8 for H = 1, scale 1/sqrt(2)): row 1 puts
+# p1 = sigmoid(1/sqrt(2) + 1/256) on key 1; row 0 sees key 0 only.
+P1 = 1.0 / (1.0 + math.exp(-(1.0 / math.sqrt(2.0) + 2.0 ** -8)))
+EXAMPLE_OUT = [1.0, 2.0, 1.0 + 2.0 * P1, 2.0 + 2.0 * P1]
+
+
+def example(scale_v=1.0, **changes):
+    request = json.loads(json.dumps(EXAMPLE))
+    request["v"]["data"] = [x * scale_v for x in request["v"]["data"]]
+    request.update(changes)
+    return request
+
+
+class CliTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        if not ATTN or not os.access(ATTN, os.X_OK):
+            raise RuntimeError(f"ATTN_PATH ({ATTN!r}) is not an executable attn binary")
+        cls.server = AttndProcess()
+        cls.tmp = tempfile.TemporaryDirectory(prefix="attn_cli_test_")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.tmp.cleanup()
+
+    def run_attn(self, *args, stdin="", address=None):
+        """Runs attn with the subcommand and --address after it (flags after
+        the subcommand must work)."""
+        args = list(args)
+        address = address or self.server.address
+        args.insert(1 if args else 0, f"--address={address}")
+        return subprocess.run([ATTN, *args], input=stdin, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    def write(self, name, text):
+        path = os.path.join(self.tmp.name, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def assert_example_response(self, stdout, scale_v=1.0):
+        response = json.loads(stdout)
+        self.assertEqual(response["out"]["shape"], ["1", "1", "2", "2"])  # int64 as strings
+        for got, want in zip(response["out"]["data"], EXAMPLE_OUT, strict=True):
+            self.assertAlmostEqual(got, want * scale_v, delta=1e-5 * scale_v)
+
+    def test_health(self):
+        result = self.run_attn("health")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "SERVING")
+
+    def test_methods_prints_every_method_with_proto_field_names(self):
+        result = self.run_attn("methods")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        response = json.loads(result.stdout)
+        self.assertEqual({m["name"] for m in response["methods"]},
+                         {"none", "sinusoidal", "learned", "rope", "transformer_xl", "shaw",
+                          "alibi", "da_transformer"})
+        self.assertIn("max_message_bytes", response["limits"])
+        self.assertNotIn("maxMessageBytes", response["limits"])
+        # Pretty-printed: more than one line.
+        self.assertGreater(result.stdout.count("\n"), 10)
+
+    def test_attend_from_a_file(self):
+        path = self.write("example.json", json.dumps(EXAMPLE))
+        result = self.run_attn("attend", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assert_example_response(result.stdout)
+        self.assertEqual(result.stderr, "")
+
+    def test_attend_from_stdin(self):
+        for args in (("attend", "-"), ("attend",)):
+            with self.subTest(args=args):
+                result = self.run_attn(*args, stdin=json.dumps(example(scale_v=2.0)))
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assert_example_response(result.stdout, scale_v=2.0)
+
+    def test_attend_probs_and_raw_output(self):
+        result = self.run_attn("attend", stdin=json.dumps(example(return_probs=True,
+                                                                  raw_output=True)))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        response = json.loads(result.stdout)
+        self.assertIn("raw_data", response["out"])  # base64 in proto-JSON
+        self.assertNotIn("data", response["out"])
+        self.assertIn("probs", response)
+
+    def test_encode(self):
+        request = {"method": {"alibi": {}}, "num_heads": 3, "sq": 2, "sk": 2}
+        result = self.run_attn("encode", self.write("encode.json", json.dumps(request)))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        outputs = json.loads(result.stdout)["outputs"]
+        self.assertEqual(outputs["slopes"]["data"], [0.0625, 0.00390625, 0.25])
+        self.assertEqual(outputs["bias"]["shape"], ["3", "2", "2"])
+
+    def test_invalid_request_is_exit_1_naming_the_field(self):
+        request = example(k={"shape": [1, 1, 2, 3], "data": [1, 0, 0, 0, 1, 0]})
+        result = self.run_attn("attend", stdin=json.dumps(request))
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")
+        self.assertTrue(result.stderr.startswith("attn: INVALID_ARGUMENT: "), result.stderr)
+        self.assertIn("k.shape", result.stderr)
+
+    def test_stream_from_a_json_array_and_json_lines(self):
+        requests = [example(scale_v=float(i + 1)) for i in range(3)]
+        array_file = self.write("stream.json", json.dumps(requests, indent=2))
+        lines_file = self.write("stream.jsonl", "\n".join(json.dumps(r) for r in requests) + "\n")
+        for path in (array_file, lines_file):
+            with self.subTest(path=os.path.basename(path)):
+                result = self.run_attn("attend", "--stream", path)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                lines = result.stdout.splitlines()
+                self.assertEqual(len(lines), 3, result.stdout)
+                for i, line in enumerate(lines):
+                    self.assert_example_response(line, scale_v=float(i + 1))
+
+    def test_stream_stops_at_a_bad_request(self):
+        requests = [example(scale_v=float(i + 1)) for i in range(4)]
+        requests[2]["k"] = {"shape": [1, 1, 2, 3], "data": [1, 0, 0, 0, 1, 0]}
+        result = self.run_attn("attend", "--stream", self.write("bad.json", json.dumps(requests)))
+        self.assertEqual(result.returncode, 1)
+        lines = result.stdout.splitlines()
+        self.assertEqual(len(lines), 2, result.stdout)
+        self.assert_example_response(lines[1], scale_v=2.0)
+        self.assertTrue(result.stderr.startswith("attn: INVALID_ARGUMENT: "), result.stderr)
+        self.assertIn("k.shape", result.stderr)
+
+    def test_unreachable_server_is_exit_1_unavailable(self):
+        result = self.run_attn("health", address="127.0.0.1:1")
+        self.assertEqual(result.returncode, 1)
+        self.assertTrue(result.stderr.startswith("attn: UNAVAILABLE: "), result.stderr)
+
+    def test_usage_errors_are_exit_2(self):
+        cases = {
+            "unknown command": ["frobnicate"],
+            "unknown flag": ["health", "--colour=red"],
+            "bad timeout": ["health", "--timeout=soon"],
+            "missing file": ["attend", os.path.join(self.tmp.name, "absent.json")],
+            "two files": ["attend", "a.json", "b.json"],
+            "stream on encode": ["encode", "--stream", "-"],
+        }
+        for label, args in cases.items():
+            with self.subTest(label):
+                result = subprocess.run([ATTN, *args], capture_output=True, text=True,
+                                        timeout=60, check=False, input="")
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertTrue(result.stderr.startswith("attn: "), result.stderr)
+        # Malformed JSON, and a field the message does not have.
+        for text in ("{not json", '{"method": {"alibi": {}}, "qq": 1}', "[{}, {}]"):
+            with self.subTest(text=text):
+                result = self.run_attn("attend", stdin=text)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertTrue(result.stderr.startswith("attn: INVALID_ARGUMENT: "),
+                                result.stderr)
+
+    def test_help_lists_the_subcommands(self):
+        result = subprocess.run([ATTN, "--help"], capture_output=True, text=True, timeout=60,
+                                check=False)
+        self.assertEqual(result.returncode, 0)
+        for command in ("health", "methods", "encode", "attend", "--stream", "--address",
+                        "--timeout"):
+            self.assertIn(command, result.stdout)
+        result = subprocess.run([ATTN], capture_output=True, text=True, timeout=60, check=False)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("attend", result.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,62 @@
+// ServerProcess: the real attnd as a child process of a test, on 127.0.0.1
+// with a port the kernel picks (port 0), for end-to-end and client tests.
+//
+// attnd is found through $ATTND_PATH (CTest sets it), else the compile-time
+// default ATTND_DEFAULT_PATH (<build>/bin/attnd). It runs with
+// --address=127.0.0.1:0 --port_file=<a fresh temporary file> plus the caller's
+// flags; Start() returns once attnd has written its bound port there, i.e.
+// once it is serving.
+//
+// Thread-safety: the accessors are const and may be called from any thread;
+// the destructor must not race with them. Ownership: the ServerProcess owns
+// the child and its temporary directory; destroying it stops the child
+// (SIGTERM, then SIGKILL after 10 s), reaps it and removes the directory.
+// attnd's stdout and stderr are the test's own, so its log lands in the
+// test's output.
+#ifndef ATTNSERVE_TESTS_TESTING_SERVER_PROCESS_H_
+#define ATTNSERVE_TESTS_TESTING_SERVER_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace attnserve::testing {
+
+class ServerProcess {
+ public:
+  // Starts attnd with `extra_flags` appended to the address and port-file
+  // flags, and waits (at most 20 s) for it to report its port.
+  // FAILED_PRECONDITION if attnd is missing or exits before reporting its
+  // port (the message says how it exited); DEADLINE_EXCEEDED if it does not
+  // report in time (it is then killed); INTERNAL on a system-call failure.
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
+      std::vector<std::string> extra_flags = {});
+
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+  ~ServerProcess();
+
+  // The port attnd bound (1..65535).
+  int port() const { return port_; }
+  // "127.0.0.1:PORT", a target for client::Client::Create.
+  std::string address() const;
+  // The child's process id (for tests that signal it themselves).
+  pid_t pid() const { return pid_; }
+
+ private:
+  ServerProcess(pid_t pid, int port, std::string temp_dir)
+      : pid_(pid), port_(port), temp_dir_(std::move(temp_dir)) {}
+
+  const pid_t pid_;
+  const int port_;
+  const std::string temp_dir_;  // holds the port file; removed on destruction
+};
+
+}  // namespace attnserve::testing
+
+#endif  // ATTNSERVE_TESTS_TESTING_SERVER_PROCESS_H_
