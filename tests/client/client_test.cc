@@ -132,6 +132,11 @@ TEST(FromGrpcStatusTest, KeepsTheCodeNumberAndTheMessage) {
 TEST(ClientCreateTest, MalformedTargetFails) {
   EXPECT_EQ(Client::Create("").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Client::Create("127.0.0.1: 5").status().code(), absl::StatusCode::kInvalidArgument);
+  // gRPC itself turns this one into a "lame" channel that fails every call.
+  EXPECT_EQ(Client::Create("ipv4:notanip").status().code(), absl::StatusCode::kInvalidArgument);
+  // Well-formed targets are accepted without connecting.
+  EXPECT_TRUE(Client::Create("dns:///localhost:50051").ok());
+  EXPECT_TRUE(Client::Create("unix:/nonexistent/attnd.sock").ok());
   ClientOptions bad_deadline;
   bad_deadline.default_deadline = absl::ZeroDuration();
   EXPECT_EQ(Client::Create("127.0.0.1:1", bad_deadline).status().code(),
