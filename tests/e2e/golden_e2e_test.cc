@@ -61,13 +61,17 @@ TEST_P(GoldenUnaryTest, MatchesWithinTolerance) {
     ASSERT_TRUE(request.ok()) << request.status();
     auto response = Server::client().Attend(*request);
     ASSERT_EQ(response.status().code(), expected_code) << response.status();
-    if (response.ok()) EXPECT_EQ(CheckAttendResponse(*c, *response, encoding), "");
+    if (response.ok()) {
+      EXPECT_EQ(CheckAttendResponse(*c, *response, encoding), "");
+    }
   } else {
     auto request = ToEncodeRequest(*c, encoding);
     ASSERT_TRUE(request.ok()) << request.status();
     auto response = Server::client().Encode(*request);
     ASSERT_EQ(response.status().code(), expected_code) << response.status();
-    if (response.ok()) EXPECT_EQ(CheckEncodeResponse(*c, *response, encoding), "");
+    if (response.ok()) {
+      EXPECT_EQ(CheckEncodeResponse(*c, *response, encoding), "");
+    }
   }
 }
 

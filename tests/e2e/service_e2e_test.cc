@@ -50,13 +50,19 @@ TEST(ServiceTest, ListMethodsDescribesEveryMethodAndTheLimits) {
         EXPECT_TRUE(params.count(p)) << p;
       }
       for (const auto& p : method.parameters()) {
-        if (p.name() == "base") EXPECT_EQ(p.default_value(), "10000");
-        if (p.name() == "rotary_dim") EXPECT_EQ(p.default_value(), "D");
+        if (p.name() == "base") {
+          EXPECT_EQ(p.default_value(), "10000");
+        }
+        if (p.name() == "rotary_dim") {
+          EXPECT_EQ(p.default_value(), "D");
+        }
       }
     }
     if (method.name() == "shaw") {
       for (const auto& p : method.parameters()) {
-        if (p.name() == "max_relative_position") EXPECT_EQ(p.default_value(), "");
+        if (p.name() == "max_relative_position") {
+          EXPECT_EQ(p.default_value(), "");
+        }
       }
     }
   }
