@@ -9,6 +9,10 @@
 // w / v, ALiBi heads that are not powers of two). Each case's seed is
 // 1000 * (method + 1) + case index and is printed with the case; out and probs
 // must match within rtol 1e-4 / atol 1e-5 with 1 and with 2 threads.
+// ReferenceEncodeDiffTest: every encode form on seeded random requests
+// (positions in the thousands, every RoPE layout and scaling), rtol 1e-5 /
+// atol 1e-6. GoldenReferenceTest: the reference reproduces every golden
+// vector of tests/golden/ (their tolerance, and 1e-9 relative).
 #include <cmath>
 #include <cstdint>
 #include <iostream>
@@ -423,6 +427,141 @@ INSTANTIATE_TEST_SUITE_P(AllMethods, ReferenceDiffTest, ::testing::ValuesIn(AllD
                          [](const ::testing::TestParamInfo<DiffCase>& param) {
                            return absl::StrCat(kernels::MethodName(param.param.c.method), "_",
                                                param.param.label, "_seed", param.param.seed);
+                         });
+
+// ---------------------------------------------------------------------------
+// Encode forms: the kernels' tables against the reference's on seeded random
+// requests, at the spec's encode tolerance (rtol 1e-5, atol 1e-6).
+
+struct EncodeCase {
+  MethodKind method = MethodKind::kSinusoidal;
+  int index = 0;
+  uint32_t seed = 0;
+};
+
+void PrintTo(const EncodeCase& e, std::ostream* os) {
+  *os << kernels::MethodName(e.method) << " encode #" << e.index << " seed=" << e.seed;
+}
+
+// A random encode request of e.method; every draw comes from e.seed.
+kernels::EncodeArgs RandomEncodeArgs(const EncodeCase& e) {
+  std::mt19937 rng(e.seed);
+  kernels::EncodeArgs args;
+  args.method = e.method;
+  const bool large_positions = e.index % 2 == 1;
+  switch (e.method) {
+    case MethodKind::kNone:
+      break;
+    case MethodKind::kSinusoidal:
+      if (e.index % 3 == 2) args.params.base = UniformReal(rng, 100, 1e5);
+      args.offset = large_positions ? Uniform(rng, 1000, 5000) : Uniform(rng, 0, 20);
+      args.inputs["x"] =
+          RandomTensor({Uniform(rng, 1, 3), Uniform(rng, 1, 12), Uniform(rng, 1, 33)}, rng);
+      break;
+    case MethodKind::kLearned: {
+      const int64_t seq = Uniform(rng, 1, 12), d_model = Uniform(rng, 1, 20);
+      args.offset = Uniform(rng, 0, 10);
+      args.inputs["x"] = RandomTensor({Uniform(rng, 1, 3), seq, d_model}, rng);
+      args.inputs["table"] = RandomTensor({args.offset + seq + Uniform(rng, 0, 3), d_model}, rng);
+      break;
+    }
+    case MethodKind::kRope: {
+      const int64_t d = 2 * Uniform(rng, 2, 12);
+      args.params.rope_layout =
+          e.index % 2 == 0 ? kernels::RopeLayout::kInterleaved : kernels::RopeLayout::kHalf;
+      args.params.rope_scaling = static_cast<kernels::RopeScaling>(e.index % 3);
+      if (args.params.rope_scaling != kernels::RopeScaling::kNone) {
+        args.params.scaling_factor = UniformReal(rng, 1.2, 16);
+      }
+      if (e.index % 4 >= 2) args.params.rotary_dim = 2 * Uniform(rng, 2, d / 2);
+      if (e.index == 5) args.params.base = 5e5;
+      args.offset = e.index >= 3 ? Uniform(rng, 1000, 5000) : Uniform(rng, 0, 20);
+      args.inputs["x"] = RandomTensor(
+          {Uniform(rng, 1, 2), Uniform(rng, 1, 3), Uniform(rng, 1, 10), d}, rng);
+      break;
+    }
+    case MethodKind::kTransformerXL: {
+      args.params.d_rel = 2 * Uniform(rng, 1, 16);
+      if (e.index % 3 == 2) args.params.base = UniformReal(rng, 100, 1e5);
+      const int64_t count = Uniform(rng, 1, 20);
+      const double reach = large_positions ? 3000 : 20;
+      args.inputs["distances"] = RandomTensor({count}, rng, -reach, reach);
+      if (e.index % 4 != 0) {
+        const double w = 1 / std::sqrt(static_cast<double>(args.params.d_rel));
+        args.inputs["w_r"] =
+            RandomTensor({Uniform(rng, 1, 3), args.params.d_rel, Uniform(rng, 1, 9)}, rng, -w, w);
+      }
+      break;
+    }
+    case MethodKind::kShaw: {
+      const int64_t k = Uniform(rng, 0, 8);
+      args.params.max_relative_position = k;
+      args.sq = Uniform(rng, 1, 10);
+      args.sk = Uniform(rng, 1, 10);
+      if (args.sq > args.sk || e.index % 2 == 1) args.query_offset = Uniform(rng, 0, 15);
+      args.inputs["rel_k"] = RandomTensor({2 * k + 1, Uniform(rng, 1, 9)}, rng);
+      break;
+    }
+    case MethodKind::kAlibi:
+      args.num_heads = Uniform(rng, 1, 24);
+      args.sq = Uniform(rng, 1, 10);
+      args.sk = Uniform(rng, 1, 40);
+      args.query_offset = large_positions ? Uniform(rng, 0, 500) : std::optional<int64_t>();
+      if (!args.query_offset && args.sq > args.sk) args.query_offset = 0;
+      break;
+    case MethodKind::kDaTransformer: {
+      const int64_t heads = Uniform(rng, 1, 6);
+      const double w_reach = large_positions ? 12 : 1;
+      args.inputs["dist_w"] = RandomTensor({heads}, rng, -w_reach, w_reach);
+      args.inputs["dist_v"] = RandomTensor({heads}, rng, -6, 6);
+      args.sq = Uniform(rng, 1, 8);
+      args.sk = Uniform(rng, 1, large_positions ? 120 : 10);
+      if (args.sq > args.sk || large_positions) args.query_offset = Uniform(rng, 0, 100);
+      break;
+    }
+  }
+  return args;
+}
+
+std::vector<EncodeCase> AllEncodeCases() {
+  std::vector<EncodeCase> cases;
+  for (MethodKind method : kernels::kAllMethods) {
+    if (method == MethodKind::kNone) continue;
+    for (int index = 0; index < 6; ++index) {
+      EncodeCase e;
+      e.method = method;
+      e.index = index;
+      e.seed = static_cast<uint32_t>(50000 + 100 * static_cast<int>(method) + index);
+      cases.push_back(e);
+    }
+  }
+  return cases;
+}
+
+class ReferenceEncodeDiffTest : public ::testing::TestWithParam<EncodeCase> {};
+
+TEST_P(ReferenceEncodeDiffTest, KernelTablesMatchReference) {
+  const EncodeCase& e = GetParam();
+  const std::string what = ::testing::PrintToString(e);
+  std::cout << "case: " << what << "\n";
+  const kernels::EncodeArgs args = RandomEncodeArgs(e);
+  auto ref = ReferenceEncode(args);
+  ASSERT_TRUE(ref.ok()) << what << ": " << ref.status();
+  auto got = kernels::Encode(args, {});
+  ASSERT_TRUE(got.ok()) << what << ": " << got.status();
+  ASSERT_EQ(got->outputs.size(), ref->size()) << what;
+  for (const auto& [name, expected] : *ref) {
+    auto it = got->outputs.find(name);
+    ASSERT_NE(it, got->outputs.end()) << what << ": no " << name;
+    EXPECT_EQ(CompareToReference(name, it->second, expected, 1e-5, 1e-6), "") << what;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMethods, ReferenceEncodeDiffTest,
+                         ::testing::ValuesIn(AllEncodeCases()),
+                         [](const ::testing::TestParamInfo<EncodeCase>& param) {
+                           return absl::StrCat(kernels::MethodName(param.param.method), "_",
+                                               param.param.index, "_seed", param.param.seed);
                          });
 
 // ---------------------------------------------------------------------------
