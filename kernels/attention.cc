@@ -44,7 +44,7 @@ absl::Status CheckInputNames(const TensorMap& inputs, const std::vector<InputSpe
 // First the shape itself (1.1: every dimension >= 1, data to match): a Tensor
 // built without Tensor::Create is unchecked, and Sk = 0 would leave the
 // softmax no key to read.
-absl::Status CheckFinite(const TensorMap& inputs) {
+absl::Status CheckInputValues(const TensorMap& inputs) {
   for (const auto& [name, tensor] : inputs) {
     ATTN_ASSIGN_OR_RETURN(const int64_t count, CheckedElementCount(tensor.shape(), name));
     if (count != tensor.size()) {
@@ -121,7 +121,7 @@ absl::StatusOr<AttendResult> Attend(AttendArgs args, const ComputeOptions& optio
   const PositionalMethod& method = GetMethod(args.method);
   ATTN_RETURN_IF_ERROR(
       CheckInputNames(args.inputs, method.attend_inputs(), MethodName(args.method), "attend"));
-  ATTN_RETURN_IF_ERROR(CheckFinite(args.inputs));
+  ATTN_RETURN_IF_ERROR(CheckInputValues(args.inputs));
   const bool return_probs = args.return_probs;
   ATTN_ASSIGN_OR_RETURN(PreparedAttention prepared, method.PrepareAttend(args, options));
   const AttentionProblem& p = prepared.problem;
@@ -141,7 +141,7 @@ absl::StatusOr<EncodeResult> Encode(EncodeArgs args, const ComputeOptions& optio
   }
   ATTN_RETURN_IF_ERROR(
       CheckInputNames(args.inputs, method.encode_inputs(), MethodName(args.method), "encode"));
-  ATTN_RETURN_IF_ERROR(CheckFinite(args.inputs));
+  ATTN_RETURN_IF_ERROR(CheckInputValues(args.inputs));
   EncodeResult result;
   ATTN_ASSIGN_OR_RETURN(result.outputs, method.Encode(args, options));
   return result;

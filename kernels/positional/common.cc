@@ -25,6 +25,12 @@ absl::StatusOr<int64_t> ResolveQueryOffset(std::optional<int64_t> query_offset, 
       return absl::InvalidArgumentError(
           absl::StrCat("query_offset: must be >= 0, got ", *query_offset));
     }
+    // Positions are formed in int64 and in double; past 2^53 neither is exact
+    // (and query_offset + i could overflow int64).
+    if (*query_offset > kMaxQueryOffset) {
+      return absl::InvalidArgumentError(absl::StrCat("query_offset: must be <= 2^53 = ",
+                                                     kMaxQueryOffset, ", got ", *query_offset));
+    }
     return *query_offset;
   }
   if (sq > sk) {

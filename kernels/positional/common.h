@@ -23,7 +23,11 @@ namespace attnserve::kernels {
 // scale: unset -> 1/sqrt(d); set -> must be finite (any sign).
 absl::StatusOr<double> ResolveScale(std::optional<double> scale, int64_t d);
 
-// query_offset: unset -> sk - sq; the result must be >= 0 (positional-methods.md 1.2).
+// The largest explicit query_offset: positions stay exact in double.
+inline constexpr int64_t kMaxQueryOffset = int64_t{1} << 53;
+
+// query_offset: unset -> sk - sq; the result must be >= 0 (positional-methods.md 1.2)
+// and <= kMaxQueryOffset (a project rule).
 absl::StatusOr<int64_t> ResolveQueryOffset(std::optional<int64_t> query_offset, int64_t sq,
                                            int64_t sk);
 

@@ -52,6 +52,19 @@ TEST(AttentionTest, NegativeExplicitQueryOffsetIsInvalidForEveryMethod) {
   }
 }
 
+// Regression: query_offset near INT64_MAX overflowed query_offset + i.
+TEST(AttentionTest, QueryOffsetAbove2To53IsInvalidForEveryMethod) {
+  RandomCase c;
+  c.query_offset = std::numeric_limits<int64_t>::max() - 1;
+  for (MethodKind method : kernels::kAllMethods) {
+    auto got = AttendOnce(Request(method, c));
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << Name(method);
+    EXPECT_THAT(std::string(got.status().message()), HasSubstr("query_offset")) << Name(method);
+  }
+  c.query_offset = int64_t{1} << 53;  // The bound itself is allowed.
+  EXPECT_TRUE(AttendOnce(Request(MethodKind::kAlibi, c)).ok());
+}
+
 TEST(AttentionTest, DefaultQueryOffsetIsInvalidWhenSqExceedsSk) {
   RandomCase c;
   c.sq = 5;
