@@ -56,17 +56,24 @@ absl::StatusOr<kernels::MethodKind> Kind(const GoldenCase& c) {
   return *kind;
 }
 
+// method, params and inputs: the part AttendArgs and EncodeArgs share.
+template <typename Args>
+absl::Status FillCommon(const GoldenCase& c, Args* args) {
+  auto kind = Kind(c);
+  if (!kind.ok()) return kind.status();
+  args->method = *kind;
+  auto params = ToMethodParams(c);
+  if (!params.ok()) return params.status();
+  args->params = *params;
+  args->inputs = ToTensors(c);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const GoldenCase& c) {
   kernels::AttendArgs args;
-  auto kind = Kind(c);
-  if (!kind.ok()) return kind.status();
-  args.method = *kind;
-  auto params = ToMethodParams(c);
-  if (!params.ok()) return params.status();
-  args.params = *params;
-  args.inputs = ToTensors(c);
+  if (absl::Status s = FillCommon(c, &args); !s.ok()) return s;
   args.num_heads = c.Int("num_heads").value_or(0);
   args.causal = c.Bool("causal").value_or(false);
   args.scale = c.Double("scale");
@@ -77,13 +84,7 @@ absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const GoldenCase& c) {
 
 absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const GoldenCase& c) {
   kernels::EncodeArgs args;
-  auto kind = Kind(c);
-  if (!kind.ok()) return kind.status();
-  args.method = *kind;
-  auto params = ToMethodParams(c);
-  if (!params.ok()) return params.status();
-  args.params = *params;
-  args.inputs = ToTensors(c);
+  if (absl::Status s = FillCommon(c, &args); !s.ok()) return s;
   args.offset = c.Int("offset").value_or(0);
   args.sq = c.Int("sq").value_or(0);
   args.sk = c.Int("sk").value_or(0);
