@@ -98,7 +98,14 @@ struct EncodeResult {
   TensorMap outputs;  // names as in positional-methods.md 3.2
 };
 
+// Which attention engine runs the scores and softmax. kFast is the tiled,
+// fused engine (fast_attention.h); kPlain is the foundation's row-at-a-time
+// engine with double accumulation, kept as the baseline the fast one is
+// measured and tested against.
+enum class Engine { kFast, kPlain };
+
 struct ComputeOptions {
+  Engine engine = Engine::kFast;
   // Threads for this call's parallel loops (OpenMP); 1 runs inline.
   int threads = 1;
   // Largest element count of any one output or intermediate tensor; above it
