@@ -18,6 +18,8 @@ PACKAGES=(
   libabsl-dev nlohmann-json3-dev prometheus-cpp-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
+  # metrics tests: promtool and a real Prometheus server (loopback only)
+  prometheus
   # Python SDK and its tests (Debian's interpreter: /usr/bin/python3)
   python3 python3-grpcio python3-protobuf python3-numpy
 )
