@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ostream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -108,6 +109,359 @@ kernels::AttendArgs RandomAttendArgs(const RandomCase& c, std::mt19937& rng) {
     case MethodKind::kAlibi: break;
   }
   return args;
+}
+
+// ---------------------------------------------------------------------------
+// The differential cases.
+
+void PrintTo(const DiffCase& d, std::ostream* os) {
+  *os << kernels::MethodName(d.c.method) << "/" << d.label << " seed=" << d.seed << " ("
+      << d.c.Describe() << ")";
+}
+
+int64_t Uniform(std::mt19937& rng, int64_t lo, int64_t hi) {
+  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+}
+
+double UniformReal(std::mt19937& rng, double lo, double hi) {
+  return std::uniform_real_distribution<double>(lo, hi)(rng);
+}
+
+namespace {
+
+// RoPE needs pairs: an odd D without rotary_dim gets rotary_dim = D - 1 (the
+// partial-rotary way to use an odd head size); NTK needs rotary_dim > 2.
+void FixUpRope(RandomCase& c) {
+  if (c.method != MethodKind::kRope) return;
+  if (c.d < 2) c.d = 2;
+  const bool ntk = c.params.rope_scaling == kernels::RopeScaling::kNtk;
+  if (ntk && c.d < 4) c.d = 4;
+  if (!c.params.rotary_dim && c.d % 2 != 0) c.params.rotary_dim = c.d - 1;
+  if (ntk && c.params.rotary_dim && *c.params.rotary_dim < 4) c.params.rotary_dim = 4;
+}
+
+// The geometries every method runs.
+void AddCommonCases(MethodKind method, std::vector<DiffCase>& cases) {
+  using Recipe = void (*)(RandomCase&, std::mt19937&);
+  struct Named {
+    const char* label;
+    Recipe recipe;
+  };
+  static const Named kRecipes[] = {
+      {"basic",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = c.sk = Uniform(rng, 2, 8);
+         c.d = c.dv = Uniform(rng, 2, 12);
+         c.d_model = Uniform(rng, 2, 12);
+       }},
+      {"single_position",
+       [](RandomCase& c, std::mt19937&) {
+         c.sq = c.sk = 1;
+         c.d = c.dv = c.d_model = 2;
+         c.causal = true;
+       }},
+      {"odd_d_dv_differs_b2_h3",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.batch = 2;
+         c.heads = 3;
+         c.sq = c.sk = Uniform(rng, 3, 9);
+         c.d = 2 * Uniform(rng, 1, 4) + 1;
+         c.dv = c.d + Uniform(rng, 1, 4);
+         c.d_model = 2 * Uniform(rng, 2, 6) + 1;
+         c.causal = true;
+       }},
+      {"cross_default_offset",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = Uniform(rng, 1, 4);
+         c.sk = c.sq + Uniform(rng, 2, 9);
+         c.d = Uniform(rng, 2, 10);
+         c.dv = Uniform(rng, 1, 10);
+         c.heads = 2;
+       }},
+      {"cross_default_offset_causal",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = Uniform(rng, 1, 4);
+         c.sk = c.sq + Uniform(rng, 2, 9);
+         c.d = Uniform(rng, 2, 10);
+         c.dv = Uniform(rng, 1, 10);
+         c.causal = true;
+       }},
+      {"offset_beyond_sk_minus_sq_causal",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = Uniform(rng, 2, 5);
+         c.sk = Uniform(rng, c.sq, 10);
+         c.query_offset = c.sk - c.sq + Uniform(rng, 1, 20);
+         c.d = c.dv = Uniform(rng, 2, 8);
+         c.causal = true;
+       }},
+      {"offset_beyond_sk_minus_sq",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = Uniform(rng, 2, 5);
+         c.sk = Uniform(rng, c.sq, 10);
+         c.query_offset = c.sk - c.sq + Uniform(rng, 1, 50);
+         c.d = Uniform(rng, 2, 8);
+         c.dv = Uniform(rng, 1, 8);
+       }},
+      {"sq_above_sk_explicit_offset_causal",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sk = Uniform(rng, 1, 4);
+         c.sq = c.sk + Uniform(rng, 1, 6);
+         c.query_offset = Uniform(rng, 0, 5);
+         c.d = c.dv = Uniform(rng, 2, 8);
+         c.causal = true;
+       }},
+      {"sq_above_sk_explicit_offset",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sk = Uniform(rng, 1, 4);
+         c.sq = c.sk + Uniform(rng, 1, 6);
+         c.query_offset = Uniform(rng, 0, 5);
+         c.d = Uniform(rng, 2, 8);
+         c.dv = Uniform(rng, 1, 8);
+       }},
+      {"long_causal_h2",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.heads = 2;
+         c.sq = c.sk = Uniform(rng, 90, 110);
+         c.d = 16;
+         c.dv = 12;
+         c.d_model = 24;
+         c.causal = true;
+       }},
+      {"long_cross_h2",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.heads = 2;
+         c.sq = Uniform(rng, 30, 50);
+         c.sk = Uniform(rng, 100, 130);
+         c.d = 10;
+         c.dv = 6;
+         c.d_model = 20;
+       }},
+      {"negative_scale",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.heads = 2;
+         c.sq = Uniform(rng, 2, 8);
+         c.sk = Uniform(rng, c.sq, 10);
+         c.d = c.dv = Uniform(rng, 2, 10);
+         c.scale = -UniformReal(rng, 0.2, 1.5);
+         c.causal = Uniform(rng, 0, 1) == 1;
+       }},
+      {"explicit_scale",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = Uniform(rng, 2, 8);
+         c.sk = Uniform(rng, c.sq, 10);
+         c.d = c.dv = Uniform(rng, 2, 10);
+         c.scale = UniformReal(rng, 0.3, 2.0);
+         c.causal = Uniform(rng, 0, 1) == 1;
+       }},
+      {"random",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.batch = Uniform(rng, 1, 2);
+         c.heads = Uniform(rng, 1, 4);
+         c.sq = Uniform(rng, 1, 12);
+         c.sk = Uniform(rng, 1, 12);
+         if (c.sq > c.sk || Uniform(rng, 0, 1) == 1) c.query_offset = Uniform(rng, 0, 15);
+         c.d = Uniform(rng, 1, 10);
+         c.dv = Uniform(rng, 1, 10);
+         c.d_model = Uniform(rng, 1, 10);
+         c.causal = Uniform(rng, 0, 1) == 1;
+       }},
+  };
+  for (const Named& named : kRecipes) {
+    DiffCase d;
+    d.c.method = method;
+    d.label = named.label;
+    d.seed = static_cast<uint32_t>(1000 * (static_cast<int>(method) + 1) + cases.size());
+    std::mt19937 rng(d.seed);
+    named.recipe(d.c, rng);
+    FixUpRope(d.c);
+    cases.push_back(d);
+  }
+}
+
+// A method's own variants, each from a recipe lambda.
+template <typename Recipe>
+void AddCase(MethodKind method, const std::string& label, std::vector<DiffCase>& cases,
+             Recipe recipe) {
+  DiffCase d;
+  d.c.method = method;
+  d.label = label;
+  d.seed = static_cast<uint32_t>(1000 * (static_cast<int>(method) + 1) + cases.size());
+  std::mt19937 rng(d.seed);
+  recipe(d.c, rng);
+  FixUpRope(d.c);
+  cases.push_back(d);
+}
+
+void AddMethodCases(MethodKind method, std::vector<DiffCase>& cases) {
+  switch (method) {
+    case MethodKind::kNone:
+      break;
+    case MethodKind::kSinusoidal:
+      AddCase(method, "base500_offset2000", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.params.base = 500;
+        c.sq = Uniform(rng, 2, 6);
+        c.sk = Uniform(rng, 2, 8);
+        c.query_offset = 2000;
+        c.d_model = 2 * Uniform(rng, 3, 8);
+        c.causal = true;
+      });
+      break;
+    case MethodKind::kLearned:
+      AddCase(method, "table_exact_fit", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.sq = Uniform(rng, 2, 5);
+        c.sk = Uniform(rng, 3, 8);
+        c.query_offset = Uniform(rng, 0, 6);
+        c.extra_table_rows = 0;
+        c.heads = 2;
+      });
+      break;
+    case MethodKind::kRope: {
+      const kernels::RopeLayout layouts[] = {kernels::RopeLayout::kInterleaved,
+                                             kernels::RopeLayout::kHalf};
+      const kernels::RopeScaling scalings[] = {kernels::RopeScaling::kNone,
+                                               kernels::RopeScaling::kLinear,
+                                               kernels::RopeScaling::kNtk};
+      for (kernels::RopeLayout layout : layouts) {
+        for (kernels::RopeScaling scaling : scalings) {
+          for (bool partial : {false, true}) {
+            const std::string label =
+                absl::StrCat(layout == kernels::RopeLayout::kHalf ? "half" : "interleaved", "_",
+                             scaling == kernels::RopeScaling::kNone     ? "none"
+                             : scaling == kernels::RopeScaling::kLinear ? "linear"
+                                                                        : "ntk",
+                             partial ? "_partial" : "_full");
+            AddCase(method, label, cases, [&](RandomCase& c, std::mt19937& rng) {
+              c.params.rope_layout = layout;
+              c.params.rope_scaling = scaling;
+              if (scaling != kernels::RopeScaling::kNone) {
+                c.params.scaling_factor = UniformReal(rng, 1.5, 8.0);
+              }
+              c.d = 2 * Uniform(rng, 3, 8);
+              c.dv = Uniform(rng, 2, 10);
+              if (partial) c.params.rotary_dim = 2 * Uniform(rng, 2, c.d / 2 - 1);
+              c.heads = Uniform(rng, 1, 3);
+              c.sq = Uniform(rng, 2, 8);
+              c.sk = Uniform(rng, c.sq, 12);
+              // Positions in the thousands for some: the angle must be formed in double.
+              if (Uniform(rng, 0, 1) == 1) c.query_offset = Uniform(rng, 0, 3000);
+              c.causal = Uniform(rng, 0, 1) == 1;
+            });
+          }
+        }
+      }
+      AddCase(method, "base500_odd_d_rotary_dim_d_minus_1", cases,
+              [](RandomCase& c, std::mt19937& rng) {
+                c.params.base = 500;
+                c.d = 2 * Uniform(rng, 2, 5) + 1;
+                c.params.rotary_dim = c.d - 1;
+                c.sq = c.sk = Uniform(rng, 3, 9);
+              });
+      break;
+    }
+    case MethodKind::kTransformerXL:
+      AddCase(method, "memory_causal", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.heads = 2;
+        c.sq = Uniform(rng, 2, 6);
+        c.sk = c.sq + Uniform(rng, 3, 10);
+        c.d_rel = 2 * Uniform(rng, 2, 8);
+        c.causal = true;
+      });
+      AddCase(method, "bidirectional", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.sq = c.sk = Uniform(rng, 4, 10);
+        c.d_rel = 2 * Uniform(rng, 1, 10);
+        c.d = Uniform(rng, 3, 9);
+      });
+      AddCase(method, "d_rel2_base500", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.params.base = 500;
+        c.d_rel = 2;
+        c.sq = c.sk = Uniform(rng, 3, 8);
+        c.causal = Uniform(rng, 0, 1) == 1;
+      });
+      break;
+    case MethodKind::kShaw:
+      AddCase(method, "k0", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.max_relative_position = 0;
+        c.sq = c.sk = Uniform(rng, 2, 8);
+        c.dv = Uniform(rng, 1, 10);
+      });
+      AddCase(method, "k1_causal", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.max_relative_position = 1;
+        c.sq = c.sk = Uniform(rng, 4, 10);
+        c.causal = true;
+      });
+      AddCase(method, "k_larger_than_s", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.sq = c.sk = Uniform(rng, 2, 6);
+        c.max_relative_position = c.sk + Uniform(rng, 2, 10);
+        c.heads = 2;
+      });
+      AddCase(method, "k2_cross_offset_beyond", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.max_relative_position = 2;
+        c.sq = Uniform(rng, 2, 4);
+        c.sk = Uniform(rng, 5, 9);
+        c.query_offset = c.sk - c.sq + Uniform(rng, 1, 4);
+      });
+      AddCase(method, "long_k16", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.max_relative_position = 16;
+        c.sq = c.sk = Uniform(rng, 90, 110);
+        c.d = 12;
+        c.dv = 8;
+        c.causal = true;
+      });
+      break;
+    case MethodKind::kAlibi:
+      for (int64_t heads : {3, 5, 6, 12}) {
+        AddCase(method, absl::StrCat("h", heads), cases, [&](RandomCase& c, std::mt19937& rng) {
+          c.heads = heads;
+          c.sq = Uniform(rng, 2, 8);
+          c.sk = Uniform(rng, c.sq, 12);
+          c.d = Uniform(rng, 2, 8);
+          c.causal = heads % 2 == 1;
+        });
+      }
+      AddCase(method, "h3_long_noncausal", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.heads = 3;
+        c.sq = c.sk = Uniform(rng, 90, 110);
+      });
+      break;
+    case MethodKind::kDaTransformer:
+      AddCase(method, "negative_w", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.heads = 3;
+        c.w_scale = 3;  // U(-3, 3): about half the heads shrink with distance.
+        c.sq = c.sk = Uniform(rng, 4, 10);
+      });
+      AddCase(method, "large_w_long", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.heads = 2;
+        c.w_scale = 8;  // |x| up to several hundred.
+        c.sq = c.sk = Uniform(rng, 90, 110);
+        c.causal = true;
+      });
+      AddCase(method, "large_v", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.heads = 2;
+        c.v_shift = 4;
+        c.v_scale = 1;
+        c.sq = Uniform(rng, 2, 6);
+        c.sk = Uniform(rng, c.sq, 10);
+      });
+      AddCase(method, "negative_v", cases, [](RandomCase& c, std::mt19937& rng) {
+        c.heads = 2;
+        c.v_shift = -8;
+        c.v_scale = 1;
+        c.w_scale = 2;
+        c.sq = c.sk = Uniform(rng, 4, 10);
+      });
+      break;
+  }
+}
+
+}  // namespace
+
+std::vector<DiffCase> AllDiffCases() {
+  std::vector<DiffCase> cases;
+  for (MethodKind method : kernels::kAllMethods) {
+    AddCommonCases(method, cases);
+    AddMethodCases(method, cases);
+  }
+  return cases;
 }
 
 }  // namespace attnserve::testing

@@ -1,6 +1,7 @@
 // Seeded random attend requests for every positional method, for the
 // differential and common-rule tests: one description of the geometry
-// (RandomCase), the method's inputs drawn from a std::mt19937.
+// (RandomCase), the method's inputs drawn from a std::mt19937, and the list
+// of seeded cases both differential tests run (AllDiffCases).
 //
 // Values are float32 uniform draws in small ranges (q, k, v in [-1, 1],
 // weights scaled by 1/sqrt(fan-in)), so the scores stay in a range where a
@@ -9,6 +10,7 @@
 #define ATTNSERVE_TESTS_KERNELS_RANDOM_ARGS_H_
 
 #include <cstdint>
+#include <iosfwd>
 #include <optional>
 #include <random>
 #include <string>
@@ -45,6 +47,28 @@ kernels::Tensor RandomTensor(std::vector<int64_t> shape, std::mt19937& rng, doub
 // and its tables), num_heads, causal, scale, query_offset and params;
 // return_probs is set.
 kernels::AttendArgs RandomAttendArgs(const RandomCase& c, std::mt19937& rng);
+
+// Uniform draws in [lo, hi] (integers) and [lo, hi) (reals).
+int64_t Uniform(std::mt19937& rng, int64_t lo, int64_t hi);
+double UniformReal(std::mt19937& rng, double lo, double hi);
+
+// One seeded case of the differential tests: its geometry, the label of the
+// recipe that drew it, and the seed (1000 * (method + 1) + case index).
+struct DiffCase {
+  RandomCase c;
+  std::string label;
+  uint32_t seed = 0;
+};
+
+// "rope/half_ntk_partial seed=4007 (b1 h2 ...)", for gtest output.
+void PrintTo(const DiffCase& d, std::ostream* os);
+
+// Every method x the common geometries (odd D, D != Dv, Sq != Sk, offsets
+// beyond Sk - Sq, Sq > Sk, S = 1, S ~ 100, B and H > 1, explicit and negative
+// scales, causal and not) plus each method's own variants (every RoPE layout
+// x scaling x partial rotary_dim, Shaw K = 0 and K > S, Transformer-XL
+// memory, DA large and negative w / v, ALiBi heads not powers of two).
+std::vector<DiffCase> AllDiffCases();
 
 }  // namespace attnserve::testing
 

@@ -1,0 +1,226 @@
+// The fast engine (ComputeOptions::engine = kFast) against the double
+// reference under FlashAttention's rule, and its memory at S = 16384.
+//
+// FastEngineDiffTest: on every case of AllDiffCases() (random_args.h: every
+// method, odd D, Sq != Sk, offsets, tiny S, K > S, every RoPE layout x
+// scaling x partial rotary_dim) and on long cases with D = 64 and S in the
+// hundreds to a thousand (sizes that leave partial tiles, decode steps,
+// explicit offsets, Shaw K > S), the fast engine's max |out - reference| is
+// at most 2x the naive float32 path's (naive_float32.h) plus kSlack, with 1
+// and 2 threads, with and without probs requested (the fused path may only
+// run without them; with them probs obey the same rule).
+// FastEngineGoldenTest: every golden vector through kFast explicitly, with
+// and without probs requested.
+// HeapPeakTest: the heap measurement of heap_peak.h sees a short-lived block
+// allocated on another thread.
+#include <atomic>
+#include <cstdint>
+#include <iterator>
+#include <iostream>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/attention.h"
+#include "tests/kernels/random_args.h"
+#include "tests/testing/golden.h"
+#include "tests/testing/golden_kernels.h"
+#include "tests/testing/heap_peak.h"
+#include "tests/testing/naive_float32.h"
+#include "tests/testing/reference.h"
+
+namespace attnserve::testing {
+namespace {
+
+using kernels::MethodKind;
+
+// The rule's absolute floor, under one float32 ulp at |out| ~ 1: for cases
+// where the naive path happens to be exact (S = 1, one unmasked key).
+constexpr double kSlack = 1e-7;
+constexpr int64_t kMiB = int64_t{1} << 20;
+
+kernels::ComputeOptions FastOptions(int threads) {
+  kernels::ComputeOptions options;
+  options.engine = kernels::Engine::kFast;
+  options.threads = threads;
+  return options;
+}
+
+// Long geometries with the bench's head size: sizes around and between tile
+// multiples, decode steps against a long cache, explicit offsets.
+std::vector<DiffCase> LongCases() {
+  struct Recipe {
+    const char* label;
+    void (*draw)(RandomCase&, std::mt19937&);
+  };
+  static const Recipe kRecipes[] = {
+      {"long_noncausal",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = c.sk = Uniform(rng, 200, 700);
+         c.causal = false;
+       }},
+      {"long_causal",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = c.sk = Uniform(rng, 300, 800);
+         c.causal = true;
+       }},
+      {"decode_long_cache",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = Uniform(rng, 1, 3);
+         c.sk = Uniform(rng, 600, 1100);
+         c.causal = true;
+       }},
+      {"cross_offset_beyond_causal",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = Uniform(rng, 90, 200);
+         c.sk = Uniform(rng, 250, 500);
+         c.query_offset = c.sk - c.sq + Uniform(rng, 1, 60);
+         c.causal = true;
+       }},
+  };
+  std::vector<DiffCase> cases;
+  for (MethodKind method : kernels::kAllMethods) {
+    for (int n = 0; n < static_cast<int>(std::size(kRecipes)); ++n) {
+      const Recipe& recipe = kRecipes[n];
+      DiffCase d;
+      d.c.method = method;
+      d.label = recipe.label;
+      d.seed = static_cast<uint32_t>(90000 + 100 * static_cast<int>(method) + n);
+      std::mt19937 rng(d.seed);
+      d.c.heads = 2;
+      d.c.d = d.c.dv = 64;
+      d.c.d_model = 64;  // sinusoidal, learned: two heads of 32
+      if (method == MethodKind::kSinusoidal || method == MethodKind::kLearned) d.c.d = d.c.dv = 32;
+      recipe.draw(d.c, rng);
+      switch (method) {
+        case MethodKind::kRope:  // A different layout x scaling per recipe.
+          d.c.params.rope_layout =
+              n % 2 == 0 ? kernels::RopeLayout::kInterleaved : kernels::RopeLayout::kHalf;
+          d.c.params.rope_scaling = static_cast<kernels::RopeScaling>(n % 3);
+          if (d.c.params.rope_scaling != kernels::RopeScaling::kNone) {
+            d.c.params.scaling_factor = UniformReal(rng, 1.5, 8.0);
+          }
+          if (n == 3) d.c.params.rotary_dim = 32;  // partial, half layout
+          break;
+        case MethodKind::kTransformerXL: d.c.d_rel = 64; break;
+        case MethodKind::kShaw:  // K > S on the last recipe.
+          d.c.max_relative_position = n == 3 ? d.c.sk + Uniform(rng, 1, 50) : 64;
+          break;
+        case MethodKind::kDaTransformer: d.c.w_scale = 0.05; break;  // |x| up to ~50
+        case MethodKind::kNone:
+        case MethodKind::kSinusoidal:
+        case MethodKind::kLearned:
+        case MethodKind::kAlibi: break;
+      }
+      cases.push_back(d);
+    }
+  }
+  return cases;
+}
+
+class FastEngineDiffTest : public ::testing::TestWithParam<DiffCase> {};
+
+TEST_P(FastEngineDiffTest, ErrorAtMostTwiceNaiveFloat32) {
+  const DiffCase& d = GetParam();
+  const std::string what = ::testing::PrintToString(d);
+  std::cout << "case: " << what << "\n";
+  RecordProperty("seed", static_cast<int>(d.seed));
+  std::mt19937 rng(d.seed ^ 0xfa57u);
+  const kernels::AttendArgs args = RandomAttendArgs(d.c, rng);
+
+  auto ref = ReferenceAttend(args);
+  ASSERT_TRUE(ref.ok()) << what << ": " << ref.status();
+  auto naive = NaiveFloat32Attend(args);
+  ASSERT_TRUE(naive.ok()) << what << ": " << naive.status();
+  const double naive_error = MaxAbsError(naive->out, ref->at("out"));
+  RecordProperty("naive_error_out", std::to_string(naive_error));
+
+  for (bool return_probs : {false, true}) {
+    for (int threads : {1, 2}) {
+      const std::string run =
+          absl::StrCat(what, " threads=", threads, return_probs ? " with probs" : "");
+      kernels::AttendArgs fast_args = args;
+      fast_args.return_probs = return_probs;
+      auto fast = kernels::Attend(std::move(fast_args), FastOptions(threads));
+      ASSERT_TRUE(fast.ok()) << run << ": " << fast.status();
+      const absl::Status out_rule =
+          CheckErrorRule(fast->out, naive->out, ref->at("out"), 2.0, kSlack);
+      EXPECT_TRUE(out_rule.ok()) << run << ": out: " << out_rule;
+      if (threads == 1 && !return_probs) {
+        std::cout << "  max |out - ref|: fast " << MaxAbsError(fast->out, ref->at("out"))
+                  << ", naive float32 " << naive_error << "\n";
+      }
+      ASSERT_EQ(fast->probs.has_value(), return_probs) << run;
+      if (return_probs) {
+        const absl::Status probs_rule =
+            CheckErrorRule(*fast->probs, naive->probs, ref->at("probs"), 2.0, kSlack);
+        EXPECT_TRUE(probs_rule.ok()) << run << ": probs: " << probs_rule;
+      }
+    }
+  }
+}
+
+std::string DiffCaseName(const ::testing::TestParamInfo<DiffCase>& param) {
+  return absl::StrCat(kernels::MethodName(param.param.c.method), "_", param.param.label, "_seed",
+                      param.param.seed);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMethods, FastEngineDiffTest, ::testing::ValuesIn(AllDiffCases()),
+                         DiffCaseName);
+INSTANTIATE_TEST_SUITE_P(Long, FastEngineDiffTest, ::testing::ValuesIn(LongCases()),
+                         DiffCaseName);
+
+// ---------------------------------------------------------------------------
+// Golden vectors through kFast explicitly (golden_test.cc runs the default
+// engine), and once more with only `out` requested.
+
+class FastEngineGoldenTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FastEngineGoldenTest, MatchesWithAndWithoutProbs) {
+  auto c = LoadGoldenCase(GetParam());
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (int threads : {1, 2}) {
+    EXPECT_EQ(RunGoldenThroughKernels(*c, FastOptions(threads)), "")
+        << c->name << " threads=" << threads;
+  }
+  if (c->op != "attend" || !c->expect_error.empty()) return;
+  auto args = ToAttendArgs(*c);
+  ASSERT_TRUE(args.ok()) << args.status();
+  args->return_probs = false;
+  auto result = kernels::Attend(*std::move(args), FastOptions(2));
+  ASSERT_TRUE(result.ok()) << c->name << ": " << result.status();
+  EXPECT_FALSE(result->probs.has_value()) << c->name;
+  const GoldenTensor& expected = c->expected.at("out");
+  EXPECT_EQ(CompareTensor("out", expected, result->out.shape(), result->out.values(), c->rtol,
+                          c->atol),
+            "")
+      << c->name << " without probs";
+}
+
+INSTANTIATE_TEST_SUITE_P(AllCases, FastEngineGoldenTest,
+                         ::testing::ValuesIn(GoldenCaseFiles(GoldenDir())),
+                         [](const ::testing::TestParamInfo<std::string>& param) {
+                           return GoldenTestName(param.param);
+                         });
+
+// ---------------------------------------------------------------------------
+// Heap measurement.
+
+TEST(HeapPeakTest, SeesAShortLivedBlockOnAnotherThread) {
+  if (!HeapPeakScope::Available()) GTEST_SKIP() << "malloc is owned by a sanitizer here";
+  HeapPeakScope scope;
+  static std::atomic<char*> escape{nullptr};  // So the block cannot be optimised away.
+  std::thread([] {
+    std::vector<char> block(static_cast<size_t>(8 * kMiB), 1);
+    escape.store(block.data());
+  }).join();
+  EXPECT_GE(scope.PeakGrowth(), 8 * kMiB);
+  EXPECT_LT(scope.Growth(), kMiB);
+}
+
+}  // namespace
+}  // namespace attnserve::testing
