@@ -24,19 +24,19 @@ absl::Status CancelledBeforeCompute() {
       "started");
 }
 
-absl::Status RunAttend(const v1::AttendRequest& request, const kernels::ComputeOptions& options,
-                       v1::AttendResponse* response) {
+absl::Status RunAttend(const v1::AttendRequest& request, const TensorStore* tensors,
+                       const kernels::ComputeOptions& options, v1::AttendResponse* response) {
   ATTN_ASSIGN_OR_RETURN(kernels::AttendArgs args,
-                        ToAttendArgs(request, ConvertLimits{options.max_elements}));
+                        ToAttendArgs(request, ConvertLimits{options.max_elements}, tensors));
   ATTN_ASSIGN_OR_RETURN(kernels::AttendResult result, kernels::Attend(std::move(args), options));
   FillAttendResponse(std::move(result), request.raw_output(), response);
   return absl::OkStatus();
 }
 
-absl::Status RunEncode(const v1::EncodeRequest& request, const kernels::ComputeOptions& options,
-                       v1::EncodeResponse* response) {
+absl::Status RunEncode(const v1::EncodeRequest& request, const TensorStore* tensors,
+                       const kernels::ComputeOptions& options, v1::EncodeResponse* response) {
   ATTN_ASSIGN_OR_RETURN(kernels::EncodeArgs args,
-                        ToEncodeArgs(request, ConvertLimits{options.max_elements}));
+                        ToEncodeArgs(request, ConvertLimits{options.max_elements}, tensors));
   ATTN_ASSIGN_OR_RETURN(kernels::EncodeResult result, kernels::Encode(std::move(args), options));
   FillEncodeResponse(std::move(result), request.raw_output(), response);
   return absl::OkStatus();
@@ -83,8 +83,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
 class AttendStreamReactor final
     : public grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse> {
  public:
-  AttendStreamReactor(grpc::CallbackServerContext* context, ComputePool* pool, int64_t max_elements)
-      : context_(context), pool_(pool), max_elements_(max_elements) {
+  AttendStreamReactor(grpc::CallbackServerContext* context, ComputePool* pool, int64_t max_elements,
+                      const TensorStore* tensors)
+      : context_(context), pool_(pool), max_elements_(max_elements), tensors_(tensors) {
     StartRead(&request_);
   }
 
@@ -123,7 +124,7 @@ class AttendStreamReactor final
     options.threads = threads;
     options.max_elements = max_elements_;
     options.cancelled = &cancelled_;
-    absl::Status status = RunAttend(request_, options, &response_);
+    absl::Status status = RunAttend(request_, tensors_, options, &response_);
     if (!status.ok()) {
       Finish(ToGrpcStatus(status));
       return;
@@ -134,6 +135,7 @@ class AttendStreamReactor final
   grpc::CallbackServerContext* const context_;
   ComputePool* const pool_;
   const int64_t max_elements_;
+  const TensorStore* const tensors_;
   std::atomic<bool> cancelled_{false};
   v1::AttendRequest request_;
   v1::AttendResponse response_;
@@ -143,6 +145,7 @@ v1::ListMethodsResponse BuildListMethods(const ServiceOptions& options) {
   v1::ListMethodsResponse response;
   FillListMethodsResponse(kernels::DescribeMethods(), options.max_message_bytes,
                           options.max_elements, kServerName, &response);
+  if (options.tensors != nullptr) AddLoadedTensors(*options.tensors, &response);
   return response;
 }
 
@@ -155,9 +158,10 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Encode(grpc::CallbackServerConte
                                                        const v1::EncodeRequest* request,
                                                        v1::EncodeResponse* response) {
   auto* call = new UnaryCall(context);
-  call->Run(pool_, options_.max_elements, [request, response](const kernels::ComputeOptions& o) {
-    return RunEncode(*request, o, response);
-  });
+  call->Run(pool_, options_.max_elements,
+            [request, response, tensors = options_.tensors](const kernels::ComputeOptions& o) {
+              return RunEncode(*request, tensors, o, response);
+            });
   return call;
 }
 
@@ -165,15 +169,16 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Attend(grpc::CallbackServerConte
                                                        const v1::AttendRequest* request,
                                                        v1::AttendResponse* response) {
   auto* call = new UnaryCall(context);
-  call->Run(pool_, options_.max_elements, [request, response](const kernels::ComputeOptions& o) {
-    return RunAttend(*request, o, response);
-  });
+  call->Run(pool_, options_.max_elements,
+            [request, response, tensors = options_.tensors](const kernels::ComputeOptions& o) {
+              return RunAttend(*request, tensors, o, response);
+            });
   return call;
 }
 
 grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse>* AttentionServiceImpl::AttendStream(
     grpc::CallbackServerContext* context) {
-  return new AttendStreamReactor(context, pool_, options_.max_elements);
+  return new AttendStreamReactor(context, pool_, options_.max_elements, options_.tensors);
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::ListMethods(

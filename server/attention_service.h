@@ -22,6 +22,7 @@
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "attnserve/v1/attention.pb.h"
 #include "server/compute_pool.h"
+#include "server/tensor_store.h"
 
 namespace attnserve::server {
 
@@ -31,6 +32,9 @@ struct ServiceOptions {
   int64_t max_elements = int64_t{1} << 28;
   // Reported by ListMethods; the limit itself is applied by the server builder.
   int64_t max_message_bytes = int64_t{256} << 20;
+  // The tensors requests may name in `ref` (--tensor_dir); null: none. Not
+  // owned; must outlive the service.
+  const TensorStore* tensors = nullptr;
 };
 
 class AttentionServiceImpl final : public v1::AttentionService::CallbackService {

@@ -1,5 +1,6 @@
 #include "server/convert.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -47,9 +48,45 @@ void EncodeLittleEndianFloats(const std::vector<float>& values, std::string* byt
   }
 }
 
+// A request tensor that CheckTensor accepted.
+struct CheckedTensor {
+  int64_t count = 0;
+  const kernels::Tensor* stored = nullptr;  // set for a ref: the loaded tensor
+};
+
+// The loaded tensor that `tensor.ref` names, checked as an inline one would be.
+absl::StatusOr<CheckedTensor> CheckRef(const v1::Tensor& tensor, absl::string_view field,
+                                       const TensorStore* tensors) {
+  const StoredTensor* stored = tensors == nullptr ? nullptr : tensors->Find(tensor.ref());
+  if (stored == nullptr) {
+    return absl::NotFoundError(absl::StrCat(field, ".ref: no tensor named '", tensor.ref(),
+                                            "' is loaded on this server"));
+  }
+  const std::vector<int64_t>& shape = stored->tensor.shape();
+  // An empty shape takes the stored one; a given one must agree, so that a
+  // caller who states what they expect learns of a changed file.
+  if (tensor.shape_size() > 0 && !std::equal(tensor.shape().begin(), tensor.shape().end(),
+                                             shape.begin(), shape.end())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".shape: must be empty or equal the shape of ref '", tensor.ref(),
+                     "' ", kernels::ShapeToString(shape), ", got ",
+                     kernels::ShapeToString(tensor.shape())));
+  }
+  // Files may hold scalars and empty tensors; the wire cannot.
+  const absl::StatusOr<int64_t> count = kernels::CheckedElementCount(shape, field);
+  if (!count.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".ref: tensor '", tensor.ref(), "' has shape ",
+                     kernels::ShapeToString(shape),
+                     "; a request tensor needs at least one dimension, each >= 1"));
+  }
+  return CheckedTensor{*count, &stored->tensor};
+}
+
 // Validates `tensor` without allocating and returns its element count.
-absl::StatusOr<int64_t> CheckTensor(const v1::Tensor& tensor, absl::string_view field,
-                                    const ConvertLimits& limits) {
+absl::StatusOr<CheckedTensor> CheckTensor(const v1::Tensor& tensor, absl::string_view field,
+                                          const ConvertLimits& limits,
+                                          const TensorStore* tensors) {
   std::vector<std::string> encodings;
   if (tensor.data_size() > 0) encodings.emplace_back("data");
   if (!tensor.raw_data().empty()) encodings.emplace_back("raw_data");
@@ -59,12 +96,13 @@ absl::StatusOr<int64_t> CheckTensor(const v1::Tensor& tensor, absl::string_view 
         absl::StrCat(field, ": exactly one of data, raw_data, ref must be set (got ",
                      encodings.empty() ? "none" : absl::StrJoin(encodings, ", "), ")"));
   }
+  CheckedTensor checked;
   if (!tensor.ref().empty()) {
-    // No tensor store exists yet: every name is unknown.
-    return absl::NotFoundError(
-        absl::StrCat(field, ".ref: no tensor named '", tensor.ref(), "' is loaded on this server"));
+    ATTN_ASSIGN_OR_RETURN(checked, CheckRef(tensor, field, tensors));
+  } else {
+    ATTN_ASSIGN_OR_RETURN(checked.count, kernels::CheckedElementCount(tensor.shape(), field));
   }
-  ATTN_ASSIGN_OR_RETURN(const int64_t count, kernels::CheckedElementCount(tensor.shape(), field));
+  const int64_t count = checked.count;
   const std::string shape = kernels::ShapeToString(tensor.shape());
   if (tensor.data_size() > 0 && tensor.data_size() != count) {
     return absl::InvalidArgumentError(absl::StrCat(field, ".data: shape ", shape, " needs ", count,
@@ -84,17 +122,18 @@ absl::StatusOr<int64_t> CheckTensor(const v1::Tensor& tensor, absl::string_view 
     return absl::ResourceExhaustedError(
         absl::StrCat(field, ": ", count, " elements exceed --max_elements=", limits.max_elements));
   }
-  return count;
+  return checked;
 }
 
-// The tensor of a message CheckTensor accepted, with `count` elements.
-kernels::Tensor DecodeTensor(const v1::Tensor& tensor, int64_t count) {
+// The tensor of a message CheckTensor accepted.
+kernels::Tensor DecodeTensor(const v1::Tensor& tensor, const CheckedTensor& checked) {
+  if (checked.stored != nullptr) return *checked.stored;  // a copy: see convert.h
   std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
   if (tensor.data_size() > 0) {
     return kernels::Tensor(std::move(shape),
                            std::vector<float>(tensor.data().begin(), tensor.data().end()));
   }
-  std::vector<float> values(static_cast<size_t>(count));
+  std::vector<float> values(static_cast<size_t>(checked.count));
   DecodeLittleEndianFloats(tensor.raw_data(), values.data());
   return kernels::Tensor(std::move(shape), std::move(values));
 }
@@ -103,13 +142,15 @@ kernels::Tensor DecodeTensor(const v1::Tensor& tensor, int64_t count) {
 // their element counts within limits.max_elements.
 class InputCollector {
  public:
-  InputCollector(const ConvertLimits& limits, kernels::TensorMap* inputs)
-      : limits_(limits), inputs_(inputs) {}
+  InputCollector(const ConvertLimits& limits, const TensorStore* tensors,
+                 kernels::TensorMap* inputs)
+      : limits_(limits), tensors_(tensors), inputs_(inputs) {}
 
   // Adds `tensor` under `name` when the field is set (`present`).
   absl::Status Add(absl::string_view name, bool present, const v1::Tensor& tensor) {
     if (!present) return absl::OkStatus();
-    ATTN_ASSIGN_OR_RETURN(const int64_t count, CheckTensor(tensor, name, limits_));
+    ATTN_ASSIGN_OR_RETURN(const CheckedTensor checked, CheckTensor(tensor, name, limits_, tensors_));
+    const int64_t count = checked.count;
     // Both are <= max_elements here, so the sum cannot overflow.
     if (count > limits_.max_elements - total_) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -117,12 +158,13 @@ class InputCollector {
           limits_.max_elements, " elements (", total_, " before this one's ", count, ")"));
     }
     total_ += count;
-    inputs_->insert_or_assign(std::string(name), DecodeTensor(tensor, count));
+    inputs_->insert_or_assign(std::string(name), DecodeTensor(tensor, checked));
     return absl::OkStatus();
   }
 
  private:
   const ConvertLimits& limits_;
+  const TensorStore* const tensors_;
   kernels::TensorMap* inputs_;
   int64_t total_ = 0;
 };
@@ -213,15 +255,17 @@ absl::Status ConvertMethod(const v1::PositionalMethod& method, kernels::MethodKi
 }  // namespace
 
 absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
-                                               const ConvertLimits& limits) {
-  ATTN_ASSIGN_OR_RETURN(const int64_t count, CheckTensor(tensor, field, limits));
-  return DecodeTensor(tensor, count);
+                                               const ConvertLimits& limits,
+                                               const TensorStore* tensors) {
+  ATTN_ASSIGN_OR_RETURN(const CheckedTensor checked, CheckTensor(tensor, field, limits, tensors));
+  return DecodeTensor(tensor, checked);
 }
 
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
-                                                 const ConvertLimits& limits) {
+                                                 const ConvertLimits& limits,
+                                                 const TensorStore* tensors) {
   kernels::AttendArgs args;
-  InputCollector inputs(limits, &args.inputs);
+  InputCollector inputs(limits, tensors, &args.inputs);
   // The method first: "method: not set" is the most basic mistake to report.
   ATTN_RETURN_IF_ERROR(ConvertMethod(request.method(), &args.method, &args.params, &inputs));
   ATTN_RETURN_IF_ERROR(inputs.Add("q", request.has_q(), request.q()));
@@ -241,9 +285,10 @@ absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& reques
 }
 
 absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const v1::EncodeRequest& request,
-                                                 const ConvertLimits& limits) {
+                                                 const ConvertLimits& limits,
+                                                 const TensorStore* tensors) {
   kernels::EncodeArgs args;
-  InputCollector inputs(limits, &args.inputs);
+  InputCollector inputs(limits, tensors, &args.inputs);
   ATTN_RETURN_IF_ERROR(ConvertMethod(request.method(), &args.method, &args.params, &inputs));
   ATTN_RETURN_IF_ERROR(inputs.Add("x", request.has_x(), request.x()));
   ATTN_RETURN_IF_ERROR(inputs.Add("distances", request.has_distances(), request.distances()));
@@ -302,6 +347,15 @@ void FillListMethodsResponse(const std::vector<kernels::MethodInfo>& methods,
   response->mutable_limits()->set_max_message_bytes(max_message_bytes);
   response->mutable_limits()->set_max_elements(max_elements);
   response->set_server(std::string(server));
+}
+
+void AddLoadedTensors(const TensorStore& tensors, v1::ListMethodsResponse* response) {
+  for (const StoredTensor& stored : tensors.tensors()) {
+    v1::LoadedTensor* loaded = response->add_tensors();
+    loaded->set_ref(stored.ref);
+    loaded->mutable_shape()->Add(stored.tensor.shape().begin(), stored.tensor.shape().end());
+    loaded->set_dtype(stored.dtype);
+  }
 }
 
 }  // namespace attnserve::server

@@ -21,6 +21,7 @@
 #include "attnserve/v1/attention.pb.h"
 #include "kernels/attention.h"
 #include "kernels/tensor.h"
+#include "server/tensor_store.h"
 
 namespace attnserve::server {
 
@@ -33,25 +34,31 @@ struct ConvertLimits {
 
 // The kernel tensor of `tensor`, whose field name is `field` (e.g. "q").
 // Exactly one of data, raw_data (little-endian float32) and ref must be set;
-// shape must have every dimension >= 1 and a count that fits in int64.
+// shape must have every dimension >= 1 and a count that fits in int64 (for a
+// ref: be empty or equal the stored shape, which must have every dimension
+// >= 1). `tensors` may be null (no store: every ref is unknown); not owned.
 // Errors (messages name `field`):
 //   INVALID_ARGUMENT   encodings set != 1, bad shape, value or byte count not
 //                      matching product(shape)
-//   NOT_FOUND          ref (no tensor store is loaded on this server)
+//   NOT_FOUND          ref names no tensor of `tensors`
 //   RESOURCE_EXHAUSTED product(shape) > limits.max_elements
 absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
-                                               const ConvertLimits& limits);
+                                               const ConvertLimits& limits,
+                                               const TensorStore* tensors = nullptr);
 
 // The kernels' arguments for an Attend request. Besides ToKernelTensor's
 // errors: INVALID_ARGUMENT when no method is set or an enum holds a value
 // this server does not know; RESOURCE_EXHAUSTED when all input tensors
-// together exceed limits.max_elements.
+// together exceed limits.max_elements. Refs resolve in `tensors` (may be
+// null; not owned).
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
-                                                 const ConvertLimits& limits);
+                                                 const ConvertLimits& limits,
+                                                 const TensorStore* tensors = nullptr);
 
 // The kernels' arguments for an Encode request; errors as ToAttendArgs.
 absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const v1::EncodeRequest& request,
-                                                 const ConvertLimits& limits);
+                                                 const ConvertLimits& limits,
+                                                 const TensorStore* tensors = nullptr);
 
 // Writes `tensor` into `out` (cleared first): its shape, and its values as
 // little-endian float32 bytes in raw_data when `raw_output`, else in data.
@@ -72,6 +79,10 @@ void FillEncodeResponse(kernels::EncodeResult&& result, bool raw_output,
 void FillListMethodsResponse(const std::vector<kernels::MethodInfo>& methods,
                              int64_t max_message_bytes, int64_t max_elements,
                              absl::string_view server, v1::ListMethodsResponse* response);
+
+// Appends one ListMethodsResponse.tensors entry (ref, shape, dtype in the
+// file) per tensor of `tensors`, in ref order.
+void AddLoadedTensors(const TensorStore& tensors, v1::ListMethodsResponse* response);
 
 }  // namespace attnserve::server
 

@@ -35,6 +35,9 @@ ABSL_FLAG(int64_t, max_message_bytes, int64_t{256} << 20,
           "largest request or response message in bytes");
 ABSL_FLAG(int64_t, max_elements, int64_t{1} << 28,
           "per request: largest tensor, and sum of input tensors, in float32 elements");
+ABSL_FLAG(std::string, tensor_dir, "",
+          "directory of *.safetensors files (F32/F16/BF16) loaded at start-up; requests name "
+          "a tensor as ref \"<file stem>/<tensor name>\"");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("attnd: multi-head attention with positional encodings over gRPC");
@@ -57,6 +60,7 @@ int main(int argc, char** argv) {
   options.threads = absl::GetFlag(FLAGS_threads);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.max_elements = absl::GetFlag(FLAGS_max_elements);
+  options.tensor_dir = absl::GetFlag(FLAGS_tensor_dir);
   absl::StatusOr<std::unique_ptr<attnserve::server::AttnServer>> server =
       attnserve::server::AttnServer::Start(options);
   if (!server.ok()) {
@@ -70,6 +74,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "attnd: %s\n", std::string(written.message()).c_str());
       return 1;
     }
+  }
+  if (!options.tensor_dir.empty()) {
+    std::fprintf(stderr, "attnd: loaded %zu tensors from --tensor_dir=%s\n",
+                 (*server)->tensors().tensors().size(), options.tensor_dir.c_str());
   }
   std::fprintf(stderr, "attnd listening on %s\n", (*server)->address().c_str());
 

@@ -65,11 +65,12 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
   return absl::OkStatus();
 }
 
-AttnServer::AttnServer(const ServerOptions& options, std::string address)
-    : pool_(std::make_unique<ComputePool>(options.threads)),
+AttnServer::AttnServer(const ServerOptions& options, std::unique_ptr<TensorStore> tensors)
+    : tensors_(std::move(tensors)),
+      pool_(std::make_unique<ComputePool>(options.threads)),
       service_(std::make_unique<AttentionServiceImpl>(
-          pool_.get(), ServiceOptions{options.max_elements, options.max_message_bytes})),
-      address_(std::move(address)) {}
+          pool_.get(),
+          ServiceOptions{options.max_elements, options.max_message_bytes, tensors_.get()})) {}
 
 absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOptions& options) {
   ATTN_RETURN_IF_ERROR(ValidateServerOptions(options));
@@ -79,7 +80,12 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
-  std::unique_ptr<AttnServer> server(new AttnServer(options, ""));
+  // Before listening: a client never sees a server whose refs are not loaded.
+  std::unique_ptr<TensorStore> tensors = std::make_unique<TensorStore>();
+  if (!options.tensor_dir.empty()) {
+    ATTN_ASSIGN_OR_RETURN(tensors, TensorStore::Load(options.tensor_dir, options.max_elements));
+  }
+  std::unique_ptr<AttnServer> server(new AttnServer(options, std::move(tensors)));
   grpc::ServerBuilder builder;
   int selected_port = 0;
   builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &selected_port);

@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "server/attention_service.h"
 #include "server/compute_pool.h"
+#include "server/tensor_store.h"
 
 namespace attnserve::server {
 
@@ -35,6 +36,9 @@ struct ServerOptions {
   int64_t max_message_bytes = int64_t{256} << 20;
   // Per request, in float32 elements (see ServiceOptions::max_elements); >= 1.
   int64_t max_elements = int64_t{1} << 28;
+  // Directory of *.safetensors files loaded at start-up for `ref` tensors
+  // (server/tensor_store.h); empty: none.
+  std::string tensor_dir;
 };
 
 // INVALID_ARGUMENT naming the flag (--threads, ...) and its rule when
@@ -43,9 +47,10 @@ absl::Status ValidateServerOptions(const ServerOptions& options);
 
 class AttnServer {
  public:
-  // Validates `options`, builds and starts the server, and marks it SERVING
-  // in the health service. Errors: INVALID_ARGUMENT (see
-  // ValidateServerOptions); UNAVAILABLE when the address cannot be bound.
+  // Validates `options`, loads options.tensor_dir, builds and starts the
+  // server, and marks it SERVING in the health service. Errors:
+  // INVALID_ARGUMENT (see ValidateServerOptions); TensorStore::Load's errors;
+  // UNAVAILABLE when the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<AttnServer>> Start(const ServerOptions& options);
 
   // Shuts down with no grace period unless Shutdown already ran.
@@ -58,6 +63,8 @@ class AttnServer {
   int port() const { return port_; }
   // The address actually listened on: options.address with port().
   const std::string& address() const { return address_; }
+  // The tensors loaded from options.tensor_dir (empty without one).
+  const TensorStore& tensors() const { return *tensors_; }
 
   // Drains: marks the health service NOT_SERVING, stops accepting calls,
   // lets running ones finish for up to `grace` (then cancels them), and
@@ -68,10 +75,12 @@ class AttnServer {
   void Wait();
 
  private:
-  AttnServer(const ServerOptions& options, std::string address);
+  AttnServer(const ServerOptions& options, std::unique_ptr<TensorStore> tensors);
 
   // Declaration order is destruction order reversed: the grpc::Server goes
-  // first, then the service, then the pool the service submits to.
+  // first, then the service, then the pool the service submits to, then the
+  // tensors the service reads.
+  std::unique_ptr<TensorStore> tensors_;
   std::unique_ptr<ComputePool> pool_;
   std::unique_ptr<AttentionServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
