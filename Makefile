@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc)
 ADDRESS    ?= 127.0.0.1:50051
 ATTND_FLAGS ?=
 
-.PHONY: all deps configure build run test bench clean
+.PHONY: all deps configure build run test bench loadtest clean
 
 all: build
 
@@ -28,6 +28,11 @@ test: build
 
 bench: build
 	$(BUILD_DIR)/bin/attention_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true $(BENCH_FLAGS)
+
+# A bounded run of every deploy/ghz config against a local attnd with `attn bench`.
+LOADTEST_TOTAL ?= 2000
+loadtest: build
+	scripts/loadtest.sh $(BUILD_DIR) $(LOADTEST_TOTAL)
 
 clean:
 	rm -rf $(BUILD_DIR)

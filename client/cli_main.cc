@@ -6,6 +6,8 @@
 //   attn attend  [FILE|-]
 //   attn attend  --stream [FILE|-]   a JSON array of requests, or one object per
 //                                    line; one JSON response per line
+//   attn bench   [ghz flags] HOST    a load run with ghz's flags and report
+//                                    (load_tool.h); "bench" must come first
 //
 // Common flags: --address=HOST:PORT (default 127.0.0.1:50051), --timeout=SECONDS
 // (default 30). Flags may come before or after the subcommand, as --flag=value
@@ -37,6 +39,7 @@
 #include "absl/time/time.h"
 #include "attnserve/v1/attention.pb.h"
 #include "client/client.h"
+#include "client/load_tool.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace attnserve::client {
@@ -59,6 +62,8 @@ commands:
   attend --stream [FILE|-]    AttendStream; FILE holds a JSON array of requests or
                               one request object per line; prints one JSON response
                               per line
+  bench [ghz flags] HOST      a load run with ghz's flags and report; 'bench' comes
+                              first, see 'attn bench --help'
 
 flags:
   --address=HOST:PORT         server address (default 127.0.0.1:50051)
@@ -348,7 +353,46 @@ int RunAttendStream(Client& client, const Args& args) {
   return kExitOk;
 }
 
+// `attn bench`: its own flags (ghz's), so argv goes to the load tool as is.
+int RunBench(const std::vector<std::string>& args) {
+  for (const std::string& arg : args) {
+    if (arg == "--help" || arg == "-h") {
+      std::cout << kLoadUsage;
+      return kExitOk;
+    }
+  }
+  absl::StatusOr<LoadOptions> options = ParseLoadOptions(args);
+  if (!options.ok()) return UsageError(options.status().message());
+  absl::StatusOr<LoadReport> report = RunLoad(*options);
+  if (!report.ok()) {
+    // A call or data the tool cannot send is the user's to fix; no
+    // connection is the server's state.
+    if (report.status().code() == absl::StatusCode::kInvalidArgument) {
+      return UsageError(report.status().message());
+    }
+    return RpcError(report.status());
+  }
+  const std::string text = options->format == "summary"
+                               ? FormatSummary(*report)
+                               : FormatJson(*report, options->format == "pretty") + "\n";
+  if (options->output.empty()) {
+    std::cout << text << std::flush;
+    return kExitOk;
+  }
+  std::ofstream file(options->output, std::ios::binary | std::ios::trunc);
+  file << text;
+  file.close();
+  if (!file) {
+    return UsageError(
+        absl::StrCat("--output: cannot write ", options->output, ": ", std::strerror(errno)));
+  }
+  return kExitOk;
+}
+
 int Main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "bench") == 0) {
+    return RunBench(std::vector<std::string>(argv + 2, argv + argc));
+  }
   Args args;
   if (std::optional<std::string> error = ParseArgs(argc, argv, args)) return UsageError(*error);
   if (args.help || args.positional.empty()) {
@@ -356,6 +400,7 @@ int Main(int argc, char** argv) {
     return args.help ? kExitOk : kExitUsage;
   }
   const std::string& command = args.positional[0];
+  if (command == "bench") return UsageError("'bench' must be the first argument: attn bench ...");
   if (command != "health" && command != "methods" && command != "encode" && command != "attend") {
     return UsageError(absl::StrCat("unknown command \"", command, "\""));
   }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# A bounded load run of every call in deploy/ghz/ against a local attnd, with
+# the project's own ghz-compatible tool (`attn bench`): starts BUILD/bin/attnd
+# on a free loopback port, runs each config with -n TOTAL, prints ghz's
+# summary of each, stops attnd. Fails if attnd does not start or any call
+# fails. Run from the repository root (the configs' paths are relative to it).
+#
+#   scripts/loadtest.sh [BUILD_DIR] [TOTAL]        (make loadtest: build, 2000)
+set -euo pipefail
+build_dir=${1:-build}
+total=${2:-2000}
+attnd=$build_dir/bin/attnd
+attn=$build_dir/bin/attn
+for binary in "$attnd" "$attn"; do
+  [ -x "$binary" ] || { echo "loadtest: $binary is missing; run make build" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+attnd_pid=
+cleanup() {
+  if [ -n "$attnd_pid" ] && kill -0 "$attnd_pid" 2>/dev/null; then
+    kill -TERM "$attnd_pid" && wait "$attnd_pid" || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$attnd" --address=127.0.0.1:0 --port_file="$work/port" 2>"$work/attnd.log" &
+attnd_pid=$!
+for _ in $(seq 200); do
+  [ -s "$work/port" ] && break
+  kill -0 "$attnd_pid" 2>/dev/null || { cat "$work/attnd.log" >&2; exit 1; }
+  sleep 0.05
+done
+[ -s "$work/port" ] || { echo "loadtest: attnd did not report its port" >&2; exit 1; }
+address=127.0.0.1:$(tr -d '\n' <"$work/port")
+echo "loadtest: attnd on $address, $total calls per config"
+
+failed=0
+for config in deploy/ghz/*.json; do
+  echo
+  echo "=== $config"
+  "$attn" bench --config "$config" -n "$total" "$address" | tee "$work/summary"
+  if grep -q "^Error distribution:" "$work/summary"; then
+    echo "loadtest: $config: some calls failed" >&2
+    failed=1
+  fi
+done
+exit $failed
