@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kernels/fast_attention.h"
 #include "kernels/plain_attention.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
@@ -128,7 +129,10 @@ absl::StatusOr<AttendResult> Attend(AttendArgs args, const ComputeOptions& optio
   if (return_probs) {
     ATTN_RETURN_IF_ERROR(CheckOutputSize({p.batch, p.heads, p.sq, p.sk}, "probs", options));
   }
-  ATTN_ASSIGN_OR_RETURN(AttendResult result, RunPlainAttention(prepared, return_probs, options));
+  ATTN_ASSIGN_OR_RETURN(AttendResult result,
+                        options.engine == Engine::kPlain
+                            ? RunPlainAttention(prepared, return_probs, options)
+                            : RunFastAttention(prepared, return_probs, options));
   ATTN_RETURN_IF_ERROR(CheckFiniteOutput(result.out));
   return result;
 }

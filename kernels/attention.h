@@ -111,7 +111,8 @@ struct ComputeOptions {
   // Largest element count of any one output or intermediate tensor; above it
   // the call fails with RESOURCE_EXHAUSTED before allocating.
   int64_t max_elements = int64_t{1} << 28;
-  // Polled between rows; once true the call stops with CANCELLED.
+  // Polled between rows (plain) or blocks of query rows (fast); once true
+  // the call stops with CANCELLED.
   const std::atomic<bool>* cancelled = nullptr;
 };
 

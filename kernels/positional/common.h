@@ -76,6 +76,7 @@ absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
 class ScaledDotProduct : public ScoreModifier {
  public:
   explicit ScaledDotProduct(double scale) : scale_(static_cast<float>(scale)) {}
+  bool scale_only() const override { return true; }
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override;
 
  private:

@@ -7,6 +7,7 @@
 // Rhat is evaluated as (1 + exp(v)) * sigmoid(x - v) with a stable sigmoid,
 // or as exp(softplus(v) - softplus(v - x)) where exp(v) would overflow.
 // Causal use is an EXTENSION (positional-methods.md 2.8).
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -58,37 +59,55 @@ absl::Status CheckDistanceParams(const Tensor& dist_w, const Tensor& dist_v, int
   return absl::OkStatus();
 }
 
+// Rhat depends only on the head and |q_pos - k_pos|, so it is tabulated once
+// per head over the distances the call can meet (at most Sq + Sk - 1 of them,
+// a contiguous range): no exp per score.
 class DaModifier final : public ScoreModifier {
  public:
-  DaModifier(double scale, int64_t query_offset, std::vector<double> w, std::vector<double> v)
-      : scale_(scale), query_offset_(query_offset), w_(std::move(w)), v_(std::move(v)) {}
+  DaModifier(const AttentionProblem& p, const std::vector<float>& w, const std::vector<float>& v)
+      : scale_(p.scale),
+        query_offset_(p.query_offset),
+        // q_pos in [a, a + Sq - 1], k_pos in [0, Sk - 1], a = query_offset >= 0.
+        min_distance_(std::max<int64_t>(0, p.query_offset - (p.sk - 1))),
+        count_(std::max(p.query_offset + p.sq - 1, p.sk - 1 - p.query_offset) - min_distance_ +
+               1),
+        table_(static_cast<size_t>(p.heads * count_)) {
+    for (int64_t h = 0; h < p.heads; ++h) {
+      for (int64_t n = 0; n < count_; ++n) {
+        table_[h * count_ + n] =
+            DaCoefficient(w[h], v[h], static_cast<double>(min_distance_ + n));
+      }
+    }
+  }
 
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
-    const double w = w_[static_cast<size_t>(tile.h)], v = v_[static_cast<size_t>(tile.h)];
+    const double* rhat = table_.data() + tile.h * count_;
+    const double scale = scale_;
     for (int64_t r = 0; r < tile.rows; ++r) {
-      const int64_t q_pos = query_offset_ + tile.i0 + r;
+      const int64_t delta = query_offset_ + tile.i0 + r - tile.j0;  // q_pos - j0
       float* row = scores + r * ld;
-      for (int64_t c = 0; c < tile.cols; ++c) {
-        // A non-positive dot product scores exactly 0, whatever Rhat is.
-        if (row[c] <= 0) {
-          row[c] = 0;
-          continue;
+      // Keys up to the query's position, then after it: each a contiguous
+      // (descending, then ascending) run of the table.
+      const int64_t split = std::clamp<int64_t>(delta + 1, 0, tile.cols);
+      if (split > 0) {
+        const double* before = rhat + (delta - min_distance_);  // [-c] for c < split
+        for (int64_t c = 0; c < split; ++c) {
+          // A non-positive dot product scores exactly 0, whatever Rhat is.
+          row[c] = row[c] > 0 ? static_cast<float>(row[c] * before[-c] * scale) : 0.0f;
         }
-        const double distance = static_cast<double>(std::llabs(q_pos - (tile.j0 + c)));
-        row[c] = static_cast<float>(row[c] * DaCoefficient(w, v, distance) * scale_);
+      }
+      for (int64_t c = split; c < tile.cols; ++c) {
+        const double coefficient = rhat[c - delta - min_distance_];
+        row[c] = row[c] > 0 ? static_cast<float>(row[c] * coefficient * scale) : 0.0f;
       }
     }
   }
 
  private:
   const double scale_;
-  const int64_t query_offset_;
-  const std::vector<double> w_, v_;
+  const int64_t query_offset_, min_distance_, count_;
+  std::vector<double> table_;  // [H, count]: Rhat_h(min_distance + n)
 };
-
-std::vector<double> ToDoubles(const Tensor& t) {
-  return std::vector<double>(t.values().begin(), t.values().end());
-}
 
 class DaTransformer final : public PositionalMethod {
  public:
@@ -119,8 +138,7 @@ class DaTransformer final : public PositionalMethod {
     const Tensor& dist_w = args.inputs.at("dist_w");
     const Tensor& dist_v = args.inputs.at("dist_v");
     ATTN_RETURN_IF_ERROR(CheckDistanceParams(dist_w, dist_v, p.heads, "q"));
-    prepared.modifier = std::make_unique<DaModifier>(p.scale, p.query_offset, ToDoubles(dist_w),
-                                                     ToDoubles(dist_v));
+    prepared.modifier = std::make_unique<DaModifier>(p, dist_w.values(), dist_v.values());
     return prepared;
   }
 

@@ -52,6 +52,11 @@ class ScoreModifier {
  public:
   virtual ~ScoreModifier() = default;
 
+  // True when score(i, j) = problem.scale * (q_i . k_j) exactly: the engine
+  // may then apply the scale itself (fused into its softmax pass) and never
+  // call ModifyScores.
+  virtual bool scale_only() const { return false; }
+
   // On entry scores[r * ld + c] holds the raw dot product q_i . k_j (not
   // scaled) for i = i0 + r, j = j0 + c; on return it holds the method's
   // logit score(i, j). Entries the causal mask removes may be left anything:

@@ -95,17 +95,46 @@ absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d) {
 // Rotates rows [count, d] of every (outer) block: row s at first_position + s.
 void RotateRows(const RopeConfig& config, Tensor& x, int64_t outer, int64_t count, int64_t d,
                 double first_position, const ComputeOptions& options) {
-  // The angles depend only on the position: compute them once per row.
+  // The cos/sin cache: the angles depend only on the position, so cos and
+  // sin are taken once per (position, pair), in double (1.6), and stored as
+  // float: [count, half] each, O(S * D) memory.
   const int64_t half = config.rotary_dim / 2;
-  std::vector<double> angles(static_cast<size_t>(count * half));
-  for (int64_t s = 0; s < count; ++s) {
-    RopeAngles(config, first_position + static_cast<double>(s), angles.data() + s * half);
-  }
+  std::vector<float> cosines(static_cast<size_t>(count * half));
+  std::vector<float> sines(static_cast<size_t>(count * half));
+  ParallelFor(count, ThreadsFor(static_cast<double>(count * half) * 64, options), 64,
+              [&](int64_t begin, int64_t end) {
+                std::vector<double> angles(static_cast<size_t>(half));
+                for (int64_t s = begin; s < end; ++s) {
+                  RopeAngles(config, first_position + static_cast<double>(s), angles.data());
+                  for (int64_t n = 0; n < half; ++n) {
+                    cosines[s * half + n] = static_cast<float>(std::cos(angles[n]));
+                    sines[s * half + n] = static_cast<float>(std::sin(angles[n]));
+                  }
+                }
+              });
   float* data = x.data();
-  const double work = static_cast<double>(outer * count) * config.rotary_dim * 8;
+  const double work = static_cast<double>(outer * count) * config.rotary_dim * 4;
   ParallelFor(outer * count, ThreadsFor(work, options), 256, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      RotateWithAngles(config, angles.data() + (row % count) * half, data + row * d);
+      const float* cos_row = cosines.data() + (row % count) * half;
+      const float* sin_row = sines.data() + (row % count) * half;
+      float* values = data + row * d;
+      if (config.layout == RopeLayout::kHalf) {
+        // Pairs (n, n + half): two contiguous runs, a vectorised loop.
+        float* a = values;
+        float* b = values + half;
+        for (int64_t n = 0; n < half; ++n) {
+          const float xa = a[n], xb = b[n];
+          a[n] = xa * cos_row[n] - xb * sin_row[n];
+          b[n] = xb * cos_row[n] + xa * sin_row[n];
+        }
+      } else {
+        for (int64_t n = 0; n < half; ++n) {
+          const float xa = values[2 * n], xb = values[2 * n + 1];
+          values[2 * n] = xa * cos_row[n] - xb * sin_row[n];
+          values[2 * n + 1] = xb * cos_row[n] + xa * sin_row[n];
+        }
+      }
     }
   });
 }

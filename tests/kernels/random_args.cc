@@ -455,12 +455,36 @@ void AddMethodCases(MethodKind method, std::vector<DiffCase>& cases) {
 
 }  // namespace
 
+// Geometries spanning several of the fast engine's query and key blocks
+// (96 x 256), with a partial last block and Dv not a multiple of 16; added
+// after all the others so the earlier seeds keep their cases.
+void AddMultiBlockCases(MethodKind method, std::vector<DiffCase>& cases) {
+  for (const bool causal : {true, false}) {
+    DiffCase d;
+    d.c.method = method;
+    d.label = causal ? "multi_block_causal" : "multi_block_cross_offset";
+    d.seed = static_cast<uint32_t>(1000 * (static_cast<int>(method) + 1) + cases.size());
+    std::mt19937 rng(d.seed);
+    d.c.heads = 2;
+    d.c.sq = Uniform(rng, 190, 300);
+    d.c.sk = causal ? d.c.sq : Uniform(rng, 520, 600);
+    if (!causal) d.c.query_offset = Uniform(rng, 0, 700);
+    d.c.d = 16;
+    d.c.dv = 20;
+    d.c.d_model = 24;
+    d.c.causal = causal;
+    FixUpRope(d.c);
+    cases.push_back(d);
+  }
+}
+
 std::vector<DiffCase> AllDiffCases() {
   std::vector<DiffCase> cases;
   for (MethodKind method : kernels::kAllMethods) {
     AddCommonCases(method, cases);
     AddMethodCases(method, cases);
   }
+  for (MethodKind method : kernels::kAllMethods) AddMultiBlockCases(method, cases);
   return cases;
 }
 

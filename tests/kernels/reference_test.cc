@@ -9,7 +9,8 @@
 // and K > S, Transformer-XL memory and bidirectional, DA large and negative
 // w / v, ALiBi heads that are not powers of two). Each case's seed is
 // 1000 * (method + 1) + case index and is printed with the case; out and probs
-// must match within rtol 1e-4 / atol 1e-5 with 1 and with 2 threads.
+// must match within rtol 1e-4 / atol 1e-5 with 1 and with 2 threads, and out
+// also without probs (the fast engine's streaming path).
 // ReferenceEncodeDiffTest: every encode form on seeded random requests
 // (positions in the thousands, every RoPE layout and scaling), rtol 1e-5 /
 // atol 1e-6. GoldenReferenceTest: the reference reproduces every golden
@@ -61,6 +62,14 @@ TEST_P(ReferenceDiffTest, KernelMatchesReferenceWithOneAndTwoThreads) {
         << what << " threads=" << threads;
     EXPECT_EQ(CompareToReference("probs", *got->probs, ref->at("probs"), kRtol, kAtol), "")
         << what << " threads=" << threads;
+    // Without probs the engine takes its streaming (online softmax) path.
+    kernels::AttendArgs out_only_args = args;
+    out_only_args.return_probs = false;
+    auto out_only = kernels::Attend(std::move(out_only_args), options);
+    ASSERT_TRUE(out_only.ok()) << what << " threads=" << threads << ": " << out_only.status();
+    EXPECT_FALSE(out_only->probs.has_value());
+    EXPECT_EQ(CompareToReference("out", out_only->out, ref->at("out"), kRtol, kAtol), "")
+        << what << " threads=" << threads << " without probs";
     if (threads == 1) {
       out_one_thread = got->out;
       RecordProperty("max_abs_error_out", std::to_string(MaxAbsError(got->out, ref->at("out"))));

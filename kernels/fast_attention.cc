@@ -1,0 +1,272 @@
+#include "kernels/fast_attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/micro_kernels.h"
+#include "kernels/parallel.h"
+#include "kernels/positional/common.h"
+
+namespace attnserve::kernels {
+namespace {
+
+using simd::kPanel;
+using simd::RoundUpToPanel;
+
+// Query rows per work item and keys per tile. 96 rows = 16 micro-kernel row
+// groups; 256 keys keep the scores tile (96 KiB) and a value panel (16 KiB)
+// in L2 and L1.
+constexpr int64_t kBlockQ = 96;
+constexpr int64_t kBlockK = 256;
+
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+// kt: ceil(sk / 16) panels of [d x 16]: kt[t][e][c] = k[16t + c][e] (0 past sk).
+void PackKeys(const float* k, int64_t sk, int64_t d, float* kt) {
+  const int64_t panels = RoundUpToPanel(sk) / kPanel;
+  for (int64_t t = 0; t < panels; ++t) {
+    float* panel = kt + t * d * kPanel;
+    const int64_t cols = std::min<int64_t>(kPanel, sk - t * kPanel);
+    for (int64_t c = 0; c < cols; ++c) {
+      const float* row = k + (t * kPanel + c) * d;
+      for (int64_t e = 0; e < d; ++e) panel[e * kPanel + c] = row[e];
+    }
+    for (int64_t c = cols; c < kPanel; ++c) {
+      for (int64_t e = 0; e < d; ++e) panel[e * kPanel + c] = 0;
+    }
+  }
+}
+
+// vp: ceil(dv / 16) panels of [sk x 16]: vp[t][j][c] = v[j][16t + c] (0 past dv).
+void PackValues(const float* v, int64_t sk, int64_t dv, float* vp) {
+  const int64_t panels = RoundUpToPanel(dv) / kPanel;
+  for (int64_t t = 0; t < panels; ++t) {
+    float* panel = vp + t * sk * kPanel;
+    const int64_t cols = std::min<int64_t>(kPanel, dv - t * kPanel);
+    for (int64_t j = 0; j < sk; ++j) {
+      const float* row = v + j * dv + t * kPanel;
+      float* dst = panel + j * kPanel;
+      std::copy_n(row, cols, dst);
+      std::fill(dst + cols, dst + kPanel, 0.0f);
+    }
+  }
+}
+
+// One thread's buffers, allocated once per call: the packed K and V of the
+// head it last worked on, and the tiles of one query block.
+struct Workspace {
+  explicit Workspace(const AttentionProblem& p)
+      : dv_pad(RoundUpToPanel(p.dv)),
+        kt(static_cast<size_t>(RoundUpToPanel(p.sk) * p.d)),
+        vp(static_cast<size_t>(p.sk * dv_pad)),
+        scores(static_cast<size_t>(kBlockQ * kBlockK)),
+        acc(static_cast<size_t>(kBlockQ * dv_pad)),
+        row_max(static_cast<size_t>(kBlockQ)),
+        row_sum(static_cast<size_t>(kBlockQ)) {}
+
+  // Packs head bh of k and v unless they are packed already.
+  void PackHead(const AttentionProblem& p, int64_t bh) {
+    if (bh == packed_head) return;
+    PackKeys(p.k.data() + bh * p.sk * p.d, p.sk, p.d, kt.data());
+    PackValues(p.v.data() + bh * p.sk * p.dv, p.sk, p.dv, vp.data());
+    packed_head = bh;
+  }
+
+  const int64_t dv_pad;
+  int64_t packed_head = -1;
+  std::vector<float> kt, vp, scores, acc, row_max, row_sum;
+};
+
+class FastEngine {
+ public:
+  FastEngine(const PreparedAttention& prepared, float* out, float* probs)
+      : p_(prepared.problem),
+        modifier_(*prepared.modifier),
+        scale_only_(modifier_.scale_only()),
+        value_term_(modifier_.HasValueTerm()),
+        scale_(static_cast<float>(p_.scale)),
+        out_(out),
+        probs_(probs) {}
+
+  int64_t query_blocks() const { return (p_.sq + kBlockQ - 1) / kBlockQ; }
+
+  // Query rows [i0, i0 + rows) of head bh.
+  void RunBlock(Workspace& ws, int64_t bh, int64_t i0, int64_t rows) const {
+    ws.PackHead(p_, bh);
+    const int64_t last_position = p_.query_offset + i0 + rows - 1;
+    // Key blocks wholly after the block's last query are never visible.
+    const int64_t key_end = p_.causal ? std::min(p_.sk, last_position + 1) : p_.sk;
+    std::fill_n(ws.acc.data(), rows * ws.dv_pad, 0.0f);
+    if (probs_ == nullptr) {
+      OnlineSoftmax(ws, bh, i0, rows, key_end);
+    } else {
+      ExactSoftmax(ws, bh, i0, rows, key_end);
+    }
+  }
+
+ private:
+  // Keys of tile [j0, j0 + n) visible to query i0 + r: a prefix of the tile.
+  int64_t VisibleInTile(int64_t i, int64_t j0, int64_t n) const {
+    if (!p_.causal) return n;
+    return std::clamp<int64_t>(p_.query_offset + i - j0 + 1, 0, n);
+  }
+
+  // Raw dot products of query rows [i0, i0 + rows) with keys [j0, j0 + n)
+  // into s (leading dimension ld), then the method's logits.
+  void ComputeScores(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t n,
+                 float* s, int64_t ld) const {
+    const float* q = p_.q.data() + (bh * p_.sq + i0) * p_.d;
+    simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, q, p_.d, ws.kt.data() + j0 * p_.d,
+                      p_.d * kPanel, s, ld);
+    if (!scale_only_) {
+      const ScoreTile tile{bh / p_.heads, bh % p_.heads, i0, rows, j0, n};
+      modifier_.ModifyScores(tile, s, ld);
+    }
+  }
+
+  // acc += P V for keys [j0, j0 + n), plus the modifier's value term.
+  void AccumulateValues(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0,
+                        int64_t n, const float* weights, int64_t ld) const {
+    if (value_term_) {
+      const ScoreTile tile{bh / p_.heads, bh % p_.heads, i0, rows, j0, n};
+      modifier_.AccumulateValueTerm(tile, weights, ld, ws.acc.data(), ws.dv_pad);
+    }
+    simd::Gemm<true>(rows, ws.dv_pad, n, weights, ld, ws.vp.data() + j0 * kPanel,
+                     p_.sk * kPanel, ws.acc.data(), ws.dv_pad);
+  }
+
+  // Streams over key blocks keeping a running max m and sum l per row; acc
+  // holds sum_j exp(s_j - m) v_j and is rescaled by exp(m_old - m_new).
+  void OnlineSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows,
+                     int64_t key_end) const {
+    float* s = ws.scores.data();
+    float* m = ws.row_max.data();
+    float* l = ws.row_sum.data();
+    std::fill_n(m, rows, kMinusInf);
+    std::fill_n(l, rows, 0.0f);
+    for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) {
+      const int64_t n = std::min(kBlockK, key_end - j0);
+      ComputeScores(ws, bh, i0, rows, j0, n, s, kBlockK);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = s + r * kBlockK;
+        const int64_t visible = VisibleInTile(i0 + r, j0, n);
+        std::fill(row + visible, row + n, 0.0f);
+        if (visible == 0) continue;
+        const float tile_max =
+            scale_only_ ? simd::ScaleAndMax(row, visible, scale_) : simd::Max(row, visible);
+        const float new_max = std::max(m[r], tile_max);
+        const float sum = simd::ExpAndSum(row, visible, new_max);
+        if (new_max != m[r]) {
+          // The first visible tile starts from m = -inf: alpha = 0, acc = 0.
+          const float alpha = std::exp(m[r] - new_max);
+          l[r] *= alpha;
+          simd::Scale(ws.acc.data() + r * ws.dv_pad, ws.dv_pad, alpha);
+          m[r] = new_max;
+        }
+        l[r] += sum;
+      }
+      AccumulateValues(ws, bh, i0, rows, j0, n, s, kBlockK);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* acc = ws.acc.data() + r * ws.dv_pad;
+      float* out = out_ + (bh * p_.sq + i0 + r) * p_.dv;
+      // Key 0 is always visible and contributes exp(0) = 1, so l >= 1 unless
+      // the scores overflowed (then out is not finite and Attend says so).
+      const float inverse = 1.0f / l[r];
+      for (int64_t e = 0; e < p_.dv; ++e) out[e] = acc[e] * inverse;
+    }
+  }
+
+  // With probs requested: logits straight into the probs rows, an exact
+  // softmax per row there, then acc = P V from those rows.
+  void ExactSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows,
+                    int64_t key_end) const {
+    float* p = probs_ + (bh * p_.sq + i0) * p_.sk;
+    for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) {
+      const int64_t n = std::min(kBlockK, key_end - j0);
+      // The micro-kernel writes whole panels; a last tile whose panels pass
+      // Sk goes through the scores tile instead.
+      if (RoundUpToPanel(n) <= p_.sk - j0) {
+        ComputeScores(ws, bh, i0, rows, j0, n, p + j0, p_.sk);
+      } else {
+        ComputeScores(ws, bh, i0, rows, j0, n, ws.scores.data(), kBlockK);
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy_n(ws.scores.data() + r * kBlockK, n, p + r * p_.sk + j0);
+        }
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = p + r * p_.sk;
+      const int64_t visible = VisibleInTile(i0 + r, 0, p_.sk);
+      const float max =
+          scale_only_ ? simd::ScaleAndMax(row, visible, scale_) : simd::Max(row, visible);
+      const float sum = simd::ExpAndSum(row, visible, max);
+      simd::Scale(row, visible, 1.0f / sum);
+      std::fill(row + visible, row + p_.sk, 0.0f);
+    }
+    for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) {
+      const int64_t n = std::min(kBlockK, key_end - j0);
+      AccumulateValues(ws, bh, i0, rows, j0, n, p + j0, p_.sk);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy_n(ws.acc.data() + r * ws.dv_pad, p_.dv, out_ + (bh * p_.sq + i0 + r) * p_.dv);
+    }
+  }
+
+  const AttentionProblem& p_;
+  const ScoreModifier& modifier_;
+  const bool scale_only_, value_term_;
+  const float scale_;
+  float* const out_;
+  float* const probs_;
+};
+
+}  // namespace
+
+absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
+                                              bool return_probs, const ComputeOptions& options) {
+  const AttentionProblem& p = prepared.problem;
+  AttendResult result;
+  result.out = Tensor({p.batch, p.heads, p.sq, p.dv});
+  if (return_probs) result.probs = Tensor({p.batch, p.heads, p.sq, p.sk});
+  const FastEngine engine(prepared, result.out.data(),
+                          return_probs ? result.probs->data() : nullptr);
+
+  const int64_t blocks = engine.query_blocks();
+  const int64_t items = p.batch * p.heads * blocks;
+  const double work = static_cast<double>(p.batch * p.heads * p.sq) *
+                      static_cast<double>(p.sk) * static_cast<double>(p.d + p.dv);
+  const int threads = static_cast<int>(std::min<int64_t>(ThreadsFor(work, options), items));
+  std::vector<std::unique_ptr<Workspace>> workspaces(static_cast<size_t>(std::max(threads, 1)));
+  std::atomic<bool> stopped{false};
+  // Items run in (batch, head, query block) order, so a thread mostly finds
+  // the head it needs already packed.
+  ParallelFor(items, threads, 1, [&](int64_t begin, int64_t end) {
+    // threads > 1 means a team of exactly `threads` here (ParallelFor runs
+    // inline otherwise, where the caller's own OpenMP thread number could be
+    // anything).
+    const int slot = threads > 1 ? omp_get_thread_num() : 0;
+    std::unique_ptr<Workspace>& ws = workspaces[static_cast<size_t>(slot)];
+    if (ws == nullptr) ws = std::make_unique<Workspace>(p);
+    for (int64_t item = begin; item < end; ++item) {
+      if (options.cancelled != nullptr && options.cancelled->load(std::memory_order_relaxed)) {
+        stopped.store(true, std::memory_order_relaxed);
+        return;
+      }
+      const int64_t bh = item / blocks;
+      const int64_t i0 = (item % blocks) * kBlockQ;
+      engine.RunBlock(*ws, bh, i0, std::min(kBlockQ, p.sq - i0));
+    }
+  });
+  if (stopped.load()) return absl::CancelledError("the call was cancelled while computing");
+  return result;
+}
+
+}  // namespace attnserve::kernels

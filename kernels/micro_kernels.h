@@ -1,0 +1,194 @@
+// AVX2 + FMA building blocks of the fast attention engine: a register-tiled
+// GEMM micro-kernel on packed 16-column panels, a vectorised exp, and the
+// row reductions of the online softmax.
+//
+// Panels: a [K x N] right-hand matrix is stored as ceil(N / 16) contiguous
+// panels of K rows x 16 floats (columns past N zero), so each micro-kernel
+// call streams one contiguous 64-byte row per k step (no cache-set conflicts
+// at power-of-two leading dimensions).
+//
+// Everything here is header-only and inline (the kernels are templates over
+// the row count); the library is compiled with -mavx2 -mfma
+// (kernels/CMakeLists.txt). All functions are pure and thread-safe.
+#ifndef ATTNSERVE_KERNELS_MICRO_KERNELS_H_
+#define ATTNSERVE_KERNELS_MICRO_KERNELS_H_
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace attnserve::kernels::simd {
+
+inline constexpr int64_t kPanel = 16;  // Columns per panel: two ymm registers.
+inline constexpr int kRows = 6;        // Rows per micro-kernel call: 12 accumulators.
+
+inline int64_t RoundUpToPanel(int64_t n) { return (n + kPanel - 1) / kPanel * kPanel; }
+
+// c[r * ldc + 0..15] (+)= sum_p a[r * lda + p] * panel[p * 16 + 0..15] for
+// r < R, p < k.
+template <int R, bool kAccumulate>
+inline void MicroKernel(int64_t k, const float* a, int64_t lda, const float* panel, float* c,
+                        int64_t ldc) {
+  __m256 c0[R], c1[R];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    if constexpr (kAccumulate) {
+      c0[r] = _mm256_loadu_ps(c + r * ldc);
+      c1[r] = _mm256_loadu_ps(c + r * ldc + 8);
+    } else {
+      c0[r] = _mm256_setzero_ps();
+      c1[r] = _mm256_setzero_ps();
+    }
+  }
+  for (int64_t p = 0; p < k; ++p) {
+    const __m256 b0 = _mm256_loadu_ps(panel + p * kPanel);
+    const __m256 b1 = _mm256_loadu_ps(panel + p * kPanel + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m256 ar = _mm256_broadcast_ss(a + r * lda + p);
+      c0[r] = _mm256_fmadd_ps(ar, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(ar, b1, c1[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    _mm256_storeu_ps(c + r * ldc, c0[r]);
+    _mm256_storeu_ps(c + r * ldc + 8, c1[r]);
+  }
+}
+
+template <bool kAccumulate>
+inline void MicroKernelRows(int rows, int64_t k, const float* a, int64_t lda,
+                            const float* panel, float* c, int64_t ldc) {
+  switch (rows) {
+    case 6: MicroKernel<6, kAccumulate>(k, a, lda, panel, c, ldc); break;
+    case 5: MicroKernel<5, kAccumulate>(k, a, lda, panel, c, ldc); break;
+    case 4: MicroKernel<4, kAccumulate>(k, a, lda, panel, c, ldc); break;
+    case 3: MicroKernel<3, kAccumulate>(k, a, lda, panel, c, ldc); break;
+    case 2: MicroKernel<2, kAccumulate>(k, a, lda, panel, c, ldc); break;
+    case 1: MicroKernel<1, kAccumulate>(k, a, lda, panel, c, ldc); break;
+    default: break;
+  }
+}
+
+// C[m x n_pad] (+)= A[m x k] * B[k x n_pad], B as n_pad / 16 panels of
+// `panel_stride` floats each (the panel for columns 16t.. starts at
+// b + t * panel_stride). C's leading dimension ldc >= n_pad.
+template <bool kAccumulate>
+inline void Gemm(int64_t m, int64_t n_pad, int64_t k, const float* a, int64_t lda,
+                 const float* b, int64_t panel_stride, float* c, int64_t ldc) {
+  for (int64_t t = 0; t < n_pad / kPanel; ++t) {
+    const float* panel = b + t * panel_stride;
+    for (int64_t r = 0; r < m; r += kRows) {
+      MicroKernelRows<kAccumulate>(static_cast<int>(std::min<int64_t>(kRows, m - r)), k,
+                                   a + r * lda, lda, panel, c + r * ldc + t * kPanel, ldc);
+    }
+  }
+}
+
+// exp(x) for 8 lanes, Cephes' expf polynomial (about 1 ulp). Lanes below
+// -87 (including -inf and NaN) give exactly 0: masked scores contribute
+// nothing.
+inline __m256 Exp(__m256 x) {
+  const __m256 zero_below = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GT_OQ);
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+  fx = _mm256_floor_ps(fx);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i exponent =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
+  return _mm256_and_ps(y, zero_below);
+}
+
+inline float HorizontalMax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+inline float HorizontalSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// Lane mask for the first `count` (0..8) lanes.
+inline __m256i FirstLanes(int64_t count) {
+  const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
+}
+
+// Scales x[0..n) by `scale` in place and returns the maximum (n >= 1).
+inline float ScaleAndMax(float* x, int64_t n, float scale) {
+  const __m256 s = _mm256_set1_ps(scale);
+  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + c), s);
+    _mm256_storeu_ps(x + c, v);
+    m = _mm256_max_ps(m, v);
+  }
+  float result = HorizontalMax(m);
+  for (; c < n; ++c) {
+    x[c] *= scale;
+    result = std::max(result, x[c]);
+  }
+  return result;
+}
+
+// The maximum of x[0..n) (n >= 1).
+inline float Max(const float* x, int64_t n) {
+  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
+  float result = HorizontalMax(m);
+  for (; c < n; ++c) result = std::max(result, x[c]);
+  return result;
+}
+
+// x[c] = exp(x[c] - shift) for c < n; returns their sum.
+inline float ExpAndSum(float* x, int64_t n, float shift) {
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256 sum = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 e = Exp(_mm256_sub_ps(_mm256_loadu_ps(x + c), s));
+    _mm256_storeu_ps(x + c, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  if (c < n) {
+    const __m256i mask = FirstLanes(n - c);
+    const __m256 e = _mm256_and_ps(Exp(_mm256_sub_ps(_mm256_maskload_ps(x + c, mask), s)),
+                                   _mm256_castsi256_ps(mask));
+    _mm256_maskstore_ps(x + c, mask, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  return HorizontalSum(sum);
+}
+
+// x[c] *= factor for c < n.
+inline void Scale(float* x, int64_t n, float factor) {
+  const __m256 f = _mm256_set1_ps(factor);
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) _mm256_storeu_ps(x + c, _mm256_mul_ps(_mm256_loadu_ps(x + c), f));
+  for (; c < n; ++c) x[c] *= factor;
+}
+
+}  // namespace attnserve::kernels::simd
+
+#endif  // ATTNSERVE_KERNELS_MICRO_KERNELS_H_
