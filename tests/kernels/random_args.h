@@ -67,7 +67,8 @@ void PrintTo(const DiffCase& d, std::ostream* os);
 // beyond Sk - Sq, Sq > Sk, S = 1, S ~ 100, B and H > 1, explicit and negative
 // scales, causal and not) plus each method's own variants (every RoPE layout
 // x scaling x partial rotary_dim, Shaw K = 0 and K > S, Transformer-XL
-// memory, DA large and negative w / v, ALiBi heads not powers of two).
+// memory, DA large and negative w / v, ALiBi heads not powers of two), and
+// last, per method, two geometries over several of the fast engine's blocks.
 std::vector<DiffCase> AllDiffCases();
 
 }  // namespace attnserve::testing
