@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc)
 ADDRESS    ?= 127.0.0.1:50051
 ATTND_FLAGS ?=
 
-.PHONY: all deps configure build run test bench loadtest clean
+.PHONY: all deps configure build run test bench perf-doc loadtest clean
 
 all: build
 
@@ -26,8 +26,16 @@ run: build
 test: build
 	ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) --timeout 300
 
+# `make bench` also writes $(BENCH_JSON); `make perf-doc` turns that into
+# docs/PERFORMANCE.md (with the S=16384 memory test's measurement).
+BENCH_JSON ?= $(BUILD_DIR)/bench.json
 bench: build
-	$(BUILD_DIR)/bin/attention_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true $(BENCH_FLAGS)
+	$(BUILD_DIR)/bin/attention_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+	  --benchmark_out=$(BENCH_JSON) --benchmark_out_format=json $(BENCH_FLAGS)
+
+perf-doc:
+	-$(BUILD_DIR)/bin/kernels_fast_engine_test --gtest_filter='*MemoryTest*' > $(BUILD_DIR)/memory_test.log
+	/usr/bin/python3 bench/perf_table.py $(BENCH_JSON) --memory-log $(BUILD_DIR)/memory_test.log > docs/PERFORMANCE.md
 
 # A bounded run of every deploy/ghz config against a local attnd with `attn bench`.
 LOADTEST_TOTAL ?= 2000

@@ -1,13 +1,21 @@
-// Benchmarks of the plain attention engine, every method, B=1 H=8 D=64.
-// The baseline the fast kernels (a later issue) are measured against.
+// Benchmarks of the attention engines, every method, B=1 H=8 D=64, and the
+// ceiling they are measured against: a plain dnnl::matmul of the QK^T shape
+// on the same threads, in the same run.
 //   make bench    (or build/bin/attention_bench --benchmark_filter=...)
+// bench/perf_table.py turns the JSON output into docs/PERFORMANCE.md's table.
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "benchmark/benchmark.h"
 #include "kernels/attention.h"
+#include "oneapi/dnnl/dnnl.hpp"
+#include "tests/testing/heap_peak.h"
 
 namespace attnserve::kernels {
 namespace {
@@ -68,31 +76,149 @@ AttendArgs MakeArgs(MethodKind kind, int64_t s, bool causal) {
   return args;
 }
 
+// Useful FLOPs of one call: QK^T and PV over the unmasked (query, key)
+// pairs, 4 * H * D per pair, the same count for every method (their extra
+// terms, e.g. Shaw's relative dot products or the absolute methods' input
+// projections, are not counted), so GFLOP/s compares methods at equal work.
+double AttentionFlops(int64_t s, bool causal) {
+  const double pairs = causal ? 0.5 * static_cast<double>(s) * static_cast<double>(s + 1)
+                              : static_cast<double>(s) * static_cast<double>(s);
+  return 4.0 * kHeads * kDim * pairs;
+}
+
 // range(0): method index, range(1): S, range(2): causal, range(3): threads.
-void BM_PlainAttend(benchmark::State& state) {
+// Each iteration times one Attend on a fresh copy of the inputs (the copy is
+// untimed: Attend consumes them, RoPE rotates in place). extra_bytes is the
+// peak heap the call adds beyond its inputs and output (heap_peak.h), the
+// largest over the iterations.
+void RunAttend(benchmark::State& state, Engine engine) {
   const MethodKind kind = kAllMethods[state.range(0)];
   const int64_t s = state.range(1);
-  const AttendArgs args = MakeArgs(kind, s, state.range(2) != 0);
+  const bool causal = state.range(2) != 0;
+  const AttendArgs args = MakeArgs(kind, s, causal);
   ComputeOptions options;
+  options.engine = engine;
   options.threads = static_cast<int>(state.range(3));
+  int64_t extra_bytes = 0;
   for (auto _ : state) {
-    auto result = Attend(args, options);
+    state.PauseTiming();
+    AttendArgs call = args;
+    state.ResumeTiming();
+    testing::HeapPeakScope heap;
+    auto result = Attend(std::move(call), options);
     if (!result.ok()) {
       state.SkipWithError(std::string(result.status().message()).c_str());
       break;
     }
     benchmark::DoNotOptimize(result->out.data());
+    const int64_t out_bytes = result->out.size() * static_cast<int64_t>(sizeof(float));
+    extra_bytes = std::max(extra_bytes, heap.PeakGrowth() - out_bytes);
   }
   state.SetLabel(std::string(MethodName(kind)));
-  const double flops = 4.0 * kHeads * static_cast<double>(s) * s * kDim;
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate,
+  state.counters["FLOP/s"] =
+      benchmark::Counter(AttentionFlops(s, causal), benchmark::Counter::kIsIterationInvariantRate,
                          benchmark::Counter::kIs1000);
+  state.counters["extra_bytes"] = benchmark::Counter(
+      static_cast<double>(extra_bytes), benchmark::Counter::kDefaults, benchmark::Counter::kIs1024);
 }
 
+void BM_FastAttend(benchmark::State& state) { RunAttend(state, Engine::kFast); }
+void BM_PlainAttend(benchmark::State& state) { RunAttend(state, Engine::kPlain); }
+
+// The ceiling: one plain dnnl::matmul, fp32, row-major, on `threads` OpenMP
+// threads. range(0): S, range(1): threads, range(2): 0 for [S,64]x[64,S]
+// (the QK^T shape), 1 for [S,S]x[S,64] (the PV shape). The label is
+// oneDNN's implementation name; a reference (non-JIT) one is an error,
+// since it would make a meaningless ceiling.
+void BM_MatmulCeiling(benchmark::State& state) {
+  const int64_t s = state.range(0);
+  const int threads = static_cast<int>(state.range(1));
+  const bool pv = state.range(2) != 0;
+  const int64_t m = s, k = pv ? s : kDim, n = pv ? kDim : s;
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  try {
+    using tag = dnnl::memory::format_tag;
+    using dt = dnnl::memory::data_type;
+    dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    dnnl::stream stream(engine);
+    const dnnl::memory::desc a_md({m, k}, dt::f32, tag::ab);
+    const dnnl::memory::desc b_md({k, n}, dt::f32, tag::ab);
+    const dnnl::memory::desc c_md({m, n}, dt::f32, tag::ab);
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine);
+    const std::string impl = pd.impl_info_str();
+    std::mt19937 rng(7);
+    Tensor a = Random({m, k}, rng), b = Random({k, n}, rng), c({m, n});
+    dnnl::memory a_mem(a_md, engine, a.data()), b_mem(b_md, engine, b.data()),
+        c_mem(c_md, engine, c.data());
+    const dnnl::matmul matmul(pd);
+    if (impl.rfind("ref", 0) == 0) {
+      state.SkipWithError(("oneDNN picked a reference matmul: " + impl).c_str());
+    }
+    for (auto _ : state) {
+      matmul.execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem},
+                              {DNNL_ARG_DST, c_mem}});
+      stream.wait();
+    }
+    benchmark::DoNotOptimize(c.data());
+    state.SetLabel(impl);
+  } catch (const dnnl::error& e) {
+    state.SkipWithError(e.what());
+  }
+  omp_set_num_threads(saved_threads);
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * m * k * n,
+                                                benchmark::Counter::kIsIterationInvariantRate,
+                                                benchmark::Counter::kIs1000);
+}
+
+// The issue's grid: S in {128, 512, 2048, 8192}, causal and not, 1 and 2
+// threads; plus S = 1024 and 4096 non-causal on 2 threads, where the
+// targets are stated.
+void FastGrid(benchmark::internal::Benchmark* b) {
+  for (int64_t method = 0; method < 8; ++method) {
+    for (int64_t s : {128, 512, 2048, 8192}) {
+      for (int64_t causal : {0, 1}) {
+        for (int64_t threads : {1, 2}) b->Args({method, s, causal, threads});
+      }
+    }
+    for (int64_t s : {1024, 4096}) b->Args({method, s, 0, 2});
+  }
+}
+
+void CeilingGrid(benchmark::internal::Benchmark* b) {
+  for (int64_t s : {128, 512, 1024, 2048, 4096, 8192}) {
+    for (int64_t threads : {1, 2}) {
+      for (int64_t pv : {0, 1}) b->Args({s, threads, pv});
+    }
+  }
+}
+
+BENCHMARK(BM_MatmulCeiling)
+    ->ArgNames({"S", "threads", "pv"})
+    ->Apply(CeilingGrid)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+BENCHMARK(BM_FastAttend)
+    ->ArgNames({"method", "S", "causal", "threads"})
+    ->Apply(FastGrid)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// The plain engine takes ~2.5 s per call at S = 2048 (~40 s at 8192): the
+// full grid up to 512, one timed call at 2048, nothing above.
 BENCHMARK(BM_PlainAttend)
     ->ArgNames({"method", "S", "causal", "threads"})
     ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {128, 512}, {0, 1}, {1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+BENCHMARK(BM_PlainAttend)
+    ->Name("BM_PlainAttendOnce")
+    ->ArgNames({"method", "S", "causal", "threads"})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {2048}, {0, 1}, {1, 2}})
+    ->Iterations(1)
+    ->Repetitions(1)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
