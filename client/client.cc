@@ -59,6 +59,13 @@ attnserve::v1::Tensor MakeTensor(absl::Span<const int64_t> shape, absl::Span<con
   return tensor;
 }
 
+attnserve::v1::Tensor MakeRefTensor(absl::string_view ref, absl::Span<const int64_t> shape) {
+  attnserve::v1::Tensor tensor;
+  tensor.set_ref(std::string(ref));
+  tensor.mutable_shape()->Add(shape.begin(), shape.end());
+  return tensor;
+}
+
 absl::StatusOr<std::vector<float>> TensorValues(const attnserve::v1::Tensor& tensor) {
   if (!tensor.ref().empty()) {
     return absl::InvalidArgumentError(

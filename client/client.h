@@ -28,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "attnserve/v1/attention.grpc.pb.h"
@@ -56,6 +57,13 @@ enum class TensorEncoding {
 // rejects a mismatch with INVALID_ARGUMENT naming the field.
 attnserve::v1::Tensor MakeTensor(absl::Span<const int64_t> shape, absl::Span<const float> values,
                                  TensorEncoding encoding = TensorEncoding::kData);
+
+// A request tensor naming one the server loaded at start-up (attnd
+// --tensor_dir): `ref` is "<file stem>/<tensor name>", as ListMethods lists
+// them. `shape` may stay empty (the stored shape is used) or state the
+// expected one, which the server then checks. An unknown ref is NOT_FOUND.
+attnserve::v1::Tensor MakeRefTensor(absl::string_view ref,
+                                    absl::Span<const int64_t> shape = {});
 
 // The values (row-major) of a tensor given as data or raw_data.
 // INVALID_ARGUMENT if it holds a ref, sets both data and raw_data, has a

@@ -32,6 +32,17 @@ std::vector<int64_t> Shape(const v1::Tensor& tensor) {
 
 // --- Tensor helpers -------------------------------------------------------
 
+TEST(MakeTensorTest, RefTensorCarriesTheNameAndAnOptionalShape) {
+  const v1::Tensor bare = MakeRefTensor("shaw/rel_k");
+  EXPECT_EQ(bare.ref(), "shaw/rel_k");
+  EXPECT_EQ(bare.shape_size(), 0);
+  EXPECT_EQ(bare.data_size(), 0);
+  EXPECT_TRUE(bare.raw_data().empty());
+  const v1::Tensor shaped = MakeRefTensor("gpt/wpe.weight", {1024, 768});
+  EXPECT_THAT(shaped.shape(), ::testing::ElementsAre(1024, 768));
+  EXPECT_EQ(TensorValues(shaped).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(MakeTensorTest, DataRoundTrip) {
   const std::vector<float> values = {1.5f, -2.25f, 0.0f, 3e-8f, -1e30f, 7.0f};
   const v1::Tensor tensor = MakeTensor({2, 3}, values);
