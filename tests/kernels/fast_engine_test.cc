@@ -13,6 +13,8 @@
 // and without probs requested.
 // HeapPeakTest: the heap measurement of heap_peak.h sees a short-lived block
 // allocated on another thread.
+// FastEngineMemoryTest: every method at B1 H1 S16384 D64 stays under 64 MiB
+// of heap beyond its inputs and output, measured by heap_peak.h.
 #include <atomic>
 #include <cstdint>
 #include <iterator>
@@ -221,6 +223,45 @@ TEST(HeapPeakTest, SeesAShortLivedBlockOnAnotherThread) {
   EXPECT_GE(scope.PeakGrowth(), 8 * kMiB);
   EXPECT_LT(scope.Growth(), kMiB);
 }
+
+// ---------------------------------------------------------------------------
+// Memory at S = 16384: heap beyond inputs and output, measured.
+
+class FastEngineMemoryTest : public ::testing::TestWithParam<MethodKind> {};
+
+TEST_P(FastEngineMemoryTest, UnderSixtyFourMiBBeyondInputsAndOutputAtS16384) {
+  if (!HeapPeakScope::Available()) GTEST_SKIP() << "malloc is owned by a sanitizer here";
+  constexpr int64_t kS = 16384;
+  RandomCase c;
+  c.method = GetParam();
+  c.heads = 1;
+  c.sq = c.sk = kS;
+  c.d = c.dv = c.d_model = 64;
+  c.d_rel = 64;
+  c.max_relative_position = 64;
+  c.w_scale = 0.01;
+  std::mt19937 rng(16384);
+  kernels::AttendArgs args = RandomAttendArgs(c, rng);
+  args.return_probs = false;
+
+  // The inputs exist before the scope starts (its baseline); the output is
+  // subtracted. Attend takes the inputs by move, so no copy is counted.
+  HeapPeakScope scope;
+  auto result = kernels::Attend(std::move(args), FastOptions(2));
+  const int64_t peak = scope.PeakGrowth();
+  ASSERT_TRUE(result.ok()) << result.status();
+  const int64_t out_bytes = result->out.size() * static_cast<int64_t>(sizeof(float));
+  const int64_t extra = peak - out_bytes;
+  std::cout << kernels::MethodName(c.method) << ": peak heap growth " << peak << " B, output "
+            << out_bytes << " B, extra " << static_cast<double>(extra) / kMiB << " MiB\n";
+  RecordProperty("extra_bytes", std::to_string(extra));
+  EXPECT_LT(extra, 64 * kMiB) << kernels::MethodName(c.method);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMethods, FastEngineMemoryTest, ::testing::ValuesIn(kernels::kAllMethods),
+                         [](const ::testing::TestParamInfo<MethodKind>& param) {
+                           return std::string(kernels::MethodName(param.param));
+                         });
 
 }  // namespace
 }  // namespace attnserve::testing
