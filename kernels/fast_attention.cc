@@ -28,14 +28,15 @@ constexpr int64_t kBlockK = 256;
 
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
-// kt: ceil(sk / 16) panels of [d x 16]: kt[t][e][c] = k[16t + c][e] (0 past sk).
-void PackKeys(const float* k, int64_t sk, int64_t d, float* kt) {
+// kt: ceil(sk / 16) panels of [d x 16]: kt[t][e][c] = k[16t + c][e] (0 past
+// sk); row j of k at k + j * ldk.
+void PackKeys(const float* k, int64_t ldk, int64_t sk, int64_t d, float* kt) {
   const int64_t panels = RoundUpToPanel(sk) / kPanel;
   for (int64_t t = 0; t < panels; ++t) {
     float* panel = kt + t * d * kPanel;
     const int64_t cols = std::min<int64_t>(kPanel, sk - t * kPanel);
     for (int64_t c = 0; c < cols; ++c) {
-      const float* row = k + (t * kPanel + c) * d;
+      const float* row = k + (t * kPanel + c) * ldk;
       for (int64_t e = 0; e < d; ++e) panel[e * kPanel + c] = row[e];
     }
     for (int64_t c = cols; c < kPanel; ++c) {
@@ -44,14 +45,15 @@ void PackKeys(const float* k, int64_t sk, int64_t d, float* kt) {
   }
 }
 
-// vp: ceil(dv / 16) panels of [sk x 16]: vp[t][j][c] = v[j][16t + c] (0 past dv).
-void PackValues(const float* v, int64_t sk, int64_t dv, float* vp) {
+// vp: ceil(dv / 16) panels of [sk x 16]: vp[t][j][c] = v[j][16t + c] (0 past
+// dv); row j of v at v + j * ldv.
+void PackValues(const float* v, int64_t ldv, int64_t sk, int64_t dv, float* vp) {
   const int64_t panels = RoundUpToPanel(dv) / kPanel;
   for (int64_t t = 0; t < panels; ++t) {
     float* panel = vp + t * sk * kPanel;
     const int64_t cols = std::min<int64_t>(kPanel, dv - t * kPanel);
     for (int64_t j = 0; j < sk; ++j) {
-      const float* row = v + j * dv + t * kPanel;
+      const float* row = v + j * ldv + t * kPanel;
       float* dst = panel + j * kPanel;
       std::copy_n(row, cols, dst);
       std::fill(dst + cols, dst + kPanel, 0.0f);
@@ -74,8 +76,9 @@ struct Workspace {
   // Packs head bh of k and v unless they are packed already.
   void PackHead(const AttentionProblem& p, int64_t bh) {
     if (bh == packed_head) return;
-    PackKeys(p.k.data() + bh * p.sk * p.d, p.sk, p.d, kt.data());
-    PackValues(p.v.data() + bh * p.sk * p.dv, p.sk, p.dv, vp.data());
+    const HeadRows k = p.k_rows(), v = p.v_rows();
+    PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, kt.data());
+    PackValues(v.Row(bh, 0), v.stride(), p.sk, p.dv, vp.data());
     packed_head = bh;
   }
 
@@ -122,9 +125,9 @@ class FastEngine {
   // into s (leading dimension ld), then the method's logits.
   void ComputeScores(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t n,
                  float* s, int64_t ld) const {
-    const float* q = p_.q.data() + (bh * p_.sq + i0) * p_.d;
-    simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, q, p_.d, ws.kt.data() + j0 * p_.d,
-                      p_.d * kPanel, s, ld);
+    const HeadRows q = p_.q_rows();
+    simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, q.Row(bh, i0), q.stride(),
+                      ws.kt.data() + j0 * p_.d, p_.d * kPanel, s, ld);
     if (!scale_only_) {
       const ScoreTile tile{bh / p_.heads, bh % p_.heads, i0, rows, j0, n};
       modifier_.ModifyScores(tile, s, ld);

@@ -21,9 +21,7 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
   if (return_probs) result.probs = Tensor({p.batch, p.heads, p.sq, p.sk});
   float* probs = return_probs ? result.probs->data() : nullptr;
   float* out = result.out.data();
-  const float* q = p.q.data();
-  const float* k = p.k.data();
-  const float* v = p.v.data();
+  const HeadRows q = p.q_rows(), k = p.k_rows(), v = p.v_rows();
   const bool value_term = modifier.HasValueTerm();
   std::atomic<bool> stopped{false};
 
@@ -44,11 +42,9 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
       // Keys after the query's own position are masked (1.3); key 0 never is.
       const int64_t q_pos = p.query_offset + i;
       const int64_t visible = p.causal ? std::min<int64_t>(p.sk, q_pos + 1) : p.sk;
-      const float* q_row = q + row * p.d;
-      const float* k_head = k + bh * p.sk * p.d;
-      const float* v_head = v + bh * p.sk * p.dv;
+      const float* q_row = q.Row(bh, i);
       for (int64_t j = 0; j < visible; ++j) {
-        const float* k_row = k_head + j * p.d;
+        const float* k_row = k.Row(bh, j);
         double dot = 0;
         for (int64_t e = 0; e < p.d; ++e) dot += static_cast<double>(q_row[e]) * k_row[e];
         scores[j] = static_cast<float>(dot);
@@ -67,7 +63,7 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
       for (int64_t j = 0; j < visible; ++j) {
         const double weight = std::exp(static_cast<double>(scores[j]) - max_score) / sum;
         weights[j] = static_cast<float>(weight);
-        const float* v_row = v_head + j * p.dv;
+        const float* v_row = v.Row(bh, j);
         for (int64_t e = 0; e < p.dv; ++e) acc[e] += weight * v_row[e];
       }
       if (value_term) {

@@ -1,10 +1,12 @@
 #include "kernels/positional/common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/onednn_matmul.h"
 #include "kernels/parallel.h"
 #include "kernels/status_macros.h"
 
@@ -195,40 +197,58 @@ absl::StatusOr<ProjectionGeometry> CheckProjectionInputs(const AttendArgs& args,
 
 namespace {
 
-// dst[b, h, s, e] = sum_c (x[b, s, c] + pos[s, c]) * w[c, h * width + e].
-void ProjectIntoHeads(const Tensor& x, const float* pos, const Tensor& w, int64_t heads,
-                      int64_t width, const ComputeOptions& options, Tensor& dst) {
-  const int64_t batch = x.dim(0), seq = x.dim(1), d_model = x.dim(2);
-  const int64_t cols = w.dim(1);
-  const float* xs = x.data();
-  const float* ws = w.data();
-  float* out = dst.data();
-  const int threads = ThreadsFor(static_cast<double>(batch * seq) * d_model * cols, options);
-  ParallelFor(batch * seq, threads, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(static_cast<size_t>(d_model));
-    std::vector<double> acc(static_cast<size_t>(cols));
-    for (int64_t bs = begin; bs < end; ++bs) {
-      const int64_t b = bs / seq, s = bs % seq;
-      for (int64_t c = 0; c < d_model; ++c) row[c] = xs[bs * d_model + c] + pos[s * d_model + c];
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t c = 0; c < d_model; ++c) {
-        const double xc = row[c];
-        const float* wrow = ws + c * cols;
-        for (int64_t n = 0; n < cols; ++n) acc[n] += xc * wrow[n];
-      }
-      for (int64_t h = 0; h < heads; ++h) {
-        float* dst_row = out + ((b * heads + h) * seq + s) * width;
-        for (int64_t e = 0; e < width; ++e) dst_row[e] = static_cast<float>(acc[h * width + e]);
-      }
+// Rows per projection block: a [256 x d_model] @ [d_model x H*D] matmul is
+// large enough for oneDNN's kernels and its output block small (~0.5 MiB).
+constexpr int64_t kProjectionRows = 256;
+
+// x [B, S, d_model] (consumed) + P, projected through w into [B, S, n]
+// written over x's storage when n <= d_model (each block's output lands on
+// rows already read), and through w_second (when set) into second [B*S, n2].
+absl::StatusOr<Tensor> ProjectRows(Tensor& x, int64_t first_position,
+                                   const AddPositions& add_positions, const Tensor& w,
+                                   const Tensor* w_second, float* second,
+                                   const ComputeOptions& options) {
+  const int64_t batch = x.dim(0), seq = x.dim(1), d_model = x.dim(2), n = w.dim(1);
+  const int64_t total = batch * seq;
+  const bool in_place = n <= d_model;
+  std::vector<float> fresh(in_place ? 0 : static_cast<size_t>(total * n));
+  std::vector<float> block(in_place ? static_cast<size_t>(kProjectionRows * n) : 0);
+  float* const dst = in_place ? x.data() : fresh.data();
+  const int threads = ThreadsFor(static_cast<double>(kProjectionRows) * d_model * n, options);
+  for (int64_t r0 = 0; r0 < total; r0 += kProjectionRows) {
+    const int64_t rows = std::min(kProjectionRows, total - r0);
+    float* src = x.data() + r0 * d_model;
+    // The block may straddle batch elements: positions restart at each.
+    for (int64_t r = r0; r < r0 + rows;) {
+      const int64_t s = r % seq, count = std::min(seq - s, r0 + rows - r);
+      add_positions(first_position + s, count, x.data() + r * d_model, options);
+      r += count;
     }
-  });
+    if (w_second != nullptr) {
+      const int64_t n2 = w_second->dim(1);
+      ATTN_RETURN_IF_ERROR(MatMul(rows, d_model, n2, src, d_model, w_second->data(), n2,
+                                  second + r0 * n2, n2, threads));
+    }
+    if (in_place) {
+      ATTN_RETURN_IF_ERROR(
+          MatMul(rows, d_model, n, src, d_model, w.data(), n, block.data(), n, threads));
+      std::copy_n(block.data(), rows * n, dst + r0 * n);
+    } else {
+      ATTN_RETURN_IF_ERROR(
+          MatMul(rows, d_model, n, src, d_model, w.data(), n, dst + r0 * n, n, threads));
+    }
+  }
+  if (!in_place) return Tensor({batch, seq, n}, std::move(fresh));
+  // Keeps the capacity: the memory is the input's.
+  x.values().resize(static_cast<size_t>(total * n));
+  return Tensor({batch, seq, n}, std::move(x.values()));
 }
 
 }  // namespace
 
 absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
                                                       const ProjectionGeometry& g,
-                                                      const float* pos_q, const float* pos_k,
+                                                      const AddPositions& add_positions,
                                                       const ComputeOptions& options) {
   AttentionProblem problem;
   ATTN_ASSIGN_OR_RETURN(problem.scale, ResolveScale(args.scale, g.d));
@@ -240,14 +260,16 @@ absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
   problem.dv = g.dv;
   problem.query_offset = g.query_offset;
   problem.causal = args.causal;
-  problem.q = Tensor({g.batch, g.heads, g.sq, g.d});
-  problem.k = Tensor({g.batch, g.heads, g.sk, g.d});
-  problem.v = Tensor({g.batch, g.heads, g.sk, g.dv});
-  ProjectIntoHeads(args.inputs.at("x_q"), pos_q, args.inputs.at("w_q"), g.heads, g.d, options,
-                   problem.q);
-  const Tensor& x_kv = args.inputs.at("x_kv");
-  ProjectIntoHeads(x_kv, pos_k, args.inputs.at("w_k"), g.heads, g.d, options, problem.k);
-  ProjectIntoHeads(x_kv, pos_k, args.inputs.at("w_v"), g.heads, g.dv, options, problem.v);
+  problem.heads_interleaved = true;
+  ATTN_ASSIGN_OR_RETURN(problem.q, ProjectRows(args.inputs.at("x_q"), g.query_offset,
+                                               add_positions, args.inputs.at("w_q"), nullptr,
+                                               nullptr, options));
+  Tensor v({g.batch, g.sk, g.heads * g.dv});
+  ATTN_ASSIGN_OR_RETURN(problem.k,
+                        ProjectRows(args.inputs.at("x_kv"), 0, add_positions,
+                                    args.inputs.at("w_k"), &args.inputs.at("w_v"), v.data(),
+                                    options));
+  problem.v = std::move(v);
   return problem;
 }
 

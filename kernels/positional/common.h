@@ -7,6 +7,7 @@
 #define ATTNSERVE_KERNELS_POSITIONAL_COMMON_H_
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -64,12 +65,22 @@ struct ProjectionGeometry {
 absl::StatusOr<ProjectionGeometry> CheckProjectionInputs(const AttendArgs& args,
                                                          const ComputeOptions& options);
 
-// q = (x_q + pos_q) @ w_q, k = (x_kv + pos_k) @ w_k, v = (x_kv + pos_k) @ w_v,
-// split into heads (column h*D+e is head h, feature e). pos_q is [Sq, d_model]
-// (row i for query i), pos_k is [Sk, d_model]. Dot products accumulate in double.
+// Adds the encoding of positions first .. first + count - 1 to `count`
+// consecutive rows of d_model floats at x (in place). May run its own
+// OpenMP loop with up to options.threads threads.
+using AddPositions =
+    std::function<void(int64_t first, int64_t count, float* x, const ComputeOptions& options)>;
+
+// q = (x_q + P) @ w_q, k = (x_kv + P) @ w_k, v = (x_kv + P) @ w_v as oneDNN
+// matmuls over blocks of rows, with heads interleaved ([B, S, H*D]: column
+// h*D+e is head h, feature e). Query row i has position query_offset + i, key
+// row j position j. Consumes x_q and x_kv: P is added in place, and q and k
+// are written over their storage block by block when H*D <= d_model (v, and
+// q or k otherwise, get new buffers), so the extra memory is about one of
+// q, k, v. INTERNAL if oneDNN fails.
 absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
                                                       const ProjectionGeometry& geometry,
-                                                      const float* pos_q, const float* pos_k,
+                                                      const AddPositions& add_positions,
                                                       const ComputeOptions& options);
 
 // score = scale * q.k: the modifier of every method without a score term.

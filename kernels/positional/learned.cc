@@ -67,10 +67,14 @@ class Learned final : public PositionalMethod {
     ATTN_RETURN_IF_ERROR(
         CheckPositions(0, g.sk, max_len, "x_kv", absl::StrCat("the Sk=", g.sk, " keys")));
     const float* rows = table.data();
+    const int64_t d_model = g.d_model;
+    const AddPositions add = [rows, d_model](int64_t first, int64_t count, float* x,
+                                             const ComputeOptions& /*options*/) {
+      const float* p = rows + first * d_model;
+      for (int64_t n = 0; n < count * d_model; ++n) x[n] += p[n];
+    };
     PreparedAttention prepared;
-    ATTN_ASSIGN_OR_RETURN(prepared.problem,
-                          ProjectWithPositions(args, g, rows + g.query_offset * g.d_model, rows,
-                                               options));
+    ATTN_ASSIGN_OR_RETURN(prepared.problem, ProjectWithPositions(args, g, add, options));
     prepared.modifier = std::make_unique<ScaledDotProduct>(prepared.problem.scale);
     return prepared;
   }

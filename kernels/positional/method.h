@@ -27,17 +27,37 @@
 
 namespace attnserve::kernels {
 
-// Attention after the method's input-side work, in the layout of
-// positional-methods.md 1.1. Positions: q_pos(i) = query_offset + i,
-// k_pos(j) = j.
+// Where row s of head bh = b * H + h lives in a q, k or v buffer of
+// `width` columns per head: [B, H, S, width], or with interleaved heads
+// [B, S, H * width] (the layout a projection writes).
+struct HeadRows {
+  const float* data = nullptr;
+  int64_t heads = 0, seq = 0, width = 0;
+  bool interleaved = false;
+
+  const float* Row(int64_t bh, int64_t s) const {
+    return interleaved ? data + (((bh / heads) * seq + s) * heads + bh % heads) * width
+                       : data + (bh * seq + s) * width;
+  }
+  // The distance from row s to row s + 1 of the same head.
+  int64_t stride() const { return interleaved ? heads * width : width; }
+};
+
+// Attention after the method's input-side work. Positions:
+// q_pos(i) = query_offset + i, k_pos(j) = j.
 struct AttentionProblem {
-  Tensor q;  // [B, H, Sq, D]
-  Tensor k;  // [B, H, Sk, D]
-  Tensor v;  // [B, H, Sk, Dv]
+  // [B, H, Sq, D], [B, H, Sk, D], [B, H, Sk, Dv] (positional-methods.md 1.1),
+  // or with heads_interleaved [B, Sq, H*D], [B, Sk, H*D], [B, Sk, H*Dv].
+  Tensor q, k, v;
+  bool heads_interleaved = false;
   int64_t batch = 0, heads = 0, sq = 0, sk = 0, d = 0, dv = 0;
   int64_t query_offset = 0;
   bool causal = false;
   double scale = 1.0;
+
+  HeadRows q_rows() const { return {q.data(), heads, sq, d, heads_interleaved}; }
+  HeadRows k_rows() const { return {k.data(), heads, sk, d, heads_interleaved}; }
+  HeadRows v_rows() const { return {v.data(), heads, sk, dv, heads_interleaved}; }
 };
 
 // A block of scores of one (batch, head): query rows i0 .. i0+rows-1, key

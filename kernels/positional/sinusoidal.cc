@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/parallel.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
 #include "kernels/positional/tables.h"
@@ -69,12 +70,32 @@ class Sinusoidal final : public PositionalMethod {
                                                   const ComputeOptions& options) const override {
     ATTN_ASSIGN_OR_RETURN(const double base, ResolvePositive(args.params.base, kDefaultBase, "base"));
     ATTN_ASSIGN_OR_RETURN(const ProjectionGeometry g, CheckProjectionInputs(args, options));
-    const std::vector<float> pos_q =
-        SinusoidTable(static_cast<double>(g.query_offset), g.sq, g.d_model, base);
-    const std::vector<float> pos_k = SinusoidTable(0, g.sk, g.d_model, base);
+    // base^(2n / d_model) once per pair; each row then needs one sincos per
+    // pair, computed block by block as the projection reaches the rows (no
+    // [S, d_model] table).
+    std::vector<double> denominators(static_cast<size_t>((g.d_model + 1) / 2));
+    for (size_t n = 0; n < denominators.size(); ++n) {
+      denominators[n] = std::pow(base, static_cast<double>(2 * n) / static_cast<double>(g.d_model));
+    }
+    const int64_t d_model = g.d_model;
+    const AddPositions add = [&denominators, d_model](int64_t first, int64_t count, float* x,
+                                                      const ComputeOptions& opts) {
+      const double work = static_cast<double>(count) * static_cast<double>(d_model) * 16;
+      ParallelFor(count, ThreadsFor(work, opts), 32, [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s) {
+          const double position = static_cast<double>(first + s);
+          float* row = x + s * d_model;
+          for (int64_t c = 0; c < d_model; c += 2) {
+            double sine = 0, cosine = 0;
+            ::sincos(position / denominators[static_cast<size_t>(c / 2)], &sine, &cosine);
+            row[c] += static_cast<float>(sine);
+            if (c + 1 < d_model) row[c + 1] += static_cast<float>(cosine);
+          }
+        }
+      });
+    };
     PreparedAttention prepared;
-    ATTN_ASSIGN_OR_RETURN(prepared.problem,
-                          ProjectWithPositions(args, g, pos_q.data(), pos_k.data(), options));
+    ATTN_ASSIGN_OR_RETURN(prepared.problem, ProjectWithPositions(args, g, add, options));
     prepared.modifier = std::make_unique<ScaledDotProduct>(prepared.problem.scale);
     return prepared;
   }

@@ -10,7 +10,8 @@
 // w / v, ALiBi heads that are not powers of two). Each case's seed is
 // 1000 * (method + 1) + case index and is printed with the case; out and probs
 // must match within rtol 1e-4 / atol 1e-5 with 1 and with 2 threads, and out
-// also without probs (the fast engine's streaming path).
+// also without probs (the fast engine's streaming path); the plain engine
+// (Engine::kPlain) to the same tolerance.
 // ReferenceEncodeDiffTest: every encode form on seeded random requests
 // (positions in the thousands, every RoPE layout and scaling), rtol 1e-5 /
 // atol 1e-6. GoldenReferenceTest: the reference reproduces every golden
@@ -79,6 +80,27 @@ TEST_P(ReferenceDiffTest, KernelMatchesReferenceWithOneAndTwoThreads) {
           << what << ": " << CheckErrorRule(got->out, out_one_thread, ref->at("out"), 2.0, 1e-7);
     }
   }
+}
+
+// The plain engine is the baseline every faster one is measured against: it
+// must meet the same tolerance (here too for the absolute methods, whose
+// projections hand it heads interleaved).
+TEST_P(ReferenceDiffTest, PlainEngineMatchesReference) {
+  const DiffCase& d = GetParam();
+  const std::string what = ::testing::PrintToString(d);
+  std::mt19937 rng(d.seed ^ 0x5eedu);
+  const kernels::AttendArgs args = RandomAttendArgs(d.c, rng);
+  auto ref = ReferenceAttend(args);
+  ASSERT_TRUE(ref.ok()) << what << ": " << ref.status();
+  kernels::ComputeOptions options;
+  options.threads = 2;
+  options.engine = kernels::Engine::kPlain;
+  auto got = kernels::Attend(args, options);
+  ASSERT_TRUE(got.ok()) << what << ": " << got.status();
+  ASSERT_TRUE(got->probs.has_value());
+  EXPECT_EQ(CompareToReference("out", got->out, ref->at("out"), kRtol, kAtol), "") << what;
+  EXPECT_EQ(CompareToReference("probs", *got->probs, ref->at("probs"), kRtol, kAtol), "")
+      << what;
 }
 
 INSTANTIATE_TEST_SUITE_P(AllMethods, ReferenceDiffTest, ::testing::ValuesIn(AllDiffCases()),
