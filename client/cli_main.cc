@@ -88,9 +88,9 @@ void PrintError(absl::string_view code, absl::string_view message) {
 
 // Usage errors use the status-code vocabulary too, so that stderr always reads
 // "attn: <CODE>: <message>"; the exit code tells them apart from RPC errors.
-int UsageError(absl::string_view message) {
+int UsageError(absl::string_view message, absl::string_view help = "attn --help") {
   PrintError(absl::StatusCodeToString(absl::StatusCode::kInvalidArgument), message);
-  std::cerr << "run 'attn --help' for usage\n";
+  std::cerr << "run '" << help << "' for usage\n";
   return kExitUsage;
 }
 
@@ -362,13 +362,13 @@ int RunBench(const std::vector<std::string>& args) {
     }
   }
   absl::StatusOr<LoadOptions> options = ParseLoadOptions(args);
-  if (!options.ok()) return UsageError(options.status().message());
+  if (!options.ok()) return UsageError(options.status().message(), "attn bench --help");
   absl::StatusOr<LoadReport> report = RunLoad(*options);
   if (!report.ok()) {
     // A call or data the tool cannot send is the user's to fix; no
     // connection is the server's state.
     if (report.status().code() == absl::StatusCode::kInvalidArgument) {
-      return UsageError(report.status().message());
+      return UsageError(report.status().message(), "attn bench --help");
     }
     return RpcError(report.status());
   }

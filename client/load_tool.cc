@@ -70,12 +70,13 @@ requests as proto-JSON, always over plaintext.
       --tags=JSON         the report's tags, a JSON object of strings
       --insecure          accepted (plaintext is the only transport)
       --proto=PATH, -i    accepted and unused: the messages are compiled in
+      --cpus=N            accepted and unused
 
 Not supported (exit 2 if given): TLS (--cacert --cert --key --cname
 --skipTLS --authority), metadata (-m -M --reflect-metadata), binary data
 (-b -B), load and concurrency schedules, --async, streaming calls,
 --duration-stop (calls in flight at the end of -z are left out, as
-"ignore"), --keepalive, --cpus, -e, --debug, -O csv/html/influx/prometheus,
+"ignore"), --keepalive, -e, --debug, -O csv/html/influx/prometheus,
 and ghz's template variables in the data.
 
 exit codes: 0 the run finished (failed calls are in the report), 1 no
@@ -93,7 +94,7 @@ using OrderedJson = nlohmann::ordered_json;
 enum class Kind { kString, kInt, kDuration, kBool, kJson };
 
 struct OptionSpec {
-  const char *key;  // ghz's long flag and config key
+  const char* key;  // ghz's long flag and config key
   char short_flag;  // 0 = none
   Kind kind;
 };
@@ -119,62 +120,36 @@ constexpr OptionSpec kOptions[] = {
     {"output", 'o', Kind::kString},
     {"name", 0, Kind::kString},
     {"tags", 0, Kind::kJson},
+    // Go's GOMAXPROCS for ghz; nothing to set here, and ghz's own reports
+    // carry it, so configs copied from them do too.
+    {"cpus", 0, Kind::kInt},
 };
 
 // ghz's flags (and config keys) this tool does not implement: named in the
 // error rather than reported as unknown.
-constexpr const char *kUnsupported[] = {"protoset",
-                                        "cacert",
-                                        "cert",
-                                        "key",
-                                        "cname",
-                                        "skipTLS",
-                                        "authority",
-                                        "async",
-                                        "load-schedule",
-                                        "load-start",
-                                        "load-step",
-                                        "load-end",
-                                        "load-step-duration",
-                                        "load-max-duration",
-                                        "concurrency-schedule",
-                                        "concurrency-start",
-                                        "concurrency-end",
-                                        "concurrency-step",
-                                        "concurrency-step-duration",
-                                        "concurrency-max-duration",
-                                        "duration-stop",
-                                        "binary",
-                                        "binary-file",
-                                        "metadata",
-                                        "metadata-file",
-                                        "stream-interval",
-                                        "stream-call-duration",
-                                        "stream-call-count",
-                                        "stream-dynamic-messages",
-                                        "reflect-metadata",
-                                        "keepalive",
-                                        "cpus",
-                                        "debug",
-                                        "enable-compression",
-                                        "lb-strategy",
-                                        "count-errors",
-                                        "max-recv-message-size",
-                                        "max-send-message-size",
-                                        "disable-template-functions",
-                                        "disable-template-data",
-                                        "dial-timeout"};
+// clang-format off
+constexpr const char* kUnsupported[] = {
+    "protoset", "cacert", "cert", "key", "cname", "skipTLS", "authority", "async",
+    "load-schedule", "load-start", "load-step", "load-end", "load-step-duration",
+    "load-max-duration", "concurrency-schedule", "concurrency-start", "concurrency-end",
+    "concurrency-step", "concurrency-step-duration", "concurrency-max-duration", "duration-stop",
+    "binary", "binary-file", "metadata", "metadata-file", "stream-interval",
+    "stream-call-duration", "stream-call-count", "stream-dynamic-messages", "reflect-metadata",
+    "keepalive", "debug", "enable-compression", "lb-strategy", "count-errors",
+    "max-recv-message-size", "max-send-message-size", "disable-template-functions",
+    "disable-template-data", "dial-timeout"};
+// clang-format on
 constexpr char kUnsupportedShort[] = "bBmMe";
 
-const OptionSpec *FindOption(absl::string_view key) {
-  for (const OptionSpec &spec : kOptions) {
+const OptionSpec* FindOption(absl::string_view key) {
+  for (const OptionSpec& spec : kOptions) {
     if (key == spec.key) return &spec;
   }
   return nullptr;
 }
 
-const OptionSpec *FindShortOption(char c) {
-  for (const OptionSpec &spec : kOptions) {
+const OptionSpec* FindShortOption(char c) {
+  for (const OptionSpec& spec : kOptions) {
     if (spec.short_flag == c) return &spec;
   }
   return nullptr;
@@ -182,10 +157,10 @@ const OptionSpec *FindShortOption(char c) {
 
 bool IsUnsupported(absl::string_view key) {
   return std::any_of(std::begin(kUnsupported), std::end(kUnsupported),
-                     [key](const char *name) { return key == name; });
+                     [key](const char* name) { return key == name; });
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string &path, absl::string_view what) {
+absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
   std::ifstream file(path, std::ios::binary);
   if (!file) {
     return absl::NotFoundError(
@@ -221,7 +196,7 @@ std::string Where(absl::string_view key, bool from_config) {
 
 // A config value that leaves an unsupported ghz setting at its default, which
 // a config written for ghz may well spell out.
-bool IsDefaultValue(const Json &value) {
+bool IsDefaultValue(const Json& value) {
   if (value.is_null()) return true;
   if (value.is_boolean()) return !value.get<bool>();
   if (value.is_number()) return value.get<double>() == 0;
@@ -235,9 +210,9 @@ bool IsDefaultValue(const Json &value) {
 class OptionParser {
  public:
   // Applies `value` (typed as the config file has it) to `key`.
-  absl::Status Apply(absl::string_view key, const Json &value, bool from_config) {
+  absl::Status Apply(absl::string_view key, const Json& value, bool from_config) {
     const std::string where = Where(key, from_config);
-    const OptionSpec *spec = FindOption(key);
+    const OptionSpec* spec = FindOption(key);
     if (spec == nullptr) {
       if (IsUnsupported(key)) {
         if (from_config && IsDefaultValue(value)) return absl::OkStatus();
@@ -294,7 +269,7 @@ class OptionParser {
   }
 
   // Parses a command-line value of `spec` into the JSON type Apply expects.
-  absl::Status ApplyFlag(const OptionSpec &spec, const std::string &text) {
+  absl::Status ApplyFlag(const OptionSpec& spec, const std::string& text) {
     if (spec.kind == Kind::kJson) {
       if (spec.key == std::string("data") && text == "@") {
         data_from_stdin_ = true;
@@ -336,8 +311,8 @@ class OptionParser {
   }
 
  private:
-  absl::Status SetString(const OptionSpec &spec, const std::string &where,
-                         const std::string &text) {
+  absl::Status SetString(const OptionSpec& spec, const std::string& where,
+                         const std::string& text) {
     const absl::string_view key = spec.key;
     if (key == "host") {
       options_.host = text;
@@ -366,7 +341,7 @@ class OptionParser {
     return absl::OkStatus();
   }
 
-  absl::Status SetInt(const OptionSpec &spec, const std::string &where, int64_t number) {
+  absl::Status SetInt(const OptionSpec& spec, const std::string& where, int64_t number) {
     const absl::string_view key = spec.key;
     // Bounds keep the arithmetic (per-call schedule, thread-free workers)
     // far from overflow and the run on one machine.
@@ -393,6 +368,8 @@ class OptionParser {
     } else if (key == "rps") {
       status = check(0, 1000000000);
       options_.rps = number;
+    } else if (key == "cpus") {
+      status = check(0, kMaxWorkers);
     } else if (key == "skipFirst") {
       status = check(0, kMaxTotal);
       options_.skip_first = number;
@@ -400,7 +377,7 @@ class OptionParser {
     return status;
   }
 
-  absl::Status SetDuration(const OptionSpec &spec, absl::Duration duration) {
+  absl::Status SetDuration(const OptionSpec& spec, absl::Duration duration) {
     const absl::string_view key = spec.key;
     if (key == "duration") {
       options_.duration = duration;
@@ -414,13 +391,13 @@ class OptionParser {
     return absl::OkStatus();
   }
 
-  absl::Status SetJson(const OptionSpec &spec, const std::string &where, const Json &value,
+  absl::Status SetJson(const OptionSpec& spec, const std::string& where, const Json& value,
                        bool from_config) {
     if (spec.key == std::string("tags")) {
       if (!value.is_object())
         return absl::InvalidArgumentError(absl::StrCat(where, ": expected a JSON object"));
       options_.tags.clear();
-      for (const auto &[name, tag] : value.items()) {
+      for (const auto& [name, tag] : value.items()) {
         if (!tag.is_string()) {
           return absl::InvalidArgumentError(
               absl::StrCat(where, ": tag \"", name, "\" must be a string"));
@@ -450,10 +427,10 @@ class OptionParser {
 };
 
 // Splits "--key=value", "--key value", "-k value", "-k=value", "-kvalue".
-absl::Status ParseCommandLine(absl::Span<const std::string> args, OptionParser &parser,
-                              std::string &host) {
+absl::Status ParseCommandLine(absl::Span<const std::string> args, OptionParser& parser,
+                              std::string& host) {
   for (size_t i = 0; i < args.size(); ++i) {
-    const std::string &arg = args[i];
+    const std::string& arg = args[i];
     if (arg.size() < 2 || arg[0] != '-') {
       if (!host.empty()) {
         return absl::InvalidArgumentError(
@@ -462,7 +439,7 @@ absl::Status ParseCommandLine(absl::Span<const std::string> args, OptionParser &
       host = arg;
       continue;
     }
-    const OptionSpec *spec = nullptr;
+    const OptionSpec* spec = nullptr;
     std::string name;
     std::optional<std::string> value;
     if (absl::StartsWith(arg, "--")) {
@@ -516,7 +493,7 @@ int64_t NowNs() {
 }
 
 // The method named by ghz's --call, among the services compiled in.
-absl::StatusOr<const google::protobuf::MethodDescriptor *> FindMethod(const std::string &call) {
+absl::StatusOr<const google::protobuf::MethodDescriptor*> FindMethod(const std::string& call) {
   std::string service_name, method_name;
   const size_t slash = call.rfind('/');
   const size_t dot = call.rfind('.');
@@ -529,14 +506,14 @@ absl::StatusOr<const google::protobuf::MethodDescriptor *> FindMethod(const std:
   }
   service_name = call.substr(0, split);
   method_name = call.substr(split + 1);
-  const google::protobuf::ServiceDescriptor *service =
+  const google::protobuf::ServiceDescriptor* service =
       google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(service_name);
   if (service == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("--call: unknown service \"", service_name,
                      "\" (known: attnserve.v1.AttentionService, grpc.health.v1.Health)"));
   }
-  const google::protobuf::MethodDescriptor *method = service->FindMethodByName(method_name);
+  const google::protobuf::MethodDescriptor* method = service->FindMethodByName(method_name);
   if (method == nullptr) {
     std::vector<std::string> names;
     for (int i = 0; i < service->method_count(); ++i) names.push_back(service->method(i)->name());
@@ -553,7 +530,7 @@ absl::StatusOr<const google::protobuf::MethodDescriptor *> FindMethod(const std:
 
 // The data as serialized requests of `type`, each ready to send.
 absl::StatusOr<std::vector<grpc::ByteBuffer>> SerializeRequests(
-    const google::protobuf::Descriptor *type, const std::string &data_json) {
+    const google::protobuf::Descriptor* type, const std::string& data_json) {
   Json data = Json::parse(data_json, nullptr, /*allow_exceptions=*/false);
   if (data.is_discarded()) return absl::InvalidArgumentError("data: not valid JSON");
   std::vector<Json> elements;
@@ -563,7 +540,7 @@ absl::StatusOr<std::vector<grpc::ByteBuffer>> SerializeRequests(
   } else {
     elements.push_back(std::move(data));
   }
-  const google::protobuf::Message *prototype =
+  const google::protobuf::Message* prototype =
       google::protobuf::MessageFactory::generated_factory()->GetPrototype(type);
   std::vector<grpc::ByteBuffer> requests;
   for (size_t i = 0; i < elements.size(); ++i) {
@@ -593,7 +570,7 @@ absl::StatusOr<std::vector<grpc::ByteBuffer>> SerializeRequests(
 // call, so no thread waits per worker.
 class LoadRun {
  public:
-  LoadRun(const LoadOptions &options, std::string method_path,
+  LoadRun(const LoadOptions& options, std::string method_path,
           std::vector<grpc::ByteBuffer> requests,
           std::vector<std::unique_ptr<grpc::GenericStub>> stubs)
       : options_(options),
@@ -612,13 +589,13 @@ class LoadRun {
 
   // Runs every worker to the end; the records in start order, the run's
   // wall time and why it ended.
-  void Run(std::vector<CallRecord> &records, int64_t &total_ns, std::string &end_reason) {
+  void Run(std::vector<CallRecord>& records, int64_t& total_ns, std::string& end_reason) {
     const absl::Duration stop =
         options_.duration > absl::ZeroDuration() ? options_.duration : options_.max_duration;
     start_ns_ = NowNs();
     stop_ns_ = stop > absl::ZeroDuration() ? start_ns_ + absl::ToInt64Nanoseconds(stop) : 0;
     active_.store(static_cast<int>(workers_.size()));
-    for (Worker &worker : workers_) StartNext(worker);
+    for (Worker& worker : workers_) StartNext(worker);
     {
       std::unique_lock<std::mutex> lock(mu_);
       done_cv_.wait(lock, [this] { return done_; });
@@ -630,18 +607,18 @@ class LoadRun {
     total_ns = (timed_out ? stop_ns_ : end_ns) - start_ns_;
     end_reason = timed_out ? "timeout" : "normal";
     size_t count = 0;
-    for (const Worker &worker : workers_) count += worker.records.size();
+    for (const Worker& worker : workers_) count += worker.records.size();
     records.reserve(count);
-    for (Worker &worker : workers_) {
+    for (Worker& worker : workers_) {
       std::move(worker.records.begin(), worker.records.end(), std::back_inserter(records));
     }
     std::sort(records.begin(), records.end(),
-              [](const CallRecord &a, const CallRecord &b) { return a.start_ns < b.start_ns; });
+              [](const CallRecord& a, const CallRecord& b) { return a.start_ns < b.start_ns; });
   }
 
  private:
   struct Worker {
-    grpc::GenericStub *stub = nullptr;
+    grpc::GenericStub* stub = nullptr;
     std::unique_ptr<grpc::ClientContext> context;
     grpc::ByteBuffer response;
     int64_t call_start_ns = 0;
@@ -653,7 +630,7 @@ class LoadRun {
   bool Stopped(int64_t now_ns) const { return stop_ns_ != 0 && now_ns >= stop_ns_; }
 
   // Takes the next call number and starts it now, or when --rps allows.
-  void StartNext(Worker &worker) {
+  void StartNext(Worker& worker) {
     const int64_t call = issued_.fetch_add(1, std::memory_order_relaxed);
     const int64_t now_ns = NowNs();
     if (by_total_ && call >= options_.total) {
@@ -687,7 +664,7 @@ class LoadRun {
     Issue(worker, call);
   }
 
-  void Issue(Worker &worker, int64_t call) {
+  void Issue(Worker& worker, int64_t call) {
     worker.context = std::make_unique<grpc::ClientContext>();
     const int64_t now_ns = NowNs();
     int64_t budget_ns = options_.timeout > absl::ZeroDuration()
@@ -700,14 +677,14 @@ class LoadRun {
                                    std::chrono::nanoseconds(budget_ns));
     }
     worker.response.Clear();
-    const grpc::ByteBuffer &request = requests_[static_cast<size_t>(call) % requests_.size()];
+    const grpc::ByteBuffer& request = requests_[static_cast<size_t>(call) % requests_.size()];
     worker.call_start_ns = NowNs();
     worker.stub->UnaryCall(worker.context.get(), method_path_, grpc::StubOptions(), &request,
                            &worker.response,
-                           [this, &worker](const grpc::Status &status) { Done(worker, status); });
+                           [this, &worker](const grpc::Status& status) { Done(worker, status); });
   }
 
-  void Done(Worker &worker, const grpc::Status &status) {
+  void Done(Worker& worker, const grpc::Status& status) {
     const int64_t end_ns = NowNs();
     const bool cut =
         worker.deadline_is_stop && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
@@ -736,7 +713,7 @@ class LoadRun {
     }
   }
 
-  const LoadOptions &options_;
+  const LoadOptions& options_;
   const std::string method_path_;
   const std::vector<grpc::ByteBuffer> requests_;
   const std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
@@ -765,14 +742,14 @@ std::string FormatNanoUnit(int64_t ns) {
 
 // Rows "cells..." padded into columns three spaces apart (Go's tabwriter as
 // ghz uses it).
-std::string Columns(const std::vector<std::vector<std::string>> &rows) {
+std::string Columns(const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> widths;
-  for (const auto &row : rows) {
+  for (const auto& row : rows) {
     widths.resize(std::max(widths.size(), row.size()));
     for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
   }
   std::string out;
-  for (const auto &row : rows) {
+  for (const auto& row : rows) {
     for (size_t i = 0; i < row.size(); ++i) {
       absl::StrAppend(&out, row[i], std::string(widths[i] - row[i].size() + 3, ' '));
     }
@@ -809,7 +786,7 @@ absl::StatusOr<LoadOptions> ParseLoadOptions(absl::Span<const std::string> args)
       return absl::InvalidArgumentError(
           absl::StrCat("--config ", path, ": not a JSON object (TOML and YAML are not supported)"));
     }
-    for (const auto &[key, value] : config.items()) {
+    for (const auto& [key, value] : config.items()) {
       absl::Status status = parser.Apply(key, value, /*from_config=*/true);
       if (!status.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(path, ": ", status.message()));
@@ -877,7 +854,7 @@ std::string GhzStatusName(int code) {
   return absl::StrCat("Code(", code, ")");
 }
 
-LoadReport BuildReport(const LoadOptions &options, std::vector<CallRecord> records,
+LoadReport BuildReport(const LoadOptions& options, std::vector<CallRecord> records,
                        int64_t total_ns, std::string end_reason, absl::Time date) {
   LoadReport report;
   report.options = options;
@@ -894,7 +871,7 @@ LoadReport BuildReport(const LoadOptions &options, std::vector<CallRecord> recor
   double latency_sum_ns = 0;
   std::vector<int64_t> ok;
   ok.reserve(records.size());
-  for (const CallRecord &record : records) {
+  for (const CallRecord& record : records) {
     latency_sum_ns += static_cast<double>(record.latency_ns);
     ++report.status_code_distribution[GhzStatusName(record.code)];
     if (record.code == 0) {
@@ -933,14 +910,14 @@ LoadReport BuildReport(const LoadOptions &options, std::vector<CallRecord> recor
     while (bucket < kBuckets && latency_s > report.histogram[bucket].mark_s) ++bucket;
     ++report.histogram[bucket].count;
   }
-  for (HistogramBucket &b : report.histogram) {
+  for (HistogramBucket& b : report.histogram) {
     b.frequency = static_cast<double>(b.count) / static_cast<double>(n);
   }
   return report;
 }
 
-absl::StatusOr<LoadReport> RunLoad(const LoadOptions &options) {
-  absl::StatusOr<const google::protobuf::MethodDescriptor *> method = FindMethod(options.call);
+absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
+  absl::StatusOr<const google::protobuf::MethodDescriptor*> method = FindMethod(options.call);
   if (!method.ok()) return method.status();
   absl::StatusOr<std::vector<grpc::ByteBuffer>> requests =
       SerializeRequests((*method)->input_type(), options.data_json);
@@ -980,7 +957,7 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions &options) {
   return BuildReport(options, std::move(records), total_ns, std::move(end_reason), absl::Now());
 }
 
-std::string FormatSummary(const LoadReport &report) {
+std::string FormatSummary(const LoadReport& report) {
   std::string out = "\nSummary:\n";
   if (!report.options.name.empty()) absl::StrAppend(&out, "  Name:\t\t", report.options.name, "\n");
   absl::StrAppend(&out, "  Count:\t", report.count, "\n");
@@ -993,12 +970,12 @@ std::string FormatSummary(const LoadReport &report) {
   out += "Response time histogram:\n";
   int64_t max_count = 0;
   size_t mark_width = 0, count_width = 0;
-  for (const HistogramBucket &b : report.histogram) {
+  for (const HistogramBucket& b : report.histogram) {
     max_count = std::max(max_count, b.count);
     mark_width = std::max(mark_width, absl::StrFormat("%.3f", b.mark_s * 1000).size());
     count_width = std::max(count_width, absl::StrCat(b.count).size());
   }
-  for (const HistogramBucket &b : report.histogram) {
+  for (const HistogramBucket& b : report.histogram) {
     const std::string mark = absl::StrFormat("%.3f", b.mark_s * 1000);
     const std::string count = absl::StrCat(b.count);
     const int64_t bar = max_count > 0 ? (b.count * 40 + max_count / 2) / max_count : 0;
@@ -1008,7 +985,7 @@ std::string FormatSummary(const LoadReport &report) {
                     std::string(count_width - count.size(), ' '), " |", bars, "\n");
   }
   out += "\nLatency distribution:";
-  for (const LatencyPoint &point : report.latency_distribution) {
+  for (const LatencyPoint& point : report.latency_distribution) {
     absl::StrAppend(&out, "\n  ", point.percentage, " % in ", FormatNanoUnit(point.latency_ns),
                     " ");
   }
@@ -1016,7 +993,7 @@ std::string FormatSummary(const LoadReport &report) {
   if (!report.status_code_distribution.empty()) {
     out += "Status code distribution:\n";
     std::vector<std::vector<std::string>> rows;
-    for (const auto &[status, count] : report.status_code_distribution) {
+    for (const auto& [status, count] : report.status_code_distribution) {
       rows.push_back({absl::StrCat("  [", status, "]"), absl::StrCat(count, " responses")});
     }
     out += Columns(rows);
@@ -1025,7 +1002,7 @@ std::string FormatSummary(const LoadReport &report) {
   if (!report.error_distribution.empty()) {
     out += "Error distribution:\n";
     std::vector<std::vector<std::string>> rows;
-    for (const auto &[error, count] : report.error_distribution) {
+    for (const auto& [error, count] : report.error_distribution) {
       rows.push_back({absl::StrCat("  [", count, "]"), error});
     }
     out += Columns(rows);
@@ -1033,8 +1010,8 @@ std::string FormatSummary(const LoadReport &report) {
   return out;
 }
 
-std::string FormatJson(const LoadReport &report, bool pretty) {
-  const LoadOptions &o = report.options;
+std::string FormatJson(const LoadReport& report, bool pretty) {
+  const LoadOptions& o = report.options;
   OrderedJson options;
   options["call"] = o.call;
   options["host"] = o.host;
@@ -1080,27 +1057,27 @@ std::string FormatJson(const LoadReport &report, bool pretty) {
   json["slowest"] = report.slowest_ns;
   json["rps"] = report.rps;
   json["errorDistribution"] = OrderedJson::object();
-  for (const auto &[error, count] : report.error_distribution) {
+  for (const auto& [error, count] : report.error_distribution) {
     json["errorDistribution"][error] = count;
   }
   json["statusCodeDistribution"] = OrderedJson::object();
-  for (const auto &[status, count] : report.status_code_distribution) {
+  for (const auto& [status, count] : report.status_code_distribution) {
     json["statusCodeDistribution"][status] = count;
   }
   // Go marshals the empty slices of a run without successful calls as null.
   json["latencyDistribution"] = nullptr;
-  for (const LatencyPoint &point : report.latency_distribution) {
+  for (const LatencyPoint& point : report.latency_distribution) {
     json["latencyDistribution"].push_back(
         {{"percentage", point.percentage}, {"latency", point.latency_ns}});
   }
   json["histogram"] = nullptr;
-  for (const HistogramBucket &b : report.histogram) {
+  for (const HistogramBucket& b : report.histogram) {
     json["histogram"].push_back(
         {{"mark", b.mark_s}, {"count", b.count}, {"frequency", b.frequency}});
   }
   json["details"] = nullptr;
   const absl::Time start = report.date - absl::Nanoseconds(report.total_ns);
-  for (const CallRecord &record : report.details) {
+  for (const CallRecord& record : report.details) {
     json["details"].push_back(
         {{"timestamp", Rfc3339(start + absl::Nanoseconds(record.start_ns), /*nanos=*/true)},
          {"latency", record.latency_ns},

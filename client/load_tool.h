@@ -113,11 +113,11 @@ struct LoadReport {
 // valid request of the method (the message names the element and field);
 // UNAVAILABLE if no connection is up within connect_timeout. Failed calls
 // are not an error of the run: they are counted in the report.
-absl::StatusOr<LoadReport> RunLoad(const LoadOptions &options);
+absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options);
 
 // Builds the report's statistics from the calls of a run that took
 // `total_ns` (pure; RunLoad's last step, exposed for tests).
-LoadReport BuildReport(const LoadOptions &options, std::vector<CallRecord> records,
+LoadReport BuildReport(const LoadOptions& options, std::vector<CallRecord> records,
                        int64_t total_ns, std::string end_reason, absl::Time date);
 
 // ghz's grpc-go name of a gRPC status code: "OK", "Canceled",
@@ -125,11 +125,11 @@ LoadReport BuildReport(const LoadOptions &options, std::vector<CallRecord> recor
 std::string GhzStatusName(int code);
 
 // ghz's summary text ("Summary:", histogram, latency and status distributions).
-std::string FormatSummary(const LoadReport &report);
+std::string FormatSummary(const LoadReport& report);
 
 // ghz's JSON report (-O json; `pretty` for -O pretty): durations in
 // nanoseconds, histogram marks in seconds, RFC 3339 date.
-std::string FormatJson(const LoadReport &report, bool pretty);
+std::string FormatJson(const LoadReport& report, bool pretty);
 
 }  // namespace attnserve::client
 

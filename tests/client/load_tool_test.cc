@@ -38,7 +38,7 @@ TEST(BuildReportTest, PercentilesAreNearestRankOverOkCalls) {
   EXPECT_EQ(report.average_ns, 50'500'000);
   EXPECT_DOUBLE_EQ(report.rps, 50.0);
   std::vector<std::pair<int, int64_t>> points;
-  for (const LatencyPoint &p : report.latency_distribution)
+  for (const LatencyPoint& p : report.latency_distribution)
     points.push_back({p.percentage, p.latency_ns});
   EXPECT_THAT(
       points,
@@ -59,7 +59,7 @@ TEST(BuildReportTest, HistogramHasElevenMarksFromFastestToSlowest) {
   EXPECT_NEAR(report.histogram[1].mark_s, 0.0199, 1e-12);
   EXPECT_DOUBLE_EQ(report.histogram[10].mark_s, 0.109);
   std::vector<int64_t> counts;
-  for (const HistogramBucket &b : report.histogram) counts.push_back(b.count);
+  for (const HistogramBucket& b : report.histogram) counts.push_back(b.count);
   EXPECT_THAT(counts, ElementsAre(1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1));
   EXPECT_NEAR(report.histogram[0].frequency, 1.0 / 3, 1e-12);
 }
