@@ -23,6 +23,7 @@
 #include "attnserve/v1/attention.pb.h"
 #include "server/compute_pool.h"
 #include "server/tensor_store.h"
+#include "server/metrics.h"
 
 namespace attnserve::server {
 
@@ -39,9 +40,10 @@ struct ServiceOptions {
 
 class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
  public:
-  // `pool` is not owned; it must keep running until every call has finished
-  // (shut the grpc::Server down first, then stop the pool).
-  AttentionServiceImpl(ComputePool* pool, const ServiceOptions& options);
+  // `pool` and `metrics` are not owned; the pool must keep running until
+  // every call has finished (shut the grpc::Server down first, then stop the
+  // pool), and both must outlive the service.
+  AttentionServiceImpl(ComputePool* pool, Metrics* metrics, const ServiceOptions& options);
 
   // The generated bases also declare the synchronous overloads; keep them
   // visible (-Woverloaded-virtual). gRPC calls only the callback ones below.
@@ -66,6 +68,7 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
 
  private:
   ComputePool* const pool_;
+  Metrics* const metrics_;
   const ServiceOptions options_;
   // Built once: DescribeMethods does not change while the process runs.
   const v1::ListMethodsResponse methods_;

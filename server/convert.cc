@@ -358,4 +358,19 @@ void AddLoadedTensors(const TensorStore& tensors, v1::ListMethodsResponse* respo
   }
 }
 
+std::optional<kernels::MethodKind> MethodKindOf(const v1::PositionalMethod& method) {
+  switch (method.kind_case()) {
+    case v1::PositionalMethod::kNone: return kernels::MethodKind::kNone;
+    case v1::PositionalMethod::kSinusoidal: return kernels::MethodKind::kSinusoidal;
+    case v1::PositionalMethod::kLearned: return kernels::MethodKind::kLearned;
+    case v1::PositionalMethod::kRope: return kernels::MethodKind::kRope;
+    case v1::PositionalMethod::kTransformerXl: return kernels::MethodKind::kTransformerXL;
+    case v1::PositionalMethod::kShaw: return kernels::MethodKind::kShaw;
+    case v1::PositionalMethod::kAlibi: return kernels::MethodKind::kAlibi;
+    case v1::PositionalMethod::kDaTransformer: return kernels::MethodKind::kDaTransformer;
+    case v1::PositionalMethod::KIND_NOT_SET: break;
+  }
+  return std::nullopt;
+}
+
 }  // namespace attnserve::server

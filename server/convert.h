@@ -13,6 +13,7 @@
 #define ATTNSERVE_SERVER_CONVERT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,10 @@ void FillListMethodsResponse(const std::vector<kernels::MethodInfo>& methods,
 // Appends one ListMethodsResponse.tensors entry (ref, shape, dtype in the
 // file) per tensor of `tensors`, in ref order.
 void AddLoadedTensors(const TensorStore& tensors, v1::ListMethodsResponse* response);
+
+// The kernels' kind of `method`, or nullopt when none is set (for metric
+// labels; ToAttendArgs reports the error).
+std::optional<kernels::MethodKind> MethodKindOf(const v1::PositionalMethod& method);
 
 }  // namespace attnserve::server
 

@@ -22,8 +22,6 @@ int32_t DefaultThreads() {
   return hardware == 0 ? 1 : static_cast<int32_t>(hardware);
 }
 
-constexpr absl::Duration kShutdownGrace = absl::Seconds(30);
-
 }  // namespace
 
 ABSL_FLAG(std::string, address, "127.0.0.1:50051",
@@ -38,6 +36,14 @@ ABSL_FLAG(int64_t, max_elements, int64_t{1} << 28,
 ABSL_FLAG(std::string, tensor_dir, "",
           "directory of *.safetensors files (F32/F16/BF16) loaded at start-up; requests name "
           "a tensor as ref \"<file stem>/<tensor name>\"");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
+          "host:port of the Prometheus /metrics HTTP listener; port 0 picks a free port (see "
+          "--metrics_port_file); empty: no metrics listener");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "if set, the bound metrics port and a newline are written here (atomically) once "
+          "serving");
+ABSL_FLAG(double, shutdown_grace_s, 30,
+          "on SIGTERM/SIGINT: seconds to let accepted calls finish before cancelling them (>= 0)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("attnd: multi-head attention with positional encodings over gRPC");
@@ -61,11 +67,28 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.max_elements = absl::GetFlag(FLAGS_max_elements);
   options.tensor_dir = absl::GetFlag(FLAGS_tensor_dir);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
+  if (!(grace_s >= 0) || grace_s > 1e6) {
+    std::fprintf(stderr, "attnd: --shutdown_grace_s: must be in 0..1e6 seconds, got %g\n", grace_s);
+    return 1;
+  }
+  const absl::Duration grace = absl::Seconds(grace_s);
   absl::StatusOr<std::unique_ptr<attnserve::server::AttnServer>> server =
       attnserve::server::AttnServer::Start(options);
   if (!server.ok()) {
     std::fprintf(stderr, "attnd: %s\n", std::string(server.status().message()).c_str());
     return 1;
+  }
+  // The metrics port first: a reader of --port_file may expect both.
+  const std::string metrics_port_file = absl::GetFlag(FLAGS_metrics_port_file);
+  if (!metrics_port_file.empty()) {
+    absl::Status written = attnserve::server::WritePortFile(
+        metrics_port_file, (*server)->metrics_port(), "--metrics_port_file");
+    if (!written.ok()) {
+      std::fprintf(stderr, "attnd: %s\n", std::string(written.message()).c_str());
+      return 1;
+    }
   }
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
@@ -79,14 +102,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "attnd: loaded %zu tensors from --tensor_dir=%s\n",
                  (*server)->tensors().tensors().size(), options.tensor_dir.c_str());
   }
-  std::fprintf(stderr, "attnd listening on %s\n", (*server)->address().c_str());
+  std::fprintf(stderr, "attnd listening on %s, metrics on %s\n", (*server)->address().c_str(),
+               options.metrics_address.empty()
+                   ? "(none)"
+                   : ("port " + std::to_string((*server)->metrics_port())).c_str());
 
-  std::thread signal_thread([&server, &signals] {
+  std::thread signal_thread([&server, &signals, grace] {
     int signal_number = 0;
     sigwait(&signals, &signal_number);
     std::fprintf(stderr, "attnd: signal %d, draining (up to %s)\n", signal_number,
-                 absl::FormatDuration(kShutdownGrace).c_str());
-    (*server)->Shutdown(kShutdownGrace);
+                 absl::FormatDuration(grace).c_str());
+    (*server)->Shutdown(grace);
   });
   (*server)->Wait();
   signal_thread.join();

@@ -9,14 +9,21 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <limits>
+#include <memory>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "kernels/status_macros.h"
+
+#ifndef ATTN_VERSION
+#define ATTN_VERSION "0.0.0"
+#endif
 
 namespace attnserve::server {
 namespace {
@@ -48,6 +55,15 @@ std::string ErrnoText(int error) { return std::strerror(error); }
 
 absl::Status ValidateServerOptions(const ServerOptions& options) {
   ATTN_RETURN_IF_ERROR(SplitAddress(options.address).status());
+  if (!options.metrics_address.empty()) {
+    absl::Status metrics = SplitAddress(options.metrics_address).status();
+    if (!metrics.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--metrics_address: expected host:port with port 0..65535 (0 picks a free port) or "
+          "empty (no metrics listener), got '",
+          options.metrics_address, "'"));
+    }
+  }
   if (options.threads < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--threads: must be >= 1, got ", options.threads));
@@ -67,9 +83,11 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
 
 AttnServer::AttnServer(const ServerOptions& options, std::unique_ptr<TensorStore> tensors)
     : tensors_(std::move(tensors)),
+      registry_(std::make_shared<prometheus::Registry>()),
+      metrics_(std::make_unique<Metrics>(*registry_, ATTN_VERSION)),
       pool_(std::make_unique<ComputePool>(options.threads)),
       service_(std::make_unique<AttentionServiceImpl>(
-          pool_.get(),
+          pool_.get(), metrics_.get(),
           ServiceOptions{options.max_elements, options.max_message_bytes, tensors_.get()})) {}
 
 absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOptions& options) {
@@ -86,6 +104,21 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
     ATTN_ASSIGN_OR_RETURN(tensors, TensorStore::Load(options.tensor_dir, options.max_elements));
   }
   std::unique_ptr<AttnServer> server(new AttnServer(options, std::move(tensors)));
+  if (!options.metrics_address.empty()) {
+    // civetweb (under prometheus::Exposer) throws when it cannot listen.
+    try {
+      server->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_address, 2);
+    } catch (const std::exception& e) {
+      // Nothing ran yet; the destructor has only the pool to stop.
+      absl::MutexLock lock(&server->shutdown_mu_);
+      server->shut_down_ = true;
+      return absl::UnavailableError(absl::StrCat("--metrics_address=", options.metrics_address,
+                                                 ": could not listen (", e.what(), ")"));
+    }
+    server->exposer_->RegisterCollectable(server->registry_, "/metrics");
+    const std::vector<int> ports = server->exposer_->GetListeningPorts();
+    server->metrics_port_ = ports.empty() ? 0 : ports.front();
+  }
   grpc::ServerBuilder builder;
   int selected_port = 0;
   builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &selected_port);
@@ -141,12 +174,12 @@ void AttnServer::Wait() {
   if (server_ != nullptr) server_->Wait();
 }
 
-absl::Status WritePortFile(const std::string& path, int port) {
+absl::Status WritePortFile(const std::string& path, int port, absl::string_view flag) {
   const std::string tmp = path + ".tmp";
   std::FILE* file = std::fopen(tmp.c_str(), "w");
   if (file == nullptr) {
     return absl::InternalError(
-        absl::StrCat("--port_file: cannot create '", tmp, "': ", ErrnoText(errno)));
+        absl::StrCat(flag, ": cannot create '", tmp, "': ", ErrnoText(errno)));
   }
   const std::string text = absl::StrCat(port, "\n");
   const bool written = std::fwrite(text.data(), 1, text.size(), file) == text.size();
@@ -155,13 +188,13 @@ absl::Status WritePortFile(const std::string& path, int port) {
     const int error = written ? errno : write_errno;
     std::remove(tmp.c_str());
     return absl::InternalError(
-        absl::StrCat("--port_file: cannot write '", tmp, "': ", ErrnoText(error)));
+        absl::StrCat(flag, ": cannot write '", tmp, "': ", ErrnoText(error)));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int error = errno;
     std::remove(tmp.c_str());
     return absl::InternalError(
-        absl::StrCat("--port_file: cannot rename '", tmp, "' to '", path, "': ", ErrnoText(error)));
+        absl::StrCat(flag, ": cannot rename '", tmp, "' to '", path, "': ", ErrnoText(error)));
   }
   return absl::OkStatus();
 }

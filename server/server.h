@@ -1,6 +1,7 @@
 // AttnServer: the attnd gRPC server assembled from its parts: the attention
 // service on a compute pool, the standard health service and server
-// reflection, on one listening address with insecure credentials.
+// reflection, on one listening address with insecure credentials; and the
+// Prometheus metrics (server/metrics.h) on a separate HTTP listener.
 //
 // main.cc only parses flags, starts an AttnServer and waits for a signal;
 // tests start one in-process on port 0.
@@ -11,6 +12,8 @@
 #define ATTNSERVE_SERVER_SERVER_H_
 
 #include <grpcpp/grpcpp.h>
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
 
 #include <cstdint>
 #include <memory>
@@ -19,11 +22,13 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/attention_service.h"
 #include "server/compute_pool.h"
 #include "server/tensor_store.h"
+#include "server/metrics.h"
 
 namespace attnserve::server {
 
@@ -39,6 +44,10 @@ struct ServerOptions {
   // Directory of *.safetensors files loaded at start-up for `ref` tensors
   // (server/tensor_store.h); empty: none.
   std::string tensor_dir;
+  // host:port of the HTTP listener serving /metrics (Prometheus text
+  // format); port 0 picks a free port (see AttnServer::metrics_port); empty
+  // serves no metrics.
+  std::string metrics_address = "127.0.0.1:9464";
 };
 
 // INVALID_ARGUMENT naming the flag (--threads, ...) and its rule when
@@ -50,7 +59,7 @@ class AttnServer {
   // Validates `options`, loads options.tensor_dir, builds and starts the
   // server, and marks it SERVING in the health service. Errors:
   // INVALID_ARGUMENT (see ValidateServerOptions); TensorStore::Load's errors;
-  // UNAVAILABLE when the address cannot be bound.
+  // UNAVAILABLE when the address or the metrics address cannot be bound.
   static absl::StatusOr<std::unique_ptr<AttnServer>> Start(const ServerOptions& options);
 
   // Shuts down with no grace period unless Shutdown already ran.
@@ -65,6 +74,10 @@ class AttnServer {
   const std::string& address() const { return address_; }
   // The tensors loaded from options.tensor_dir (empty without one).
   const TensorStore& tensors() const { return *tensors_; }
+  // The bound port of the metrics listener; 0 when metrics_address is empty.
+  int metrics_port() const { return metrics_port_; }
+  // The registry behind /metrics (tests read counters from it).
+  prometheus::Registry& registry() { return *registry_; }
 
   // Drains: marks the health service NOT_SERVING, stops accepting calls,
   // lets running ones finish for up to `grace` (then cancels them), and
@@ -79,13 +92,17 @@ class AttnServer {
 
   // Declaration order is destruction order reversed: the grpc::Server goes
   // first, then the service, then the pool the service submits to, then the
-  // tensors the service reads.
+  // tensors the service reads and the metrics the others record into.
   std::unique_ptr<TensorStore> tensors_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<ComputePool> pool_;
   std::unique_ptr<AttentionServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::string address_;
+  int metrics_port_ = 0;
 
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
@@ -93,8 +110,9 @@ class AttnServer {
 
 // Writes "<port>\n" to `path` atomically: to `path`.tmp first, then renamed
 // over `path`, so a reader never sees a partial file. Errors: the failing
-// step and errno text (INTERNAL).
-absl::Status WritePortFile(const std::string& path, int port);
+// step and errno text (INTERNAL), naming `flag` (e.g. "--port_file").
+absl::Status WritePortFile(const std::string& path, int port,
+                           absl::string_view flag = "--port_file");
 
 }  // namespace attnserve::server
 

@@ -21,13 +21,17 @@ def attnd_path():
 
 
 class AttndProcess:
-    """Starts attnd with `extra_flags`; .port and .address once it serves."""
+    """Starts attnd with `extra_flags`; .port, .address and .metrics_port once it
+    serves. The metrics listener is on a picked port too (never the default
+    9464, which parallel tests would fight over)."""
 
     def __init__(self, extra_flags=()):
         self._dir = tempfile.mkdtemp(prefix="attnd_pytest_")
         port_file = os.path.join(self._dir, "port")
+        metrics_port_file = os.path.join(self._dir, "metrics_port")
         self.command = [attnd_path(), "--address=127.0.0.1:0", f"--port_file={port_file}",
-                        *extra_flags]
+                        "--metrics_address=127.0.0.1:0",
+                        f"--metrics_port_file={metrics_port_file}", *extra_flags]
         self._process = subprocess.Popen(self.command)
         deadline = time.monotonic() + START_TIMEOUT_S
         previous = None
@@ -36,6 +40,9 @@ class AttndProcess:
             if isinstance(port, int):
                 self.port = port
                 self.address = f"127.0.0.1:{port}"
+                # attnd writes the metrics port file first; 0 if disabled by extra_flags.
+                metrics = self._read_port(metrics_port_file, None)
+                self.metrics_port = metrics if isinstance(metrics, int) else 0
                 return
             previous = port
             code = self._process.poll()

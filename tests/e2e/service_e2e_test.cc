@@ -88,7 +88,7 @@ TEST(ServiceTest, TakenAddressFailsWithAClearMessage) {
   ASSERT_TRUE(server.ok()) << server.status();
   const std::string log = ::testing::TempDir() + "/attnd_taken.log";
   const std::string command = absl::StrCat(AttndPath(), " --address=", (*server)->address(),
-                                           " > ", log, " 2>&1");
+                                           " --metrics_address=127.0.0.1:0 > ", log, " 2>&1");
   const int status = std::system(command.c_str());
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_NE(WEXITSTATUS(status), 0);
@@ -100,6 +100,7 @@ TEST(ServiceTest, TakenAddressFailsWithAClearMessage) {
 
 TEST(ServiceTest, BadFlagValuesAreRejectedAtStartUp) {
   const std::string command = absl::StrCat(AttndPath(), " --address=127.0.0.1:0 --threads=0",
+                                           " --metrics_address=127.0.0.1:0",
                                            " > /dev/null 2>&1");
   const int status = std::system(command.c_str());
   ASSERT_TRUE(WIFEXITED(status));

@@ -104,7 +104,7 @@ def run_attnd(flags):
     """Runs attnd with `flags` on 127.0.0.1:0 expecting it to fail at start-up;
     returns (exit status, stderr)."""
     with tempfile.TemporaryDirectory(prefix="attnd_tensor_dir_") as tmp:
-        command = [attnd_path(), "--address=127.0.0.1:0",
+        command = [attnd_path(), "--address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
                    f"--port_file={os.path.join(tmp, 'port')}", *flags]
         try:
             done = subprocess.run(command, capture_output=True, text=True,

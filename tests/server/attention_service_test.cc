@@ -61,6 +61,7 @@ class AttentionServiceTest : public ::testing::Test {
   void SetUp() override {
     ServerOptions options;
     options.address = "127.0.0.1:0";
+    options.metrics_address = "127.0.0.1:0";
     options.threads = 2;
     options.max_elements = 1000;
     options.max_message_bytes = 1 << 20;
@@ -277,12 +278,19 @@ TEST(AttnServerTest, InvalidOptionsNameTheFlag) {
   options = ServerOptions();
   options.max_elements = 0;
   EXPECT_THAT(std::string(ValidateServerOptions(options).message()), HasSubstr("--max_elements"));
+  options = ServerOptions();
+  options.metrics_address = "9464";
+  EXPECT_THAT(std::string(ValidateServerOptions(options).message()),
+              HasSubstr("--metrics_address"));
+  options.metrics_address = "";
+  EXPECT_TRUE(ValidateServerOptions(options).ok());
   EXPECT_TRUE(ValidateServerOptions(ServerOptions()).ok());
 }
 
 TEST(AttnServerTest, UnbindableAddressIsUnavailable) {
   ServerOptions options;
   options.address = "192.0.2.1:0";  // TEST-NET-1: not an address of this host.
+  options.metrics_address = "127.0.0.1:0";
   absl::StatusOr<std::unique_ptr<AttnServer>> server = AttnServer::Start(options);
   EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(server.status().message()), HasSubstr("--address=192.0.2.1:0"));
@@ -291,8 +299,18 @@ TEST(AttnServerTest, UnbindableAddressIsUnavailable) {
 TEST_F(AttentionServiceTest, PortInUseIsUnavailable) {
   ServerOptions options;
   options.address = server_->address();
+  options.metrics_address = "127.0.0.1:0";
   absl::StatusOr<std::unique_ptr<AttnServer>> second = AttnServer::Start(options);
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(AttentionServiceTest, MetricsPortInUseIsUnavailable) {
+  ServerOptions options;
+  options.address = "127.0.0.1:0";
+  options.metrics_address = absl::StrCat("127.0.0.1:", server_->metrics_port());
+  absl::StatusOr<std::unique_ptr<AttnServer>> second = AttnServer::Start(options);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("--metrics_address"));
 }
 
 TEST(AttnServerTest, WritePortFileIsAtomicAndComplete) {

@@ -109,13 +109,16 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   }
   const std::string temp_dir = dir_template;
   const std::string port_file = temp_dir + "/port";
+  const std::string metrics_port_file = temp_dir + "/metrics_port";
   const auto remove_temp_dir = [&temp_dir] {
     std::error_code ignored;
     std::filesystem::remove_all(temp_dir, ignored);
   };
 
   std::vector<std::string> args = {path, "--address=127.0.0.1:0",
-                                   absl::StrCat("--port_file=", port_file)};
+                                   absl::StrCat("--port_file=", port_file),
+                                   "--metrics_address=127.0.0.1:0",
+                                   absl::StrCat("--metrics_port_file=", metrics_port_file)};
   for (std::string& flag : extra_flags) args.push_back(std::move(flag));
   // argv is built before fork: between fork and exec the child may only make
   // async-signal-safe calls (the test may have gRPC threads running).
@@ -146,7 +149,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   std::string previous;
   for (;;) {
     if (std::optional<int> port = ReadPort(port_file, previous)) {
-      return std::unique_ptr<ServerProcess>(new ServerProcess(pid, *port, temp_dir));
+      // attnd writes the metrics port file before the port file.
+      std::string unused;
+      const int metrics_port = ReadPort(metrics_port_file, unused).value_or(0);
+      return std::unique_ptr<ServerProcess>(new ServerProcess(pid, *port, metrics_port, temp_dir));
     }
     int status = 0;
     if (Reaped(pid, status)) {

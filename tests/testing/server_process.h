@@ -3,9 +3,10 @@
 //
 // attnd is found through $ATTND_PATH (CTest sets it), else the compile-time
 // default ATTND_DEFAULT_PATH (<build>/bin/attnd). It runs with
-// --address=127.0.0.1:0 --port_file=<a fresh temporary file> plus the caller's
-// flags; Start() returns once attnd has written its bound port there, i.e.
-// once it is serving.
+// --address=127.0.0.1:0 --port_file=<a fresh temporary file>
+// --metrics_address=127.0.0.1:0 --metrics_port_file=<another> plus the
+// caller's flags (later flags win); Start() returns once attnd has written its
+// bound port there, i.e. once it is serving.
 //
 // Thread-safety: the accessors are const and may be called from any thread;
 // the destructor must not race with them. Ownership: the ServerProcess owns
@@ -45,15 +46,18 @@ class ServerProcess {
   int port() const { return port_; }
   // "127.0.0.1:PORT", a target for client::Client::Create.
   std::string address() const;
+  // The port of attnd's /metrics listener; 0 when extra_flags disabled it.
+  int metrics_port() const { return metrics_port_; }
   // The child's process id (for tests that signal it themselves).
   pid_t pid() const { return pid_; }
 
  private:
-  ServerProcess(pid_t pid, int port, std::string temp_dir)
-      : pid_(pid), port_(port), temp_dir_(std::move(temp_dir)) {}
+  ServerProcess(pid_t pid, int port, int metrics_port, std::string temp_dir)
+      : pid_(pid), port_(port), metrics_port_(metrics_port), temp_dir_(std::move(temp_dir)) {}
 
   const pid_t pid_;
   const int port_;
+  const int metrics_port_;
   const std::string temp_dir_;  // holds the port file; removed on destruction
 };
 
