@@ -194,6 +194,11 @@ class TensorDirTest(unittest.TestCase):
                                    causal=True, table=np.zeros((16, 8), np.float32),
                                    **{k: names[k] for k in ("w_q", "w_k", "w_v")})
         self.assertFalse(np.array_equal(got.out, other.out))
+        # The kernels may work on their inputs in place: the stored tensors
+        # must come out of every call unchanged, so the same call repeats.
+        again = self.client.attend(method="learned", x_q=x_q, x_kv=x_kv, num_heads=2,
+                                   causal=True, return_probs=True, **names)
+        self.assertTrue(np.array_equal(got.out, again.out))
 
     def test_learned_encode_by_ref(self):
         x = self.rng.standard_normal((1, 4, 8)).astype(np.float32)
