@@ -64,14 +64,15 @@ void PackValues(const float* v, int64_t ldv, int64_t sk, int64_t dv, float* vp) 
 // One thread's buffers, allocated once per call: the packed K and V of the
 // head it last worked on, and the tiles of one query block.
 struct Workspace {
-  explicit Workspace(const AttentionProblem& p)
+  Workspace(const AttentionProblem& p, const ScoreModifier& modifier)
       : dv_pad(RoundUpToPanel(p.dv)),
         kt(static_cast<size_t>(RoundUpToPanel(p.sk) * p.d)),
         vp(static_cast<size_t>(p.sk * dv_pad)),
         scores(static_cast<size_t>(kBlockQ * kBlockK)),
         acc(static_cast<size_t>(kBlockQ * dv_pad)),
         row_max(static_cast<size_t>(kBlockQ)),
-        row_sum(static_cast<size_t>(kBlockQ)) {}
+        row_sum(static_cast<size_t>(kBlockQ)),
+        block_scratch(static_cast<size_t>(modifier.ScratchFloats(kBlockQ))) {}
 
   // Packs head bh of k and v unless they are packed already.
   void PackHead(const AttentionProblem& p, int64_t bh) {
@@ -84,7 +85,7 @@ struct Workspace {
 
   const int64_t dv_pad;
   int64_t packed_head = -1;
-  std::vector<float> kt, vp, scores, acc, row_max, row_sum;
+  std::vector<float> kt, vp, scores, acc, row_max, row_sum, block_scratch;
 };
 
 class FastEngine {
@@ -107,6 +108,10 @@ class FastEngine {
     // Key blocks wholly after the block's last query are never visible.
     const int64_t key_end = p_.causal ? std::min(p_.sk, last_position + 1) : p_.sk;
     std::fill_n(ws.acc.data(), rows * ws.dv_pad, 0.0f);
+    if (!ws.block_scratch.empty()) {
+      modifier_.BeginQueryBlock(
+          {bh / p_.heads, bh % p_.heads, i0, rows, 0, p_.sk, ws.block_scratch.data()});
+    }
     if (probs_ == nullptr) {
       OnlineSoftmax(ws, bh, i0, rows, key_end);
     } else {
@@ -121,6 +126,13 @@ class FastEngine {
     return std::clamp<int64_t>(p_.query_offset + i - j0 + 1, 0, n);
   }
 
+  ScoreTile Tile(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0,
+                int64_t n) const {
+    return {bh / p_.heads, bh % p_.heads, i0,
+            rows,          j0,            n,
+            ws.block_scratch.empty() ? nullptr : ws.block_scratch.data()};
+  }
+
   // Raw dot products of query rows [i0, i0 + rows) with keys [j0, j0 + n)
   // into s (leading dimension ld), then the method's logits.
   void ComputeScores(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t n,
@@ -129,8 +141,7 @@ class FastEngine {
     simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, q.Row(bh, i0), q.stride(),
                       ws.kt.data() + j0 * p_.d, p_.d * kPanel, s, ld);
     if (!scale_only_) {
-      const ScoreTile tile{bh / p_.heads, bh % p_.heads, i0, rows, j0, n};
-      modifier_.ModifyScores(tile, s, ld);
+      modifier_.ModifyScores(Tile(ws, bh, i0, rows, j0, n), s, ld);
     }
   }
 
@@ -138,8 +149,8 @@ class FastEngine {
   void AccumulateValues(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0,
                         int64_t n, const float* weights, int64_t ld) const {
     if (value_term_) {
-      const ScoreTile tile{bh / p_.heads, bh % p_.heads, i0, rows, j0, n};
-      modifier_.AccumulateValueTerm(tile, weights, ld, ws.acc.data(), ws.dv_pad);
+      modifier_.AccumulateValueTerm(Tile(ws, bh, i0, rows, j0, n), weights, ld, ws.acc.data(),
+                                    ws.dv_pad);
     }
     simd::Gemm<true>(rows, ws.dv_pad, n, weights, ld, ws.vp.data() + j0 * kPanel,
                      p_.sk * kPanel, ws.acc.data(), ws.dv_pad);
@@ -257,7 +268,7 @@ absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
     // anything).
     const int slot = threads > 1 ? omp_get_thread_num() : 0;
     std::unique_ptr<Workspace>& ws = workspaces[static_cast<size_t>(slot)];
-    if (ws == nullptr) ws = std::make_unique<Workspace>(p);
+    if (ws == nullptr) ws = std::make_unique<Workspace>(p, *prepared.modifier);
     for (int64_t item = begin; item < end; ++item) {
       if (options.cancelled != nullptr && options.cancelled->load(std::memory_order_relaxed)) {
         stopped.store(true, std::memory_order_relaxed);

@@ -32,6 +32,7 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
     std::vector<float> weights(static_cast<size_t>(p.sk));
     std::vector<double> acc(static_cast<size_t>(p.dv));
     std::vector<float> term(value_term ? static_cast<size_t>(p.dv) : 0);
+    std::vector<float> scratch(static_cast<size_t>(modifier.ScratchFloats(1)));
     for (int64_t row = begin; row < end; ++row) {
       if (options.cancelled != nullptr && options.cancelled->load(std::memory_order_relaxed)) {
         stopped.store(true, std::memory_order_relaxed);
@@ -49,7 +50,9 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
         for (int64_t e = 0; e < p.d; ++e) dot += static_cast<double>(q_row[e]) * k_row[e];
         scores[j] = static_cast<float>(dot);
       }
-      const ScoreTile tile{b, h, i, 1, 0, visible};
+      float* const block_scratch = scratch.empty() ? nullptr : scratch.data();
+      if (block_scratch != nullptr) modifier.BeginQueryBlock({b, h, i, 1, 0, p.sk, block_scratch});
+      const ScoreTile tile{b, h, i, 1, 0, visible, block_scratch};
       modifier.ModifyScores(tile, scores.data(), p.sk);
 
       // Max-subtracted softmax (1.5), normalised in double.

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/micro_kernels.h"
 #include "kernels/onednn_matmul.h"
 #include "kernels/parallel.h"
 #include "kernels/status_macros.h"
@@ -271,6 +272,31 @@ absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
                                     options));
   problem.v = std::move(v);
   return problem;
+}
+
+RelativeTable::RelativeTable(const float* table, int64_t count, int64_t width)
+    : count_(count),
+      width_(width),
+      panels_(static_cast<size_t>(simd::RoundUpToPanel(count) * width), 0.0f) {
+  for (int64_t n = 0; n < count; ++n) {
+    float* panel = panels_.data() + (n / simd::kPanel) * width * simd::kPanel;
+    for (int64_t e = 0; e < width; ++e) panel[e * simd::kPanel + n % simd::kPanel] = table[n * width + e];
+  }
+}
+
+RelativeTable::Window RelativeTable::WindowOf(int64_t first, int64_t last) const {
+  Window w;
+  w.base = first / simd::kPanel * simd::kPanel;
+  w.ld = simd::RoundUpToPanel(last + 1) - w.base;
+  return w;
+}
+
+int64_t RelativeTable::MaxLd(int64_t span) { return simd::RoundUpToPanel(span) + simd::kPanel; }
+
+void RelativeTable::Multiply(const Window& w, int64_t rows, const float* a, int64_t lda,
+                             float* out) const {
+  simd::Gemm<false>(rows, w.ld, width_, a, lda, panels_.data() + w.base * width_,
+                    width_ * simd::kPanel, out, w.ld);
 }
 
 void ScaledDotProduct::ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const {

@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -92,6 +93,34 @@ class ScaledDotProduct : public ScoreModifier {
 
  private:
   const float scale_;
+};
+
+// Products of query-side rows with the rows of a table over relative
+// positions, for a window of table rows: Shaw's q_i . rel_k[t] and
+// Transformer-XL's (W_r (q_i + v)) . R(delta). The table is packed once
+// (transposed into 16-row panels for the AVX2 micro-kernel); const methods
+// are thread-safe.
+class RelativeTable {
+ public:
+  // table: `count` rows of `width` floats, row-major (copied).
+  RelativeTable(const float* table, int64_t count, int64_t width);
+
+  // Table rows base .. base + ld - 1: a window covering rows first .. last
+  // (0 <= first <= last < count), whole panels.
+  struct Window {
+    int64_t base = 0, ld = 0;
+  };
+  Window WindowOf(int64_t first, int64_t last) const;
+  // An upper bound of WindowOf(...).ld over windows of `span` rows.
+  static int64_t MaxLd(int64_t span);
+
+  // out[r * w.ld + (n - w.base)] = a[r * lda + 0 .. width) . table[n] for the
+  // window's rows n and r < rows (rows past count give 0).
+  void Multiply(const Window& w, int64_t rows, const float* a, int64_t lda, float* out) const;
+
+ private:
+  const int64_t count_, width_;
+  std::vector<float> panels_;
 };
 
 // Used by Encode forms: the spec's sq/sk/num_heads must be >= 1.

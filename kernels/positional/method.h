@@ -61,11 +61,13 @@ struct AttentionProblem {
 };
 
 // A block of scores of one (batch, head): query rows i0 .. i0+rows-1, key
-// columns j0 .. j0+cols-1.
+// columns j0 .. j0+cols-1. scratch: the query block's scratch (see
+// ScoreModifier::BeginQueryBlock), or null when the modifier needs none.
 struct ScoreTile {
   int64_t b = 0, h = 0;
   int64_t i0 = 0, rows = 0;
   int64_t j0 = 0, cols = 0;
+  float* scratch = nullptr;
 };
 
 class ScoreModifier {
@@ -76,6 +78,15 @@ class ScoreModifier {
   // may then apply the scale itself (fused into its softmax pass) and never
   // call ModifyScores.
   virtual bool scale_only() const { return false; }
+
+  // Per-query-block work, e.g. the products of a block's queries with a
+  // table over relative positions (Shaw, Transformer-XL): before the tiles of
+  // query rows i0 .. i0+rows-1 of (b, h) the engine calls BeginQueryBlock
+  // with block = {b, h, i0, rows, 0, Sk, scratch}, scratch holding
+  // ScratchFloats(rows) floats private to the calling thread; every tile of
+  // that block then carries the same i0, rows and scratch.
+  virtual int64_t ScratchFloats(int64_t /*rows*/) const { return 0; }
+  virtual void BeginQueryBlock(const ScoreTile& /*block*/) const {}
 
   // On entry scores[r * ld + c] holds the raw dot product q_i . k_j (not
   // scaled) for i = i0 + r, j = j0 + c; on return it holds the method's

@@ -44,67 +44,116 @@ absl::Status CheckRelTable(const Tensor& table, absl::string_view name, int64_t 
   return ExpectDim(table, name, 1, width, text);
 }
 
+// Per query block, q_i . rel_k[t] for the buckets t the block meets (a
+// [rows x <= 2K+1] product on the micro-kernel); each tile then gathers from
+// it: a run of bucket 0, the diagonal band, a run of bucket 2K. The value
+// term adds the probability mass of each bucket times rel_v[t].
 class ShawModifier final : public ScoreModifier {
  public:
-  ShawModifier(const AttentionProblem& problem, int64_t max_relative_position, Tensor rel_k,
+  ShawModifier(const AttentionProblem& p, int64_t max_relative_position, const Tensor& rel_k,
                Tensor rel_v)
-      : q_(problem.q.data()),
-        sq_(problem.sq),
-        d_(problem.d),
-        dv_(problem.dv),
-        heads_(problem.heads),
-        scale_(problem.scale),
-        query_offset_(problem.query_offset),
+      : q_(p.q_rows()),
+        heads_(p.heads),
+        sk_(p.sk),
+        dv_(p.dv),
+        scale_(static_cast<float>(p.scale)),
+        query_offset_(p.query_offset),
+        causal_(p.causal),
         k_(max_relative_position),
-        rel_k_(std::move(rel_k)),
+        rel_k_(rel_k.data(), 2 * max_relative_position + 1, p.d),
         rel_v_(std::move(rel_v)) {}
 
+  int64_t ScratchFloats(int64_t rows) const override {
+    return rows * RelativeTable::MaxLd(std::min(2 * k_ + 1, rows + sk_ - 1));
+  }
+
+  void BeginQueryBlock(const ScoreTile& block) const override {
+    rel_k_.Multiply(WindowOf(block), block.rows, q_.Row(block.b * heads_ + block.h, block.i0),
+                    q_.stride(), block.scratch);
+  }
+
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
+    const RelativeTable::Window w = WindowOf(tile);
     for (int64_t r = 0; r < tile.rows; ++r) {
-      const int64_t i = tile.i0 + r;
-      const float* q_row = q_ + ((tile.b * heads_ + tile.h) * sq_ + i) * d_;
+      const Runs runs = RunsOf(tile, r);
+      const float* qr = tile.scratch + r * w.ld;  // qr[t - base], t in the window
       float* row = scores + r * ld;
-      for (int64_t c = 0; c < tile.cols; ++c) {
-        const float* rel = rel_k_.data() + ShawIndex(query_offset_ + i, tile.j0 + c, k_) * d_;
-        double dot = 0;
-        for (int64_t e = 0; e < d_; ++e) dot += static_cast<double>(q_row[e]) * rel[e];
-        row[c] = static_cast<float>(scale_ * (row[c] + dot));
+      if (runs.band_begin > 0) {
+        const float low = qr[0 - w.base];
+        for (int64_t c = 0; c < runs.band_begin; ++c) row[c] = scale_ * (row[c] + low);
+      }
+      if (runs.band_end > runs.band_begin) {
+        const float* band = qr + (runs.first_band_index - w.base);
+        for (int64_t c = runs.band_begin; c < runs.band_end; ++c) {
+          row[c] = scale_ * (row[c] + band[c - runs.band_begin]);
+        }
+      }
+      if (runs.band_end < tile.cols) {
+        const float high = qr[2 * k_ - w.base];
+        for (int64_t c = runs.band_end; c < tile.cols; ++c) row[c] = scale_ * (row[c] + high);
       }
     }
   }
 
   bool HasValueTerm() const override { return true; }
 
-  // Sums the weight per table row first (clipping sends most keys to rows 0
-  // and 2K), then adds each row of rel_v once.
   void AccumulateValueTerm(const ScoreTile& tile, const float* weights, int64_t ldw, float* acc,
                            int64_t lda) const override {
-    std::vector<double> mass;
     for (int64_t r = 0; r < tile.rows; ++r) {
-      const int64_t q_pos = query_offset_ + tile.i0 + r;
-      // idx grows with j, so the tile's rows of rel_v form one range.
-      const int64_t first = ShawIndex(q_pos, tile.j0, k_);
-      const int64_t last = ShawIndex(q_pos, tile.j0 + tile.cols - 1, k_);
-      mass.assign(static_cast<size_t>(last - first + 1), 0.0);
-      for (int64_t c = 0; c < tile.cols; ++c) {
-        mass[ShawIndex(q_pos, tile.j0 + c, k_) - first] += weights[r * ldw + c];
+      const Runs runs = RunsOf(tile, r);
+      const float* p = weights + r * ldw;
+      float* out = acc + r * lda;
+      // The clipped runs can hold most of a row's mass: summed in double.
+      double low = 0, high = 0;
+      for (int64_t c = 0; c < runs.band_begin; ++c) low += p[c];
+      for (int64_t c = runs.band_end; c < tile.cols; ++c) high += p[c];
+      AddRow(static_cast<float>(low), 0, out);
+      for (int64_t c = runs.band_begin; c < runs.band_end; ++c) {
+        AddRow(p[c], runs.first_band_index + c - runs.band_begin, out);
       }
-      float* acc_row = acc + r * lda;
-      for (int64_t idx = first; idx <= last; ++idx) {
-        const double m = mass[idx - first];
-        if (m == 0) continue;
-        const float* rel = rel_v_.data() + idx * dv_;
-        for (int64_t e = 0; e < dv_; ++e) acc_row[e] += static_cast<float>(m * rel[e]);
-      }
+      AddRow(static_cast<float>(high), 2 * k_, out);
     }
   }
 
  private:
-  const float* const q_;  // Owned by the problem, which outlives the modifier's use.
-  const int64_t sq_, d_, dv_, heads_;
-  const double scale_;
-  const int64_t query_offset_, k_;
-  const Tensor rel_k_, rel_v_;
+  // Columns [0, band_begin) of a tile row use bucket 0, [band_begin,
+  // band_end) buckets first_band_index + (c - band_begin), the rest 2K.
+  struct Runs {
+    int64_t band_begin = 0, band_end = 0, first_band_index = 0;
+  };
+  Runs RunsOf(const ScoreTile& tile, int64_t r) const {
+    const int64_t u0 = tile.j0 - (query_offset_ + tile.i0 + r);  // k_pos - q_pos at c = 0
+    Runs runs;
+    runs.band_begin = std::clamp<int64_t>(1 - k_ - u0, 0, tile.cols);
+    runs.band_end = std::clamp<int64_t>(k_ - u0, runs.band_begin, tile.cols);
+    runs.first_band_index = u0 + runs.band_begin + k_;
+    return runs;
+  }
+
+  // The buckets the block's rows meet with its visible keys.
+  RelativeTable::Window WindowOf(const ScoreTile& block) const {
+    const int64_t first_position = query_offset_ + block.i0;
+    const int64_t last_position = first_position + block.rows - 1;
+    const int64_t key_end = causal_ ? std::min(sk_, last_position + 1) : sk_;
+    return rel_k_.WindowOf(ShawIndex(last_position, 0, k_),
+                           ShawIndex(first_position, key_end - 1, k_));
+  }
+
+  // out += weight * rel_v[t].
+  void AddRow(float weight, int64_t t, float* out) const {
+    if (weight == 0) return;
+    const float* rel = rel_v_.data() + t * dv_;
+    for (int64_t e = 0; e < dv_; ++e) out[e] += weight * rel[e];
+  }
+
+  const HeadRows q_;  // Owned by the problem, which outlives the modifier's use.
+  const int64_t heads_, sk_, dv_;
+  const float scale_;
+  const int64_t query_offset_;
+  const bool causal_;
+  const int64_t k_;
+  const RelativeTable rel_k_;
+  const Tensor rel_v_;
 };
 
 class Shaw final : public PositionalMethod {
@@ -139,8 +188,7 @@ class Shaw final : public PositionalMethod {
     Tensor& rel_v = args.inputs.at("rel_v");
     ATTN_RETURN_IF_ERROR(CheckRelTable(rel_k, "rel_k", k, p.d, "D", "q"));
     ATTN_RETURN_IF_ERROR(CheckRelTable(rel_v, "rel_v", k, p.dv, "Dv", "v"));
-    prepared.modifier =
-        std::make_unique<ShawModifier>(p, k, std::move(rel_k), std::move(rel_v));
+    prepared.modifier = std::make_unique<ShawModifier>(p, k, rel_k, std::move(rel_v));
     return prepared;
   }
 

@@ -83,58 +83,88 @@ void ProjectSinusoids(const std::vector<double>& distances, const Tensor& w_r, d
   });
 }
 
+// (q_i + u) . k_j is the engine's own product: u is added to q in place.
+// (q_i + v) . rel_h(delta) = (W_r[h] (q_i + v)) . R(delta), as rel_h = R W_r[h]:
+// per query block qr = W_r[h] (q + v) ([rows x d_rel]), then qr . R(delta)
+// for the distances the block meets ([rows x <= rows + Sk - 1], on the
+// micro-kernel); each tile gathers from that. R is tabulated once per call,
+// shared by the heads: (Sq + Sk - 1) x d_rel floats, never [H, distances, D].
 class TxlModifier final : public ScoreModifier {
  public:
-  // rel: [H, Sq+Sk-1, D], row n holding rel_h(min_distance + n).
-  TxlModifier(const AttentionProblem& problem, Tensor u, Tensor v, std::vector<float> rel,
-              int64_t min_distance)
-      : q_(problem.q.data()),
-        k_(problem.k.data()),
-        heads_(problem.heads),
-        sq_(problem.sq),
-        sk_(problem.sk),
-        d_(problem.d),
-        scale_(problem.scale),
-        query_offset_(problem.query_offset),
-        u_(std::move(u)),
-        v_(std::move(v)),
-        rel_(std::move(rel)),
-        min_distance_(min_distance),
-        distances_(problem.sq + problem.sk - 1) {}
+  // sinusoids: row n is R(-(min_relative + n)), i.e. rows ordered by
+  // k_pos - q_pos = min_relative + n, for every pair the call can meet.
+  TxlModifier(const AttentionProblem& p, const Tensor& u, const Tensor& v, const Tensor& w_r,
+              const std::vector<float>& sinusoids, int64_t min_relative)
+      : q_(p.q_rows()),
+        heads_(p.heads),
+        sk_(p.sk),
+        d_(p.d),
+        d_rel_(w_r.dim(1)),
+        scale_(static_cast<float>(p.scale)),
+        query_offset_(p.query_offset),
+        causal_(p.causal),
+        min_relative_(min_relative),
+        v_minus_u_(static_cast<size_t>(p.heads * p.d)),
+        sinusoids_(sinusoids.data(), p.sq + p.sk - 1, d_rel_) {
+    for (int64_t n = 0; n < p.heads * p.d; ++n) v_minus_u_[n] = v.data()[n] - u.data()[n];
+    w_r_.reserve(static_cast<size_t>(p.heads));
+    for (int64_t h = 0; h < p.heads; ++h) {
+      w_r_.emplace_back(w_r.data() + h * d_rel_ * d_, d_rel_, d_);
+    }
+  }
+
+  int64_t ScratchFloats(int64_t rows) const override {
+    return rows * (d_ + RelativeTable::MaxLd(d_rel_) + RelativeTable::MaxLd(rows + sk_ - 1));
+  }
+
+  void BeginQueryBlock(const ScoreTile& block) const override {
+    float* qv = block.scratch;  // [rows x D]: q + v (q holds q + u)
+    float* qr = qv + block.rows * d_;
+    const RelativeTable::Window all = w_r_[block.h].WindowOf(0, d_rel_ - 1);
+    const float* shift = v_minus_u_.data() + block.h * d_;
+    for (int64_t r = 0; r < block.rows; ++r) {
+      const float* q = q_.Row(block.b * heads_ + block.h, block.i0 + r);
+      for (int64_t e = 0; e < d_; ++e) qv[r * d_ + e] = q[e] + shift[e];
+    }
+    w_r_[block.h].Multiply(all, block.rows, qv, d_, qr);
+    sinusoids_.Multiply(WindowOf(block), block.rows, qr, all.ld, Products(block));
+  }
 
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
-    const int64_t bh = tile.b * heads_ + tile.h;
-    const float* u = u_.data() + tile.h * d_;
-    const float* v = v_.data() + tile.h * d_;
-    const float* rel_head = rel_.data() + tile.h * distances_ * d_;
+    const RelativeTable::Window w = WindowOf(tile);
+    const float* products = Products(tile);
     for (int64_t r = 0; r < tile.rows; ++r) {
-      const int64_t i = tile.i0 + r;
-      const float* q_row = q_ + (bh * sq_ + i) * d_;
+      // Row n of the table for column c: k_pos - q_pos - min_relative.
+      const int64_t n0 = tile.j0 - (query_offset_ + tile.i0 + r) - min_relative_;
+      const float* term = products + r * w.ld + (n0 - w.base);
       float* row = scores + r * ld;
-      for (int64_t c = 0; c < tile.cols; ++c) {
-        const int64_t j = tile.j0 + c;
-        const float* k_row = k_ + (bh * sk_ + j) * d_;
-        const float* rel_row = rel_head + (query_offset_ + i - j - min_distance_) * d_;
-        // (a)+(c): u . k_j; (b)+(d): (q_i + v) . rel_h(delta).
-        double extra = 0;
-        for (int64_t e = 0; e < d_; ++e) {
-          extra += static_cast<double>(u[e]) * k_row[e] +
-                   (static_cast<double>(q_row[e]) + v[e]) * rel_row[e];
-        }
-        row[c] = static_cast<float>(scale_ * (row[c] + extra));
-      }
+      for (int64_t c = 0; c < tile.cols; ++c) row[c] = scale_ * (row[c] + term[c]);
     }
   }
 
  private:
-  const float* const q_;  // Owned by the problem, as k_.
-  const float* const k_;
-  const int64_t heads_, sq_, sk_, d_;
-  const double scale_;
+  // The table rows the block's queries meet with its visible keys.
+  RelativeTable::Window WindowOf(const ScoreTile& block) const {
+    const int64_t first_position = query_offset_ + block.i0;
+    const int64_t last_position = first_position + block.rows - 1;
+    const int64_t key_end = causal_ ? std::min(sk_, last_position + 1) : sk_;
+    return sinusoids_.WindowOf(0 - last_position - min_relative_,
+                               key_end - 1 - first_position - min_relative_);
+  }
+
+  float* Products(const ScoreTile& block) const {
+    return block.scratch + block.rows * (d_ + w_r_[block.h].WindowOf(0, d_rel_ - 1).ld);
+  }
+
+  const HeadRows q_;  // Owned by the problem, which outlives the modifier's use.
+  const int64_t heads_, sk_, d_, d_rel_;
+  const float scale_;
   const int64_t query_offset_;
-  const Tensor u_, v_;
-  const std::vector<float> rel_;
-  const int64_t min_distance_, distances_;
+  const bool causal_;
+  const int64_t min_relative_;
+  std::vector<float> v_minus_u_;      // [H, D]
+  std::vector<RelativeTable> w_r_;    // per head: rows c of W_r[h], width D
+  const RelativeTable sinusoids_;     // rows by k_pos - q_pos, width d_rel
 };
 
 class TransformerXl final : public PositionalMethod {
@@ -178,16 +208,41 @@ class TransformerXl final : public PositionalMethod {
       ATTN_RETURN_IF_ERROR(ExpectDim(*t, name, 1, p.d, hd_text));
     }
     ATTN_RETURN_IF_ERROR(CheckWr(w_r, d_rel, p.heads, p.d));
-    // Every distance q_pos(i) - j the call can meet, smallest first.
+    // Fold u into q: the engine's q . k is then (q + u) . k.
+    {
+      const float* bias = u.data();
+      float* q = prepared.problem.q.data();
+      for (int64_t row = 0; row < p.batch * p.heads * p.sq; ++row) {
+        const float* u_h = bias + (row / p.sq % p.heads) * p.d;
+        for (int64_t e = 0; e < p.d; ++e) q[row * p.d + e] += u_h[e];
+      }
+    }
+    // R for every k_pos - q_pos the call can meet, smallest first.
     const int64_t count = p.sq + p.sk - 1;
-    ATTN_RETURN_IF_ERROR(CheckOutputSize({p.heads, count, p.d}, "rel_h (per distance)", options));
-    const int64_t min_distance = p.query_offset - (p.sk - 1);
-    std::vector<double> distances(static_cast<size_t>(count));
-    for (int64_t n = 0; n < count; ++n) distances[n] = static_cast<double>(min_distance + n);
-    std::vector<float> rel(static_cast<size_t>(p.heads * count * p.d));
-    ProjectSinusoids(distances, w_r, base, options, rel.data());
-    prepared.modifier = std::make_unique<TxlModifier>(p, std::move(u), std::move(v),
-                                                      std::move(rel), min_distance);
+    ATTN_RETURN_IF_ERROR(CheckOutputSize({count, d_rel}, "R (per distance)", options));
+    const int64_t min_relative = -(p.query_offset + p.sq - 1);
+    std::vector<float> sinusoids(static_cast<size_t>(count * d_rel));
+    const int64_t half = d_rel / 2;
+    std::vector<double> frequencies(static_cast<size_t>(half));
+    for (int64_t n = 0; n < half; ++n) {
+      frequencies[n] = std::pow(base, -static_cast<double>(2 * n) / static_cast<double>(d_rel));
+    }
+    ParallelFor(count, ThreadsFor(static_cast<double>(count) * d_rel * 32, options), 64,
+                [&](int64_t begin, int64_t end) {
+                  for (int64_t n = begin; n < end; ++n) {
+                    // As TransformerXlSinusoid, with the frequencies once.
+                    const double r = static_cast<double>(-(min_relative + n));
+                    float* row = sinusoids.data() + n * d_rel;
+                    for (int64_t c = 0; c < half; ++c) {
+                      double sine = 0, cosine = 0;
+                      ::sincos(r * frequencies[c], &sine, &cosine);
+                      row[c] = static_cast<float>(sine);
+                      row[half + c] = static_cast<float>(cosine);
+                    }
+                  }
+                });
+    prepared.modifier =
+        std::make_unique<TxlModifier>(p, u, v, w_r, sinusoids, min_relative);
     return prepared;
   }
 

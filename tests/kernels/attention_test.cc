@@ -361,9 +361,10 @@ TEST(AttentionTest, EncodeOfNoneIsInvalid) {
 TEST(AttentionTest, OutputAboveMaxElementsIsResourceExhausted) {
   RandomCase c;
   c.sq = c.sk = 8;
-  // out, projected q/k/v: 16 elements each; Transformer-XL's rel_h [1,15,2]:
-  // 30; probs: 64.
+  // out, projected q/k/v: 16 elements each; Transformer-XL's R table
+  // [Sq+Sk-1=15, d_rel=2]: 30; probs: 64.
   c.d = c.dv = c.d_model = 2;
+  c.d_rel = 2;
   for (MethodKind method : kernels::kAllMethods) {
     kernels::AttendArgs args = Request(method, c);
     kernels::ComputeOptions options;
