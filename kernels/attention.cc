@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -41,6 +42,15 @@ absl::Status CheckInputNames(const TensorMap& inputs, const std::vector<InputSpe
   return absl::OkStatus();
 }
 
+// Whether every value is finite: a branch-free count the compiler
+// vectorises (the scan runs over every input and the output of every call).
+bool AllFinite(const float* data, int64_t n) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad += !(std::fabs(data[i]) <= kMax);
+  return bad == 0;
+}
+
 // NaN or infinity in an input has no defined attention; name the first one.
 // First the shape itself (1.1: every dimension >= 1, data to match): a Tensor
 // built without Tensor::Create is unchecked, and Sk = 0 would leave the
@@ -54,6 +64,7 @@ absl::Status CheckInputValues(const TensorMap& inputs) {
                                                      count, " values, got ", tensor.size()));
     }
     const float* data = tensor.data();
+    if (AllFinite(data, tensor.size())) continue;
     for (int64_t n = 0; n < tensor.size(); ++n) {
       if (!std::isfinite(data[n])) {
         return absl::InvalidArgumentError(
@@ -65,12 +76,10 @@ absl::Status CheckInputValues(const TensorMap& inputs) {
 }
 
 absl::Status CheckFiniteOutput(const Tensor& out) {
-  for (int64_t n = 0; n < out.size(); ++n) {
-    if (!std::isfinite(out.data()[n])) {
-      return absl::InvalidArgumentError(
-          "q, k, scale: the scores overflow float32 (an output is not finite); scale the "
-          "inputs down");
-    }
+  if (!AllFinite(out.data(), out.size())) {
+    return absl::InvalidArgumentError(
+        "q, k, scale: the scores overflow float32 (an output is not finite); scale the "
+        "inputs down");
   }
   return absl::OkStatus();
 }

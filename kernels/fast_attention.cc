@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -61,31 +62,55 @@ void PackValues(const float* v, int64_t ldv, int64_t sk, int64_t dv, float* vp) 
   }
 }
 
-// One thread's buffers, allocated once per call: the packed K and V of the
-// head it last worked on, and the tiles of one query block.
-struct Workspace {
+// Floats of workspace a thread keeps between calls (4 MiB): small requests
+// then allocate nothing (no page faults), large ones free theirs on return.
+constexpr int64_t kKeptWorkspaceFloats = int64_t{1} << 20;
+
+// One thread's buffers for one call: the packed K and V of the head it last
+// worked on, and the tiles of one query block. Carved from one arena, each
+// part starting on a 64-byte line.
+class Workspace {
+ public:
   Workspace(const AttentionProblem& p, const ScoreModifier& modifier)
-      : dv_pad(RoundUpToPanel(p.dv)),
-        kt(static_cast<size_t>(RoundUpToPanel(p.sk) * p.d)),
-        vp(static_cast<size_t>(p.sk * dv_pad)),
-        scores(static_cast<size_t>(kBlockQ * kBlockK)),
-        acc(static_cast<size_t>(kBlockQ * dv_pad)),
-        row_max(static_cast<size_t>(kBlockQ)),
-        row_sum(static_cast<size_t>(kBlockQ)),
-        block_scratch(static_cast<size_t>(modifier.ScratchFloats(kBlockQ))) {}
+      : dv_pad(RoundUpToPanel(p.dv)) {
+    const int64_t sizes[] = {RoundUpToPanel(p.sk) * p.d, p.sk * dv_pad, kBlockQ * kBlockK,
+                             kBlockQ * dv_pad,           kBlockQ,       kBlockQ,
+                             modifier.ScratchFloats(kBlockQ), kBlockQ * p.d};
+    int64_t total = 0;
+    for (int64_t size : sizes) total += RoundUpToPanel(size);
+    thread_local std::vector<float> kept;
+    std::vector<float>& arena = total <= kKeptWorkspaceFloats ? kept : owned_;
+    if (static_cast<int64_t>(arena.size()) < total) arena.resize(static_cast<size_t>(total));
+    float* next = arena.data();
+    float** parts[] = {&kt, &vp, &scores, &acc, &row_max, &row_sum, &block_scratch, &q_scaled};
+    for (size_t n = 0; n < std::size(parts); ++n) {
+      *parts[n] = sizes[n] > 0 ? next : nullptr;
+      next += RoundUpToPanel(sizes[n]);
+    }
+  }
 
   // Packs head bh of k and v unless they are packed already.
   void PackHead(const AttentionProblem& p, int64_t bh) {
-    if (bh == packed_head) return;
+    if (bh == packed_head_) return;
     const HeadRows k = p.k_rows(), v = p.v_rows();
-    PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, kt.data());
-    PackValues(v.Row(bh, 0), v.stride(), p.sk, p.dv, vp.data());
-    packed_head = bh;
+    PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, kt);
+    PackValues(v.Row(bh, 0), v.stride(), p.sk, p.dv, vp);
+    packed_head_ = bh;
   }
 
   const int64_t dv_pad;
-  int64_t packed_head = -1;
-  std::vector<float> kt, vp, scores, acc, row_max, row_sum, block_scratch;
+  float* kt = nullptr;       // [ceil(Sk/16) panels x D x 16]
+  float* vp = nullptr;       // [ceil(Dv/16) panels x Sk x 16]
+  float* scores = nullptr;   // [kBlockQ x kBlockK]
+  float* acc = nullptr;      // [kBlockQ x dv_pad]
+  float* row_max = nullptr;  // [kBlockQ]
+  float* row_sum = nullptr;  // [kBlockQ]
+  float* block_scratch = nullptr;  // the modifier's, or null
+  float* q_scaled = nullptr;       // [kBlockQ x D]: scale * q of the block
+
+ private:
+  std::vector<float> owned_;
+  int64_t packed_head_ = -1;
 };
 
 class FastEngine {
@@ -107,10 +132,19 @@ class FastEngine {
     const int64_t last_position = p_.query_offset + i0 + rows - 1;
     // Key blocks wholly after the block's last query are never visible.
     const int64_t key_end = p_.causal ? std::min(p_.sk, last_position + 1) : p_.sk;
-    std::fill_n(ws.acc.data(), rows * ws.dv_pad, 0.0f);
-    if (!ws.block_scratch.empty()) {
-      modifier_.BeginQueryBlock(
-          {bh / p_.heads, bh % p_.heads, i0, rows, 0, p_.sk, ws.block_scratch.data()});
+    std::fill_n(ws.acc, rows * ws.dv_pad, 0.0f);
+    if (scale_only_) {
+      // The scale goes into the block's queries once (rows x D multiplies)
+      // instead of into every score (rows x Sk).
+      const HeadRows q = p_.q_rows();
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* src = q.Row(bh, i0 + r);
+        float* dst = ws.q_scaled + r * p_.d;
+        for (int64_t e = 0; e < p_.d; ++e) dst[e] = src[e] * scale_;
+      }
+    }
+    if (ws.block_scratch != nullptr) {
+      modifier_.BeginQueryBlock({bh / p_.heads, bh % p_.heads, i0, rows, 0, p_.sk, ws.block_scratch});
     }
     if (probs_ == nullptr) {
       OnlineSoftmax(ws, bh, i0, rows, key_end);
@@ -130,7 +164,7 @@ class FastEngine {
                 int64_t n) const {
     return {bh / p_.heads, bh % p_.heads, i0,
             rows,          j0,            n,
-            ws.block_scratch.empty() ? nullptr : ws.block_scratch.data()};
+            ws.block_scratch};
   }
 
   // Raw dot products of query rows [i0, i0 + rows) with keys [j0, j0 + n)
@@ -138,8 +172,10 @@ class FastEngine {
   void ComputeScores(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t n,
                  float* s, int64_t ld) const {
     const HeadRows q = p_.q_rows();
-    simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, q.Row(bh, i0), q.stride(),
-                      ws.kt.data() + j0 * p_.d, p_.d * kPanel, s, ld);
+    const float* a = scale_only_ ? ws.q_scaled : q.Row(bh, i0);
+    const int64_t lda = scale_only_ ? p_.d : q.stride();
+    simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, a, lda, ws.kt + j0 * p_.d, p_.d * kPanel, s,
+                      ld);
     if (!scale_only_) {
       modifier_.ModifyScores(Tile(ws, bh, i0, rows, j0, n), s, ld);
     }
@@ -149,20 +185,20 @@ class FastEngine {
   void AccumulateValues(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0,
                         int64_t n, const float* weights, int64_t ld) const {
     if (value_term_) {
-      modifier_.AccumulateValueTerm(Tile(ws, bh, i0, rows, j0, n), weights, ld, ws.acc.data(),
+      modifier_.AccumulateValueTerm(Tile(ws, bh, i0, rows, j0, n), weights, ld, ws.acc,
                                     ws.dv_pad);
     }
-    simd::Gemm<true>(rows, ws.dv_pad, n, weights, ld, ws.vp.data() + j0 * kPanel,
-                     p_.sk * kPanel, ws.acc.data(), ws.dv_pad);
+    simd::Gemm<true>(rows, ws.dv_pad, n, weights, ld, ws.vp + j0 * kPanel,
+                     p_.sk * kPanel, ws.acc, ws.dv_pad);
   }
 
   // Streams over key blocks keeping a running max m and sum l per row; acc
   // holds sum_j exp(s_j - m) v_j and is rescaled by exp(m_old - m_new).
   void OnlineSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows,
                      int64_t key_end) const {
-    float* s = ws.scores.data();
-    float* m = ws.row_max.data();
-    float* l = ws.row_sum.data();
+    float* s = ws.scores;
+    float* m = ws.row_max;
+    float* l = ws.row_sum;
     std::fill_n(m, rows, kMinusInf);
     std::fill_n(l, rows, 0.0f);
     for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) {
@@ -173,15 +209,14 @@ class FastEngine {
         const int64_t visible = VisibleInTile(i0 + r, j0, n);
         std::fill(row + visible, row + n, 0.0f);
         if (visible == 0) continue;
-        const float tile_max =
-            scale_only_ ? simd::ScaleAndMax(row, visible, scale_) : simd::Max(row, visible);
+        const float tile_max = simd::Max(row, visible);
         const float new_max = std::max(m[r], tile_max);
         const float sum = simd::ExpAndSum(row, visible, new_max);
         if (new_max != m[r]) {
           // The first visible tile starts from m = -inf: alpha = 0, acc = 0.
           const float alpha = std::exp(m[r] - new_max);
           l[r] *= alpha;
-          simd::Scale(ws.acc.data() + r * ws.dv_pad, ws.dv_pad, alpha);
+          simd::Scale(ws.acc + r * ws.dv_pad, ws.dv_pad, alpha);
           m[r] = new_max;
         }
         l[r] += sum;
@@ -189,7 +224,7 @@ class FastEngine {
       AccumulateValues(ws, bh, i0, rows, j0, n, s, kBlockK);
     }
     for (int64_t r = 0; r < rows; ++r) {
-      const float* acc = ws.acc.data() + r * ws.dv_pad;
+      const float* acc = ws.acc + r * ws.dv_pad;
       float* out = out_ + (bh * p_.sq + i0 + r) * p_.dv;
       // Key 0 is always visible and contributes exp(0) = 1, so l >= 1 unless
       // the scores overflowed (then out is not finite and Attend says so).
@@ -210,17 +245,16 @@ class FastEngine {
       if (RoundUpToPanel(n) <= p_.sk - j0) {
         ComputeScores(ws, bh, i0, rows, j0, n, p + j0, p_.sk);
       } else {
-        ComputeScores(ws, bh, i0, rows, j0, n, ws.scores.data(), kBlockK);
+        ComputeScores(ws, bh, i0, rows, j0, n, ws.scores, kBlockK);
         for (int64_t r = 0; r < rows; ++r) {
-          std::copy_n(ws.scores.data() + r * kBlockK, n, p + r * p_.sk + j0);
+          std::copy_n(ws.scores + r * kBlockK, n, p + r * p_.sk + j0);
         }
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
       float* row = p + r * p_.sk;
       const int64_t visible = VisibleInTile(i0 + r, 0, p_.sk);
-      const float max =
-          scale_only_ ? simd::ScaleAndMax(row, visible, scale_) : simd::Max(row, visible);
+      const float max = simd::Max(row, visible);
       const float sum = simd::ExpAndSum(row, visible, max);
       simd::Scale(row, visible, 1.0f / sum);
       std::fill(row + visible, row + p_.sk, 0.0f);
@@ -230,7 +264,7 @@ class FastEngine {
       AccumulateValues(ws, bh, i0, rows, j0, n, p + j0, p_.sk);
     }
     for (int64_t r = 0; r < rows; ++r) {
-      std::copy_n(ws.acc.data() + r * ws.dv_pad, p_.dv, out_ + (bh * p_.sq + i0 + r) * p_.dv);
+      std::copy_n(ws.acc + r * ws.dv_pad, p_.dv, out_ + (bh * p_.sq + i0 + r) * p_.dv);
     }
   }
 

@@ -133,24 +133,6 @@ inline __m256i FirstLanes(int64_t count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
 }
 
-// Scales x[0..n) by `scale` in place and returns the maximum (n >= 1).
-inline float ScaleAndMax(float* x, int64_t n, float scale) {
-  const __m256 s = _mm256_set1_ps(scale);
-  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8) {
-    const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + c), s);
-    _mm256_storeu_ps(x + c, v);
-    m = _mm256_max_ps(m, v);
-  }
-  float result = HorizontalMax(m);
-  for (; c < n; ++c) {
-    x[c] *= scale;
-    result = std::max(result, x[c]);
-  }
-  return result;
-}
-
 // The maximum of x[0..n) (n >= 1).
 inline float Max(const float* x, int64_t n) {
   __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());

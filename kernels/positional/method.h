@@ -75,8 +75,8 @@ class ScoreModifier {
   virtual ~ScoreModifier() = default;
 
   // True when score(i, j) = problem.scale * (q_i . k_j) exactly: the engine
-  // may then apply the scale itself (fused into its softmax pass) and never
-  // call ModifyScores.
+  // may then apply the scale itself (the fast one scales the queries) and
+  // never call ModifyScores.
   virtual bool scale_only() const { return false; }
 
   // Per-query-block work, e.g. the products of a block's queries with a
