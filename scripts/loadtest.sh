@@ -25,7 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$attnd" --address=127.0.0.1:0 --port_file="$work/port" 2>"$work/attnd.log" &
+"$attnd" --address=127.0.0.1:0 --port_file="$work/port" --metrics_address=127.0.0.1:0 2>"$work/attnd.log" &
 attnd_pid=$!
 for _ in $(seq 200); do
   [ -s "$work/port" ] && break
