@@ -12,10 +12,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -242,6 +244,48 @@ TEST_F(TensorStoreTest, EveryTruncationOfAValidFileIsRefusedWithTheFileName) {
     EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument) << "size " << size;
     EXPECT_THAT(tensors.status().message(), HasSubstr(path)) << "size " << size;
   }
+}
+
+TEST_F(TensorStoreTest, DeeplyNestedHeaderIsRefusedWithoutExhaustingTheStack) {
+  const int depth = 200000;
+  const std::string path =
+      Write("deep.safetensors", std::string(depth, '[') + std::string(depth, ']'), "");
+  absl::StatusOr<std::vector<StoredTensor>> tensors = ReadSafetensorsFile(path);
+  EXPECT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tensors.status().message(), HasSubstr("header: expected a JSON object, got array"));
+}
+
+TEST_F(TensorStoreTest, RandomByteChangesAreLoadedOrRefusedNeverACrash) {
+  const std::string header =
+      R"({"__metadata__":{"k":"v"},"a":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]},)"
+      R"("b":{"dtype":"F32","shape":[3],"data_offsets":[8,20]}})";
+  const std::string bytes = LittleEndian64(header.size()) + header + std::string(20, '\x3c');
+  constexpr uint32_t kSeed = 1234;
+  std::printf("seed %u\n", kSeed);
+  std::mt19937 rng(kSeed);
+  int refused = 0;
+  for (int trial = 0; trial < 500; ++trial) {
+    std::string changed = bytes;
+    const int changes = 1 + static_cast<int>(rng() % 3);
+    for (int c = 0; c < changes; ++c) {
+      changed[rng() % changed.size()] = static_cast<char>(rng() % 256);
+    }
+    absl::StatusOr<std::vector<StoredTensor>> tensors =
+        ReadSafetensorsFile(WriteRaw("fuzz.safetensors", changed));
+    if (!tensors.ok()) {
+      ++refused;
+      ASSERT_EQ(tensors.status().code(), absl::StatusCode::kInvalidArgument)
+          << "trial " << trial << ": " << tensors.status();
+      continue;
+    }
+    for (const StoredTensor& t : *tensors) {
+      int64_t count = 1;
+      for (int64_t d : t.tensor.shape()) count *= d;
+      ASSERT_EQ(count, t.tensor.size()) << "trial " << trial << ": " << t.ref;
+    }
+  }
+  // Most single-byte changes hit the header, where nearly every change breaks a rule.
+  EXPECT_GT(refused, 250);
 }
 
 TEST_F(TensorStoreTest, LoadPrefixesErrorsWithTheFlag) {
