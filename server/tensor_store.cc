@@ -378,6 +378,10 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Load(const std::string
   namespace fs = std::filesystem;
   std::error_code error;
   const fs::file_status status = fs::status(dir, error);
+  if (error && error != std::errc::no_such_file_or_directory) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--tensor_dir: cannot access '", dir, "': ", error.message()));
+  }
   if (!fs::exists(status)) {
     return absl::NotFoundError(absl::StrCat("--tensor_dir: '", dir, "' does not exist"));
   }

@@ -211,6 +211,11 @@ TEST_F(TensorStoreTest, MissingOrNonDirectoryTensorDirIsAnError) {
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(store.status().message(),
             absl::StrCat("--tensor_dir: '", file, "' is not a directory"));
+
+  store = TensorStore::Load(file + "/below", 1000);  // a path through a file
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store.status().message(),
+            absl::StrCat("--tensor_dir: cannot access '", file, "/below': Not a directory"));
 }
 
 TEST_F(TensorStoreTest, TensorAboveMaxElementsStopsLoading) {
