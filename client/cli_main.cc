@@ -16,6 +16,9 @@
 // Exit codes: 0 success; 1 an RPC failed (or health is not SERVING); 2 a usage
 // error (unknown flag or subcommand, unreadable file, malformed JSON). Errors
 // go to stderr as "attn: <CODE>: <message>".
+#include <signal.h>
+
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -353,6 +356,11 @@ int RunAttendStream(Client& client, const Args& args) {
   return kExitOk;
 }
 
+// Set by SIGINT during `attn bench`: the run stops and reports what it has.
+std::atomic<bool> bench_interrupted{false};
+
+extern "C" void OnBenchInterrupt(int /*signal*/) { bench_interrupted.store(true); }
+
 // `attn bench`: its own flags (ghz's), so argv goes to the load tool as is.
 int RunBench(const std::vector<std::string>& args) {
   for (const std::string& arg : args) {
@@ -363,7 +371,14 @@ int RunBench(const std::vector<std::string>& args) {
   }
   absl::StatusOr<LoadOptions> options = ParseLoadOptions(args);
   if (!options.ok()) return UsageError(options.status().message(), "attn bench --help");
-  absl::StatusOr<LoadReport> report = RunLoad(*options);
+  // The first Ctrl-C ends the run with a report (as ghz); SA_RESETHAND makes
+  // a second one kill the process.
+  struct sigaction action = {};
+  action.sa_handler = OnBenchInterrupt;
+  action.sa_flags = SA_RESETHAND;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  absl::StatusOr<LoadReport> report = RunLoad(*options, &bench_interrupted);
   if (!report.ok()) {
     // A call or data the tool cannot send is the user's to fix; no
     // connection is the server's state.

@@ -79,6 +79,8 @@ Not supported (exit 2 if given): TLS (--cacert --cert --key --cname
 "ignore"), --keepalive, -e, --debug, -O csv/html/influx/prometheus,
 and ghz's template variables in the data.
 
+Ctrl-C ends the run and prints its report so far (endReason "cancel").
+
 exit codes: 0 the run finished (failed calls are in the report), 1 no
 connection, 2 usage error
 )";
@@ -580,54 +582,92 @@ class LoadRun {
         by_total_(options.duration == absl::ZeroDuration()) {
     const int64_t workers =
         by_total_ ? std::min<int64_t>(options.concurrency, options.total) : options.concurrency;
-    workers_.resize(static_cast<size_t>(workers));
-    for (size_t i = 0; i < workers_.size(); ++i) {
-      workers_[i].stub = stubs_[i % stubs_.size()].get();
-      if (by_total_) workers_[i].records.reserve(options.total / workers + 1);
+    for (int64_t i = 0; i < workers; ++i) {
+      auto worker = std::make_unique<Worker>();
+      worker->stub = stubs_[static_cast<size_t>(i) % stubs_.size()].get();
+      if (by_total_) worker->records.reserve(options.total / workers + 1);
+      workers_.push_back(std::move(worker));
     }
   }
 
   // Runs every worker to the end; the records in start order, the run's
   // wall time and why it ended.
-  void Run(std::vector<CallRecord>& records, int64_t& total_ns, std::string& end_reason) {
+  void Run(const std::atomic<bool>* cancel, std::vector<CallRecord>& records, int64_t& total_ns,
+           std::string& end_reason) {
     const absl::Duration stop =
         options_.duration > absl::ZeroDuration() ? options_.duration : options_.max_duration;
     start_ns_ = NowNs();
     stop_ns_ = stop > absl::ZeroDuration() ? start_ns_ + absl::ToInt64Nanoseconds(stop) : 0;
     active_.store(static_cast<int>(workers_.size()));
-    for (Worker& worker : workers_) StartNext(worker);
+    for (const auto& worker : workers_) StartNext(*worker);
     {
       std::unique_lock<std::mutex> lock(mu_);
-      done_cv_.wait(lock, [this] { return done_; });
+      // Polled: `cancel` is set from a signal handler, which cannot notify.
+      while (!done_cv_.wait_for(lock, std::chrono::milliseconds(20), [this] { return done_; })) {
+        if (cancel != nullptr && cancel->load() && !cancelled_.load()) {
+          lock.unlock();
+          CancelAll();
+          lock.lock();
+        }
+      }
     }
     const int64_t end_ns = NowNs();
     const bool timed_out = timed_out_.load();
     // A run cut by its duration lasted exactly that long; the calls the cut
-    // ended were left out.
-    total_ns = (timed_out ? stop_ns_ : end_ns) - start_ns_;
-    end_reason = timed_out ? "timeout" : "normal";
+    // ended were left out. So did a cancelled run, until the cancellation.
+    if (cancelled_.load()) {
+      total_ns = cancel_ns_ - start_ns_;
+      end_reason = "cancel";
+    } else {
+      total_ns = (timed_out ? stop_ns_ : end_ns) - start_ns_;
+      end_reason = timed_out ? "timeout" : "normal";
+    }
     size_t count = 0;
-    for (const Worker& worker : workers_) count += worker.records.size();
+    for (const auto& worker : workers_) count += worker->records.size();
     records.reserve(count);
-    for (Worker& worker : workers_) {
-      std::move(worker.records.begin(), worker.records.end(), std::back_inserter(records));
+    for (const auto& worker : workers_) {
+      std::move(worker->records.begin(), worker->records.end(), std::back_inserter(records));
     }
     std::sort(records.begin(), records.end(),
               [](const CallRecord& a, const CallRecord& b) { return a.start_ns < b.start_ns; });
   }
 
  private:
+  // One worker's state. Only its own call chain touches it, one step at a
+  // time, except that CancelAll reaches `context` and `alarm` under `mu`.
   struct Worker {
     grpc::GenericStub* stub = nullptr;
-    std::unique_ptr<grpc::ClientContext> context;
+    std::mutex mu;
+    std::unique_ptr<grpc::ClientContext> context;  // guarded by mu
+    grpc::Alarm alarm;                             // Set and Cancel under mu
+    bool alarm_pending = false;                    // guarded by mu
     grpc::ByteBuffer response;
     int64_t call_start_ns = 0;
     bool deadline_is_stop = false;  // the call's deadline is the end of the run
-    grpc::Alarm alarm;
     std::vector<CallRecord> records;
   };
 
-  bool Stopped(int64_t now_ns) const { return stop_ns_ != 0 && now_ns >= stop_ns_; }
+  bool Stopped(int64_t now_ns) const {
+    return cancelled_.load(std::memory_order_relaxed) || (stop_ns_ != 0 && now_ns >= stop_ns_);
+  }
+
+  // Ends the run now: no call starts any more, the calls in flight are
+  // cancelled and left out of the report, as are waits for --rps.
+  void CancelAll() {
+    cancel_ns_ = NowNs();
+    cancelled_.store(true);
+    for (const auto& worker : workers_) {
+      std::lock_guard<std::mutex> lock(worker->mu);
+      if (worker->context != nullptr) worker->context->TryCancel();
+      if (worker->alarm_pending) worker->alarm.Cancel();
+    }
+  }
+
+  // A worker found the run over; a duration, unless it was cancelled.
+  void EndedByStop() {
+    if (!cancelled_.load()) timed_out_.store(true);
+    WorkerDone();
+  }
 
   // Takes the next call number and starts it now, or when --rps allows.
   void StartNext(Worker& worker) {
@@ -638,8 +678,7 @@ class LoadRun {
       return;
     }
     if (Stopped(now_ns)) {
-      timed_out_.store(true);
-      WorkerDone();
+      EndedByStop();
       return;
     }
     if (options_.rps > 0) {
@@ -648,12 +687,21 @@ class LoadRun {
           start_ns_ + static_cast<int64_t>(static_cast<double>(call) * 1e9 / options_.rps);
       if (due_ns > now_ns) {
         const int64_t wake_ns = stop_ns_ != 0 ? std::min(due_ns, stop_ns_) : due_ns;
+        std::lock_guard<std::mutex> lock(worker.mu);
+        if (cancelled_.load()) {
+          EndedByStop();
+          return;
+        }
+        worker.alarm_pending = true;
         worker.alarm.Set(
             std::chrono::system_clock::now() + std::chrono::nanoseconds(wake_ns - now_ns),
             [this, &worker, call](bool fired) {
+              {
+                std::lock_guard<std::mutex> alarm_lock(worker.mu);
+                worker.alarm_pending = false;
+              }
               if (!fired || Stopped(NowNs())) {
-                timed_out_.store(true);
-                WorkerDone();
+                EndedByStop();
               } else {
                 Issue(worker, call);
               }
@@ -665,22 +713,34 @@ class LoadRun {
   }
 
   void Issue(Worker& worker, int64_t call) {
-    worker.context = std::make_unique<grpc::ClientContext>();
     const int64_t now_ns = NowNs();
     int64_t budget_ns = options_.timeout > absl::ZeroDuration()
                             ? absl::ToInt64Nanoseconds(options_.timeout)
                             : std::numeric_limits<int64_t>::max();
     worker.deadline_is_stop = stop_ns_ != 0 && stop_ns_ - now_ns <= budget_ns;
     if (worker.deadline_is_stop) budget_ns = stop_ns_ - now_ns;
+    grpc::ClientContext* context;
+    {
+      std::lock_guard<std::mutex> lock(worker.mu);
+      // Checked under the lock CancelAll takes: a context made after it has
+      // cancelled the worker's last one would run on.
+      if (cancelled_.load()) {
+        EndedByStop();
+        return;
+      }
+      worker.context = std::make_unique<grpc::ClientContext>();
+      context = worker.context.get();
+    }
+    // Not under the lock: gRPC may run the completion (and with it this
+    // worker's next Issue) inline. A TryCancel that comes before the call
+    // starts still cancels it.
     if (budget_ns != std::numeric_limits<int64_t>::max()) {
-      worker.context->set_deadline(std::chrono::system_clock::now() +
-                                   std::chrono::nanoseconds(budget_ns));
+      context->set_deadline(std::chrono::system_clock::now() + std::chrono::nanoseconds(budget_ns));
     }
     worker.response.Clear();
     const grpc::ByteBuffer& request = requests_[static_cast<size_t>(call) % requests_.size()];
     worker.call_start_ns = NowNs();
-    worker.stub->UnaryCall(worker.context.get(), method_path_, grpc::StubOptions(), &request,
-                           &worker.response,
+    worker.stub->UnaryCall(context, method_path_, grpc::StubOptions(), &request, &worker.response,
                            [this, &worker](const grpc::Status& status) { Done(worker, status); });
   }
 
@@ -688,9 +748,10 @@ class LoadRun {
     const int64_t end_ns = NowNs();
     const bool cut =
         worker.deadline_is_stop && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    const bool cancelled = status.error_code() == grpc::StatusCode::CANCELLED && cancelled_.load();
     if (cut) {
       timed_out_.store(true);
-    } else {
+    } else if (!cancelled) {
       CallRecord record;
       record.start_ns = worker.call_start_ns - start_ns_;
       record.latency_ns = end_ns - worker.call_start_ns;
@@ -718,12 +779,14 @@ class LoadRun {
   const std::vector<grpc::ByteBuffer> requests_;
   const std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
   const bool by_total_;
-  std::vector<Worker> workers_;  // sized once; workers are referenced by address
+  std::vector<std::unique_ptr<Worker>> workers_;
   int64_t start_ns_ = 0;
-  int64_t stop_ns_ = 0;  // 0 = no duration bound
+  int64_t stop_ns_ = 0;    // 0 = no duration bound
+  int64_t cancel_ns_ = 0;  // written before cancelled_ is set
   std::atomic<int64_t> issued_{0};
   std::atomic<int> active_{0};
   std::atomic<bool> timed_out_{false};  // a duration ended the run
+  std::atomic<bool> cancelled_{false};  // CancelAll ended the run
   std::mutex mu_;
   std::condition_variable done_cv_;
   bool done_ = false;  // guarded by mu_
@@ -916,7 +979,7 @@ LoadReport BuildReport(const LoadOptions& options, std::vector<CallRecord> recor
   return report;
 }
 
-absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
+absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options, const std::atomic<bool>* cancel) {
   absl::StatusOr<const google::protobuf::MethodDescriptor*> method = FindMethod(options.call);
   if (!method.ok()) return method.status();
   absl::StatusOr<std::vector<grpc::ByteBuffer>> requests =
@@ -953,7 +1016,7 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
   std::vector<CallRecord> records;
   int64_t total_ns = 0;
   std::string end_reason;
-  run.Run(records, total_ns, end_reason);
+  run.Run(cancel, records, total_ns, end_reason);
   return BuildReport(options, std::move(records), total_ns, std::move(end_reason), absl::Now());
 }
 

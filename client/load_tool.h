@@ -25,6 +25,7 @@
 #ifndef ATTNSERVE_CLIENT_LOAD_TOOL_H_
 #define ATTNSERVE_CLIENT_LOAD_TOOL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -93,7 +94,7 @@ struct HistogramBucket {
 // A finished run, with ghz's Report fields.
 struct LoadReport {
   LoadOptions options;
-  std::string end_reason;  // "normal" (total reached) or "timeout" (a duration ended)
+  std::string end_reason;  // "normal" (total reached), "timeout" (a duration ended), "cancel"
   absl::Time date;         // when the run finished
   int64_t count = 0;
   int64_t total_ns = 0;    // wall time of the run
@@ -113,7 +114,13 @@ struct LoadReport {
 // valid request of the method (the message names the element and field);
 // UNAVAILABLE if no connection is up within connect_timeout. Failed calls
 // are not an error of the run: they are counted in the report.
-absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options);
+//
+// Once `*cancel` (if given; e.g. set by a SIGINT handler) is true, the run
+// ends within about 20 ms: no call starts, the calls in flight are cancelled
+// and left out, and the report covers the run until then (endReason
+// "cancel"), as ghz does on Ctrl-C.
+absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options,
+                                   const std::atomic<bool>* cancel = nullptr);
 
 // Builds the report's statistics from the calls of a run that took
 // `total_ns` (pure; RunLoad's last step, exposed for tests).

@@ -9,6 +9,7 @@ ATTN_SOURCE_DIR."""
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,22 @@ class BenchTest(unittest.TestCase):
         self.assertGreater(report["count"], 0)
         # The process also connects and prints; the run itself is 1 s.
         self.assertLess(elapsed, 3.0)
+        self.assert_consistent(report)
+
+    def test_sigint_ends_the_run_with_a_cancel_report(self):
+        process = subprocess.Popen(
+            [ATTN, "bench", "--call", ATTEND, "-d", json.dumps(GOOD), "-z", "60s", "-c", "4",
+             "-O", "json", self.server.address],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SOURCE_DIR)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=10)
+        self.assertEqual(process.returncode, 0, stderr)
+        report = json.loads(stdout)
+        self.assertEqual(report["endReason"], "cancel")
+        self.assertGreater(report["count"], 0)
+        self.assertLess(report["total"], 10_000_000_000)
+        self.assertNotIn("Canceled", report["statusCodeDistribution"])
         self.assert_consistent(report)
 
     def test_rps_paces_call_starts(self):
