@@ -101,14 +101,22 @@ void RotateRows(const RopeConfig& config, Tensor& x, int64_t outer, int64_t coun
   const int64_t half = config.rotary_dim / 2;
   std::vector<float> cosines(static_cast<size_t>(count * half));
   std::vector<float> sines(static_cast<size_t>(count * half));
+  // theta_n once (RopeAngles at position 1 gives them, scaling included);
+  // phi_n = position' * theta_n as RopeAngles forms it.
+  std::vector<double> thetas(static_cast<size_t>(half));
+  RopeConfig unscaled = config;
+  unscaled.scaling = config.scaling == RopeScaling::kLinear ? RopeScaling::kNone : config.scaling;
+  RopeAngles(unscaled, 1.0, thetas.data());
   ParallelFor(count, ThreadsFor(static_cast<double>(count * half) * 64, options), 64,
               [&](int64_t begin, int64_t end) {
-                std::vector<double> angles(static_cast<size_t>(half));
                 for (int64_t s = begin; s < end; ++s) {
-                  RopeAngles(config, first_position + static_cast<double>(s), angles.data());
+                  double position = first_position + static_cast<double>(s);
+                  if (config.scaling == RopeScaling::kLinear) position /= config.scaling_factor;
                   for (int64_t n = 0; n < half; ++n) {
-                    cosines[s * half + n] = static_cast<float>(std::cos(angles[n]));
-                    sines[s * half + n] = static_cast<float>(std::sin(angles[n]));
+                    double sine = 0, cosine = 0;
+                    ::sincos(position * thetas[n], &sine, &cosine);
+                    cosines[s * half + n] = static_cast<float>(cosine);
+                    sines[s * half + n] = static_cast<float>(sine);
                   }
                 }
               });
