@@ -46,22 +46,6 @@ void PackKeys(const float* k, int64_t ldk, int64_t sk, int64_t d, float* kt) {
   }
 }
 
-// vp: ceil(dv / 16) panels of [sk x 16]: vp[t][j][c] = v[j][16t + c] (0 past
-// dv); row j of v at v + j * ldv.
-void PackValues(const float* v, int64_t ldv, int64_t sk, int64_t dv, float* vp) {
-  const int64_t panels = RoundUpToPanel(dv) / kPanel;
-  for (int64_t t = 0; t < panels; ++t) {
-    float* panel = vp + t * sk * kPanel;
-    const int64_t cols = std::min<int64_t>(kPanel, dv - t * kPanel);
-    for (int64_t j = 0; j < sk; ++j) {
-      const float* row = v + j * ldv + t * kPanel;
-      float* dst = panel + j * kPanel;
-      std::copy_n(row, cols, dst);
-      std::fill(dst + cols, dst + kPanel, 0.0f);
-    }
-  }
-}
-
 // Floats of workspace a thread keeps between calls (4 MiB): small requests
 // then allocate nothing (no page faults), large ones free theirs on return.
 constexpr int64_t kKeptWorkspaceFloats = int64_t{1} << 20;
@@ -94,7 +78,7 @@ class Workspace {
     if (bh == packed_head_) return;
     const HeadRows k = p.k_rows(), v = p.v_rows();
     PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, kt);
-    PackValues(v.Row(bh, 0), v.stride(), p.sk, p.dv, vp);
+    simd::PackColumnPanels(v.Row(bh, 0), v.stride(), p.sk, p.dv, vp);
     packed_head_ = bh;
   }
 

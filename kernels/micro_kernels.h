@@ -89,6 +89,23 @@ inline void Gemm(int64_t m, int64_t n_pad, int64_t k, const float* a, int64_t ld
   }
 }
 
+// A [rows x cols] matrix (row r at src + r * ld) as the right-hand side of
+// Gemm: ceil(cols / 16) panels of [rows x 16], panel t at dst + t * rows * 16
+// (columns past cols zero).
+inline void PackColumnPanels(const float* src, int64_t ld, int64_t rows, int64_t cols,
+                             float* dst) {
+  for (int64_t t = 0; t < RoundUpToPanel(cols) / kPanel; ++t) {
+    float* panel = dst + t * rows * kPanel;
+    const int64_t width = std::min<int64_t>(kPanel, cols - t * kPanel);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = src + r * ld + t * kPanel;
+      float* out = panel + r * kPanel;
+      std::copy_n(row, width, out);
+      std::fill(out + width, out + kPanel, 0.0f);
+    }
+  }
+}
+
 // exp(x) for 8 lanes, Cephes' expf polynomial (about 1 ulp). Lanes below
 // -87 (including -inf and NaN) give exactly 0: masked scores contribute
 // nothing.
@@ -161,6 +178,23 @@ inline float ExpAndSum(float* x, int64_t n, float shift) {
     sum = _mm256_add_ps(sum, e);
   }
   return HorizontalSum(sum);
+}
+
+// sum of x[0..n) accumulated in double (8 lanes, so no long dependency
+// chain): for masses where a float running sum would lose digits.
+inline double SumInDouble(const float* x, int64_t n) {
+  __m256d low = _mm256_setzero_pd(), high = _mm256_setzero_pd();
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = _mm256_loadu_ps(x + c);
+    low = _mm256_add_pd(low, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    high = _mm256_add_pd(high, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(low, high));
+  double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  for (; c < n; ++c) sum += x[c];
+  return sum;
 }
 
 // x[c] *= factor for c < n.

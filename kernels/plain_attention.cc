@@ -31,7 +31,9 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
     std::vector<float> scores(static_cast<size_t>(p.sk));
     std::vector<float> weights(static_cast<size_t>(p.sk));
     std::vector<double> acc(static_cast<size_t>(p.dv));
-    std::vector<float> term(value_term ? static_cast<size_t>(p.dv) : 0);
+    // Rounded up to 16: AccumulateValueTerm may write whole 16-float panels.
+    const int64_t term_width = (p.dv + 15) / 16 * 16;
+    std::vector<float> term(value_term ? static_cast<size_t>(term_width) : 0);
     std::vector<float> scratch(static_cast<size_t>(modifier.ScratchFloats(1)));
     for (int64_t row = begin; row < end; ++row) {
       if (options.cancelled != nullptr && options.cancelled->load(std::memory_order_relaxed)) {
@@ -71,7 +73,7 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
       }
       if (value_term) {
         std::fill(term.begin(), term.end(), 0.0f);
-        modifier.AccumulateValueTerm(tile, weights.data(), p.sk, term.data(), p.dv);
+        modifier.AccumulateValueTerm(tile, weights.data(), p.sk, term.data(), term_width);
         for (int64_t e = 0; e < p.dv; ++e) acc[e] += term[e];
       }
       float* out_row = out + row * p.dv;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -72,15 +73,30 @@ class DaModifier final : public ScoreModifier {
         count_(std::max(p.query_offset + p.sq - 1, p.sk - 1 - p.query_offset) - min_distance_ +
                1),
         table_(static_cast<size_t>(p.heads * count_)) {
+    bool fits_float = true;
     for (int64_t h = 0; h < p.heads; ++h) {
       for (int64_t n = 0; n < count_; ++n) {
-        table_[h * count_ + n] =
-            DaCoefficient(w[h], v[h], static_cast<double>(min_distance_ + n));
+        const double rhat = DaCoefficient(w[h], v[h], static_cast<double>(min_distance_ + n));
+        table_[h * count_ + n] = rhat;
+        fits_float = fits_float && std::fabs(rhat * scale_) <= std::numeric_limits<float>::max();
+      }
+    }
+    if (!fits_float) return;
+    // The usual case: scale * Rhat in float, once in distance order and once
+    // reversed, so both runs of a tile row read ascending (vectorised).
+    scaled_.resize(table_.size());
+    reversed_.resize(table_.size());
+    for (int64_t h = 0; h < p.heads; ++h) {
+      for (int64_t n = 0; n < count_; ++n) {
+        const float value = static_cast<float>(table_[h * count_ + n] * scale_);
+        scaled_[h * count_ + n] = value;
+        reversed_[h * count_ + (count_ - 1 - n)] = value;
       }
     }
   }
 
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
+    if (!scaled_.empty()) return ModifyInFloat(tile, scores, ld);
     const double* rhat = table_.data() + tile.h * count_;
     const double scale = scale_;
     for (int64_t r = 0; r < tile.rows; ++r) {
@@ -104,9 +120,35 @@ class DaModifier final : public ScoreModifier {
   }
 
  private:
+  void ModifyInFloat(const ScoreTile& tile, float* scores, int64_t ld) const {
+    const float* forward = scaled_.data() + tile.h * count_;
+    const float* backward = reversed_.data() + tile.h * count_;
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const int64_t delta = query_offset_ + tile.i0 + r - tile.j0;  // q_pos - j0
+      float* row = scores + r * ld;
+      const int64_t split = std::clamp<int64_t>(delta + 1, 0, tile.cols);
+      if (split > 0) {
+        // distance delta - c at reversed index count - 1 - (delta - c - min).
+        const float* run = backward + (count_ - 1 - delta + min_distance_);
+        // max(x, 0) * Rhat is exactly 0 for x <= 0 (Rhat is finite here),
+        // and branch-free.
+        for (int64_t c = 0; c < split; ++c) row[c] = std::max(row[c], 0.0f) * run[c];
+      }
+      if (split < tile.cols) {
+        const float* run = forward + (split - delta - min_distance_);  // distance c - delta
+        for (int64_t c = split; c < tile.cols; ++c) {
+          row[c] = std::max(row[c], 0.0f) * run[c - split];
+        }
+      }
+    }
+  }
+
   const double scale_;
   const int64_t query_offset_, min_distance_, count_;
   std::vector<double> table_;  // [H, count]: Rhat_h(min_distance + n)
+  // [H, count]: float(scale * Rhat), in distance order and reversed; empty
+  // when some value passes float's range (then the double path runs).
+  std::vector<float> scaled_, reversed_;
 };
 
 class DaTransformer final : public PositionalMethod {

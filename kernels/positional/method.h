@@ -96,7 +96,8 @@ class ScoreModifier {
 
   // Methods with a term on the values (Shaw's rel_v) return true and add
   // sum_c weights[r * ldw + c] * term(i0 + r, j0 + c)[e] to acc[r * lda + e]
-  // for e < Dv. weights are zero on masked entries.
+  // for e < Dv. weights are zero on masked entries. acc rows hold Dv rounded
+  // up to 16 floats (lda >= that); the part past Dv may be written.
   virtual bool HasValueTerm() const { return false; }
   virtual void AccumulateValueTerm(const ScoreTile& /*tile*/, const float* /*weights*/,
                                    int64_t /*ldw*/, float* /*acc*/, int64_t /*lda*/) const {}

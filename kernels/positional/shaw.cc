@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/micro_kernels.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
 #include "kernels/positional/tables.h"
@@ -61,10 +62,14 @@ class ShawModifier final : public ScoreModifier {
         causal_(p.causal),
         k_(max_relative_position),
         rel_k_(rel_k.data(), 2 * max_relative_position + 1, p.d),
-        rel_v_(std::move(rel_v)) {}
+        rel_v_panels_(static_cast<size_t>((2 * k_ + 1) * simd::RoundUpToPanel(dv_))) {
+    simd::PackColumnPanels(rel_v.data(), dv_, 2 * k_ + 1, dv_, rel_v_panels_.data());
+  }
 
+  // [rows x window] for q . rel_k, then [rows x buckets] for a tile's masses.
   int64_t ScratchFloats(int64_t rows) const override {
-    return rows * RelativeTable::MaxLd(std::min(2 * k_ + 1, rows + sk_ - 1));
+    const int64_t span = std::min(2 * k_ + 1, rows + sk_ - 1);
+    return rows * (RelativeTable::MaxLd(span) + span);
   }
 
   void BeginQueryBlock(const ScoreTile& block) const override {
@@ -74,45 +79,58 @@ class ShawModifier final : public ScoreModifier {
 
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
     const RelativeTable::Window w = WindowOf(tile);
+    const float scale = scale_;  // A local: the stores below cannot alias it.
     for (int64_t r = 0; r < tile.rows; ++r) {
       const Runs runs = RunsOf(tile, r);
       const float* qr = tile.scratch + r * w.ld;  // qr[t - base], t in the window
       float* row = scores + r * ld;
       if (runs.band_begin > 0) {
         const float low = qr[0 - w.base];
-        for (int64_t c = 0; c < runs.band_begin; ++c) row[c] = scale_ * (row[c] + low);
+        for (int64_t c = 0; c < runs.band_begin; ++c) row[c] = scale * (row[c] + low);
       }
       if (runs.band_end > runs.band_begin) {
         const float* band = qr + (runs.first_band_index - w.base);
         for (int64_t c = runs.band_begin; c < runs.band_end; ++c) {
-          row[c] = scale_ * (row[c] + band[c - runs.band_begin]);
+          row[c] = scale * (row[c] + band[c - runs.band_begin]);
         }
       }
       if (runs.band_end < tile.cols) {
         const float high = qr[2 * k_ - w.base];
-        for (int64_t c = runs.band_end; c < tile.cols; ++c) row[c] = scale_ * (row[c] + high);
+        for (int64_t c = runs.band_end; c < tile.cols; ++c) row[c] = scale * (row[c] + high);
       }
     }
   }
 
   bool HasValueTerm() const override { return true; }
 
+  // The probability mass per bucket t of each row, M [rows x buckets of the
+  // tile], then acc += M rel_v[buckets] on the micro-kernel (rel_v packed
+  // once); the clipped runs' masses are summed in double.
   void AccumulateValueTerm(const ScoreTile& tile, const float* weights, int64_t ldw, float* acc,
                            int64_t lda) const override {
+    const int64_t first = ShawIndex(query_offset_ + tile.i0 + tile.rows - 1, tile.j0, k_);
+    const int64_t last = ShawIndex(query_offset_ + tile.i0, tile.j0 + tile.cols - 1, k_);
+    const int64_t buckets = last - first + 1;
+    float* mass = tile.scratch + tile.rows * WindowOf(tile).ld;
+    std::fill_n(mass, tile.rows * buckets, 0.0f);
     for (int64_t r = 0; r < tile.rows; ++r) {
       const Runs runs = RunsOf(tile, r);
       const float* p = weights + r * ldw;
-      float* out = acc + r * lda;
-      // The clipped runs can hold most of a row's mass: summed in double.
-      double low = 0, high = 0;
-      for (int64_t c = 0; c < runs.band_begin; ++c) low += p[c];
-      for (int64_t c = runs.band_end; c < tile.cols; ++c) high += p[c];
-      AddRow(static_cast<float>(low), 0, out);
-      for (int64_t c = runs.band_begin; c < runs.band_end; ++c) {
-        AddRow(p[c], runs.first_band_index + c - runs.band_begin, out);
+      float* m = mass + r * buckets;  // m[t - first]
+      if (runs.band_begin > 0) {
+        m[0 - first] += static_cast<float>(simd::SumInDouble(p, runs.band_begin));
       }
-      AddRow(static_cast<float>(high), 2 * k_, out);
+      for (int64_t c = runs.band_begin; c < runs.band_end; ++c) {
+        m[runs.first_band_index + c - runs.band_begin - first] = p[c];
+      }
+      if (runs.band_end < tile.cols) {
+        m[2 * k_ - first] += static_cast<float>(
+            simd::SumInDouble(p + runs.band_end, tile.cols - runs.band_end));
+      }
     }
+    simd::Gemm<true>(tile.rows, simd::RoundUpToPanel(dv_), buckets, mass, buckets,
+                     rel_v_panels_.data() + first * simd::kPanel, (2 * k_ + 1) * simd::kPanel,
+                     acc, lda);
   }
 
  private:
@@ -139,13 +157,6 @@ class ShawModifier final : public ScoreModifier {
                            ShawIndex(first_position, key_end - 1, k_));
   }
 
-  // out += weight * rel_v[t].
-  void AddRow(float weight, int64_t t, float* out) const {
-    if (weight == 0) return;
-    const float* rel = rel_v_.data() + t * dv_;
-    for (int64_t e = 0; e < dv_; ++e) out[e] += weight * rel[e];
-  }
-
   const HeadRows q_;  // Owned by the problem, which outlives the modifier's use.
   const int64_t heads_, sk_, dv_;
   const float scale_;
@@ -153,7 +164,7 @@ class ShawModifier final : public ScoreModifier {
   const bool causal_;
   const int64_t k_;
   const RelativeTable rel_k_;
-  const Tensor rel_v_;
+  std::vector<float> rel_v_panels_;  // rel_v [2K+1 x Dv] as Gemm panels
 };
 
 class Shaw final : public PositionalMethod {

@@ -133,12 +133,13 @@ class TxlModifier final : public ScoreModifier {
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
     const RelativeTable::Window w = WindowOf(tile);
     const float* products = Products(tile);
+    const float scale = scale_;  // A local: the stores below cannot alias it.
     for (int64_t r = 0; r < tile.rows; ++r) {
       // Row n of the table for column c: k_pos - q_pos - min_relative.
       const int64_t n0 = tile.j0 - (query_offset_ + tile.i0 + r) - min_relative_;
       const float* term = products + r * w.ld + (n0 - w.base);
       float* row = scores + r * ld;
-      for (int64_t c = 0; c < tile.cols; ++c) row[c] = scale_ * (row[c] + term[c]);
+      for (int64_t c = 0; c < tile.cols; ++c) row[c] = scale * (row[c] + term[c]);
     }
   }
 
