@@ -158,8 +158,22 @@ class FastEngine {
     const HeadRows q = p_.q_rows();
     const float* a = scale_only_ ? ws.q_scaled : q.Row(bh, i0);
     const int64_t lda = scale_only_ ? p_.d : q.stride();
-    simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, a, lda, ws.kt + j0 * p_.d, p_.d * kPanel, s,
-                      ld);
+    const float* kt = ws.kt + j0 * p_.d;
+    if (!Diagonal(i0, j0, n)) {
+      simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, a, lda, kt, p_.d * kPanel, s, ld);
+    } else {
+      // A row group skips the panels wholly after its last row's position
+      // (those scores are never read: the softmax stops at each row's
+      // visible prefix).
+      for (int64_t r = 0; r < rows; r += simd::kRows) {
+        const int group = static_cast<int>(std::min<int64_t>(simd::kRows, rows - r));
+        const int64_t panels = RoundUpToPanel(VisibleInTile(i0 + r + group - 1, j0, n)) / kPanel;
+        for (int64_t t = 0; t < panels; ++t) {
+          simd::MicroKernelRows<false>(group, p_.d, a + r * lda, lda, kt + t * p_.d * kPanel,
+                                       s + r * ld + t * kPanel, ld);
+        }
+      }
+    }
     if (!scale_only_) {
       modifier_.ModifyScores(Tile(ws, bh, i0, rows, j0, n), s, ld);
     }
@@ -172,8 +186,28 @@ class FastEngine {
       modifier_.AccumulateValueTerm(Tile(ws, bh, i0, rows, j0, n), weights, ld, ws.acc,
                                     ws.dv_pad);
     }
-    simd::Gemm<true>(rows, ws.dv_pad, n, weights, ld, ws.vp + j0 * kPanel,
-                     p_.sk * kPanel, ws.acc, ws.dv_pad);
+    const float* vp = ws.vp + j0 * kPanel;
+    if (!Diagonal(i0, j0, n)) {
+      simd::Gemm<true>(rows, ws.dv_pad, n, weights, ld, vp, p_.sk * kPanel, ws.acc, ws.dv_pad);
+      return;
+    }
+    // A row group's weights are zero past its last row's visible prefix.
+    for (int64_t r = 0; r < rows; r += simd::kRows) {
+      const int group = static_cast<int>(std::min<int64_t>(simd::kRows, rows - r));
+      const int64_t depth = VisibleInTile(i0 + r + group - 1, j0, n);
+      if (depth == 0) continue;
+      for (int64_t t = 0; t < ws.dv_pad / kPanel; ++t) {
+        simd::MicroKernelRows<true>(group, depth, weights + r * ld, ld,
+                                    vp + t * p_.sk * kPanel, ws.acc + r * ws.dv_pad + t * kPanel,
+                                    ws.dv_pad);
+      }
+    }
+  }
+
+  // Whether some query of the block [i0, i0 + kBlockQ) cannot see the whole
+  // tile [j0, j0 + n) under causal masking.
+  bool Diagonal(int64_t i0, int64_t j0, int64_t n) const {
+    return p_.causal && p_.query_offset + i0 - j0 + 1 < n;
   }
 
   // Streams over key blocks keeping a running max m and sum l per row; acc
