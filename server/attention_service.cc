@@ -4,13 +4,13 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "kernels/attention.h"
-#include "kernels/status_macros.h"
 #include "server/convert.h"
 #include "server/status_util.h"
 
@@ -22,12 +22,6 @@ namespace attnserve::server {
 namespace {
 
 constexpr char kServerName[] = "attnd " ATTN_VERSION;
-
-absl::Status CancelledBeforeCompute() {
-  return absl::CancelledError(
-      "request: cancelled (by the client, its deadline or server shutdown) before compute "
-      "started");
-}
 
 // The items along the batch dimension B of a request (its leading dimension
 // of q or x_q; 1 when neither has a shape).
@@ -76,106 +70,202 @@ class RequestRecord {
   const absl::Time start_;
 };
 
-// The drop reason of a call found cancelled before compute.
-DropReason CancelReason(const grpc::CallbackServerContext& context) {
-  return context.deadline() <= std::chrono::system_clock::now() ? DropReason::kDeadline
-                                                                : DropReason::kCancelled;
+// The merge key of an Attend request (Batcher::Traits::key): everything
+// that must be equal for requests to run as one kernel call: the method with
+// its parameters and shared tensors (byte for byte), the projection weights,
+// the scalar options, and the shapes (but for B) and refs of the batched
+// tensors. Values of the batched tensors and the output encoding are left out.
+std::string BatchKey(const v1::AttendRequest& request) {
+  v1::AttendRequest skeleton;
+  *skeleton.mutable_method() = request.method();
+  if (request.has_w_q()) *skeleton.mutable_w_q() = request.w_q();
+  if (request.has_w_k()) *skeleton.mutable_w_k() = request.w_k();
+  if (request.has_w_v()) *skeleton.mutable_w_v() = request.w_v();
+  skeleton.set_num_heads(request.num_heads());
+  skeleton.set_causal(request.causal());
+  if (request.has_scale()) skeleton.set_scale(request.scale());
+  if (request.has_query_offset()) skeleton.set_query_offset(request.query_offset());
+  skeleton.set_return_probs(request.return_probs());
+  const auto batched = [](const v1::Tensor& from, v1::Tensor* to) {
+    if (from.shape_size() > 1) to->mutable_shape()->Add(from.shape().begin() + 1, from.shape().end());
+    to->set_ref(from.ref());
+    // Distinguishes "no dimensions after B" from a missing tensor.
+    to->add_shape(-1);
+  };
+  if (request.has_q()) batched(request.q(), skeleton.mutable_q());
+  if (request.has_k()) batched(request.k(), skeleton.mutable_k());
+  if (request.has_v()) batched(request.v(), skeleton.mutable_v());
+  if (request.has_x_q()) batched(request.x_q(), skeleton.mutable_x_q());
+  if (request.has_x_kv()) batched(request.x_kv(), skeleton.mutable_x_kv());
+  // No map fields: the serialization is deterministic.
+  return "attend:" + skeleton.SerializeAsString();
 }
 
-absl::Status RunAttend(const v1::AttendRequest& request, const TensorStore* tensors,
-                       const kernels::ComputeOptions& options, v1::AttendResponse* response) {
-  ATTN_ASSIGN_OR_RETURN(kernels::AttendArgs args,
-                        ToAttendArgs(request, ConvertLimits{options.max_elements}, tensors));
-  ATTN_ASSIGN_OR_RETURN(kernels::AttendResult result, kernels::Attend(std::move(args), options));
-  FillAttendResponse(std::move(result), request.raw_output(), response);
-  return absl::OkStatus();
+absl::Status Draining() {
+  return absl::UnavailableError(
+      "server: draining (shutting down); not accepting new calls, retry on another replica");
 }
 
-absl::Status RunEncode(const v1::EncodeRequest& request, const TensorStore* tensors,
-                       const kernels::ComputeOptions& options, v1::EncodeResponse* response) {
-  ATTN_ASSIGN_OR_RETURN(kernels::EncodeArgs args,
-                        ToEncodeArgs(request, ConvertLimits{options.max_elements}, tensors));
-  ATTN_ASSIGN_OR_RETURN(kernels::EncodeResult result, kernels::Encode(std::move(args), options));
-  FillEncodeResponse(std::move(result), request.raw_output(), response);
-  return absl::OkStatus();
+absl::Time Deadline(const grpc::CallbackServerContext& context) {
+  const auto deadline = context.deadline();
+  return deadline == std::chrono::system_clock::time_point::max() ? absl::InfiniteFuture()
+                                                                   : absl::FromChrono(deadline);
 }
 
-// A unary call. Owns itself: deleted in OnDone, which gRPC calls only after
-// Finish, so the pool task may use it (and the request and response, which
-// gRPC keeps alive as long) until it calls Finish.
-template <typename Response>
-class UnaryCall final : public grpc::ServerUnaryReactor {
+// Attend as a BatchRequest; shared by the unary call and the stream.
+class AttendJob : public BatchRequest {
  public:
-  template <typename Request>
-  UnaryCall(grpc::CallbackServerContext* context, Metrics* metrics, Rpc rpc,
-            const Request& request, const Response* response)
-      : context_(context), metrics_(metrics), record_(metrics, rpc, request), response_(response) {}
+  explicit AttendJob(const TensorStore* tensors) : tensors_(tensors) {}
 
-  // Runs `work` on `pool` and finishes the call with its status.
-  template <typename Work>
-  void Run(ComputePool* pool, int64_t max_elements, Work work) {
-    const absl::Time queued = absl::Now();
-    metrics_->queue_depth().Increment();
-    absl::Status submitted =
-        pool->Submit([this, max_elements, queued, work = std::move(work)](int threads) mutable {
-          metrics_->queue_depth().Decrement();
-          metrics_->RecordQueueWait(absl::Now() - queued);
-          if (cancelled_.load(std::memory_order_relaxed) || context_->IsCancelled()) {
-            metrics_->RecordDrop(CancelReason(*context_));
-            Complete(CancelledBeforeCompute());
-            return;
-          }
-          kernels::ComputeOptions options;
-          options.threads = threads;
-          options.max_elements = max_elements;
-          options.cancelled = &cancelled_;
-          const absl::Time start = absl::Now();
-          absl::Status status = work(options);
-          // Without a known method the request failed before any kernel ran.
-          if (record_.method() != 0) {
-            metrics_->RecordBatch(record_.method(), 1, record_.items(), absl::Now() - start);
-          }
-          Complete(status);
-        });
-    if (!submitted.ok()) {
-      metrics_->queue_depth().Decrement();
-      metrics_->RecordDrop(absl::IsResourceExhausted(submitted) ? DropReason::kQueueFull
-                                                                : DropReason::kShutdown);
-      Complete(submitted);
-    }
+  absl::Status Prepare(int64_t max_elements) override {
+    absl::StatusOr<kernels::AttendArgs> args =
+        ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_);
+    if (!args.ok()) return args.status();
+    args_ = std::move(*args);
+    return absl::OkStatus();
+  }
+  absl::Status Compute(const kernels::ComputeOptions& options) override {
+    absl::StatusOr<kernels::AttendResult> result = kernels::Attend(TakeAttendArgs(), options);
+    if (!result.ok()) return result.status();
+    Fill(std::move(*result));
+    return absl::OkStatus();
+  }
+  kernels::AttendArgs TakeAttendArgs() override {
+    kernels::AttendArgs args = std::move(*args_);
+    args_.reset();
+    return args;
+  }
+  void Fill(kernels::AttendResult result) override {
+    FillAttendResponse(std::move(result), request_->raw_output(), response_);
   }
 
-  void OnCancel() override { cancelled_.store(true, std::memory_order_relaxed); }
+ protected:
+  void SetMessages(const v1::AttendRequest* request, v1::AttendResponse* response) {
+    request_ = request;
+    response_ = response;
+  }
+  Batcher::Traits TraitsOf(const grpc::CallbackServerContext& context, int method) const {
+    return Batcher::Traits{BatchKey(*request_), BatchItems(*request_), method, Deadline(context)};
+  }
+
+ private:
+  const TensorStore* const tensors_;
+  const v1::AttendRequest* request_ = nullptr;
+  v1::AttendResponse* response_ = nullptr;
+  std::optional<kernels::AttendArgs> args_;
+};
+
+// Encode as a BatchRequest: never merged (an empty key).
+class EncodeJob : public BatchRequest {
+ public:
+  explicit EncodeJob(const TensorStore* tensors) : tensors_(tensors) {}
+
+  absl::Status Prepare(int64_t max_elements) override {
+    absl::StatusOr<kernels::EncodeArgs> args =
+        ToEncodeArgs(*request_, ConvertLimits{max_elements}, tensors_);
+    if (!args.ok()) return args.status();
+    args_ = std::move(*args);
+    return absl::OkStatus();
+  }
+  absl::Status Compute(const kernels::ComputeOptions& options) override {
+    absl::StatusOr<kernels::EncodeResult> result = kernels::Encode(std::move(*args_), options);
+    args_.reset();
+    if (!result.ok()) return result.status();
+    FillEncodeResponse(std::move(*result), request_->raw_output(), response_);
+    return absl::OkStatus();
+  }
+  // Never called: an empty key is never merged.
+  kernels::AttendArgs TakeAttendArgs() override { return {}; }
+  void Fill(kernels::AttendResult /*result*/) override {}
+
+ protected:
+  void SetMessages(const v1::EncodeRequest* request, v1::EncodeResponse* response) {
+    request_ = request;
+    response_ = response;
+  }
+  Batcher::Traits TraitsOf(const grpc::CallbackServerContext& context, int method) const {
+    return Batcher::Traits{"", BatchItems(*request_), method, Deadline(context)};
+  }
+
+ private:
+  const TensorStore* const tensors_;
+  const v1::EncodeRequest* request_ = nullptr;
+  v1::EncodeResponse* response_ = nullptr;
+  std::optional<kernels::EncodeArgs> args_;
+};
+
+// A unary call (Job: AttendJob or EncodeJob). Owns itself: deleted in
+// OnDone, which gRPC calls only after Finish, so the batcher may use it (and
+// the request and response, which gRPC keeps alive as long) until Done.
+template <typename Job, typename Request, typename Response>
+class UnaryCall final : public grpc::ServerUnaryReactor, public Job {
+ public:
+  UnaryCall(grpc::CallbackServerContext* context, Batcher* batcher, Metrics* metrics,
+            DrainGate* gate, Rpc rpc, const TensorStore* tensors, const Request* request,
+            Response* response)
+      : Job(tensors),
+        batcher_(batcher),
+        metrics_(metrics),
+        gate_(gate),
+        record_(metrics, rpc, *request),
+        response_(response) {
+    this->SetMessages(request, response);
+    if (!gate_->Enter(/*new_call=*/true)) {
+      metrics_->RecordDrop(DropReason::kShutdown);
+      Answer(Draining());
+      return;
+    }
+    absl::Status queued = batcher_->Enqueue(this, this->TraitsOf(*context, record_.method()));
+    // On success `this` may already be answered and deleted.
+    if (!queued.ok()) Done(queued);
+  }
+
+  void Done(const absl::Status& status) override {
+    // Leave last (Drain may return once it is out), through a copy: after
+    // Finish, OnDone may already have deleted `this`.
+    DrainGate* const gate = gate_;
+    Answer(status);
+    gate->Leave();
+  }
+  void OnCancel() override { batcher_->Cancel(this); }
   void OnDone() override { delete this; }
 
  private:
-  void Complete(const absl::Status& status) {
+  void Answer(const absl::Status& status) {
     record_.Done(status, status.ok() ? static_cast<int64_t>(response_->ByteSizeLong()) : 0);
     Finish(ToGrpcStatus(status));
   }
 
-  grpc::CallbackServerContext* const context_;
+  Batcher* const batcher_;
   Metrics* const metrics_;
+  DrainGate* const gate_;
   RequestRecord record_;
   const Response* const response_;
-  std::atomic<bool> cancelled_{false};
 };
 
-// AttendStream: read one request, compute it on the pool, write its response,
-// then read the next. Owns itself (deleted in OnDone). At most one of a read,
-// a compute task and a write is outstanding at any time, so request_ and
-// response_ are never touched concurrently and nothing touches the reactor
-// after Finish.
+// AttendStream: read one request, queue it for the batcher (where it batches
+// with other streams' and unary calls' requests), write its response, then
+// read the next. Owns itself (deleted in OnDone). At most one of a read, a
+// queued or computing request and a write is outstanding at any time, so
+// request_ and response_ are never touched concurrently, responses come in
+// request order, and nothing touches the reactor after Finish.
 class AttendStreamReactor final
-    : public grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse> {
+    : public grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse>,
+      public AttendJob {
  public:
-  AttendStreamReactor(grpc::CallbackServerContext* context, ComputePool* pool, Metrics* metrics,
-                      int64_t max_elements, const TensorStore* tensors)
-      : context_(context),
-        pool_(pool),
-        metrics_(metrics),
-        max_elements_(max_elements),
-        tensors_(tensors) {
+  AttendStreamReactor(grpc::CallbackServerContext* context, Batcher* batcher, Metrics* metrics,
+                      DrainGate* gate, const TensorStore* tensors)
+      : AttendJob(tensors), context_(context), batcher_(batcher), metrics_(metrics), gate_(gate) {
+    SetMessages(&request_, &response_);
+    // A new stream while draining is refused; its later messages are not.
+    if (!gate_->Enter(/*new_call=*/true)) {
+      metrics_->RecordDrop(DropReason::kShutdown);
+      Finish(ToGrpcStatus(Draining()));
+      return;
+    }
+    gate_->Leave();
+    gate_->StreamOpened();
+    opened_ = true;
     StartRead(&request_);
   }
 
@@ -187,15 +277,23 @@ class AttendStreamReactor final
       return;
     }
     record_.emplace(metrics_, Rpc::kAttendStream, request_);
-    queued_ = absl::Now();
-    metrics_->queue_depth().Increment();
-    absl::Status submitted = pool_->Submit([this](int threads) { Compute(threads); });
-    if (!submitted.ok()) {
-      metrics_->queue_depth().Decrement();
-      metrics_->RecordDrop(absl::IsResourceExhausted(submitted) ? DropReason::kQueueFull
-                                                                : DropReason::kShutdown);
-      Fail(submitted);
+    gate_->Enter(/*new_call=*/false);
+    absl::Status queued = batcher_->Enqueue(this, TraitsOf(*context_, record_->method()));
+    if (!queued.ok()) Done(queued);
+  }
+
+  // The current message's answer: its response is written, or its error
+  // ends the stream.
+  void Done(const absl::Status& status) override {
+    record_->Done(status, status.ok() ? static_cast<int64_t>(response_.ByteSizeLong()) : 0);
+    // After Finish (or a write that fails), OnDone may delete `this`.
+    DrainGate* const gate = gate_;
+    if (status.ok()) {
+      StartWrite(&response_);
+    } else {
+      Finish(ToGrpcStatus(status));
     }
+    gate->Leave();
   }
 
   void OnWriteDone(bool ok) override {
@@ -208,51 +306,22 @@ class AttendStreamReactor final
     StartRead(&request_);
   }
 
-  void OnCancel() override { cancelled_.store(true, std::memory_order_relaxed); }
-  void OnDone() override { delete this; }
+  void OnCancel() override { batcher_->Cancel(this); }
+  void OnDone() override {
+    if (opened_) gate_->StreamClosed();
+    delete this;
+  }
 
  private:
-  // On a pool worker.
-  void Compute(int threads) {
-    metrics_->queue_depth().Decrement();
-    metrics_->RecordQueueWait(absl::Now() - queued_);
-    if (cancelled_.load(std::memory_order_relaxed) || context_->IsCancelled()) {
-      metrics_->RecordDrop(CancelReason(*context_));
-      Fail(CancelledBeforeCompute());
-      return;
-    }
-    kernels::ComputeOptions options;
-    options.threads = threads;
-    options.max_elements = max_elements_;
-    options.cancelled = &cancelled_;
-    const absl::Time start = absl::Now();
-    absl::Status status = RunAttend(request_, tensors_, options, &response_);
-    metrics_->RecordBatch(record_->method(), 1, record_->items(), absl::Now() - start);
-    if (!status.ok()) {
-      Fail(status);
-      return;
-    }
-    record_->Done(status, static_cast<int64_t>(response_.ByteSizeLong()));
-    StartWrite(&response_);
-  }
-
-  // Ends the stream with the current message's status.
-  void Fail(const absl::Status& status) {
-    record_->Done(status, 0);
-    Finish(ToGrpcStatus(status));
-  }
-
+  bool opened_ = false;
   grpc::CallbackServerContext* const context_;
-  ComputePool* const pool_;
+  Batcher* const batcher_;
   Metrics* const metrics_;
-  const int64_t max_elements_;
-  const TensorStore* const tensors_;
-  std::atomic<bool> cancelled_{false};
+  DrainGate* const gate_;
   v1::AttendRequest request_;
   v1::AttendResponse response_;
   // The message being served: arrival, label and sizes for the metrics.
   std::optional<RequestRecord> record_;
-  absl::Time queued_;
 };
 
 v1::ListMethodsResponse BuildListMethods(const ServiceOptions& options) {
@@ -265,36 +334,43 @@ v1::ListMethodsResponse BuildListMethods(const ServiceOptions& options) {
 
 }  // namespace
 
-AttentionServiceImpl::AttentionServiceImpl(ComputePool* pool, Metrics* metrics,
+void DrainGate::Drain(absl::Time deadline) {
+  // Calls refused this recently may have followers on the wire; gRPC's own
+  // shutdown would fail those with CANCELLED rather than UNAVAILABLE.
+  constexpr absl::Duration kQuiet = absl::Milliseconds(100);
+  draining_.store(true);
+  // Polled: it runs once per process, and a millisecond is far below any grace.
+  for (absl::Time now = absl::Now(); now < deadline; now = absl::Now()) {
+    const bool quiet = now - absl::FromUnixNanos(last_refusal_ns_.load()) >= kQuiet;
+    if (inflight_.load() == 0 && quiet) return;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+}
+
+AttentionServiceImpl::AttentionServiceImpl(Batcher* batcher, Metrics* metrics,
                                            const ServiceOptions& options)
-    : pool_(pool), metrics_(metrics), options_(options), methods_(BuildListMethods(options)) {}
+    : batcher_(batcher),
+      metrics_(metrics),
+      options_(options),
+      methods_(BuildListMethods(options)) {}
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Encode(grpc::CallbackServerContext* context,
                                                        const v1::EncodeRequest* request,
                                                        v1::EncodeResponse* response) {
-  auto* call = new UnaryCall<v1::EncodeResponse>(context, metrics_, Rpc::kEncode, *request, response);
-  call->Run(pool_, options_.max_elements,
-            [request, response, tensors = options_.tensors](const kernels::ComputeOptions& o) {
-              return RunEncode(*request, tensors, o, response);
-            });
-  return call;
+  return new UnaryCall<EncodeJob, v1::EncodeRequest, v1::EncodeResponse>(
+      context, batcher_, metrics_, &gate_, Rpc::kEncode, options_.tensors, request, response);
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attend(grpc::CallbackServerContext* context,
                                                        const v1::AttendRequest* request,
                                                        v1::AttendResponse* response) {
-  auto* call = new UnaryCall<v1::AttendResponse>(context, metrics_, Rpc::kAttend, *request, response);
-  call->Run(pool_, options_.max_elements,
-            [request, response, tensors = options_.tensors](const kernels::ComputeOptions& o) {
-              return RunAttend(*request, tensors, o, response);
-            });
-  return call;
+  return new UnaryCall<AttendJob, v1::AttendRequest, v1::AttendResponse>(
+      context, batcher_, metrics_, &gate_, Rpc::kAttend, options_.tensors, request, response);
 }
 
 grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse>* AttentionServiceImpl::AttendStream(
     grpc::CallbackServerContext* context) {
-  return new AttendStreamReactor(context, pool_, metrics_, options_.max_elements,
-                                 options_.tensors);
+  return new AttendStreamReactor(context, batcher_, metrics_, &gate_, options_.tensors);
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::ListMethods(

@@ -1,14 +1,17 @@
 // AttentionServiceImpl: the attnserve.v1.AttentionService RPC handlers, on
 // gRPC's callback API.
 //
-// Handlers never compute on gRPC's threads: each request (and each message of
-// an AttendStream) becomes one task on a ComputePool, which converts the
-// request (server/convert.h), runs the kernels and finishes the call. A
-// call's cancellation (client cancel, deadline, server shutdown) sets a flag
-// the kernels poll, and a task whose call is already cancelled when it
-// starts skips the compute. AttendStream keeps one message in flight, so its
-// responses come in request order and every response before a failing
-// message is written before the stream ends with that message's status.
+// Handlers never compute on gRPC's threads: each Attend or Encode request
+// (and each message of an AttendStream) is queued on the Batcher
+// (server/batcher.h), which converts it (server/convert.h), runs the kernels
+// (merging Attend requests that can run as one call) and answers it. Attend
+// requests carry a merge key built from their method, parameters and
+// per-item shapes; Encode requests are never merged. A call's cancellation
+// (client cancel, deadline, server shutdown) removes a queued request
+// unanswered by compute, or stops a computing one once nothing else needs
+// its kernels. AttendStream keeps one message in flight, so its responses
+// come in request order and every response before a failing message is
+// written before the stream ends with that message's status.
 //
 // Thread-safety: the handlers are called concurrently by gRPC; the service
 // holds only immutable state after construction.
@@ -17,11 +20,14 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <cstdint>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "attnserve/v1/attention.pb.h"
-#include "server/compute_pool.h"
+#include "server/batcher.h"
 #include "server/tensor_store.h"
 #include "server/metrics.h"
 
@@ -38,12 +44,44 @@ struct ServiceOptions {
   const TensorStore* tensors = nullptr;
 };
 
+// Admission of requests, for draining: counts the requests being served and,
+// once Drain has begun, refuses new calls.
+class DrainGate {
+ public:
+  // Counts one request in; false (and not counted) when draining and
+  // `new_call` (messages of an already accepted stream are still taken).
+  bool Enter(bool new_call) {
+    inflight_.fetch_add(1);
+    if (new_call && draining_.load()) {
+      last_refusal_ns_.store(absl::GetCurrentTimeNanos());
+      Leave();
+      return false;
+    }
+    return true;
+  }
+  void Leave() { inflight_.fetch_sub(1); }
+  // AttendStream calls open now (their messages come and go).
+  void StreamOpened() { open_streams_.fetch_add(1); }
+  void StreamClosed() { open_streams_.fetch_sub(1); }
+  int64_t open_streams() const { return open_streams_.load(); }
+  // Refuses new calls from now on and waits until no request is being
+  // served and no call was refused for a short quiet period (clients have
+  // seen UNAVAILABLE and gone elsewhere), or `deadline` passes.
+  void Drain(absl::Time deadline);
+
+ private:
+  std::atomic<int64_t> inflight_{0};
+  std::atomic<bool> draining_{false};
+  std::atomic<int64_t> last_refusal_ns_{0};
+  std::atomic<int64_t> open_streams_{0};
+};
+
 class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
  public:
-  // `pool` and `metrics` are not owned; the pool must keep running until
-  // every call has finished (shut the grpc::Server down first, then stop the
-  // pool), and both must outlive the service.
-  AttentionServiceImpl(ComputePool* pool, Metrics* metrics, const ServiceOptions& options);
+  // `batcher` and `metrics` are not owned; the batcher must keep running
+  // until every call has finished (shut the grpc::Server down first, then
+  // stop the batcher), and both must outlive the service.
+  AttentionServiceImpl(Batcher* batcher, Metrics* metrics, const ServiceOptions& options);
 
   // The generated bases also declare the synchronous overloads; keep them
   // visible (-Woverloaded-virtual). gRPC calls only the callback ones below.
@@ -66,9 +104,18 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
                                         const v1::ListMethodsRequest* request,
                                         v1::ListMethodsResponse* response) override;
 
+  // Shutdown's first step: new Attend, Encode and AttendStream calls are
+  // answered UNAVAILABLE ("draining") from now on, while accepted requests
+  // (and further messages of open streams) are served; returns once none is
+  // being served or at `deadline`.
+  void Drain(absl::Time deadline) { gate_.Drain(deadline); }
+  // AttendStream calls still open (after Drain: idle ones, between messages).
+  int64_t open_streams() const { return gate_.open_streams(); }
+
  private:
-  ComputePool* const pool_;
+  Batcher* const batcher_;
   Metrics* const metrics_;
+  DrainGate gate_;
   const ServiceOptions options_;
   // Built once: DescribeMethods does not change while the process runs.
   const v1::ListMethodsResponse methods_;

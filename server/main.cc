@@ -12,6 +12,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/server.h"
 
@@ -42,6 +44,20 @@ ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
 ABSL_FLAG(std::string, metrics_port_file, "",
           "if set, the bound metrics port and a newline are written here (atomically) once "
           "serving");
+ABSL_FLAG(int64_t, max_batch_size, 64,
+          "largest batch, in items along the batch dimension B (Triton's max_batch_size); 1 "
+          "turns batching off; a request with a larger B runs alone");
+ABSL_FLAG(int64_t, max_queue_delay_us, 0,
+          "microseconds the oldest request of a batch that is not full may wait for more; 0 "
+          "batches only what is already queued when a batch thread is free");
+ABSL_FLAG(std::vector<std::string>, preferred_batch_sizes, std::vector<std::string>{},
+          "comma-separated ascending batch sizes at which a batch is cut without waiting");
+ABSL_FLAG(int64_t, max_queue_size, 1024,
+          "requests waiting for a batch above which new ones get RESOURCE_EXHAUSTED; 0: unbounded");
+ABSL_FLAG(int32_t, batch_threads, 1,
+          "batches computing at once; they share the --threads compute threads");
+ABSL_FLAG(int32_t, warmup_iterations, 3,
+          "kernel runs at start-up before the health service reports SERVING");
 ABSL_FLAG(double, shutdown_grace_s, 30,
           "on SIGTERM/SIGINT: seconds to let accepted calls finish before cancelling them (>= 0)");
 
@@ -68,6 +84,26 @@ int main(int argc, char** argv) {
   options.max_elements = absl::GetFlag(FLAGS_max_elements);
   options.tensor_dir = absl::GetFlag(FLAGS_tensor_dir);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  const int64_t delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
+  options.batching.max_queue_delay = absl::Microseconds(delay_us);
+  for (const std::string& size : absl::GetFlag(FLAGS_preferred_batch_sizes)) {
+    int64_t value = 0;
+    if (!absl::SimpleAtoi(size, &value)) {
+      std::fprintf(stderr, "attnd: --preferred_batch_sizes: '%s' is not an integer\n",
+                   size.c_str());
+      return 1;
+    }
+    options.batching.preferred_batch_sizes.push_back(value);
+  }
+  const int64_t max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  if (max_queue_size < 0 || delay_us < 0) {
+    std::fprintf(stderr, "attnd: --max_queue_size and --max_queue_delay_us must be >= 0\n");
+    return 1;
+  }
+  options.batching.max_queue_size = static_cast<size_t>(max_queue_size);
+  options.batching.batch_threads = absl::GetFlag(FLAGS_batch_threads);
+  options.warmup_iterations = absl::GetFlag(FLAGS_warmup_iterations);
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
   if (!(grace_s >= 0) || grace_s > 1e6) {
     std::fprintf(stderr, "attnd: --shutdown_grace_s: must be in 0..1e6 seconds, got %g\n", grace_s);
@@ -80,6 +116,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "attnd: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
+  // Listening already, NOT_SERVING to health probes until the kernels are
+  // warm; the port files then announce a ready server.
+  (*server)->WarmUp();
   // The metrics port first: a reader of --port_file may expect both.
   const std::string metrics_port_file = absl::GetFlag(FLAGS_metrics_port_file);
   if (!metrics_port_file.empty()) {
@@ -112,7 +151,11 @@ int main(int argc, char** argv) {
     sigwait(&signals, &signal_number);
     std::fprintf(stderr, "attnd: signal %d, draining (up to %s)\n", signal_number,
                  absl::FormatDuration(grace).c_str());
+    const absl::Time start = absl::Now();
     (*server)->Shutdown(grace);
+    std::fprintf(stderr, "attnd: drained in %s\n",
+                 absl::FormatDuration(absl::Trunc(absl::Now() - start, absl::Milliseconds(1)))
+                     .c_str());
   });
   (*server)->Wait();
   signal_thread.join();

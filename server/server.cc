@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -19,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "kernels/attention.h"
 #include "kernels/status_macros.h"
 
 #ifndef ATTN_VERSION
@@ -51,6 +53,24 @@ absl::StatusOr<HostPort> SplitAddress(absl::string_view address) {
 
 std::string ErrnoText(int error) { return std::strerror(error); }
 
+BatcherOptions BatcherOf(const ServerOptions& options) {
+  BatcherOptions batching = options.batching;
+  batching.compute_threads = options.threads;
+  batching.max_elements = options.max_elements;
+  return batching;
+}
+
+// The warm-up request: `none` at a typical serving shape (B=1, H=8, S=32, D=64).
+kernels::AttendArgs WarmUpArgs() {
+  kernels::AttendArgs args;
+  args.method = kernels::MethodKind::kNone;
+  const std::vector<int64_t> shape = {1, 8, 32, 64};
+  std::vector<float> values(static_cast<size_t>(8 * 32 * 64));
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i % 17) / 17.0f - 0.5f;
+  for (const char* name : {"q", "k", "v"}) args.inputs[name] = kernels::Tensor(shape, values);
+  return args;
+}
+
 }  // namespace
 
 absl::Status ValidateServerOptions(const ServerOptions& options) {
@@ -78,6 +98,11 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_elements: must be >= 1, got ", options.max_elements));
   }
+  ATTN_RETURN_IF_ERROR(ValidateBatcherOptions(BatcherOf(options)));
+  if (options.warmup_iterations < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--warmup_iterations: must be >= 0, got ", options.warmup_iterations));
+  }
   return absl::OkStatus();
 }
 
@@ -85,10 +110,12 @@ AttnServer::AttnServer(const ServerOptions& options, std::unique_ptr<TensorStore
     : tensors_(std::move(tensors)),
       registry_(std::make_shared<prometheus::Registry>()),
       metrics_(std::make_unique<Metrics>(*registry_, ATTN_VERSION)),
-      pool_(std::make_unique<ComputePool>(options.threads)),
+      batcher_(std::make_unique<Batcher>(BatcherOf(options), metrics_.get())),
       service_(std::make_unique<AttentionServiceImpl>(
-          pool_.get(), metrics_.get(),
-          ServiceOptions{options.max_elements, options.max_message_bytes, tensors_.get()})) {}
+          batcher_.get(), metrics_.get(),
+          ServiceOptions{options.max_elements, options.max_message_bytes, tensors_.get()})),
+      warmup_iterations_(options.warmup_iterations),
+      compute_threads_(options.threads) {}
 
 absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOptions& options) {
   ATTN_RETURN_IF_ERROR(ValidateServerOptions(options));
@@ -109,7 +136,7 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
     try {
       server->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_address, 2);
     } catch (const std::exception& e) {
-      // Nothing ran yet; the destructor has only the pool to stop.
+      // Nothing ran yet; the destructor has only the batcher to stop.
       absl::MutexLock lock(&server->shutdown_mu_);
       server->shut_down_ = true;
       return absl::UnavailableError(absl::StrCat("--metrics_address=", options.metrics_address,
@@ -131,7 +158,7 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || selected_port == 0) {
     if (server->server_ != nullptr) server->server_->Shutdown();
-    // Nothing ran yet; the destructor has only the pool to stop.
+    // Nothing ran yet; the destructor has only the batcher to stop.
     server->server_.reset();
     {
       absl::MutexLock lock(&server->shutdown_mu_);
@@ -144,14 +171,33 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   server->port_ = selected_port;
   server->address_ = absl::StrCat(host_port.host, ":", selected_port);
   if (grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService()) {
-    health->SetServingStatus(true);
+    health->SetServingStatus(false);
   }
   return server;
 }
 
+void AttnServer::WarmUp() {
+  kernels::ComputeOptions options;
+  options.threads = compute_threads_;
+  for (int i = 0; i < warmup_iterations_; ++i) {
+    // Fixed, valid arguments: a failure here is a broken build, not a request.
+    absl::StatusOr<kernels::AttendResult> result = kernels::Attend(WarmUpArgs(), options);
+    if (!result.ok()) {
+      std::fprintf(stderr, "attnd: warm-up failed: %s\n",
+                   std::string(result.status().message()).c_str());
+      std::abort();
+    }
+  }
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return;
+  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(true);
+  }
+}
+
 AttnServer::~AttnServer() {
   Shutdown(absl::ZeroDuration());
-  pool_->Stop();
+  batcher_->Stop();
 }
 
 void AttnServer::Shutdown(absl::Duration grace) {
@@ -161,13 +207,18 @@ void AttnServer::Shutdown(absl::Duration grace) {
   if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
     health->SetServingStatus(false);
   }
-  const auto deadline = std::chrono::system_clock::now() +
-                        std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                            absl::ToChronoNanoseconds(grace));
-  // Returns once every call has finished (or was cancelled at the deadline);
-  // the pool keeps running meanwhile so that queued calls can finish.
-  server_->Shutdown(deadline);
-  pool_->Stop();
+  const absl::Time deadline = absl::Now() + grace;
+  // New calls get UNAVAILABLE from the service while the accepted ones
+  // finish; only then does gRPC's shutdown start (which, racing with calls
+  // in flight on the wire, may fail them with CANCELLED instead).
+  service_->Drain(deadline);
+  // Nothing accepted is unanswered now but what open streams will still
+  // send: only they get the rest of the grace. (Without open calls, gRPC's
+  // Shutdown can still take seconds after a busy period, so it is not left
+  // the whole grace for nothing.) The batcher keeps running meanwhile.
+  const absl::Time streams_deadline = service_->open_streams() > 0 ? deadline : absl::Now();
+  server_->Shutdown(absl::ToChronoTime(streams_deadline));
+  batcher_->Stop();
 }
 
 void AttnServer::Wait() {

@@ -1,5 +1,5 @@
 // AttnServer: the attnd gRPC server assembled from its parts: the attention
-// service on a compute pool, the standard health service and server
+// service on the dynamic batcher, the standard health service and server
 // reflection, on one listening address with insecure credentials; and the
 // Prometheus metrics (server/metrics.h) on a separate HTTP listener.
 //
@@ -26,7 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/attention_service.h"
-#include "server/compute_pool.h"
+#include "server/batcher.h"
 #include "server/tensor_store.h"
 #include "server/metrics.h"
 
@@ -35,8 +35,13 @@ namespace attnserve::server {
 struct ServerOptions {
   // host:port to listen on; port 0 picks a free port (see AttnServer::port).
   std::string address = "127.0.0.1:50051";
-  // Compute threads (ComputePool workers); >= 1.
+  // Compute (OpenMP) threads shared by the running batches; >= 1.
   int threads = 1;
+  // The dynamic batcher's knobs (server/batcher.h); its compute_threads and
+  // max_elements are taken from `threads` and `max_elements`.
+  BatcherOptions batching;
+  // Kernel runs at warm-up (WarmUp), before the health service says SERVING.
+  int warmup_iterations = 3;
   // Largest request and response message, in bytes; 1 .. INT32_MAX (gRPC's limit type).
   int64_t max_message_bytes = int64_t{256} << 20;
   // Per request, in float32 elements (see ServiceOptions::max_elements); >= 1.
@@ -57,7 +62,8 @@ absl::Status ValidateServerOptions(const ServerOptions& options);
 class AttnServer {
  public:
   // Validates `options`, loads options.tensor_dir, builds and starts the
-  // server, and marks it SERVING in the health service. Errors:
+  // server, and marks it NOT_SERVING in the health service until WarmUp
+  // has run (calls are served meanwhile; readiness is the health status). Errors:
   // INVALID_ARGUMENT (see ValidateServerOptions); TensorStore::Load's errors;
   // UNAVAILABLE when the address or the metrics address cannot be bound.
   static absl::StatusOr<std::unique_ptr<AttnServer>> Start(const ServerOptions& options);
@@ -79,9 +85,16 @@ class AttnServer {
   // The registry behind /metrics (tests read counters from it).
   prometheus::Registry& registry() { return *registry_; }
 
-  // Drains: marks the health service NOT_SERVING, stops accepting calls,
-  // lets running ones finish for up to `grace` (then cancels them), and
-  // stops the compute pool. Blocks until done; later calls return at once.
+  // Runs the kernels options.warmup_iterations times on a small request
+  // (OpenMP's threads, the allocator and the caches start up here rather than
+  // in a client's first call), then marks the health service SERVING unless
+  // Shutdown has begun. Call once, after Start.
+  void WarmUp();
+
+  // Drains: marks the health service NOT_SERVING, stops accepting calls
+  // (new ones get UNAVAILABLE), lets accepted ones (queued or computing)
+  // finish for up to `grace` (then cancels them), and stops the batcher.
+  // Blocks until done; later calls return at once.
   void Shutdown(absl::Duration grace);
 
   // Blocks until Shutdown has stopped the server.
@@ -91,18 +104,20 @@ class AttnServer {
   AttnServer(const ServerOptions& options, std::unique_ptr<TensorStore> tensors);
 
   // Declaration order is destruction order reversed: the grpc::Server goes
-  // first, then the service, then the pool the service submits to, then the
+  // first, then the service, then the batcher the service queues on, then the
   // tensors the service reads and the metrics the others record into.
   std::unique_ptr<TensorStore> tensors_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
-  std::unique_ptr<ComputePool> pool_;
+  std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<AttentionServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::string address_;
   int metrics_port_ = 0;
+  const int warmup_iterations_;
+  const int compute_threads_;
 
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;

@@ -68,6 +68,7 @@ class AttentionServiceTest : public ::testing::Test {
     absl::StatusOr<std::unique_ptr<AttnServer>> server = AttnServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
+    server_->WarmUp();
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     stub_ = v1::AttentionService::NewStub(channel_);
   }
@@ -249,6 +250,28 @@ TEST_F(AttentionServiceTest, HealthIsServing) {
   const grpc::Status status = health->Check(&context, request, &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST(AttnServerTest, HealthIsNotServingUntilWarmUp) {
+  ServerOptions options;
+  options.address = "127.0.0.1:0";
+  options.metrics_address = "";
+  absl::StatusOr<std::unique_ptr<AttnServer>> server = AttnServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  const auto check = [&health] {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status status = health->Check(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.status();
+  };
+  EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  (*server)->WarmUp();
+  EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::SERVING);
+  (*server)->Shutdown(absl::Seconds(1));
 }
 
 TEST_F(AttentionServiceTest, ShutdownIsIdempotentAndRefusesNewCalls) {

@@ -1,0 +1,188 @@
+// Batcher: the dynamic batcher between the RPC handlers and the kernels, with
+// Triton's knobs (max batch size, preferred batch sizes, max queue delay,
+// max queue size) and its own compute threads, so that gRPC's threads never
+// run kernels.
+//
+// Requests wait in one FIFO queue. A batcher thread takes the oldest
+// request's merge key and gathers the queued requests with the same key, in
+// arrival order, while their items along the batch dimension B add up to at
+// most max_batch_size. It runs them as one kernel call (their batched inputs
+// concatenated along B, one kernel::Attend, the output split back along B)
+// once the batch is full, or reaches a preferred size, or its oldest request
+// has waited max_queue_delay, or the batcher is stopping. Requests with
+// different keys never share a batch (no padding); a request with an empty
+// key (Encode) or with B >= max_batch_size runs alone.
+//
+// Every request ends with exactly one BatchRequest::Done call. A request
+// whose deadline passes or that is cancelled while it waits is removed and
+// answered DEADLINE_EXCEEDED or CANCELLED without reaching a kernel. A
+// running batch stops between rows once every request in it is cancelled.
+// If a merged kernel call fails, each of its requests is run again alone, so
+// that every caller gets its own status.
+//
+// Thread-safety: Enqueue, Cancel and Stop may be called from any thread.
+// Stop must not be called from a batcher thread.
+#ifndef ATTNSERVE_SERVER_BATCHER_H_
+#define ATTNSERVE_SERVER_BATCHER_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "kernels/attention.h"
+#include "server/metrics.h"
+
+namespace attnserve::server {
+
+struct BatcherOptions {
+  // Largest batch, in items along B (Triton's max_batch_size); 1 turns merging off.
+  int64_t max_batch_size = 64;
+  // Batch sizes to cut a batch at as soon as they are reached (ascending).
+  std::vector<int64_t> preferred_batch_sizes;
+  // How long the oldest request of a batch that is not yet full may wait for
+  // more; zero batches only what is already queued when a thread is free.
+  absl::Duration max_queue_delay = absl::ZeroDuration();
+  // Requests waiting (not yet in a running batch) above which Enqueue fails
+  // with RESOURCE_EXHAUSTED; 0 = unbounded.
+  size_t max_queue_size = 1024;
+  // Batches that compute at once (batcher threads); >= 1.
+  int batch_threads = 1;
+  // OpenMP threads shared by the running batches (--threads); >= 1. A batch
+  // gets all of them when it is the only one running and nothing waits,
+  // else compute_threads / batch_threads (at least 1).
+  int compute_threads = 1;
+  // Per request, in float32 elements (the --max_elements flag).
+  int64_t max_elements = int64_t{1} << 28;
+};
+
+// INVALID_ARGUMENT naming the flag and its rule when `options` cannot be used.
+absl::Status ValidateBatcherOptions(const BatcherOptions& options);
+
+// One request as the batcher sees it; implemented by the RPC handlers. The
+// batcher calls the virtual functions on its own threads, except Done, which
+// it may also call from Enqueue's or Cancel's caller.
+class BatchRequest {
+ public:
+  virtual ~BatchRequest() = default;
+
+  // Converts the request into kernel arguments kept inside (checks the
+  // per-request limit `max_elements`). An error is the request's answer.
+  virtual absl::Status Prepare(int64_t max_elements) = 0;
+  // After Prepare: runs the kernels on the prepared arguments alone and
+  // writes the response.
+  virtual absl::Status Compute(const kernels::ComputeOptions& options) = 0;
+  // After Prepare, for requests with a non-empty key: gives up the prepared
+  // Attend arguments to a merged call...
+  virtual kernels::AttendArgs TakeAttendArgs() = 0;
+  // ...and receives this request's own slice of its result.
+  virtual void Fill(kernels::AttendResult result) = 0;
+  // The request's answer, exactly once per Enqueue; afterwards the batcher
+  // does not touch the request again.
+  virtual void Done(const absl::Status& status) = 0;
+
+ private:
+  friend class Batcher;
+  enum class State { kIdle, kQueued, kRunning };
+  struct BatchState;
+
+  // All guarded by Batcher::mu_ (not expressible across classes).
+  State state_ = State::kIdle;
+  std::string key_;
+  int64_t items_ = 1;
+  int method_ = 0;
+  absl::Time enqueued_;
+  absl::Time deadline_;
+  std::list<BatchRequest*>::iterator position_;
+  BatchState* batch_ = nullptr;
+  // Read by the kernels of a request computing alone.
+  std::atomic<bool> cancelled_{false};
+};
+
+class Batcher {
+ public:
+  // How a request takes part in batching.
+  struct Traits {
+    // Requests with equal non-empty keys can run as one kernel call; empty:
+    // never merged.
+    std::string key;
+    // Items along the batch dimension B (>= 1).
+    int64_t items = 1;
+    // Metric label (MethodLabelIndex).
+    int method = 0;
+    // When the caller stops waiting.
+    absl::Time deadline = absl::InfiniteFuture();
+  };
+
+  // Starts options.batch_threads threads. `metrics` is not owned and must
+  // outlive the batcher. The options must be valid (ValidateBatcherOptions).
+  Batcher(const BatcherOptions& options, Metrics* metrics);
+  // Stops (see Stop).
+  ~Batcher();
+
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Queues `request` (not owned; it must stay alive until its Done). Errors,
+  // after which Done is not called: UNAVAILABLE once Stop has begun;
+  // RESOURCE_EXHAUSTED when max_queue_size requests are already waiting.
+  absl::Status Enqueue(BatchRequest* request, Traits traits);
+
+  // The request's call was cancelled (by its client, its deadline or server
+  // shutdown): if it is still queued it is removed and answered
+  // DEADLINE_EXCEEDED (deadline passed) or CANCELLED; if it is computing,
+  // its kernels stop at the next row once nothing else needs them. Does
+  // nothing once the request has been answered.
+  void Cancel(BatchRequest* request);
+
+  // Refuses new requests, lets the threads run every queued request (without
+  // waiting for batches to fill), then joins them. Idempotent.
+  void Stop();
+
+  // Requests waiting (a snapshot, for tests).
+  size_t queued() const;
+
+ private:
+  struct Formed {
+    std::vector<BatchRequest*> requests;
+    std::unique_ptr<BatchRequest::BatchState> state;
+    int threads = 1;
+  };
+
+  void WorkerLoop();
+  // Picks the next batch to run. False (and `wake`, when to look again) if
+  // none is ready yet.
+  bool FormBatch(absl::Time now, Formed& formed, absl::Time& wake)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Remove(BatchRequest* request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Run(Formed& formed);
+  void RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
+                 int threads);
+  void RunAlone(BatchRequest* request, int threads, bool prepared);
+  void Answer(BatchRequest* request, const absl::Status& status);
+
+  const BatcherOptions options_;
+  Metrics* const metrics_;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar changed_;
+  std::list<BatchRequest*> queue_ ABSL_GUARDED_BY(mu_);
+  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  absl::Mutex stop_mu_;
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(stop_mu_);
+};
+
+}  // namespace attnserve::server
+
+#endif  // ATTNSERVE_SERVER_BATCHER_H_

@@ -1,0 +1,309 @@
+// The dynamic batcher against a real attnd: many concurrent callers with
+// different data each get exactly their own result, streams batch with each
+// other, a full queue answers RESOURCE_EXHAUSTED, expired and cancelled
+// requests never reach a kernel (read from /metrics), and SIGTERM under load
+// loses no accepted request.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "attnserve/v1/attention.grpc.pb.h"
+#include "client/client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/attention.h"
+#include "tests/testing/metrics_scrape.h"
+#include "tests/testing/server_process.h"
+
+namespace attnserve::testing {
+namespace {
+
+using client::Client;
+using client::ClientOptions;
+using client::MakeTensor;
+using client::TensorEncoding;
+using client::TensorValues;
+using ::testing::HasSubstr;
+using ::testing::Optional;
+
+constexpr int64_t kH = 2, kS = 5, kD = 8;
+
+// Distinct values for every (caller, call, item): a wrong slice cannot match.
+std::vector<float> Values(int64_t n, int seed) {
+  std::vector<float> values(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    values[i] = std::sin(0.37f * static_cast<float>(i) + 1.7f * static_cast<float>(seed));
+  }
+  return values;
+}
+
+// `alibi`, causal, B=b, H=2, S=5, D=8: q, k, v from `seed`.
+v1::AttendRequest Request(int64_t b, int seed) {
+  v1::AttendRequest request;
+  request.mutable_method()->mutable_alibi();
+  request.set_causal(true);
+  const int64_t n = b * kH * kS * kD;
+  *request.mutable_q() = MakeTensor({b, kH, kS, kD}, Values(n, seed), TensorEncoding::kRawData);
+  *request.mutable_k() =
+      MakeTensor({b, kH, kS, kD}, Values(n, seed + 1000), TensorEncoding::kRawData);
+  *request.mutable_v() =
+      MakeTensor({b, kH, kS, kD}, Values(n, seed + 2000), TensorEncoding::kRawData);
+  return request;
+}
+
+// What the kernels compute for Request(b, seed) alone, in this process.
+std::vector<float> Expected(int64_t b, int seed) {
+  kernels::AttendArgs args;
+  args.method = kernels::MethodKind::kAlibi;
+  args.causal = true;
+  const int64_t n = b * kH * kS * kD;
+  args.inputs["q"] = kernels::Tensor({b, kH, kS, kD}, Values(n, seed));
+  args.inputs["k"] = kernels::Tensor({b, kH, kS, kD}, Values(n, seed + 1000));
+  args.inputs["v"] = kernels::Tensor({b, kH, kS, kD}, Values(n, seed + 2000));
+  return kernels::Attend(std::move(args), kernels::ComputeOptions())->out.values();
+}
+
+::testing::AssertionResult Matches(const v1::AttendResponse& response, int64_t b, int seed) {
+  absl::StatusOr<std::vector<float>> got = TensorValues(response.out());
+  if (!got.ok()) return ::testing::AssertionFailure() << got.status();
+  const std::vector<float> want = Expected(b, seed);
+  if (got->size() != want.size()) {
+    return ::testing::AssertionFailure() << "size " << got->size() << " != " << want.size();
+  }
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::fabs((*got)[i] - want[i]) > 1e-5f) {
+      return ::testing::AssertionFailure()
+             << "seed " << seed << " element " << i << ": " << (*got)[i] << " != " << want[i];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+std::string Scrape(const ServerProcess& server) {
+  absl::StatusOr<std::string> text = HttpGet(server.metrics_port());
+  EXPECT_TRUE(text.ok()) << text.status();
+  return text.ok() ? *text : "";
+}
+
+double Counter(const std::string& text, const std::string& series) {
+  return MetricValue(text, series).value_or(0);
+}
+
+TEST(BatchingTest, ManyConcurrentCallersEachGetTheirOwnSlice) {
+  auto server = ServerProcess::Start(
+      {"--max_batch_size=16", "--max_queue_delay_us=3000", "--batch_threads=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Create((*server)->address());
+  ASSERT_TRUE(client.ok());
+
+  constexpr int kCallers = 24, kCalls = 4;
+  std::atomic<int> failures{0};
+  std::atomic<int64_t> items{0};
+  std::vector<std::thread> callers;
+  for (int c = 0; c < kCallers; ++c) {
+    callers.emplace_back([&, c] {
+      for (int i = 0; i < kCalls; ++i) {
+        const int seed = c * 100 + i;
+        const int64_t b = 1 + (c + i) % 3;
+        items += b;
+        if (c % 4 == 0) {
+          // Streams batch with the unary calls.
+          const Client::StreamResult stream = (*client)->AttendStream({Request(b, seed)});
+          if (!stream.status.ok() || stream.responses.size() != 1 ||
+              !Matches(stream.responses[0], b, seed)) {
+            ++failures;
+          }
+          continue;
+        }
+        absl::StatusOr<v1::AttendResponse> response = (*client)->Attend(Request(b, seed));
+        if (!response.ok()) {
+          ADD_FAILURE() << response.status();
+          ++failures;
+        } else if (::testing::AssertionResult match = Matches(*response, b, seed); !match) {
+          ADD_FAILURE() << match.message();
+          ++failures;
+        }
+      }
+    });
+  }
+  for (std::thread& caller : callers) caller.join();
+  EXPECT_EQ(failures.load(), 0);
+
+  const std::string text = Scrape(**server);
+  const double requests = kCallers * kCalls;
+  EXPECT_EQ(Counter(text, R"(attnserve_batched_requests_total{method="alibi"})"), requests);
+  EXPECT_THAT(MetricValue(text, "attnserve_batch_size_sum"), Optional(static_cast<double>(items)));
+  const double batches = Counter(text, R"(attnserve_batches_total{method="alibi"})");
+  std::printf("%g requests (%lld items) ran in %g batches\n", requests,
+              static_cast<long long>(items.load()), batches);
+  EXPECT_GE(batches, 1);
+  EXPECT_LT(batches, requests / 2) << "requests were not merged";
+}
+
+TEST(BatchingTest, StreamsFormOneFullBatch) {
+  // A long delay: only a full batch (4 items) may run before it.
+  auto server = ServerProcess::Start({"--max_batch_size=4", "--max_queue_delay_us=20000000"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Create((*server)->address());
+  ASSERT_TRUE(client.ok());
+  std::vector<std::thread> streams;
+  std::atomic<int> ok{0};
+  for (int s = 0; s < 4; ++s) {
+    streams.emplace_back([&, s] {
+      const Client::StreamResult result = (*client)->AttendStream({Request(1, 7 * s)});
+      if (result.status.ok() && result.responses.size() == 1 &&
+          Matches(result.responses[0], 1, 7 * s)) {
+        ++ok;
+      }
+    });
+  }
+  for (std::thread& stream : streams) stream.join();
+  EXPECT_EQ(ok.load(), 4);
+  const std::string text = Scrape(**server);
+  EXPECT_EQ(Counter(text, R"(attnserve_batches_total{method="alibi"})"), 1);
+  EXPECT_THAT(MetricValue(text, "attnserve_batch_size_sum"), Optional(4.0));
+  EXPECT_EQ(
+      Counter(text, R"(attnserve_requests_total{code="OK",method="alibi",rpc="AttendStream"})"), 4);
+}
+
+TEST(BatchingTest, ExpiredAndCancelledRequestsNeverReachAKernel) {
+  // Nothing runs before a batch of 64 items or 20 s: every request waits.
+  auto server = ServerProcess::Start({"--max_batch_size=64", "--max_queue_delay_us=20000000"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions short_deadline;
+  short_deadline.default_deadline = absl::Milliseconds(200);
+  auto client = Client::Create((*server)->address(), short_deadline);
+  ASSERT_TRUE(client.ok());
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ((*client)->Attend(Request(1, i)).status().code(),
+              absl::StatusCode::kDeadlineExceeded);
+  }
+  // A client cancel while the request waits.
+  auto stub = v1::AttentionService::NewStub(
+      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::AttendResponse response;
+  std::thread canceller([&context] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    context.TryCancel();
+  });
+  const grpc::Status cancelled = stub->Attend(&context, Request(1, 99), &response);
+  canceller.join();
+  EXPECT_EQ(cancelled.error_code(), grpc::StatusCode::CANCELLED);
+
+  // gRPC reports the server's side asynchronously; give it a moment.
+  std::string text;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    text = Scrape(**server);
+    if (Counter(text, R"(attnserve_dropped_requests_total{reason="cancelled"})") +
+            Counter(text, R"(attnserve_dropped_requests_total{reason="deadline"})") >=
+        4) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(Counter(text, R"(attnserve_dropped_requests_total{reason="deadline"})"), 3);
+  EXPECT_EQ(Counter(text, R"(attnserve_dropped_requests_total{reason="cancelled"})"), 1);
+  EXPECT_EQ(MetricSum(text, "attnserve_batches_total"), 0);
+  EXPECT_EQ(MetricSum(text, "attnserve_batched_requests_total"), 0);
+  EXPECT_EQ(MetricValue(text, "attnserve_compute_duration_seconds_count"), std::nullopt);
+  EXPECT_THAT(MetricValue(text, "attnserve_queue_depth"), Optional(0.0));
+  EXPECT_THAT(MetricValue(text, "attnserve_inflight_requests"), Optional(0.0));
+}
+
+TEST(BatchingTest, FullQueueAnswersResourceExhausted) {
+  auto server = ServerProcess::Start(
+      {"--max_batch_size=64", "--max_queue_delay_us=20000000", "--max_queue_size=3"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions deadline;
+  deadline.default_deadline = absl::Seconds(1);
+  auto client = Client::Create((*server)->address(), deadline);
+  ASSERT_TRUE(client.ok());
+  std::vector<std::thread> waiting;
+  for (int i = 0; i < 3; ++i) {
+    waiting.emplace_back([&, i] { (void)(*client)->Attend(Request(1, i)); });
+  }
+  // Wait until all three are queued.
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    if (MetricValue(Scrape(**server), "attnserve_queue_depth") == 3.0) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const absl::Status full = (*client)->Attend(Request(1, 42)).status();
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_THAT(std::string(full.message()), HasSubstr("queue is full"));
+  for (std::thread& t : waiting) t.join();
+  const std::string text = Scrape(**server);
+  EXPECT_EQ(Counter(text, R"(attnserve_dropped_requests_total{reason="queue_full"})"), 1);
+  EXPECT_EQ(
+      Counter(text,
+              R"(attnserve_requests_total{code="RESOURCE_EXHAUSTED",method="alibi",rpc="Attend"})"),
+      1);
+}
+
+TEST(BatchingTest, SigtermUnderLoadLosesNoAcceptedRequest) {
+  auto server = ServerProcess::Start(
+      {"--max_batch_size=8", "--max_queue_delay_us=20000", "--shutdown_grace_s=20"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Create((*server)->address());
+  ASSERT_TRUE(client.ok());
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok_after_signal{0};
+  std::atomic<bool> signalled{false};
+  std::mutex mu;
+  std::map<absl::StatusCode, int> codes;
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 12; ++c) {
+    callers.emplace_back([&, c] {
+      for (int i = 0; !stop.load(); ++i) {
+        const int seed = c * 1000 + i;
+        absl::StatusOr<v1::AttendResponse> response = (*client)->Attend(Request(1, seed));
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          ++codes[response.status().code()];
+        }
+        if (response.ok()) {
+          EXPECT_TRUE(Matches(*response, 1, seed));
+          if (signalled.load()) ++ok_after_signal;
+        } else {
+          // Refused (never accepted) once the server drains: the only other answer.
+          EXPECT_EQ(response.status().code(), absl::StatusCode::kUnavailable) << response.status();
+          if (!absl::IsUnavailable(response.status()))
+            std::printf("%s\n", response.status().ToString().c_str());
+          return;
+        }
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(400));
+  signalled = true;
+  ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid((*server)->pid(), &status, 0), (*server)->pid());
+  stop = true;
+  for (std::thread& caller : callers) caller.join();
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  std::printf("OK %d (after SIGTERM %d), UNAVAILABLE %d\n", codes[absl::StatusCode::kOk],
+              ok_after_signal.load(), codes[absl::StatusCode::kUnavailable]);
+  EXPECT_GT(codes[absl::StatusCode::kOk], 12);
+  for (const auto& [code, count] : codes) {
+    EXPECT_TRUE(code == absl::StatusCode::kOk || code == absl::StatusCode::kUnavailable)
+        << absl::StatusCodeToString(code) << " x" << count;
+  }
+}
+
+}  // namespace
+}  // namespace attnserve::testing

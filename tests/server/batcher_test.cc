@@ -1,0 +1,237 @@
+// Batcher with in-memory requests on the real kernels: batches form by
+// Triton's rules, each request gets exactly its own slice, and dropped
+// requests never reach a kernel (read from the real metrics).
+#include "server/batcher.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <prometheus/registry.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "server/metrics.h"
+
+namespace attnserve::server {
+namespace {
+
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+// The value of the counter or gauge `name` with `labels` (or the histogram's
+// sample count or sum), 0 when absent.
+double Value(prometheus::Registry& registry, const std::string& name,
+             const std::map<std::string, std::string>& labels = {}, bool sum = false) {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      std::map<std::string, std::string> have;
+      for (const auto& label : metric.label) have[label.name] = label.value;
+      if (have != labels) continue;
+      switch (family.type) {
+        case prometheus::MetricType::Counter: return metric.counter.value;
+        case prometheus::MetricType::Gauge: return metric.gauge.value;
+        case prometheus::MetricType::Histogram:
+          return sum ? metric.histogram.sample_sum
+                     : static_cast<double>(metric.histogram.sample_count);
+        default: return 0;
+      }
+    }
+  }
+  return 0;
+}
+
+// `none` attention on q = k = v: B items of H=2, S=3, D=4 whose values start
+// at `seed`, so every request's output is distinct.
+kernels::AttendArgs NoneArgs(int64_t b, float seed) {
+  kernels::AttendArgs args;
+  args.method = kernels::MethodKind::kNone;
+  std::vector<float> values(static_cast<size_t>(b * 24));
+  for (size_t i = 0; i < values.size(); ++i) values[i] = seed + 0.01f * static_cast<float>(i % 7);
+  for (const char* name : {"q", "k", "v"})
+    args.inputs[name] = kernels::Tensor({b, 2, 3, 4}, values);
+  return args;
+}
+
+class FakeRequest final : public BatchRequest {
+ public:
+  FakeRequest(int64_t b, float seed) : b_(b), seed_(seed) {}
+
+  absl::Status Prepare(int64_t /*max_elements*/) override {
+    args_ = NoneArgs(b_, seed_);
+    return absl::OkStatus();
+  }
+  absl::Status Compute(const kernels::ComputeOptions& options) override {
+    absl::StatusOr<kernels::AttendResult> result = kernels::Attend(std::move(args_), options);
+    if (!result.ok()) return result.status();
+    Fill(std::move(*result));
+    return absl::OkStatus();
+  }
+  kernels::AttendArgs TakeAttendArgs() override { return std::move(args_); }
+  void Fill(kernels::AttendResult result) override { out_ = std::move(result.out); }
+  void Done(const absl::Status& status) override {
+    status_ = status;
+    done_.Notify();
+  }
+
+  Batcher::Traits Traits(absl::Time deadline = absl::InfiniteFuture()) const {
+    return Batcher::Traits{"none:2x3x4", b_, MethodLabelIndex(kernels::MethodKind::kNone),
+                           deadline};
+  }
+  bool WaitDone(absl::Duration timeout = absl::Seconds(10)) {
+    return done_.WaitForNotificationWithTimeout(timeout);
+  }
+  const absl::Status& status() const { return status_; }
+  const kernels::Tensor& out() const { return out_; }
+  // What this request alone computes.
+  std::vector<float> Expected() const {
+    return kernels::Attend(NoneArgs(b_, seed_), kernels::ComputeOptions())->out.values();
+  }
+
+ private:
+  const int64_t b_;
+  const float seed_;
+  kernels::AttendArgs args_;
+  kernels::Tensor out_;
+  absl::Status status_;
+  absl::Notification done_;
+};
+
+class BatcherTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Batcher> Make(BatcherOptions options) {
+    return std::make_unique<Batcher>(options, &metrics_);
+  }
+  double Batches() { return Value(registry_, "attnserve_batches_total", {{"method", "none"}}); }
+  double Reached() {
+    return Value(registry_, "attnserve_batched_requests_total", {{"method", "none"}});
+  }
+  double Dropped(const std::string& reason) {
+    return Value(registry_, "attnserve_dropped_requests_total", {{"reason", reason}});
+  }
+
+  prometheus::Registry registry_;
+  Metrics metrics_{registry_, "test"};
+};
+
+TEST_F(BatcherTest, FullBatchRunsAsOneCallAndEachGetsItsOwnSlice) {
+  BatcherOptions options;
+  options.max_batch_size = 6;
+  options.max_queue_delay = absl::Seconds(30);  // only a full batch may run
+  auto batcher = Make(options);
+  std::vector<std::unique_ptr<FakeRequest>> requests;
+  for (int64_t b : {1, 2, 3}) {
+    requests.push_back(std::make_unique<FakeRequest>(b, 0.5f * static_cast<float>(b)));
+    ASSERT_TRUE(batcher->Enqueue(requests.back().get(), requests.back()->Traits()).ok());
+  }
+  for (auto& request : requests) {
+    ASSERT_TRUE(request->WaitDone());
+    ASSERT_TRUE(request->status().ok()) << request->status();
+    EXPECT_THAT(request->out().values(), ElementsAreArray(request->Expected()));
+  }
+  EXPECT_EQ(Batches(), 1);
+  EXPECT_EQ(Reached(), 3);
+  EXPECT_EQ(Value(registry_, "attnserve_batch_size", {}, /*sum=*/true), 6);
+}
+
+TEST_F(BatcherTest, PreferredSizeCutsTheBatchAndStopRunsTheRest) {
+  BatcherOptions options;
+  options.max_batch_size = 8;
+  options.preferred_batch_sizes = {2};
+  options.max_queue_delay = absl::Seconds(30);
+  auto batcher = Make(options);
+  FakeRequest a(1, 0.1f), b(1, 0.2f), c(1, 0.3f);
+  ASSERT_TRUE(batcher->Enqueue(&a, a.Traits()).ok());
+  ASSERT_TRUE(batcher->Enqueue(&b, b.Traits()).ok());
+  ASSERT_TRUE(a.WaitDone());
+  ASSERT_TRUE(b.WaitDone());
+  ASSERT_TRUE(batcher->Enqueue(&c, c.Traits()).ok());
+  EXPECT_FALSE(c.WaitDone(absl::Milliseconds(100)));  // 1 is neither full nor preferred
+  batcher->Stop();                                    // stopping runs what waits
+  ASSERT_TRUE(c.WaitDone());
+  EXPECT_TRUE(c.status().ok());
+  EXPECT_EQ(Batches(), 2);
+  EXPECT_EQ(Value(registry_, "attnserve_batch_size", {}, /*sum=*/true), 3);
+  EXPECT_EQ(batcher->Enqueue(&c, c.Traits()).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Dropped("shutdown"), 1);
+}
+
+TEST_F(BatcherTest, FullQueueIsResourceExhausted) {
+  BatcherOptions options;
+  options.max_batch_size = 8;
+  options.max_queue_size = 2;
+  options.max_queue_delay = absl::Seconds(30);
+  auto batcher = Make(options);
+  FakeRequest a(1, 0.1f), b(1, 0.2f), c(1, 0.3f);
+  ASSERT_TRUE(batcher->Enqueue(&a, a.Traits()).ok());
+  ASSERT_TRUE(batcher->Enqueue(&b, b.Traits()).ok());
+  const absl::Status full = batcher->Enqueue(&c, c.Traits());
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.message()), HasSubstr("queue is full"));
+  EXPECT_THAT(std::string(full.message()), HasSubstr("--max_queue_size"));
+  EXPECT_EQ(Dropped("queue_full"), 1);
+  EXPECT_EQ(Value(registry_, "attnserve_queue_depth"), 2);
+  batcher->Stop();
+  EXPECT_TRUE(a.WaitDone() && b.WaitDone());
+}
+
+TEST_F(BatcherTest, CancelledAndExpiredRequestsNeverReachAKernel) {
+  BatcherOptions options;
+  options.max_batch_size = 8;
+  options.max_queue_delay = absl::Seconds(30);
+  auto batcher = Make(options);
+  FakeRequest cancelled(1, 0.1f), expired(1, 0.2f);
+  ASSERT_TRUE(batcher->Enqueue(&cancelled, cancelled.Traits()).ok());
+  ASSERT_TRUE(
+      batcher->Enqueue(&expired, expired.Traits(absl::Now() + absl::Milliseconds(50))).ok());
+  batcher->Cancel(&cancelled);
+  ASSERT_TRUE(cancelled.WaitDone());
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
+  ASSERT_TRUE(expired.WaitDone());
+  EXPECT_EQ(expired.status().code(), absl::StatusCode::kDeadlineExceeded);
+  batcher->Cancel(&cancelled);  // already answered: nothing happens
+  batcher->Stop();
+  EXPECT_EQ(Dropped("cancelled"), 1);
+  EXPECT_EQ(Dropped("deadline"), 1);
+  EXPECT_EQ(Batches(), 0);
+  EXPECT_EQ(Reached(), 0);
+}
+
+TEST_F(BatcherTest, DifferentKeysAndLargeRequestsRunApart) {
+  BatcherOptions options;
+  options.max_batch_size = 4;
+  auto batcher = Make(options);
+  FakeRequest big(4, 0.1f), other(1, 0.2f);
+  Batcher::Traits other_traits = other.Traits();
+  other_traits.key = "another";
+  ASSERT_TRUE(batcher->Enqueue(&big, big.Traits()).ok());
+  ASSERT_TRUE(batcher->Enqueue(&other, other_traits).ok());
+  ASSERT_TRUE(big.WaitDone() && other.WaitDone());
+  EXPECT_THAT(big.out().values(), ElementsAreArray(big.Expected()));
+  EXPECT_THAT(other.out().values(), ElementsAreArray(other.Expected()));
+  EXPECT_EQ(Batches(), 2);
+}
+
+TEST(BatcherOptionsTest, InvalidOptionsNameTheFlag) {
+  BatcherOptions options;
+  options.max_batch_size = 0;
+  EXPECT_THAT(std::string(ValidateBatcherOptions(options).message()),
+              HasSubstr("--max_batch_size"));
+  options = BatcherOptions();
+  options.preferred_batch_sizes = {4, 2};
+  EXPECT_THAT(std::string(ValidateBatcherOptions(options).message()),
+              HasSubstr("--preferred_batch_sizes"));
+  options.preferred_batch_sizes = {2, 128};
+  EXPECT_FALSE(ValidateBatcherOptions(options).ok());
+  options = BatcherOptions();
+  options.batch_threads = 0;
+  EXPECT_THAT(std::string(ValidateBatcherOptions(options).message()), HasSubstr("--batch_threads"));
+  EXPECT_TRUE(ValidateBatcherOptions(BatcherOptions()).ok());
+}
+
+}  // namespace
+}  // namespace attnserve::server
