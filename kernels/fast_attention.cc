@@ -128,7 +128,8 @@ class FastEngine {
       }
     }
     if (ws.block_scratch != nullptr) {
-      modifier_.BeginQueryBlock({bh / p_.heads, bh % p_.heads, i0, rows, 0, p_.sk, ws.block_scratch});
+      modifier_.BeginQueryBlock(
+          {bh / p_.heads, bh % p_.heads, i0, rows, 0, p_.sk, ws.block_scratch});
     }
     if (probs_ == nullptr) {
       OnlineSoftmax(ws, bh, i0, rows, key_end);
@@ -153,8 +154,8 @@ class FastEngine {
 
   // Raw dot products of query rows [i0, i0 + rows) with keys [j0, j0 + n)
   // into s (leading dimension ld), then the method's logits.
-  void ComputeScores(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t n,
-                 float* s, int64_t ld) const {
+  void ComputeScores(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0,
+                     int64_t n, float* s, int64_t ld) const {
     const HeadRows q = p_.q_rows();
     const float* a = scale_only_ ? ws.q_scaled : q.Row(bh, i0);
     const int64_t lda = scale_only_ ? p_.d : q.stride();

@@ -280,7 +280,9 @@ RelativeTable::RelativeTable(const float* table, int64_t count, int64_t width)
       panels_(static_cast<size_t>(simd::RoundUpToPanel(count) * width), 0.0f) {
   for (int64_t n = 0; n < count; ++n) {
     float* panel = panels_.data() + (n / simd::kPanel) * width * simd::kPanel;
-    for (int64_t e = 0; e < width; ++e) panel[e * simd::kPanel + n % simd::kPanel] = table[n * width + e];
+    for (int64_t e = 0; e < width; ++e) {
+      panel[e * simd::kPanel + n % simd::kPanel] = table[n * width + e];
+    }
   }
 }
 

@@ -78,7 +78,8 @@ class Sinusoidal final : public PositionalMethod {
     // float rounding of P, at a few multiplies per value instead of a sincos.
     const int64_t d_model = g.d_model, pairs = (g.d_model + 1) / 2;
     std::vector<double> denominators(static_cast<size_t>(pairs));
-    std::vector<double> step_cos(static_cast<size_t>(pairs)), step_sin(static_cast<size_t>(pairs));
+    std::vector<double> step_cos(static_cast<size_t>(pairs));
+    std::vector<double> step_sin(static_cast<size_t>(pairs));
     for (int64_t n = 0; n < pairs; ++n) {
       denominators[n] = std::pow(base, static_cast<double>(2 * n) / static_cast<double>(d_model));
       ::sincos(1.0 / denominators[n], &step_sin[n], &step_cos[n]);

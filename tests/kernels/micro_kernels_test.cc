@@ -1,0 +1,101 @@
+// The fast engine's AVX2 building blocks (kernels/micro_kernels.h) against
+// plain double loops: the panel GEMM over every row count and ragged sizes,
+// with and without accumulation; exp over the softmax's input range, its
+// exact zeros, and the row reductions.
+#include "kernels/micro_kernels.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace attnserve::kernels::simd {
+namespace {
+
+std::vector<float> Uniform(int64_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1, 1);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = u(rng);
+  return v;
+}
+
+TEST(MicroKernelsTest, GemmOnPackedPanelsMatchesDoubleProduct) {
+  std::mt19937 rng(7);
+  for (const int64_t m : {1, 5, 6, 7, 13, 96}) {
+    for (const int64_t n : {1, 16, 17, 40}) {
+      for (const int64_t k : {1, 3, 64, 70}) {
+        const int64_t lda = k + 3, n_pad = RoundUpToPanel(n), ldc = n_pad + 16;
+        const std::vector<float> a = Uniform(m * lda, rng), b = Uniform(k * n, rng);
+        std::vector<float> panels(static_cast<size_t>(k * n_pad));
+        PackColumnPanels(b.data(), n, k, n, panels.data());
+        std::vector<float> c = Uniform(m * ldc, rng);
+        const std::vector<float> c_before = c;
+        Gemm<true>(m, n_pad, k, a.data(), lda, panels.data(), k * kPanel, c.data(), ldc);
+        std::vector<float> fresh(static_cast<size_t>(m * ldc));
+        Gemm<false>(m, n_pad, k, a.data(), lda, panels.data(), k * kPanel, fresh.data(), ldc);
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t col = 0; col < n_pad; ++col) {
+            double dot = 0;
+            for (int64_t p = 0; p < k; ++p) {
+              dot += col < n ? static_cast<double>(a[r * lda + p]) * b[p * n + col] : 0.0;
+            }
+            const double tolerance = 1e-5 * static_cast<double>(k);
+            ASSERT_NEAR(fresh[r * ldc + col], dot, tolerance)
+                << "m=" << m << " n=" << n << " k=" << k << " at " << r << "," << col;
+            ASSERT_NEAR(c[r * ldc + col], c_before[r * ldc + col] + dot, tolerance)
+                << "accumulating, m=" << m << " n=" << n << " k=" << k;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MicroKernelsTest, ExpIsWithinTwoUlpsAndExactlyZeroBelowItsRange) {
+  std::vector<float> x;
+  for (float v = -86.0f; v <= 0.0f; v += 0.0137f) x.push_back(v);
+  x.push_back(0.0f);
+  const size_t count = x.size();
+  for (const float low : {-87.5f, -100.0f, -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::quiet_NaN()}) {
+    x.push_back(low);
+  }
+  while (x.size() % 8 != 0) x.push_back(-1.0f);
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < x.size(); i += 8) {
+    _mm256_storeu_ps(y.data() + i, Exp(_mm256_loadu_ps(x.data() + i)));
+  }
+  for (size_t i = 0; i < count; ++i) {
+    const double want = std::exp(static_cast<double>(x[i]));
+    ASSERT_NEAR(y[i], want, 2.5e-7 * want) << "exp(" << x[i] << ")";
+  }
+  for (size_t i = count; i < count + 4; ++i) EXPECT_EQ(y[i], 0.0f) << "exp(" << x[i] << ")";
+}
+
+TEST(MicroKernelsTest, RowReductionsMatchScalarLoops) {
+  std::mt19937 rng(11);
+  for (const int64_t n : {1, 7, 8, 9, 100}) {
+    std::vector<float> x = Uniform(n, rng);
+    float max = x[0];
+    double sum = 0;
+    for (float v : x) max = std::max(max, v);
+    for (float v : x) sum += v;
+    EXPECT_EQ(Max(x.data(), n), max) << n;
+    EXPECT_NEAR(SumInDouble(x.data(), n), sum, 1e-12) << n;
+    const std::vector<float> before = x;
+    const float total = ExpAndSum(x.data(), n, max);
+    double want = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double e = std::exp(static_cast<double>(before[i]) - max);
+      EXPECT_NEAR(x[i], e, 3e-7) << n << " at " << i;
+      want += e;
+    }
+    EXPECT_NEAR(total, want, 1e-6 * static_cast<double>(n)) << n;
+  }
+}
+
+}  // namespace
+}  // namespace attnserve::kernels::simd
