@@ -35,7 +35,9 @@ import numpy as np
 from attnserve import AttnError, Client
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attnd_process import AttndProcess  # pylint: disable=wrong-import-position
+from prometheus_text import sample_value  # pylint: disable=wrong-import-position
 
 SOURCE_DIR = os.environ.get(
     "ATTN_SOURCE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -89,22 +91,6 @@ def send_traffic(client):
 def http_get(url, timeout=5.0):
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.status, response.read().decode("utf-8")
-
-
-def sample_value(text, name, labels):
-    """The value of the sample `name{labels}` in Prometheus text format (labels
-    compared as a set), or None."""
-    wanted = set(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and line.split(" ")[0] != name:
-            continue
-        match = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)', line)
-        if match is None or match.group(1) != name:
-            continue
-        got = set(re.findall(r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"', match.group(3) or ""))
-        if got == wanted:
-            return float(match.group(4))
-    return None
 
 
 def free_port():

@@ -17,7 +17,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
+import urllib.request
 
 import grpc
 import numpy as np
@@ -26,7 +28,9 @@ from attnserve import AttnError, Client
 from attnserve.v1 import attention_pb2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attnd_process import AttndProcess, attnd_path  # pylint: disable=wrong-import-position
+from prometheus_text import sample_value  # pylint: disable=wrong-import-position
 
 SEED = 20240611
 START_TIMEOUT_S = 20
@@ -263,6 +267,65 @@ class TensorDirTest(unittest.TestCase):
         self.assertEqual(caught.exception.message,
                          "rel_k.shape: must be empty or equal the shape of ref 'shaw/rel_k' "
                          "[5,4], got [4,5]")
+
+
+class BatchedRefsTest(unittest.TestCase):
+    """Concurrent callers naming the same refs are merged into batches by
+    the dynamic batcher, and each gets exactly its own result."""
+
+    CALLERS = 16
+
+    def test_concurrent_ref_calls_batch_and_each_gets_its_own_result(self):
+        rng = random.Random(SEED + 1)
+        tmp = tempfile.mkdtemp(prefix="tensor_dir_batch_")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        stored = {}
+        inline = {}
+        for name in ("rel_k", "rel_v"):
+            stored[name], inline[name] = random_tensor(rng, "BF16", [5, 4])
+        write_safetensors(os.path.join(tmp, "shaw.safetensors"), stored)
+        # A long queue delay so that callers released together share batches.
+        server = AttndProcess([f"--tensor_dir={tmp}", "--max_batch_size=64",
+                               "--max_queue_delay_us=100000"])
+        self.addCleanup(server.stop)
+        self.assertGreater(server.metrics_port, 0)
+        client = Client(server.address, timeout=30)
+        self.addCleanup(client.close)
+        nprng = np.random.default_rng(SEED + 1)
+        inputs = [tuple(nprng.standard_normal((1, 2, 3, 4)).astype(np.float32) for _ in range(3))
+                  for _ in range(self.CALLERS)]
+        results = [None] * self.CALLERS
+        errors = []
+        barrier = threading.Barrier(self.CALLERS)
+
+        def call(i):
+            q, k, v = inputs[i]
+            try:
+                barrier.wait(timeout=30)
+                results[i] = client.attend("shaw", q=q, k=k, v=v, max_relative_position=2,
+                                           rel_k="shaw/rel_k", rel_v="shaw/rel_v").out
+            except Exception as error:  # pylint: disable=broad-except
+                errors.append(f"caller {i}: {error!r}")
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(self.CALLERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        self.assertEqual(errors, [])
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics",
+                                    timeout=10) as response:
+            metrics = response.read().decode("utf-8")
+        # Only now the reference calls, one at a time, so they do not count above.
+        for i, (q, k, v) in enumerate(inputs):
+            alone = client.attend("shaw", q=q, k=k, v=v, max_relative_position=2,
+                                  rel_k=inline["rel_k"], rel_v=inline["rel_v"]).out
+            self.assertTrue(np.array_equal(results[i], alone), f"caller {i}")
+        batches = sample_value(metrics, "attnserve_batches_total", {"method": "shaw"})
+        batched = sample_value(metrics, "attnserve_batched_requests_total", {"method": "shaw"})
+        print(f"{batched:.0f} ref calls ran in {batches:.0f} batches")
+        self.assertEqual(batched, self.CALLERS)
+        self.assertLess(batches, batched, "no two ref calls shared a batch")
 
 
 class StartUpTest(unittest.TestCase):
