@@ -6,9 +6,12 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <optional>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -86,22 +89,102 @@ double AttentionFlops(int64_t s, bool causal) {
   return 4.0 * kHeads * kDim * pairs;
 }
 
+// One plain dnnl::matmul, fp32, row-major, on `threads` OpenMP threads:
+// [S,64]x[64,S] (the QK^T shape) or, with `pv`, [S,S]x[S,64] (the PV shape).
+// The primitive is created (and JIT-compiled) up front; Run() executes it
+// once and returns the seconds it took.
+class MatmulCeiling {
+ public:
+  MatmulCeiling(int64_t s, int threads, bool pv)
+      : threads_(threads), m_(s), k_(pv ? s : kDim), n_(pv ? kDim : s) {
+    ThreadScope scope(threads_);
+    using tag = dnnl::memory::format_tag;
+    using dt = dnnl::memory::data_type;
+    const dnnl::memory::desc a_md({m_, k_}, dt::f32, tag::ab);
+    const dnnl::memory::desc b_md({k_, n_}, dt::f32, tag::ab);
+    const dnnl::memory::desc c_md({m_, n_}, dt::f32, tag::ab);
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine_);
+    impl_ = pd.impl_info_str();
+    std::mt19937 rng(7);
+    a_ = Random({m_, k_}, rng);
+    b_ = Random({k_, n_}, rng);
+    c_ = Tensor({m_, n_});
+    args_ = {{DNNL_ARG_SRC, dnnl::memory(a_md, engine_, a_.data())},
+             {DNNL_ARG_WEIGHTS, dnnl::memory(b_md, engine_, b_.data())},
+             {DNNL_ARG_DST, dnnl::memory(c_md, engine_, c_.data())}};
+    matmul_ = dnnl::matmul(pd);
+  }
+
+  // oneDNN's implementation name; one starting "ref" is not a ceiling.
+  const std::string& impl() const { return impl_; }
+  bool IsReference() const { return impl_.rfind("ref", 0) == 0; }
+  double Flops() const { return 2.0 * static_cast<double>(m_ * k_) * static_cast<double>(n_); }
+
+  double Run() {
+    ThreadScope scope(threads_);
+    const auto start = std::chrono::steady_clock::now();
+    matmul_.execute(stream_, args_);
+    stream_.wait();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+
+ private:
+  // oneDNN (OpenMP build) takes its team size from omp_get_max_threads().
+  class ThreadScope {
+   public:
+    explicit ThreadScope(int threads) : saved_(omp_get_max_threads()) {
+      omp_set_num_threads(threads);
+    }
+    ~ThreadScope() { omp_set_num_threads(saved_); }
+
+   private:
+    int saved_;
+  };
+
+  int threads_;
+  int64_t m_, k_, n_;
+  dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream_{engine_};
+  dnnl::matmul matmul_;
+  std::unordered_map<int, dnnl::memory> args_;
+  Tensor a_, b_, c_;
+  std::string impl_;
+};
+
 // range(0): method index, range(1): S, range(2): causal, range(3): threads.
 // Each iteration times one Attend on a fresh copy of the inputs (the copy is
 // untimed: Attend consumes them, RoPE rotates in place). extra_bytes is the
 // peak heap the call adds beyond its inputs and output (heap_peak.h), the
-// largest over the iterations.
-void RunAttend(benchmark::State& state, Engine engine) {
+// largest over the iterations. With `ceiling`, each iteration also runs the
+// [S,64]x[64,S] ceiling matmul once, untimed by the framework, so the
+// ceiling_FLOP/s counter is measured interleaved with the calls, under the
+// same load (the machine is shared; a ceiling measured minutes earlier can
+// be off by several times).
+void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
   const MethodKind kind = kAllMethods[state.range(0)];
   const int64_t s = state.range(1);
   const bool causal = state.range(2) != 0;
+  const int threads = static_cast<int>(state.range(3));
   const AttendArgs args = MakeArgs(kind, s, causal);
   ComputeOptions options;
   options.engine = engine;
-  options.threads = static_cast<int>(state.range(3));
+  options.threads = threads;
+  std::optional<MatmulCeiling> matmul;
+  double ceiling_seconds = 0;
+  int64_t ceiling_runs = 0;
+  try {
+    if (ceiling) matmul.emplace(s, threads, /*pv=*/false);
+  } catch (const dnnl::error& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
   int64_t extra_bytes = 0;
   for (auto _ : state) {
     state.PauseTiming();
+    if (matmul) {
+      ceiling_seconds += matmul->Run();
+      ++ceiling_runs;
+    }
     AttendArgs call = args;
     state.ResumeTiming();
     testing::HeapPeakScope heap;
@@ -120,55 +203,33 @@ void RunAttend(benchmark::State& state, Engine engine) {
                          benchmark::Counter::kIs1000);
   state.counters["extra_bytes"] = benchmark::Counter(
       static_cast<double>(extra_bytes), benchmark::Counter::kDefaults, benchmark::Counter::kIs1024);
+  if (matmul && ceiling_seconds > 0) {
+    state.counters["ceiling_FLOP/s"] =
+        benchmark::Counter(matmul->Flops() * static_cast<double>(ceiling_runs) / ceiling_seconds,
+                           benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
+  }
 }
 
-void BM_FastAttend(benchmark::State& state) { RunAttend(state, Engine::kFast); }
-void BM_PlainAttend(benchmark::State& state) { RunAttend(state, Engine::kPlain); }
+void BM_FastAttend(benchmark::State& state) { RunAttend(state, Engine::kFast, true); }
+void BM_PlainAttend(benchmark::State& state) { RunAttend(state, Engine::kPlain, false); }
 
-// The ceiling: one plain dnnl::matmul, fp32, row-major, on `threads` OpenMP
-// threads. range(0): S, range(1): threads, range(2): 0 for [S,64]x[64,S]
-// (the QK^T shape), 1 for [S,S]x[S,64] (the PV shape). The label is
-// oneDNN's implementation name; a reference (non-JIT) one is an error,
-// since it would make a meaningless ceiling.
+// The ceiling on its own, both shapes. range(0): S, range(1): threads,
+// range(2): 0 for [S,64]x[64,S], 1 for [S,S]x[S,64]. The label is oneDNN's
+// implementation name; a reference (non-JIT) one is an error.
 void BM_MatmulCeiling(benchmark::State& state) {
-  const int64_t s = state.range(0);
-  const int threads = static_cast<int>(state.range(1));
-  const bool pv = state.range(2) != 0;
-  const int64_t m = s, k = pv ? s : kDim, n = pv ? kDim : s;
-  const int saved_threads = omp_get_max_threads();
-  omp_set_num_threads(threads);
   try {
-    using tag = dnnl::memory::format_tag;
-    using dt = dnnl::memory::data_type;
-    dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-    dnnl::stream stream(engine);
-    const dnnl::memory::desc a_md({m, k}, dt::f32, tag::ab);
-    const dnnl::memory::desc b_md({k, n}, dt::f32, tag::ab);
-    const dnnl::memory::desc c_md({m, n}, dt::f32, tag::ab);
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine);
-    const std::string impl = pd.impl_info_str();
-    std::mt19937 rng(7);
-    Tensor a = Random({m, k}, rng), b = Random({k, n}, rng), c({m, n});
-    dnnl::memory a_mem(a_md, engine, a.data()), b_mem(b_md, engine, b.data()),
-        c_mem(c_md, engine, c.data());
-    const dnnl::matmul matmul(pd);
-    if (impl.rfind("ref", 0) == 0) {
-      state.SkipWithError(("oneDNN picked a reference matmul: " + impl).c_str());
+    MatmulCeiling matmul(state.range(0), static_cast<int>(state.range(1)), state.range(2) != 0);
+    if (matmul.IsReference()) {
+      state.SkipWithError(("oneDNN picked a reference matmul: " + matmul.impl()).c_str());
+      return;
     }
-    for (auto _ : state) {
-      matmul.execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem},
-                              {DNNL_ARG_DST, c_mem}});
-      stream.wait();
-    }
-    benchmark::DoNotOptimize(c.data());
-    state.SetLabel(impl);
+    for (auto _ : state) matmul.Run();
+    state.SetLabel(matmul.impl());
+    state.counters["FLOP/s"] = benchmark::Counter(
+        matmul.Flops(), benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
   } catch (const dnnl::error& e) {
     state.SkipWithError(e.what());
   }
-  omp_set_num_threads(saved_threads);
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * m * k * n,
-                                                benchmark::Counter::kIsIterationInvariantRate,
-                                                benchmark::Counter::kIs1000);
 }
 
 // The grid: S in {128, 512, 2048, 8192}, causal and not, 1 and 2
