@@ -313,9 +313,12 @@ absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
   const int threads = static_cast<int>(std::min<int64_t>(ThreadsFor(work, options), items));
   std::vector<std::unique_ptr<Workspace>> workspaces(static_cast<size_t>(std::max(threads, 1)));
   std::atomic<bool> stopped{false};
-  // Items run in (batch, head, query block) order, so a thread mostly finds
-  // the head it needs already packed.
-  ParallelFor(items, threads, 1, [&](int64_t begin, int64_t end) {
+  // Items run in (batch, head, query block) order, handed out in runs of
+  // consecutive items (about four runs per thread, for balance under causal
+  // masking), so a thread mostly finds the head it needs already packed
+  // rather than every thread packing every head.
+  const int64_t run = std::max<int64_t>(1, items / (4 * std::max(threads, 1)));
+  ParallelFor(items, threads, run, [&](int64_t begin, int64_t end) {
     // threads > 1 means a team of exactly `threads` here (ParallelFor runs
     // inline otherwise, where the caller's own OpenMP thread number could be
     // anything).
