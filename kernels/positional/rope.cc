@@ -7,6 +7,7 @@
 //   x'[a] = x[a] cos(phi_n) - x[b] sin(phi_n)
 //   x'[b] = x[b] cos(phi_n) + x[a] sin(phi_n)
 // Dims r .. D-1 pass unchanged (partial rotary). Values are not rotated.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <utility>
@@ -92,40 +93,71 @@ absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d) {
   return config;
 }
 
-// Rotates rows [count, d] of every (outer) block: row s at first_position + s.
-void RotateRows(const RopeConfig& config, Tensor& x, int64_t outer, int64_t count, int64_t d,
-                double first_position, const ComputeOptions& options) {
-  // The cos/sin cache: the angles depend only on the position, so cos and
-  // sin are taken once per (position, pair), in double (1.6), and stored as
-  // float: [count, half] each, O(S * D) memory.
-  const int64_t half = config.rotary_dim / 2;
-  std::vector<float> cosines(static_cast<size_t>(count * half));
-  std::vector<float> sines(static_cast<size_t>(count * half));
-  // theta_n once (RopeAngles at position 1 gives them, scaling included);
-  // phi_n = position' * theta_n as RopeAngles forms it.
+// cos(phi_n) and sin(phi_n) for positions first .. first + count - 1: the
+// angles depend only on the position, so they are taken once per call and
+// stored as float, [count, half] each (O(S * D) memory).
+struct CosSinCache {
+  int64_t half = 0;
+  std::vector<float> cosines, sines;
+};
+
+// Each run of kAnchorRows positions starts from sincos of its exact double
+// angle (1.6: phi_n = position' * theta_n, formed as RopeAngles does) and
+// steps by the fixed rotation theta_n per position in double: within ~1e-14
+// of the direct sincos, far below the float rounding of the cache.
+CosSinCache BuildCache(const RopeConfig& config, double first_position, int64_t count,
+                       const ComputeOptions& options) {
+  constexpr int64_t kAnchorRows = 64;
+  CosSinCache cache;
+  const int64_t half = cache.half = config.rotary_dim / 2;
+  cache.cosines.resize(static_cast<size_t>(count * half));
+  cache.sines.resize(static_cast<size_t>(count * half));
+  // theta_n once (RopeAngles at position 1 gives them, NTK included); linear
+  // scaling divides the position, so a step of one position turns by
+  // theta_n / s.
   std::vector<double> thetas(static_cast<size_t>(half));
   RopeConfig unscaled = config;
-  unscaled.scaling = config.scaling == RopeScaling::kLinear ? RopeScaling::kNone : config.scaling;
+  const bool linear = config.scaling == RopeScaling::kLinear;
+  if (linear) unscaled.scaling = RopeScaling::kNone;
   RopeAngles(unscaled, 1.0, thetas.data());
-  ParallelFor(count, ThreadsFor(static_cast<double>(count * half) * 64, options), 64,
-              [&](int64_t begin, int64_t end) {
-                for (int64_t s = begin; s < end; ++s) {
-                  double position = first_position + static_cast<double>(s);
-                  if (config.scaling == RopeScaling::kLinear) position /= config.scaling_factor;
-                  for (int64_t n = 0; n < half; ++n) {
-                    double sine = 0, cosine = 0;
-                    ::sincos(position * thetas[n], &sine, &cosine);
-                    cosines[s * half + n] = static_cast<float>(cosine);
-                    sines[s * half + n] = static_cast<float>(sine);
-                  }
-                }
-              });
+  std::vector<double> step_cos(static_cast<size_t>(half)), step_sin(static_cast<size_t>(half));
+  for (int64_t n = 0; n < half; ++n) {
+    ::sincos(linear ? thetas[n] / config.scaling_factor : thetas[n], &step_sin[n], &step_cos[n]);
+  }
+  const int64_t runs = (count + kAnchorRows - 1) / kAnchorRows;
+  const double work = static_cast<double>(count * half) * 16;
+  ParallelFor(runs, ThreadsFor(work, options), 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> sine(static_cast<size_t>(half)), cosine(static_cast<size_t>(half));
+    for (int64_t run = begin; run < end; ++run) {
+      const int64_t s0 = run * kAnchorRows, s1 = std::min(count, s0 + kAnchorRows);
+      double position = first_position + static_cast<double>(s0);
+      if (linear) position /= config.scaling_factor;
+      for (int64_t n = 0; n < half; ++n) ::sincos(position * thetas[n], &sine[n], &cosine[n]);
+      for (int64_t s = s0; s < s1; ++s) {
+        for (int64_t n = 0; n < half; ++n) {
+          cache.cosines[s * half + n] = static_cast<float>(cosine[n]);
+          cache.sines[s * half + n] = static_cast<float>(sine[n]);
+          const double next_sine = sine[n] * step_cos[n] + cosine[n] * step_sin[n];
+          cosine[n] = cosine[n] * step_cos[n] - sine[n] * step_sin[n];
+          sine[n] = next_sine;
+        }
+      }
+    }
+  });
+  return cache;
+}
+
+// Rotates rows [count, d] of every (outer) block: row s by the cache's row
+// first_row + s.
+void RotateRows(const RopeConfig& config, const CosSinCache& cache, int64_t first_row, Tensor& x,
+                int64_t outer, int64_t count, int64_t d, const ComputeOptions& options) {
+  const int64_t half = cache.half;
   float* data = x.data();
   const double work = static_cast<double>(outer * count) * config.rotary_dim * 4;
   ParallelFor(outer * count, ThreadsFor(work, options), 256, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const float* cos_row = cosines.data() + (row % count) * half;
-      const float* sin_row = sines.data() + (row % count) * half;
+      const float* cos_row = cache.cosines.data() + (first_row + row % count) * half;
+      const float* sin_row = cache.sines.data() + (first_row + row % count) * half;
       float* values = data + row * d;
       if (config.layout == RopeLayout::kHalf) {
         // Pairs (n, n + half): two contiguous runs, a vectorised loop.
@@ -176,9 +208,21 @@ class Rope final : public PositionalMethod {
     ATTN_ASSIGN_OR_RETURN(prepared.problem, TakeQkvProblem(args, options));
     AttentionProblem& p = prepared.problem;
     ATTN_ASSIGN_OR_RETURN(const RopeConfig config, MakeConfig(args.params, p.d));
-    RotateRows(config, p.q, p.batch * p.heads, p.sq, p.d, static_cast<double>(p.query_offset),
-               options);
-    RotateRows(config, p.k, p.batch * p.heads, p.sk, p.d, 0, options);
+    const int64_t outer = p.batch * p.heads;
+    if (p.query_offset <= p.sk) {
+      // Query positions [a, a + Sq) and key positions [0, Sk) overlap or
+      // touch (self-attention, a KV cache): one cache over their union.
+      const CosSinCache cache =
+          BuildCache(config, 0, std::max(p.sk, p.query_offset + p.sq), options);
+      RotateRows(config, cache, p.query_offset, p.q, outer, p.sq, p.d, options);
+      RotateRows(config, cache, 0, p.k, outer, p.sk, p.d, options);
+    } else {
+      RotateRows(config,
+                 BuildCache(config, static_cast<double>(p.query_offset), p.sq, options), 0,
+                 p.q, outer, p.sq, p.d, options);
+      RotateRows(config, BuildCache(config, 0, p.sk, options), 0, p.k, outer, p.sk, p.d,
+                 options);
+    }
     prepared.modifier = std::make_unique<ScaledDotProduct>(p.scale);
     return prepared;
   }
@@ -194,8 +238,8 @@ class Rope final : public PositionalMethod {
     if (args.offset < 0) {
       return absl::InvalidArgumentError(absl::StrCat("offset: must be >= 0, got ", args.offset));
     }
-    RotateRows(config, x, x.dim(0) * x.dim(1), x.dim(2), x.dim(3),
-               static_cast<double>(args.offset), options);
+    RotateRows(config, BuildCache(config, static_cast<double>(args.offset), x.dim(2), options),
+               0, x, x.dim(0) * x.dim(1), x.dim(2), x.dim(3), options);
     TensorMap outputs;
     outputs["y"] = std::move(x);
     return outputs;
