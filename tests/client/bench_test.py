@@ -156,8 +156,9 @@ class BenchTest(unittest.TestCase):
         self.assertEqual(report["endReason"], "timeout")
         self.assertEqual(report["total"], 1_000_000_000)
         self.assertGreater(report["count"], 0)
-        # The process also connects and prints; the run itself is 1 s.
-        self.assertLess(elapsed, 3.0)
+        # The process also starts, connects and prints (slowly on a loaded CI
+        # machine); the run itself is 1 s, and without the bound it would not end.
+        self.assertLess(elapsed, 5.0)
         self.assert_consistent(report)
 
     def test_sigint_ends_the_run_with_a_cancel_report(self):
