@@ -103,6 +103,7 @@ class FastEngine {
       : p_(prepared.problem),
         modifier_(*prepared.modifier),
         scale_only_(modifier_.scale_only()),
+        scale_queries_(scale_only_ || modifier_.adds_to_scaled_scores()),
         value_term_(modifier_.HasValueTerm()),
         scale_(static_cast<float>(p_.scale)),
         out_(out),
@@ -117,7 +118,7 @@ class FastEngine {
     // Key blocks wholly after the block's last query are never visible.
     const int64_t key_end = p_.causal ? std::min(p_.sk, last_position + 1) : p_.sk;
     std::fill_n(ws.acc, rows * ws.dv_pad, 0.0f);
-    if (scale_only_) {
+    if (scale_queries_) {
       // The scale goes into the block's queries once (rows x D multiplies)
       // instead of into every score (rows x Sk).
       const HeadRows q = p_.q_rows();
@@ -157,8 +158,8 @@ class FastEngine {
   void ComputeScores(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0,
                      int64_t n, float* s, int64_t ld) const {
     const HeadRows q = p_.q_rows();
-    const float* a = scale_only_ ? ws.q_scaled : q.Row(bh, i0);
-    const int64_t lda = scale_only_ ? p_.d : q.stride();
+    const float* a = scale_queries_ ? ws.q_scaled : q.Row(bh, i0);
+    const int64_t lda = scale_queries_ ? p_.d : q.stride();
     const float* kt = ws.kt + j0 * p_.d;
     if (!Diagonal(i0, j0, n)) {
       simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, a, lda, kt, p_.d * kPanel, s, ld);
@@ -289,7 +290,7 @@ class FastEngine {
 
   const AttentionProblem& p_;
   const ScoreModifier& modifier_;
-  const bool scale_only_, value_term_;
+  const bool scale_only_, scale_queries_, value_term_;
   const float scale_;
   float* const out_;
   float* const probs_;

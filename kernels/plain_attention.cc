@@ -23,12 +23,14 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
   float* out = result.out.data();
   const HeadRows q = p.q_rows(), k = p.k_rows(), v = p.v_rows();
   const bool value_term = modifier.HasValueTerm();
+  const bool prescale = modifier.adds_to_scaled_scores();
   std::atomic<bool> stopped{false};
 
   const int64_t rows = p.batch * p.heads * p.sq;
   const double work = static_cast<double>(rows) * static_cast<double>(p.sk) * (p.d + p.dv);
   ParallelFor(rows, ThreadsFor(work, options), 8, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(static_cast<size_t>(p.sk));
+    // Rounded up to 16: ModifyScores may write whole 16-float panels.
+    std::vector<float> scores(static_cast<size_t>((p.sk + 15) / 16 * 16));
     std::vector<float> weights(static_cast<size_t>(p.sk));
     std::vector<double> acc(static_cast<size_t>(p.dv));
     // Rounded up to 16: AccumulateValueTerm may write whole 16-float panels.
@@ -50,7 +52,7 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
         const float* k_row = k.Row(bh, j);
         double dot = 0;
         for (int64_t e = 0; e < p.d; ++e) dot += static_cast<double>(q_row[e]) * k_row[e];
-        scores[j] = static_cast<float>(dot);
+        scores[j] = static_cast<float>(prescale ? p.scale * dot : dot);
       }
       float* const block_scratch = scratch.empty() ? nullptr : scratch.data();
       if (block_scratch != nullptr) modifier.BeginQueryBlock({b, h, i, 1, 0, p.sk, block_scratch});

@@ -117,6 +117,11 @@ class RelativeTable {
   // out[r * w.ld + (n - w.base)] = a[r * lda + 0 .. width) . table[n] for the
   // window's rows n and r < rows (rows past count give 0).
   void Multiply(const Window& w, int64_t rows, const float* a, int64_t lda, float* out) const;
+  // out[r * ldo + (n - w.base)] += the same products; w.base a multiple of
+  // 16, w.ld too, ldo >= w.ld, rows base .. base + ld - 1 inside the table's
+  // whole panels.
+  void MultiplyAdd(const Window& w, int64_t rows, const float* a, int64_t lda, float* out,
+                   int64_t ldo) const;
 
  private:
   const int64_t count_, width_;

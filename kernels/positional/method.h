@@ -79,6 +79,11 @@ class ScoreModifier {
   // never call ModifyScores.
   virtual bool scale_only() const { return false; }
 
+  // True when the method's logit is scale * (q_i . k_j) plus a term of its
+  // own that ModifyScores adds (Transformer-XL): the engine then hands
+  // ModifyScores the scaled dot products (the fast one scales the queries).
+  virtual bool adds_to_scaled_scores() const { return false; }
+
   // Per-query-block work, e.g. the products of a block's queries with a
   // table over relative positions (Shaw, Transformer-XL): before the tiles of
   // query rows i0 .. i0+rows-1 of (b, h) the engine calls BeginQueryBlock
@@ -89,9 +94,11 @@ class ScoreModifier {
   virtual void BeginQueryBlock(const ScoreTile& /*block*/) const {}
 
   // On entry scores[r * ld + c] holds the raw dot product q_i . k_j (not
-  // scaled) for i = i0 + r, j = j0 + c; on return it holds the method's
-  // logit score(i, j). Entries the causal mask removes may be left anything:
-  // the engine masks after this call.
+  // scaled; scale * q_i . k_j when adds_to_scaled_scores()) for i = i0 + r,
+  // j = j0 + c; on return it holds the method's logit score(i, j). Entries
+  // the causal mask removes may hold anything, before and after: the engine
+  // masks after this call. Each row has room for cols rounded up to 16 (the
+  // part past cols may be written).
   virtual void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const = 0;
 
   // Methods with a term on the values (Shaw's rel_v) return true and add

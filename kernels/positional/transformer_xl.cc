@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/micro_kernels.h"
 #include "kernels/parallel.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
@@ -84,37 +85,50 @@ void ProjectSinusoids(const std::vector<double>& distances, const Tensor& w_r, d
 }
 
 // (q_i + u) . k_j is the engine's own product: u is added to q in place.
-// (q_i + v) . rel_h(delta) = (W_r[h] (q_i + v)) . R(delta), as rel_h = R W_r[h]:
-// per query block qr = W_r[h] (q + v) ([rows x d_rel]), then qr . R(delta)
-// for the distances the block meets ([rows x <= rows + Sk - 1], on the
-// micro-kernel); each tile gathers from that. R is tabulated once per call,
-// shared by the heads: (Sq + Sk - 1) x d_rel floats, never [H, distances, D].
+// (q_i + v) . rel_h(delta) = (W_r[h] (q_i + v)) . R(delta), as rel_h = R W_r[h].
+// With delta = q_pos(i) - j = rho_i + sigma_j around a reference position
+// p_ref of the query block (rho_i = q_pos(i) - p_ref, sigma_j = p_ref - j),
+// the angle addition formulas give
+//   qr_i . R(rho_i + sigma_j) = qr'_i . R(sigma_j),
+// qr'_i being qr_i = W_r[h] (q_i + v) with each (sin, cos) pair n turned by
+// rho_i f_n. So per query block qr' ([rows x d_rel]), and per tile one
+// product with the rows of R for the tile's keys, added straight into the
+// scores: as Q K^T, no [rows x distances] buffer. R is tabulated once per
+// call, shared by the heads ((Sq + Sk + 32) x d_rel floats); p_ref is chosen
+// so that a tile's first R row starts a packed panel.
 class TxlModifier final : public ScoreModifier {
  public:
   // sinusoids: row n is R(-(min_relative + n)), i.e. rows ordered by
-  // k_pos - q_pos = min_relative + n, for every pair the call can meet.
+  // k_pos - q_pos = min_relative + n; frequencies: f_n.
   TxlModifier(const AttentionProblem& p, const Tensor& u, const Tensor& v, const Tensor& w_r,
-              const std::vector<float>& sinusoids, int64_t min_relative)
+              const std::vector<float>& sinusoids, int64_t rows,
+              const std::vector<double>& frequencies)
       : q_(p.q_rows()),
         heads_(p.heads),
-        sk_(p.sk),
+        sq_(p.sq),
         d_(p.d),
         d_rel_(w_r.dim(1)),
         scale_(static_cast<float>(p.scale)),
-        query_offset_(p.query_offset),
-        causal_(p.causal),
-        min_relative_(min_relative),
+        frequencies_(frequencies),
         v_minus_u_(static_cast<size_t>(p.heads * p.d)),
-        sinusoids_(sinusoids.data(), p.sq + p.sk - 1, d_rel_) {
+        sinusoids_(sinusoids.data(), rows, d_rel_) {
     for (int64_t n = 0; n < p.heads * p.d; ++n) v_minus_u_[n] = v.data()[n] - u.data()[n];
     w_r_.reserve(static_cast<size_t>(p.heads));
     for (int64_t h = 0; h < p.heads; ++h) {
       w_r_.emplace_back(w_r.data() + h * d_rel_ * d_, d_rel_, d_);
     }
+    for (double f : frequencies_) {
+      double sine = 0, cosine = 0;
+      ::sincos(f, &sine, &cosine);
+      step_sin_.push_back(sine);
+      step_cos_.push_back(cosine);
+    }
   }
 
+  bool adds_to_scaled_scores() const override { return true; }
+
   int64_t ScratchFloats(int64_t rows) const override {
-    return rows * (d_ + RelativeTable::MaxLd(d_rel_) + RelativeTable::MaxLd(rows + sk_ - 1));
+    return rows * (d_ + RelativeTable::MaxLd(d_rel_));
   }
 
   void BeginQueryBlock(const ScoreTile& block) const override {
@@ -127,45 +141,51 @@ class TxlModifier final : public ScoreModifier {
       for (int64_t e = 0; e < d_; ++e) qv[r * d_ + e] = q[e] + shift[e];
     }
     w_r_[block.h].Multiply(all, block.rows, qv, d_, qr);
-    sinusoids_.Multiply(WindowOf(block), block.rows, qr, all.ld, Products(block));
-  }
-
-  void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
-    const RelativeTable::Window w = WindowOf(tile);
-    const float* products = Products(tile);
-    const float scale = scale_;  // A local: the stores below cannot alias it.
-    for (int64_t r = 0; r < tile.rows; ++r) {
-      // Row n of the table for column c: k_pos - q_pos - min_relative.
-      const int64_t n0 = tile.j0 - (query_offset_ + tile.i0 + r) - min_relative_;
-      const float* term = products + r * w.ld + (n0 - w.base);
-      float* row = scores + r * ld;
-      for (int64_t c = 0; c < tile.cols; ++c) row[c] = scale * (row[c] + term[c]);
+    // Turn pair n of row r by rho_r f_n, rho_r = ReferenceShift + r: sincos
+    // at the first row, then one rotation by f_n per row, in double.
+    const int64_t half = d_rel_ / 2;
+    std::vector<double> sine(static_cast<size_t>(half)), cosine(static_cast<size_t>(half));
+    const double rho = static_cast<double>(ReferenceShift(block.i0));
+    for (int64_t n = 0; n < half; ++n) ::sincos(rho * frequencies_[n], &sine[n], &cosine[n]);
+    for (int64_t r = 0; r < block.rows; ++r) {
+      float* row = qr + r * all.ld;
+      for (int64_t n = 0; n < half; ++n) {
+        const double a = row[n], b = row[half + n];  // the sin and cos weights
+        row[n] = static_cast<float>(scale_ * (a * cosine[n] - b * sine[n]));
+        row[half + n] = static_cast<float>(scale_ * (a * sine[n] + b * cosine[n]));
+        const double next_sine = sine[n] * step_cos_[n] + cosine[n] * step_sin_[n];
+        cosine[n] = cosine[n] * step_cos_[n] - sine[n] * step_sin_[n];
+        sine[n] = next_sine;
+      }
     }
   }
 
- private:
-  // The table rows the block's queries meet with its visible keys.
-  RelativeTable::Window WindowOf(const ScoreTile& block) const {
-    const int64_t first_position = query_offset_ + block.i0;
-    const int64_t last_position = first_position + block.rows - 1;
-    const int64_t key_end = causal_ ? std::min(sk_, last_position + 1) : sk_;
-    return sinusoids_.WindowOf(0 - last_position - min_relative_,
-                               key_end - 1 - first_position - min_relative_);
+  void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
+    const float* qr = tile.scratch + tile.rows * d_;
+    const int64_t ld_qr = w_r_[tile.h].WindowOf(0, d_rel_ - 1).ld;
+    // R rows for keys j0.. around p_ref = q_pos(i0) - shift: sigma = p_ref - j
+    // is table row j - p_ref - min_relative = j0 - i0 + shift + Sq - 1 + c.
+    RelativeTable::Window w;
+    w.base = tile.j0 - tile.i0 + ReferenceShift(tile.i0) + sq_ - 1;
+    w.ld = simd::RoundUpToPanel(tile.cols);
+    sinusoids_.MultiplyAdd(w, tile.rows, qr, ld_qr, scores, ld);
   }
 
-  float* Products(const ScoreTile& block) const {
-    return block.scratch + block.rows * (d_ + w_r_[block.h].WindowOf(0, d_rel_ - 1).ld);
+ private:
+  // q_pos(i0) - p_ref in [0, 16): makes j0 - p_ref - min_relative a multiple
+  // of 16 for the tiles' j0 (multiples of 16).
+  int64_t ReferenceShift(int64_t i0) const {
+    return ((i0 - sq_ + 1) % simd::kPanel + simd::kPanel) % simd::kPanel;
   }
 
   const HeadRows q_;  // Owned by the problem, which outlives the modifier's use.
-  const int64_t heads_, sk_, d_, d_rel_;
+  const int64_t heads_, sq_, d_, d_rel_;
   const float scale_;
-  const int64_t query_offset_;
-  const bool causal_;
-  const int64_t min_relative_;
-  std::vector<float> v_minus_u_;      // [H, D]
-  std::vector<RelativeTable> w_r_;    // per head: rows c of W_r[h], width D
-  const RelativeTable sinusoids_;     // rows by k_pos - q_pos, width d_rel
+  const std::vector<double> frequencies_;  // f_n, n < d_rel / 2
+  std::vector<double> step_sin_, step_cos_;
+  std::vector<float> v_minus_u_;    // [H, D]
+  std::vector<RelativeTable> w_r_;  // per head: rows c of W_r[h], width D
+  const RelativeTable sinusoids_;   // rows by k_pos - q_pos, width d_rel
 };
 
 class TransformerXl final : public PositionalMethod {
@@ -218,9 +238,11 @@ class TransformerXl final : public PositionalMethod {
         for (int64_t e = 0; e < p.d; ++e) q[row * p.d + e] += u_h[e];
       }
     }
-    // R for every k_pos - q_pos the call can meet, smallest first.
-    const int64_t count = p.sq + p.sk - 1;
-    ATTN_RETURN_IF_ERROR(CheckOutputSize({count, d_rel}, "R (per distance)", options));
+    // R for every k_pos - q_pos the call can meet, smallest first, and 32
+    // rows past them: a tile's panels, taken around p_ref, may reach there.
+    const int64_t count = p.sq + p.sk + 32;
+    ATTN_RETURN_IF_ERROR(
+        CheckOutputSize({p.sq + p.sk - 1, d_rel}, "R (per distance)", options));
     const int64_t min_relative = -(p.query_offset + p.sq - 1);
     std::vector<float> sinusoids(static_cast<size_t>(count * d_rel));
     const int64_t half = d_rel / 2;
@@ -243,7 +265,7 @@ class TransformerXl final : public PositionalMethod {
                   }
                 });
     prepared.modifier =
-        std::make_unique<TxlModifier>(p, u, v, w_r, sinusoids, min_relative);
+        std::make_unique<TxlModifier>(p, u, v, w_r, sinusoids, count, frequencies);
     return prepared;
   }
 
