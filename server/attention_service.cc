@@ -127,7 +127,7 @@ class AttendJob : public BatchRequest {
   absl::Status Compute(const kernels::ComputeOptions& options) override {
     absl::StatusOr<kernels::AttendResult> result = kernels::Attend(TakeAttendArgs(), options);
     if (!result.ok()) return result.status();
-    Fill(std::move(*result));
+    FillAttendResponse(std::move(*result), request_->raw_output(), response_);
     return absl::OkStatus();
   }
   kernels::AttendArgs TakeAttendArgs() override {
@@ -135,8 +135,8 @@ class AttendJob : public BatchRequest {
     args_.reset();
     return args;
   }
-  void Fill(kernels::AttendResult result) override {
-    FillAttendResponse(std::move(result), request_->raw_output(), response_);
+  void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) override {
+    FillAttendResponseRows(batch, begin, count, request_->raw_output(), response_);
   }
 
  protected:
@@ -176,7 +176,8 @@ class EncodeJob : public BatchRequest {
   }
   // Never called: an empty key is never merged.
   kernels::AttendArgs TakeAttendArgs() override { return {}; }
-  void Fill(kernels::AttendResult /*result*/) override {}
+  void Fill(const kernels::AttendResult& /*batch*/, int64_t /*begin*/,
+            int64_t /*count*/) override {}
 
  protected:
   void SetMessages(const v1::EncodeRequest* request, v1::EncodeResponse* response) {

@@ -74,25 +74,24 @@ kernels::AttendArgs Merge(std::vector<kernels::AttendArgs>& parts) {
   for (auto& [name, tensor] : merged.inputs) {
     if (!IsBatched(name)) continue;
     std::vector<int64_t> shape = tensor.shape();
-    std::vector<float> values = std::move(tensor.values());
+    size_t total = tensor.values().size();
     for (size_t i = 1; i < parts.size(); ++i) {
       const kernels::Tensor& part = parts[i].inputs.at(name);
       shape[0] += part.dim(0);
-      values.insert(values.end(), part.values().begin(), part.values().end());
+      total += part.values().size();
+    }
+    // One allocation and one copy per part (growing the first part's vector
+    // would copy it again at every reallocation; sizing it would zero it).
+    std::vector<float> values;
+    values.reserve(total);
+    values.insert(values.end(), tensor.values().begin(), tensor.values().end());
+    for (size_t i = 1; i < parts.size(); ++i) {
+      const std::vector<float>& part = parts[i].inputs.at(name).values();
+      values.insert(values.end(), part.begin(), part.end());
     }
     tensor = kernels::Tensor(std::move(shape), std::move(values));
   }
   return merged;
-}
-
-// Rows [begin, begin + count) of `tensor` along dimension 0.
-kernels::Tensor Slice(const kernels::Tensor& tensor, int64_t begin, int64_t count) {
-  const int64_t row = tensor.size() / tensor.dim(0);
-  std::vector<int64_t> shape = tensor.shape();
-  shape[0] = count;
-  return kernels::Tensor(std::move(shape),
-                         std::vector<float>(tensor.values().begin() + begin * row,
-                                            tensor.values().begin() + (begin + count) * row));
 }
 
 // The per-request limit scaled to a batch: the kernels' outputs and
@@ -418,11 +417,8 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
     if (result.ok()) {
       int64_t begin = 0;
       for (size_t i = 0; i < members.size(); ++i) {
-        kernels::AttendResult own;
-        own.out = Slice(result->out, begin, batch_of[i]);
-        if (result->probs.has_value()) own.probs = Slice(*result->probs, begin, batch_of[i]);
+        members[i]->Fill(*result, begin, batch_of[i]);
         begin += batch_of[i];
-        members[i]->Fill(std::move(own));
         Answer(members[i], absl::OkStatus());
       }
     } else if (absl::IsCancelled(result.status()) &&

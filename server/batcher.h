@@ -84,8 +84,9 @@ class BatchRequest {
   // After Prepare, for requests with a non-empty key: gives up the prepared
   // Attend arguments to a merged call...
   virtual kernels::AttendArgs TakeAttendArgs() = 0;
-  // ...and receives this request's own slice of its result.
-  virtual void Fill(kernels::AttendResult result) = 0;
+  // ...and receives its own rows [begin, begin + count) along B of the
+  // merged call's result.
+  virtual void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) = 0;
   // The request's answer, exactly once per Enqueue; afterwards the batcher
   // does not touch the request again.
   virtual void Done(const absl::Status& status) = 0;

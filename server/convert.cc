@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/types/span.h"
 #include "kernels/status_macros.h"
 
 namespace attnserve::server {
@@ -35,7 +36,7 @@ void DecodeLittleEndianFloats(const std::string& bytes, float* out) {
   }
 }
 
-void EncodeLittleEndianFloats(const std::vector<float>& values, std::string* bytes) {
+void EncodeLittleEndianFloats(absl::Span<const float> values, std::string* bytes) {
   bytes->resize(values.size() * 4);
   if constexpr (kLittleEndianHost) {
     std::memcpy(bytes->data(), values.data(), bytes->size());
@@ -300,14 +301,43 @@ absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const v1::EncodeRequest& reques
   return args;
 }
 
+namespace {
+
+void FillValues(absl::Span<const float> values, bool raw_output, v1::Tensor* out) {
+  if (raw_output) {
+    EncodeLittleEndianFloats(values, out->mutable_raw_data());
+  } else {
+    out->mutable_data()->Reserve(static_cast<int>(values.size()));
+    out->mutable_data()->Add(values.begin(), values.end());
+  }
+}
+
+// Rows [begin, begin + count) of `tensor` (rank >= 1) along dimension 0.
+void FillTensorRows(const kernels::Tensor& tensor, int64_t begin, int64_t count, bool raw_output,
+                    v1::Tensor* out) {
+  out->Clear();
+  out->mutable_shape()->Add(tensor.shape().begin(), tensor.shape().end());
+  out->set_shape(0, count);
+  const size_t row = static_cast<size_t>(tensor.size() / tensor.dim(0));
+  FillValues(absl::MakeConstSpan(tensor.values())
+                 .subspan(static_cast<size_t>(begin) * row, static_cast<size_t>(count) * row),
+             raw_output, out);
+}
+
+}  // namespace
+
 void FillTensor(const kernels::Tensor& tensor, bool raw_output, v1::Tensor* out) {
   out->Clear();
   out->mutable_shape()->Add(tensor.shape().begin(), tensor.shape().end());
-  if (raw_output) {
-    EncodeLittleEndianFloats(tensor.values(), out->mutable_raw_data());
-  } else {
-    out->mutable_data()->Reserve(static_cast<int>(tensor.values().size()));
-    out->mutable_data()->Add(tensor.values().begin(), tensor.values().end());
+  FillValues(tensor.values(), raw_output, out);
+}
+
+void FillAttendResponseRows(const kernels::AttendResult& batch, int64_t begin, int64_t count,
+                            bool raw_output, v1::AttendResponse* response) {
+  response->Clear();
+  FillTensorRows(batch.out, begin, count, raw_output, response->mutable_out());
+  if (batch.probs.has_value()) {
+    FillTensorRows(*batch.probs, begin, count, raw_output, response->mutable_probs());
   }
 }
 

@@ -65,6 +65,11 @@ absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const v1::EncodeRequest& reques
 // little-endian float32 bytes in raw_data when `raw_output`, else in data.
 void FillTensor(const kernels::Tensor& tensor, bool raw_output, v1::Tensor* out);
 
+// Rows [begin, begin + count) along B of a merged batch's result as one
+// request's response (cleared first), copied straight from `batch`.
+void FillAttendResponseRows(const kernels::AttendResult& batch, int64_t begin, int64_t count,
+                            bool raw_output, v1::AttendResponse* response);
+
 // Moves `result` into `response` (cleared first): out [B,H,Sq,Dv], and probs
 // [B,H,Sq,Sk] when the result has them.
 void FillAttendResponse(kernels::AttendResult&& result, bool raw_output,

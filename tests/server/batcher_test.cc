@@ -68,11 +68,18 @@ class FakeRequest final : public BatchRequest {
   absl::Status Compute(const kernels::ComputeOptions& options) override {
     absl::StatusOr<kernels::AttendResult> result = kernels::Attend(std::move(args_), options);
     if (!result.ok()) return result.status();
-    Fill(std::move(*result));
+    out_ = std::move(result->out);
     return absl::OkStatus();
   }
   kernels::AttendArgs TakeAttendArgs() override { return std::move(args_); }
-  void Fill(kernels::AttendResult result) override { out_ = std::move(result.out); }
+  void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) override {
+    const int64_t row = batch.out.size() / batch.out.dim(0);
+    std::vector<int64_t> shape = batch.out.shape();
+    shape[0] = count;
+    out_ = kernels::Tensor(std::move(shape),
+                           std::vector<float>(batch.out.values().begin() + begin * row,
+                                              batch.out.values().begin() + (begin + count) * row));
+  }
   void Done(const absl::Status& status) override {
     status_ = status;
     done_.Notify();
