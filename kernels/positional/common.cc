@@ -198,9 +198,10 @@ absl::StatusOr<ProjectionGeometry> CheckProjectionInputs(const AttendArgs& args,
 
 namespace {
 
-// Rows per projection block: a [256 x d_model] @ [d_model x H*D] matmul is
-// large enough for oneDNN's kernels and its output block small (~0.5 MiB).
-constexpr int64_t kProjectionRows = 256;
+// Rows per projection block: a [1024 x d_model] @ [d_model x H*D] matmul
+// keeps oneDNN's team busy between fork/joins, and its output block small
+// (2 MiB at H*D = 512).
+constexpr int64_t kProjectionRows = 1024;
 
 // x [B, S, d_model] (consumed) + P, projected through w into [B, S, n]
 // written over x's storage when n <= d_model (each block's output lands on
@@ -213,18 +214,17 @@ absl::StatusOr<Tensor> ProjectRows(Tensor& x, int64_t first_position,
   const int64_t total = batch * seq;
   const bool in_place = n <= d_model;
   std::vector<float> fresh(in_place ? 0 : static_cast<size_t>(total * n));
-  std::vector<float> block(in_place ? static_cast<size_t>(kProjectionRows * n) : 0);
+  const int64_t block_rows = std::min(kProjectionRows, total);
+  std::vector<float> block(in_place ? static_cast<size_t>(block_rows * n) : 0);
   float* const dst = in_place ? x.data() : fresh.data();
-  const int threads = ThreadsFor(static_cast<double>(kProjectionRows) * d_model * n, options);
-  for (int64_t r0 = 0; r0 < total; r0 += kProjectionRows) {
-    const int64_t rows = std::min(kProjectionRows, total - r0);
-    float* src = x.data() + r0 * d_model;
-    // The block may straddle batch elements: positions restart at each.
-    for (int64_t r = r0; r < r0 + rows;) {
-      const int64_t s = r % seq, count = std::min(seq - s, r0 + rows - r);
-      add_positions(first_position + s, count, x.data() + r * d_model, options);
-      r += count;
-    }
+  // P in place first, one pass per batch element.
+  for (int64_t b = 0; b < batch; ++b) {
+    add_positions(first_position, seq, x.data() + b * seq * d_model, options);
+  }
+  const int threads = ThreadsFor(static_cast<double>(block_rows) * d_model * n, options);
+  for (int64_t r0 = 0; r0 < total; r0 += block_rows) {
+    const int64_t rows = std::min(block_rows, total - r0);
+    const float* src = x.data() + r0 * d_model;
     if (w_second != nullptr) {
       const int64_t n2 = w_second->dim(1);
       ATTN_RETURN_IF_ERROR(MatMul(rows, d_model, n2, src, d_model, w_second->data(), n2,
