@@ -1,18 +1,23 @@
 // The fast attention engine: tiled, fused, FlashAttention-style (Dao et al.
 // 2022, "FlashAttention", Algorithm 1) on AVX2 + FMA.
 //
-// Work is split over (batch, head, block of query rows). Each block streams
-// over blocks of keys: scores tile = Q_blk K_blk^T (micro-kernels of
-// micro_kernels.h on K and V packed once per head and thread), the method's
-// ScoreModifier on the tile, then an online softmax (running max and sum per
-// row, the accumulator rescaled when the max grows) and acc += P V_blk. Under
-// causal masking, key blocks wholly after a query block's last position are
-// never computed. Memory beyond the inputs and output is O(Sk * (D + Dv)) per
-// thread (the packed head) plus O(block) tiles; no [Sq, Sk] matrix exists
-// unless probs are requested, in which case the scores go straight into the
+// Work is split over (batch, head, block of 96 query rows), handed to the
+// threads in runs of consecutive blocks. Each block streams over tiles of
+// 256 keys: scores = Q_blk K_tile^T on the 6x16 micro-kernels of
+// micro_kernels.h (K and V packed once per head and thread), the method's
+// ScoreModifier on the tile (scale-only methods instead get queries scaled
+// once per block; Shaw and Transformer-XL prepare per-block products in
+// BeginQueryBlock), then an online softmax (running max and sum per row, the
+// accumulator rescaled when the max grows) and acc += P V_tile. Under causal
+// masking, tiles wholly after a block's last position are never computed,
+// and on the diagonal tiles each 6-row group stops at its own last position.
+// Memory beyond the inputs and output: the packed head per thread
+// (Sk x (D + Dv) floats) plus O(block) tiles; no [Sq, Sk] matrix exists
+// unless probs are requested, in which case the logits go straight into the
 // probs output and are normalised exactly there (two passes per block).
 //
-// Thread-safety: reentrant; the calls share no state.
+// Thread-safety: reentrant; the calls share no state (each OpenMP thread
+// keeps up to 4 MiB of workspace between calls, thread-locally).
 #ifndef ATTNSERVE_KERNELS_FAST_ATTENTION_H_
 #define ATTNSERVE_KERNELS_FAST_ATTENTION_H_
 
