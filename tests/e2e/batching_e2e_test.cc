@@ -305,5 +305,30 @@ TEST(BatchingTest, SigtermUnderLoadLosesNoAcceptedRequest) {
   }
 }
 
+// The old rare hang: after a call with a 1 ns deadline, shutdown waited out
+// the whole grace period.
+TEST(BatchingTest, ExpiredCallDoesNotHoldUpShutdown) {
+  auto server = ServerProcess::Start({"--shutdown_grace_s=20"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::AttentionService::NewStub(
+      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  for (int i = 0; i < 5; ++i) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::nanoseconds(1));
+    v1::AttendResponse response;
+    // gRPC's client timer has millisecond ticks: an idle server can win the race.
+    const grpc::StatusCode code = stub->Attend(&context, Request(1, i), &response).error_code();
+    EXPECT_TRUE(code == grpc::StatusCode::DEADLINE_EXCEEDED || code == grpc::StatusCode::OK)
+        << code;
+  }
+  const absl::Time start = absl::Now();
+  ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid((*server)->pid(), &status, 0), (*server)->pid());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
 }  // namespace
 }  // namespace attnserve::testing

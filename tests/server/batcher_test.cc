@@ -208,6 +208,46 @@ TEST_F(BatcherTest, CancelledAndExpiredRequestsNeverReachAKernel) {
   EXPECT_EQ(Reached(), 0);
 }
 
+// A request that computes alone stops between rows once cancelled instead
+// of finishing a long kernel call nobody wants.
+TEST_F(BatcherTest, CancelStopsARunningKernel) {
+  class LongRequest final : public BatchRequest {
+   public:
+    absl::Status Prepare(int64_t /*max_elements*/) override {
+      args_.method = kernels::MethodKind::kNone;
+      // ~4 GFLOP: seconds on one thread, far longer than the test waits.
+      std::vector<float> values(static_cast<size_t>(8 * 2048 * 64), 0.01f);
+      for (const char* name : {"q", "k", "v"}) {
+        args_.inputs[name] = kernels::Tensor({1, 8, 2048, 64}, values);
+      }
+      started_.Notify();
+      return absl::OkStatus();
+    }
+    absl::Status Compute(const kernels::ComputeOptions& options) override {
+      return kernels::Attend(std::move(args_), options).status();
+    }
+    kernels::AttendArgs TakeAttendArgs() override { return std::move(args_); }
+    void Fill(const kernels::AttendResult&, int64_t, int64_t) override {}
+    void Done(const absl::Status& status) override {
+      status_ = status;
+      done_.Notify();
+    }
+    kernels::AttendArgs args_;
+    absl::Status status_;
+    absl::Notification started_, done_;
+  };
+  auto batcher = Make(BatcherOptions());
+  LongRequest request;
+  ASSERT_TRUE(batcher->Enqueue(&request, Batcher::Traits{"", 1, 1, absl::InfiniteFuture()}).ok());
+  ASSERT_TRUE(request.started_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(20));  // into the kernel
+  const absl::Time cancelled_at = absl::Now();
+  batcher->Cancel(&request);
+  ASSERT_TRUE(request.done_.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(request.status_.code(), absl::StatusCode::kCancelled) << request.status_;
+  EXPECT_LT(absl::Now() - cancelled_at, absl::Seconds(1));
+}
+
 TEST_F(BatcherTest, DifferentKeysAndLargeRequestsRunApart) {
   BatcherOptions options;
   options.max_batch_size = 4;
