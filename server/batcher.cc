@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "kernels/parallel.h"
 
 namespace attnserve::server {
 
@@ -144,7 +145,7 @@ absl::Status ValidateBatcherOptions(const BatcherOptions& options) {
 }
 
 Batcher::Batcher(const BatcherOptions& options, Metrics* metrics)
-    : options_(options), metrics_(metrics) {
+    : options_(options), metrics_(metrics), free_threads_(options.compute_threads) {
   absl::MutexLock lock(&stop_mu_);
   for (int i = 0; i < options_.batch_threads; ++i) threads_.emplace_back([this] { WorkerLoop(); });
 }
@@ -301,6 +302,14 @@ void Batcher::WorkerLoop() {
           }
         }
         if (!expired.empty()) break;
+        // Compute threads are a budget: with none free, forming a batch now
+        // would oversubscribe the cores (and an OpenMP team stalls at every
+        // barrier when one of its threads is descheduled); the queue grows
+        // into a larger batch meanwhile.
+        if (free_threads_ == 0) {
+          changed_.WaitWithDeadline(&mu_, wake);
+          continue;
+        }
         if (FormBatch(now, formed, wake)) break;
         changed_.WaitWithDeadline(&mu_, wake);
       }
@@ -314,10 +323,10 @@ void Batcher::WorkerLoop() {
           metrics_->RecordQueueWait(now - request->enqueued_);
         }
         formed.state->live = static_cast<int>(formed.requests.size());
-        ++running_;
-        formed.threads = running_ == 1 && queue_.empty()
-                             ? options_.compute_threads
-                             : std::max(1, options_.compute_threads / options_.batch_threads);
+        // All free threads when nothing else waits (one large request gets
+        // the machine), else one each.
+        formed.threads = queue_.empty() ? free_threads_ : 1;
+        free_threads_ -= formed.threads;
       }
     }
     for (BatchRequest* request : expired) {
@@ -326,8 +335,12 @@ void Batcher::WorkerLoop() {
     }
     if (formed.requests.empty()) continue;
     Run(formed);
-    absl::MutexLock lock(&mu_);
-    --running_;
+    {
+      absl::MutexLock lock(&mu_);
+      free_threads_ += formed.threads;
+    }
+    // All: a single Signal could wake a thread that only waits for work.
+    changed_.SignalAll();
   }
 }
 
@@ -368,12 +381,21 @@ void Batcher::Run(Formed& formed) {
 
 void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
                         int threads) {
-  // Conversion is per request: a bad request fails alone.
+  // Conversion is per request (a bad request fails alone), on all of the
+  // batch's threads: it is as much work as the kernels for small requests.
+  std::vector<absl::Status> prepared(requests.size());
+  kernels::ParallelFor(static_cast<int64_t>(requests.size()), threads, 1,
+                       [&](int64_t begin, int64_t end) {
+                         for (int64_t i = begin; i < end; ++i) {
+                           prepared[i] = requests[i]->Prepare(options_.max_elements);
+                         }
+                       });
   std::vector<BatchRequest*> members;
   std::vector<kernels::AttendArgs> parts;
   std::vector<BatchRequest*> misfits;
-  for (BatchRequest* request : requests) {
-    absl::Status status = request->Prepare(options_.max_elements);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    BatchRequest* request = requests[i];
+    const absl::Status& status = prepared[i];
     if (!status.ok()) {
       {
         absl::MutexLock lock(&mu_);
@@ -415,12 +437,16 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
     metrics_->RecordBatch(method, static_cast<int64_t>(members.size()), total_b,
                           absl::Now() - start);
     if (result.ok()) {
-      int64_t begin = 0;
-      for (size_t i = 0; i < members.size(); ++i) {
-        members[i]->Fill(*result, begin, batch_of[i]);
-        begin += batch_of[i];
-        Answer(members[i], absl::OkStatus());
-      }
+      std::vector<int64_t> begin_of(members.size(), 0);
+      for (size_t i = 1; i < members.size(); ++i) begin_of[i] = begin_of[i - 1] + batch_of[i - 1];
+      // Filling and sending the responses is per-request work too.
+      kernels::ParallelFor(static_cast<int64_t>(members.size()), threads, 1,
+                           [&](int64_t begin, int64_t end) {
+                             for (int64_t i = begin; i < end; ++i) {
+                               members[i]->Fill(*result, begin_of[i], batch_of[i]);
+                               Answer(members[i], absl::OkStatus());
+                             }
+                           });
     } else if (absl::IsCancelled(result.status()) &&
                state.all_cancelled.load(std::memory_order_relaxed)) {
       for (BatchRequest* request : members) Answer(request, result.status());

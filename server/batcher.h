@@ -57,9 +57,9 @@ struct BatcherOptions {
   size_t max_queue_size = 1024;
   // Batches that compute at once (batcher threads); >= 1.
   int batch_threads = 1;
-  // OpenMP threads shared by the running batches (--threads); >= 1. A batch
-  // gets all of them when it is the only one running and nothing waits,
-  // else compute_threads / batch_threads (at least 1).
+  // OpenMP threads shared by the running batches (--threads); >= 1. They
+  // are a budget: a batch takes all free ones when nothing else waits, else
+  // one, and no batch starts while none is free.
   int compute_threads = 1;
   // Per request, in float32 elements (the --max_elements flag).
   int64_t max_elements = int64_t{1} << 28;
@@ -177,7 +177,8 @@ class Batcher {
   mutable absl::Mutex mu_;
   absl::CondVar changed_;
   std::list<BatchRequest*> queue_ ABSL_GUARDED_BY(mu_);
-  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  // Compute threads not taken by a running batch.
+  int free_threads_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   absl::Mutex stop_mu_;
