@@ -18,6 +18,7 @@
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
+#include "tests/server/proto_tensors.h"
 
 namespace attnserve::server {
 namespace {
@@ -26,13 +27,6 @@ using ::testing::ElementsAre;
 using ::testing::FloatNear;
 using ::testing::HasSubstr;
 using ::testing::Pointwise;
-
-v1::Tensor DataTensor(std::vector<int64_t> shape, std::vector<float> values) {
-  v1::Tensor tensor;
-  for (int64_t d : shape) tensor.add_shape(d);
-  for (float value : values) tensor.add_data(value);
-  return tensor;
-}
 
 // The api.md example: alibi, causal, one head, q = k = I, v = [[1,2],[3,4]].
 v1::AttendRequest AlibiExample(std::vector<float> v = {1, 2, 3, 4}) {

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "server/convert.h"
 #include "server/tensor_store.h"
+#include "tests/server/proto_tensors.h"
 
 namespace attnserve::server {
 namespace {
@@ -18,13 +19,6 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
-
-v1::Tensor DataTensor(std::vector<int64_t> shape, std::vector<float> values) {
-  v1::Tensor tensor;
-  for (int64_t d : shape) tensor.add_shape(d);
-  for (float value : values) tensor.add_data(value);
-  return tensor;
-}
 
 v1::Tensor RefTensor(const std::string& ref, std::vector<int64_t> shape = {}) {
   v1::Tensor tensor;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "tests/server/proto_tensors.h"
 
 namespace attnserve::server {
 namespace {
@@ -16,13 +17,6 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
-
-v1::Tensor DataTensor(std::vector<int64_t> shape, std::vector<float> values) {
-  v1::Tensor tensor;
-  for (int64_t d : shape) tensor.add_shape(d);
-  for (float value : values) tensor.add_data(value);
-  return tensor;
-}
 
 std::string LittleEndianBytes(const std::vector<float>& values) {
   std::string bytes;
