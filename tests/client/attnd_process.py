@@ -8,9 +8,14 @@ import signal
 import subprocess
 import tempfile
 import time
+import unittest
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+
+
+# The attn CLI under test (set by CTest).
+ATTN = os.environ.get("ATTN_PATH", "")
 
 
 def attnd_path():
@@ -89,3 +94,22 @@ class AttndProcess:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+class AttnCliTestCase(unittest.TestCase):
+    """A test case with one attnd for the whole class, a temp dir, and the attn
+    binary from ATTN_PATH (checked once, before the server starts)."""
+
+    TMP_PREFIX = "attn_test_"
+
+    @classmethod
+    def setUpClass(cls):
+        if not ATTN or not os.access(ATTN, os.X_OK):
+            raise RuntimeError(f"ATTN_PATH ({ATTN!r}) is not an executable attn binary")
+        cls.server = AttndProcess()
+        cls.tmp = tempfile.TemporaryDirectory(prefix=cls.TMP_PREFIX)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.tmp.cleanup()

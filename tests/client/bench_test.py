@@ -12,14 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attnd_process import AttndProcess  # pylint: disable=wrong-import-position
+from attnd_process import ATTN, AttnCliTestCase  # pylint: disable=wrong-import-position
 
-ATTN = os.environ.get("ATTN_PATH", "")
 SOURCE_DIR = os.environ.get(
     "ATTN_SOURCE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
@@ -46,19 +44,9 @@ GHZ_CONFIG_KEYS = {
 PERCENTAGES = [10, 25, 50, 75, 90, 95, 99]
 
 
-class BenchTest(unittest.TestCase):
+class BenchTest(AttnCliTestCase):
 
-    @classmethod
-    def setUpClass(cls):
-        if not ATTN or not os.access(ATTN, os.X_OK):
-            raise RuntimeError(f"ATTN_PATH ({ATTN!r}) is not an executable attn binary")
-        cls.server = AttndProcess()
-        cls.tmp = tempfile.TemporaryDirectory(prefix="attn_bench_test_")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
-        cls.tmp.cleanup()
+    TMP_PREFIX = "attn_bench_test_"
 
     def bench(self, *args, address=None, timeout=60):
         """attn bench ARGS HOST; address="" leaves HOST out."""

@@ -8,13 +8,11 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attnd_process import AttndProcess  # pylint: disable=wrong-import-position
+from attnd_process import ATTN, AttnCliTestCase  # pylint: disable=wrong-import-position
 
-ATTN = os.environ.get("ATTN_PATH", "")
 
 # api.md's example: ALiBi, causal, q = k = [[1,0],[0,1]], v = [[1,2],[3,4]].
 EXAMPLE = {
@@ -37,19 +35,9 @@ def example(scale_v=1.0, **changes):
     return request
 
 
-class CliTest(unittest.TestCase):
+class CliTest(AttnCliTestCase):
 
-    @classmethod
-    def setUpClass(cls):
-        if not ATTN or not os.access(ATTN, os.X_OK):
-            raise RuntimeError(f"ATTN_PATH ({ATTN!r}) is not an executable attn binary")
-        cls.server = AttndProcess()
-        cls.tmp = tempfile.TemporaryDirectory(prefix="attn_cli_test_")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
-        cls.tmp.cleanup()
+    TMP_PREFIX = "attn_cli_test_"
 
     def run_attn(self, *args, stdin="", address=None):
         """Runs attn with the subcommand and --address after it (flags after
