@@ -89,14 +89,26 @@ double AttentionFlops(int64_t s, bool causal) {
   return 4.0 * kHeads * kDim * pairs;
 }
 
-// One plain dnnl::matmul, fp32, row-major, on `threads` OpenMP threads:
-// [S,64]x[64,S] (the QK^T shape) or, with `pv`, [S,S]x[S,64] (the PV shape).
-// The primitive is created (and JIT-compiled) up front; Run() executes it
-// once and returns the seconds it took.
+bool IsAbsolute(MethodKind kind) {
+  return kind == MethodKind::kSinusoidal || kind == MethodKind::kLearned;
+}
+
+// The absolute methods' input projections: x_q @ w_q, x_kv @ w_k, x_kv @ w_v,
+// each [S, d_model] x [d_model, d_model] (d_model = H * D = 512).
+double ProjectionFlops(int64_t s) {
+  const double d_model = kHeads * kDim;
+  return 3 * 2.0 * static_cast<double>(s) * d_model * d_model;
+}
+
+// One plain dnnl::matmul [m,k]x[k,n], fp32, row-major, on `threads` OpenMP
+// threads: [S,64]x[64,S] is the QK^T shape, [S,S]x[S,64] the PV shape,
+// [S,512]x[512,512] one input projection of the absolute methods. The
+// primitive is created (and JIT-compiled) up front; Run() executes it once
+// and returns the seconds it took.
 class MatmulCeiling {
  public:
-  MatmulCeiling(int64_t s, int threads, bool pv)
-      : threads_(threads), m_(s), k_(pv ? s : kDim), n_(pv ? kDim : s) {
+  MatmulCeiling(int64_t m, int64_t k, int64_t n, int threads)
+      : threads_(threads), m_(m), k_(k), n_(n) {
     ThreadScope scope(threads_);
     using tag = dnnl::memory::format_tag;
     using dt = dnnl::memory::data_type;
@@ -159,7 +171,12 @@ class MatmulCeiling {
 // [S,64]x[64,S] ceiling matmul once, untimed by the framework, so the
 // ceiling_FLOP/s counter is measured interleaved with the calls, under the
 // same load (the machine is shared; a ceiling measured minutes earlier can
-// be off by several times).
+// be off by several times). The phases of AttendResult::timings give the
+// attention part on its own (attn_FLOP/s, attn_ms: the engine) and the input
+// side (prepare_ms); for the absolute methods each iteration also runs one
+// [S,512]x[512,512] matmul, the shape of each of their three projections
+// (proj_ceiling_FLOP/s, against proj_FLOP/s = the projections' FLOPs over
+// prepare time).
 void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
   const MethodKind kind = kAllMethods[state.range(0)];
   const int64_t s = state.range(1);
@@ -169,22 +186,25 @@ void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
   ComputeOptions options;
   options.engine = engine;
   options.threads = threads;
-  std::optional<MatmulCeiling> matmul;
-  double ceiling_seconds = 0;
+  std::optional<MatmulCeiling> matmul, projection;
+  double ceiling_seconds = 0, projection_seconds = 0;
   int64_t ceiling_runs = 0;
   try {
-    if (ceiling) matmul.emplace(s, threads, /*pv=*/false);
+    if (ceiling) matmul.emplace(s, kDim, s, threads);
+    if (ceiling && IsAbsolute(kind)) projection.emplace(s, kHeads * kDim, kHeads * kDim, threads);
   } catch (const dnnl::error& e) {
     state.SkipWithError(e.what());
     return;
   }
   int64_t extra_bytes = 0;
+  double prepare_seconds = 0, engine_seconds = 0;
   for (auto _ : state) {
     state.PauseTiming();
     if (matmul) {
       ceiling_seconds += matmul->Run();
       ++ceiling_runs;
     }
+    if (projection) projection_seconds += projection->Run();
     AttendArgs call = args;
     state.ResumeTiming();
     testing::HeapPeakScope heap;
@@ -194,6 +214,8 @@ void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
       break;
     }
     benchmark::DoNotOptimize(result->out.data());
+    prepare_seconds += result->timings.prepare_seconds;
+    engine_seconds += result->timings.engine_seconds;
     const int64_t out_bytes = result->out.size() * static_cast<int64_t>(sizeof(float));
     extra_bytes = std::max(extra_bytes, heap.PeakGrowth() - out_bytes);
   }
@@ -208,6 +230,24 @@ void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
         benchmark::Counter(matmul->Flops() * static_cast<double>(ceiling_runs) / ceiling_seconds,
                            benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
   }
+  const double calls = static_cast<double>(state.iterations());
+  if (calls == 0 || engine_seconds <= 0) return;
+  state.counters["attn_FLOP/s"] =
+      benchmark::Counter(AttentionFlops(s, causal) * calls / engine_seconds,
+                         benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
+  state.counters["attn_ms"] = benchmark::Counter(1e3 * engine_seconds / calls);
+  state.counters["prepare_ms"] = benchmark::Counter(1e3 * prepare_seconds / calls);
+  if (IsAbsolute(kind) && prepare_seconds > 0) {
+    state.counters["proj_FLOP/s"] =
+        benchmark::Counter(ProjectionFlops(s) * calls / prepare_seconds,
+                           benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
+  }
+  if (projection && projection_seconds > 0) {
+    state.counters["proj_ceiling_FLOP/s"] =
+        benchmark::Counter(projection->Flops() * static_cast<double>(ceiling_runs) /
+                               projection_seconds,
+                           benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
+  }
 }
 
 void BM_FastAttend(benchmark::State& state) { RunAttend(state, Engine::kFast, true); }
@@ -218,7 +258,9 @@ void BM_PlainAttend(benchmark::State& state) { RunAttend(state, Engine::kPlain, 
 // implementation name; a reference (non-JIT) one is an error.
 void BM_MatmulCeiling(benchmark::State& state) {
   try {
-    MatmulCeiling matmul(state.range(0), static_cast<int>(state.range(1)), state.range(2) != 0);
+    const int64_t s = state.range(0);
+    const bool pv = state.range(2) != 0;
+    MatmulCeiling matmul(s, pv ? s : kDim, pv ? kDim : s, static_cast<int>(state.range(1)));
     if (matmul.IsReference()) {
       state.SkipWithError(("oneDNN picked a reference matmul: " + matmul.impl()).c_str());
       return;

@@ -13,8 +13,10 @@ import tempfile
 import unittest
 
 BENCH, SCRIPT = sys.argv[1], sys.argv[2]
-# One fast, one plain and the ceiling, at the smallest size: a few seconds.
+# One fast, one plain and the ceiling, at the smallest size, and learned (an
+# absolute method, split into its phases): a few seconds.
 FILTER = ("BM_(FastAttend|PlainAttend)/method:[06]/S:128/causal:0/threads:1/"
+          "|BM_FastAttend/method:2/S:128/causal:0/threads:1/"
           "|BM_MatmulCeiling/S:128/threads:1/pv:0")
 
 
@@ -53,6 +55,27 @@ class PerfTableTest(unittest.TestCase):
             self.assertAlmostEqual(speedup, plain_ms / fast_ms, delta=0.06 * speedup + 0.1)
         # The stand-alone ceiling row, with oneDNN's (non-reference) implementation.
         self.assertRegex(text, re.compile(r"^\| 128 \| 1 \| [\d.]+ \| - \| (?!ref)\S+ \|$", re.M))
+
+    def test_learned_is_split_into_projections_and_attention(self):
+        path = os.path.join(self.dir.name, "absolute.md")
+        text = self.update(path)
+        row = re.search(r"^\| learned \| 128 \| 0 \| 1 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| "
+                        r"(\d+) \| ([\d.]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+        self.assertIsNotNone(row, f"no phase row for learned:\n{text}")
+        call, prepare, attention, _, attn_gflops, _, proj_gflops, proj_ceiling = map(
+            float, row.groups())
+        # The phases are parts of the call (medians of the same repetitions,
+        # so allow a little slack), and both are real work.
+        self.assertGreater(prepare, 0)
+        self.assertGreater(attention, 0)
+        self.assertLessEqual(prepare + attention, 1.05 * call)
+        # S=128 learned: 201 MFLOP of projections against 33.5 MFLOP of
+        # attention, so the input side dominates.
+        self.assertGreater(prepare, attention)
+        self.assertGreater(attn_gflops, 0)
+        self.assertGreater(proj_gflops, 0)
+        self.assertGreater(proj_ceiling, 0)
+        self.assertIn("6·128·512² = 201 MFLOP", text)
 
     def test_update_is_idempotent(self):
         path = os.path.join(self.dir.name, "twice.md")

@@ -1,6 +1,7 @@
 #include "kernels/attention.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -128,21 +129,30 @@ absl::StatusOr<TensorMap> PositionalMethod::Encode(EncodeArgs& /*args*/,
 }
 
 absl::StatusOr<AttendResult> Attend(AttendArgs args, const ComputeOptions& options) {
+  using Clock = std::chrono::steady_clock;
+  const auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+  const Clock::time_point start = Clock::now();
   const PositionalMethod& method = GetMethod(args.method);
   ATTN_RETURN_IF_ERROR(
       CheckInputNames(args.inputs, method.attend_inputs(), MethodName(args.method), "attend"));
   ATTN_RETURN_IF_ERROR(CheckInputValues(args.inputs));
   const bool return_probs = args.return_probs;
+  const Clock::time_point checked = Clock::now();
   ATTN_ASSIGN_OR_RETURN(PreparedAttention prepared, method.PrepareAttend(args, options));
   const AttentionProblem& p = prepared.problem;
   if (return_probs) {
     ATTN_RETURN_IF_ERROR(CheckOutputSize({p.batch, p.heads, p.sq, p.sk}, "probs", options));
   }
+  const Clock::time_point engine_start = Clock::now();
   ATTN_ASSIGN_OR_RETURN(AttendResult result,
                         options.engine == Engine::kPlain
                             ? RunPlainAttention(prepared, return_probs, options)
                             : RunFastAttention(prepared, return_probs, options));
+  const Clock::time_point engine_end = Clock::now();
   ATTN_RETURN_IF_ERROR(CheckFiniteOutput(result.out));
+  result.timings.check_seconds = seconds(checked - start) + seconds(Clock::now() - engine_end);
+  result.timings.prepare_seconds = seconds(engine_start - checked);
+  result.timings.engine_seconds = seconds(engine_end - engine_start);
   return result;
 }
 

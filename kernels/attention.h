@@ -78,9 +78,24 @@ struct AttendArgs {
   bool return_probs = false;
 };
 
+// Where one Attend call's wall-clock time went, in seconds (steady_clock;
+// four clock reads per call). The phases do not overlap and add up to the
+// call's time inside Attend.
+struct AttendTimings {
+  // Input names and finite values, and the output's finite check.
+  double check_seconds = 0;
+  // The method's input side (PositionalMethod::PrepareAttend): shape rules,
+  // tables, RoPE's rotation, the absolute methods' Q/K/V projections.
+  double prepare_seconds = 0;
+  // The attention engine itself: scores, softmax, values (the "attention
+  // part" that PERFORMANCE.md compares with the matmul ceiling).
+  double engine_seconds = 0;
+};
+
 struct AttendResult {
   Tensor out;                  // [B, H, Sq, Dv]
   std::optional<Tensor> probs; // [B, H, Sq, Sk] when requested
+  AttendTimings timings;       // Filled by Attend.
 };
 
 struct EncodeArgs {

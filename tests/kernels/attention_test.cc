@@ -2,6 +2,7 @@
 // "Which inputs an op takes" and "Status codes"), checked on the kernels'
 // Attend/Encode and, where the reference validates too, on the reference.
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -397,6 +398,37 @@ TEST(AttentionTest, CancellationFlagStopsTheCallWithCancelled) {
   kernels::ComputeOptions options;
   options.cancelled = &not_cancelled;
   EXPECT_TRUE(AttendOnce(Request(MethodKind::kNone, c), options).ok());
+}
+
+// The phases of AttendResult::timings are real, disjoint parts of the call:
+// each positive, together no longer than the call timed from outside. For
+// learned with d_model = H*D = 512 (the bench's widths) the input side,
+// three [128,512]x[512,512] projections (201 MFLOP), outweighs the attention
+// (4*H*D*S^2 = 33.5 MFLOP).
+TEST(AttentionTest, TimingsSplitTheCallIntoItsPhases) {
+  RandomCase c;
+  c.heads = 2;
+  c.sq = c.sk = 128;
+  c.d = c.dv = 256;
+  c.d_model = 512;
+  for (MethodKind method : {MethodKind::kLearned, MethodKind::kNone}) {
+    kernels::ComputeOptions options;
+    options.threads = 1;
+    const kernels::AttendArgs args = Request(method, c);
+    const auto start = std::chrono::steady_clock::now();
+    auto got = AttendOnce(args, options);
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_TRUE(got.ok()) << Name(method) << ": " << got.status();
+    const kernels::AttendTimings& t = got->timings;
+    EXPECT_GT(t.check_seconds, 0) << Name(method);
+    EXPECT_GT(t.prepare_seconds, 0) << Name(method);
+    EXPECT_GT(t.engine_seconds, 0) << Name(method);
+    EXPECT_LE(t.check_seconds + t.prepare_seconds + t.engine_seconds, wall) << Name(method);
+    if (method == MethodKind::kLearned) {
+      EXPECT_GT(t.prepare_seconds, t.engine_seconds) << "the projections are 6x the attention";
+    }
+  }
 }
 
 TEST(AttentionTest, LogitsBeyondFloatExpRangeStayFinite) {
