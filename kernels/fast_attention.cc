@@ -29,19 +29,24 @@ constexpr int64_t kBlockK = 256;
 
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
-// kt: ceil(sk / 16) panels of [d x 16]: kt[t][e][c] = k[16t + c][e] (0 past
-// sk); row j of k at k + j * ldk.
-void PackKeys(const float* k, int64_t ldk, int64_t sk, int64_t d, float* kt) {
+// kt: ceil(sk / 16) panels of [(d + w) x 16]: kt[t][e][c] = k[16t + c][e]
+// for e < d, the key features b[16t + c][e - d] after (0 past sk); row j of
+// k at k + j * ldk, of b at b + j * w.
+void PackKeys(const float* k, int64_t ldk, int64_t sk, int64_t d, const float* b, int64_t w,
+              float* kt) {
   const int64_t panels = RoundUpToPanel(sk) / kPanel;
+  const int64_t depth = d + w;
   for (int64_t t = 0; t < panels; ++t) {
-    float* panel = kt + t * d * kPanel;
+    float* panel = kt + t * depth * kPanel;
     const int64_t cols = std::min<int64_t>(kPanel, sk - t * kPanel);
     for (int64_t c = 0; c < cols; ++c) {
       const float* row = k + (t * kPanel + c) * ldk;
       for (int64_t e = 0; e < d; ++e) panel[e * kPanel + c] = row[e];
+      const float* features = b + (t * kPanel + c) * w;
+      for (int64_t e = 0; e < w; ++e) panel[(d + e) * kPanel + c] = features[e];
     }
     for (int64_t c = cols; c < kPanel; ++c) {
-      for (int64_t e = 0; e < d; ++e) panel[e * kPanel + c] = 0;
+      for (int64_t e = 0; e < depth; ++e) panel[e * kPanel + c] = 0;
     }
   }
 }
@@ -56,10 +61,10 @@ constexpr int64_t kKeptWorkspaceFloats = int64_t{1} << 20;
 class Workspace {
  public:
   Workspace(const AttentionProblem& p, const ScoreModifier& modifier)
-      : dv_pad(RoundUpToPanel(p.dv)) {
-    const int64_t sizes[] = {RoundUpToPanel(p.sk) * p.d, p.sk * dv_pad, kBlockQ * kBlockK,
-                             kBlockQ * dv_pad,           kBlockQ,       kBlockQ,
-                             modifier.ScratchFloats(kBlockQ), kBlockQ * p.d};
+      : dv_pad(RoundUpToPanel(p.dv)), depth(p.d + modifier.feature_width()) {
+    const int64_t sizes[] = {RoundUpToPanel(p.sk) * depth, p.sk * dv_pad, kBlockQ * kBlockK,
+                             kBlockQ * dv_pad,             kBlockQ,       kBlockQ,
+                             modifier.ScratchFloats(kBlockQ), kBlockQ * depth};
     int64_t total = 0;
     for (int64_t size : sizes) total += RoundUpToPanel(size);
     thread_local std::vector<float> kept;
@@ -73,24 +78,28 @@ class Workspace {
     }
   }
 
-  // Packs head bh of k and v unless they are packed already.
-  void PackHead(const AttentionProblem& p, int64_t bh) {
+  // Packs head bh of k (with the modifier's key features) and v unless
+  // they are packed already.
+  void PackHead(const AttentionProblem& p, const ScoreModifier& modifier, int64_t bh) {
     if (bh == packed_head_) return;
     const HeadRows k = p.k_rows(), v = p.v_rows();
-    PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, kt);
+    PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, modifier.KeyFeatures(bh / p.heads, bh % p.heads),
+             depth - p.d, kt);
     simd::PackColumnPanels(v.Row(bh, 0), v.stride(), p.sk, p.dv, vp);
     packed_head_ = bh;
   }
 
   const int64_t dv_pad;
-  float* kt = nullptr;       // [ceil(Sk/16) panels x D x 16]
+  const int64_t depth;       // D + the modifier's feature width
+  float* kt = nullptr;       // [ceil(Sk/16) panels x depth x 16]
   float* vp = nullptr;       // [ceil(Dv/16) panels x Sk x 16]
   float* scores = nullptr;   // [kBlockQ x kBlockK]
   float* acc = nullptr;      // [kBlockQ x dv_pad]
   float* row_max = nullptr;  // [kBlockQ]
   float* row_sum = nullptr;  // [kBlockQ]
   float* block_scratch = nullptr;  // the modifier's, or null
-  float* q_scaled = nullptr;       // [kBlockQ x D]: scale * q of the block
+  float* q_scaled = nullptr;       // [kBlockQ x depth]: scale * q of the block, then its
+                                   // query features
 
  private:
   std::vector<float> owned_;
@@ -102,8 +111,10 @@ class FastEngine {
   FastEngine(const PreparedAttention& prepared, float* out, float* probs)
       : p_(prepared.problem),
         modifier_(*prepared.modifier),
-        scale_only_(modifier_.scale_only()),
-        scale_queries_(scale_only_ || modifier_.adds_to_scaled_scores()),
+        features_(modifier_.feature_width()),
+        depth_(prepared.problem.d + features_),
+        modifies_scores_(!modifier_.scale_only() && features_ == 0),
+        scale_queries_(!modifies_scores_ || modifier_.adds_to_scaled_scores()),
         value_term_(modifier_.HasValueTerm()),
         scale_(static_cast<float>(p_.scale)),
         out_(out),
@@ -113,7 +124,7 @@ class FastEngine {
 
   // Query rows [i0, i0 + rows) of head bh.
   void RunBlock(Workspace& ws, int64_t bh, int64_t i0, int64_t rows) const {
-    ws.PackHead(p_, bh);
+    ws.PackHead(p_, modifier_, bh);
     const int64_t last_position = p_.query_offset + i0 + rows - 1;
     // Key blocks wholly after the block's last query are never visible.
     const int64_t key_end = p_.causal ? std::min(p_.sk, last_position + 1) : p_.sk;
@@ -124,13 +135,16 @@ class FastEngine {
       const HeadRows q = p_.q_rows();
       for (int64_t r = 0; r < rows; ++r) {
         const float* src = q.Row(bh, i0 + r);
-        float* dst = ws.q_scaled + r * p_.d;
+        float* dst = ws.q_scaled + r * depth_;
         for (int64_t e = 0; e < p_.d; ++e) dst[e] = src[e] * scale_;
       }
     }
-    if (ws.block_scratch != nullptr) {
-      modifier_.BeginQueryBlock(
-          {bh / p_.heads, bh % p_.heads, i0, rows, 0, p_.sk, ws.block_scratch});
+    const ScoreTile block{bh / p_.heads, bh % p_.heads, i0, rows, 0, p_.sk, ws.block_scratch};
+    if (features_ > 0) {
+      // The query features follow the scaled queries: [q | a] . [k | b].
+      modifier_.QueryFeatures(block, ws.q_scaled + p_.d, depth_);
+    } else if (ws.block_scratch != nullptr) {
+      modifier_.BeginQueryBlock(block);
     }
     if (probs_ == nullptr) {
       OnlineSoftmax(ws, bh, i0, rows, key_end);
@@ -159,10 +173,10 @@ class FastEngine {
                      int64_t n, float* s, int64_t ld) const {
     const HeadRows q = p_.q_rows();
     const float* a = scale_queries_ ? ws.q_scaled : q.Row(bh, i0);
-    const int64_t lda = scale_queries_ ? p_.d : q.stride();
-    const float* kt = ws.kt + j0 * p_.d;
+    const int64_t lda = scale_queries_ ? depth_ : q.stride();
+    const float* kt = ws.kt + j0 * depth_;
     if (!Diagonal(i0, j0, n)) {
-      simd::Gemm<false>(rows, RoundUpToPanel(n), p_.d, a, lda, kt, p_.d * kPanel, s, ld);
+      simd::Gemm<false>(rows, RoundUpToPanel(n), depth_, a, lda, kt, depth_ * kPanel, s, ld);
     } else {
       // A row group skips the panels wholly after its last row's position
       // (those scores are never read: the softmax stops at each row's
@@ -171,12 +185,12 @@ class FastEngine {
         const int group = static_cast<int>(std::min<int64_t>(simd::kRows, rows - r));
         const int64_t panels = RoundUpToPanel(VisibleInTile(i0 + r + group - 1, j0, n)) / kPanel;
         for (int64_t t = 0; t < panels; ++t) {
-          simd::MicroKernelRows<false>(group, p_.d, a + r * lda, lda, kt + t * p_.d * kPanel,
+          simd::MicroKernelRows<false>(group, depth_, a + r * lda, lda, kt + t * depth_ * kPanel,
                                        s + r * ld + t * kPanel, ld);
         }
       }
     }
-    if (!scale_only_) {
+    if (modifies_scores_) {
       modifier_.ModifyScores(Tile(ws, bh, i0, rows, j0, n), s, ld);
     }
   }
@@ -290,7 +304,8 @@ class FastEngine {
 
   const AttentionProblem& p_;
   const ScoreModifier& modifier_;
-  const bool scale_only_, scale_queries_, value_term_;
+  const int64_t features_, depth_;
+  const bool modifies_scores_, scale_queries_, value_term_;
   const float scale_;
   float* const out_;
   float* const probs_;

@@ -6,15 +6,17 @@
 // 256 keys: scores = Q_blk K_tile^T on the 6x16 micro-kernels of
 // micro_kernels.h (K and V packed once per head and thread), the method's
 // ScoreModifier on the tile (scale-only methods instead get queries scaled
-// once per block; Shaw and Transformer-XL prepare per-block products in
-// BeginQueryBlock), then an online softmax (running max and sum per row, the
-// accumulator rescaled when the max grows) and acc += P V_tile. Under causal
-// masking, tiles wholly after a block's last position are never computed,
-// and on the diagonal tiles each 6-row group stops at its own last position.
-// Memory beyond the inputs and output: the packed head per thread
-// (Sk x (D + Dv) floats) plus O(block) tiles; no [Sq, Sk] matrix exists
-// unless probs are requested, in which case the logits go straight into the
-// probs output and are normalised exactly there (two passes per block).
+// once per block; Shaw prepares per-block products in BeginQueryBlock;
+// Transformer-XL's position term rides in the same product as query and key
+// features, [scale q | a] . [k | b]), then an online softmax (running max
+// and sum per row, the accumulator rescaled when the max grows) and
+// acc += P V_tile. Under causal masking, tiles wholly after a block's last
+// position are never computed, and on the diagonal tiles each 6-row group
+// stops at its own last position. Memory beyond the inputs and output: the
+// packed head per thread (Sk x (D + features + Dv) floats) plus O(block)
+// tiles; no [Sq, Sk] matrix exists unless probs are requested, in which
+// case the logits go straight into the probs output and are normalised
+// exactly there (two passes per block).
 //
 // Thread-safety: reentrant; the calls share no state (each OpenMP thread
 // keeps up to 4 MiB of workspace between calls, thread-locally).

@@ -301,12 +301,6 @@ void RelativeTable::Multiply(const Window& w, int64_t rows, const float* a, int6
                     width_ * simd::kPanel, out, w.ld);
 }
 
-void RelativeTable::MultiplyAdd(const Window& w, int64_t rows, const float* a, int64_t lda,
-                                float* out, int64_t ldo) const {
-  simd::Gemm<true>(rows, w.ld, width_, a, lda, panels_.data() + w.base * width_,
-                   width_ * simd::kPanel, out, ldo);
-}
-
 void ScaledDotProduct::ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const {
   for (int64_t r = 0; r < tile.rows; ++r) {
     float* row = scores + r * ld;

@@ -95,9 +95,9 @@ class ScaledDotProduct : public ScoreModifier {
   const float scale_;
 };
 
-// Products of query-side rows with the rows of a table over relative
-// positions, for a window of table rows: Shaw's q_i . rel_k[t] and
-// Transformer-XL's (W_r (q_i + v)) . R(delta). The table is packed once
+// Products of query-side rows with the rows of a table, for a window of
+// table rows: Shaw's q_i . rel_k[t] over relative positions, and
+// Transformer-XL's W_r[h] (q_i + v). The table is packed once
 // (transposed into 16-row panels for the AVX2 micro-kernel); const methods
 // are thread-safe.
 class RelativeTable {
@@ -117,11 +117,6 @@ class RelativeTable {
   // out[r * w.ld + (n - w.base)] = a[r * lda + 0 .. width) . table[n] for the
   // window's rows n and r < rows (rows past count give 0).
   void Multiply(const Window& w, int64_t rows, const float* a, int64_t lda, float* out) const;
-  // out[r * ldo + (n - w.base)] += the same products; w.base a multiple of
-  // 16, w.ld too, ldo >= w.ld, rows base .. base + ld - 1 inside the table's
-  // whole panels.
-  void MultiplyAdd(const Window& w, int64_t rows, const float* a, int64_t lda, float* out,
-                   int64_t ldo) const;
 
  private:
   const int64_t count_, width_;

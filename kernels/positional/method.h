@@ -93,6 +93,23 @@ class ScoreModifier {
   virtual int64_t ScratchFloats(int64_t /*rows*/) const { return 0; }
   virtual void BeginQueryBlock(const ScoreTile& /*block*/) const {}
 
+  // Methods whose own term is a dot product of per-query and per-key
+  // features,
+  //   score(i, j) = scale * (q_i . k_j) + a_i . b_j,
+  // (Transformer-XL's position term, by angle addition) return the width w
+  // of a and b here (0: none) and give b through KeyFeatures, a through
+  // QueryFeatures. The fast engine appends b_j to its packed keys and a_i to
+  // its scaled queries, so one product over D + w yields the whole logit; it
+  // then calls neither BeginQueryBlock nor ModifyScores, which must still
+  // produce the same logits for engines that do (the plain one).
+  virtual int64_t feature_width() const { return 0; }
+  // b_j of keys 0 .. Sk-1 of (b, h): row j at j * feature_width(), owned by
+  // the modifier.
+  virtual const float* KeyFeatures(int64_t /*b*/, int64_t /*h*/) const { return nullptr; }
+  // a_i of the block's rows (block as for BeginQueryBlock, its scratch
+  // usable) into dst[r * ld + 0 .. feature_width()).
+  virtual void QueryFeatures(const ScoreTile& /*block*/, float* /*dst*/, int64_t /*ld*/) const {}
+
   // On entry scores[r * ld + c] holds the raw dot product q_i . k_j (not
   // scaled; scale * q_i . k_j when adds_to_scaled_scores()) for i = i0 + r,
   // j = j0 + c; on return it holds the method's logit score(i, j). Entries

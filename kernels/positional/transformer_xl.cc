@@ -7,15 +7,16 @@
 //   rel_h(r)   = R(r) @ w_r[h]                          [D]
 //   score(i,j) = scale * ((q_i + u_h) . k_j + (q_i + v_h) . rel_h(q_pos(i) - k_pos(j)))
 // The original's pad-and-reshape "relative shift" is an implementation
-// technique; here rel_h is tabulated once per distance the call can meet.
+// technique; here the angle addition formulas split the position term into
+// per-query and per-key features (TxlModifier below).
 // Non-causal (negative distances) is an EXTENSION (positional-methods.md 2.5).
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/micro_kernels.h"
 #include "kernels/parallel.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
@@ -86,32 +87,31 @@ void ProjectSinusoids(const std::vector<double>& distances, const Tensor& w_r, d
 
 // (q_i + u) . k_j is the engine's own product: u is added to q in place.
 // (q_i + v) . rel_h(delta) = (W_r[h] (q_i + v)) . R(delta), as rel_h = R W_r[h].
-// With delta = q_pos(i) - j = rho_i + sigma_j around a reference position
-// p_ref of the query block (rho_i = q_pos(i) - p_ref, sigma_j = p_ref - j),
-// the angle addition formulas give
+// With delta = q_pos(i) - j = rho_i + sigma_j around the reference position
+// p_ref = query_offset (rho_i = i, sigma_j = query_offset - j), the angle
+// addition formulas give
 //   qr_i . R(rho_i + sigma_j) = qr'_i . R(sigma_j),
 // qr'_i being qr_i = W_r[h] (q_i + v) with each (sin, cos) pair n turned by
-// rho_i f_n. So per query block qr' ([rows x d_rel]), and per tile one
-// product with the rows of R for the tile's keys, added straight into the
-// scores: as Q K^T, no [rows x distances] buffer. R is tabulated once per
-// call, shared by the heads ((Sq + Sk + 32) x d_rel floats); p_ref is chosen
-// so that a tile's first R row starts a packed panel.
+// rho_i f_n. Both sides are then features of their own row: a_i = scale *
+// qr'_i per query, b_j = R(sigma_j) per key (one table for every head), and
+// the fast engine folds the term into its Q K^T product as
+// [scale (q_i + u) | a_i] . [k_j | b_j], one pass over D + d_rel
+// (ScoreModifier::feature_width). Every angle is formed in double from an
+// exact integer (sigma_j, or rho at a block's first row, then turned row by
+// row), as the direct R(delta) would be.
 class TxlModifier final : public ScoreModifier {
  public:
-  // sinusoids: row n is R(-(min_relative + n)), i.e. rows ordered by
-  // k_pos - q_pos = min_relative + n; frequencies: f_n.
+  // key_features: row j is R(query_offset - j), j < Sk; frequencies: f_n.
   TxlModifier(const AttentionProblem& p, const Tensor& u, const Tensor& v, const Tensor& w_r,
-              const std::vector<float>& sinusoids, int64_t rows,
-              const std::vector<double>& frequencies)
+              std::vector<float> key_features, const std::vector<double>& frequencies)
       : q_(p.q_rows()),
         heads_(p.heads),
-        sq_(p.sq),
         d_(p.d),
         d_rel_(w_r.dim(1)),
         scale_(static_cast<float>(p.scale)),
         frequencies_(frequencies),
         v_minus_u_(static_cast<size_t>(p.heads * p.d)),
-        sinusoids_(sinusoids.data(), rows, d_rel_) {
+        key_features_(std::move(key_features)) {
     for (int64_t n = 0; n < p.heads * p.d; ++n) v_minus_u_[n] = v.data()[n] - u.data()[n];
     w_r_.reserve(static_cast<size_t>(p.heads));
     for (int64_t h = 0; h < p.heads; ++h) {
@@ -126,12 +126,18 @@ class TxlModifier final : public ScoreModifier {
   }
 
   bool adds_to_scaled_scores() const override { return true; }
+  int64_t feature_width() const override { return d_rel_; }
 
+  // q + v and W_r (q + v) for QueryFeatures, then (plain engine) a_i.
   int64_t ScratchFloats(int64_t rows) const override {
-    return rows * (d_ + RelativeTable::MaxLd(d_rel_));
+    return rows * (d_ + RelativeTable::MaxLd(d_rel_) + d_rel_);
   }
 
-  void BeginQueryBlock(const ScoreTile& block) const override {
+  const float* KeyFeatures(int64_t /*b*/, int64_t /*h*/) const override {
+    return key_features_.data();
+  }
+
+  void QueryFeatures(const ScoreTile& block, float* dst, int64_t ld) const override {
     float* qv = block.scratch;  // [rows x D]: q + v (q holds q + u)
     float* qr = qv + block.rows * d_;
     const RelativeTable::Window all = w_r_[block.h].WindowOf(0, d_rel_ - 1);
@@ -141,18 +147,19 @@ class TxlModifier final : public ScoreModifier {
       for (int64_t e = 0; e < d_; ++e) qv[r * d_ + e] = q[e] + shift[e];
     }
     w_r_[block.h].Multiply(all, block.rows, qv, d_, qr);
-    // Turn pair n of row r by rho_r f_n, rho_r = ReferenceShift + r: sincos
-    // at the first row, then one rotation by f_n per row, in double.
+    // Turn pair n of row r by rho_r f_n, rho_r = i0 + r: sincos at the
+    // first row, then one rotation by f_n per row, in double.
     const int64_t half = d_rel_ / 2;
     std::vector<double> sine(static_cast<size_t>(half)), cosine(static_cast<size_t>(half));
-    const double rho = static_cast<double>(ReferenceShift(block.i0));
+    const double rho = static_cast<double>(block.i0);
     for (int64_t n = 0; n < half; ++n) ::sincos(rho * frequencies_[n], &sine[n], &cosine[n]);
     for (int64_t r = 0; r < block.rows; ++r) {
-      float* row = qr + r * all.ld;
+      const float* row = qr + r * all.ld;
+      float* a = dst + r * ld;
       for (int64_t n = 0; n < half; ++n) {
-        const double a = row[n], b = row[half + n];  // the sin and cos weights
-        row[n] = static_cast<float>(scale_ * (a * cosine[n] - b * sine[n]));
-        row[half + n] = static_cast<float>(scale_ * (a * sine[n] + b * cosine[n]));
+        const double x = row[n], y = row[half + n];  // the sin and cos weights
+        a[n] = static_cast<float>(scale_ * (x * cosine[n] - y * sine[n]));
+        a[half + n] = static_cast<float>(scale_ * (x * sine[n] + y * cosine[n]));
         const double next_sine = sine[n] * step_cos_[n] + cosine[n] * step_sin_[n];
         cosine[n] = cosine[n] * step_cos_[n] - sine[n] * step_sin_[n];
         sine[n] = next_sine;
@@ -160,32 +167,37 @@ class TxlModifier final : public ScoreModifier {
     }
   }
 
+  // The plain engine's path (one query row per block): a_i . b_j added to
+  // the scaled dot products.
+  void BeginQueryBlock(const ScoreTile& block) const override {
+    QueryFeatures(block, QueryFeaturesIn(block), d_rel_);
+  }
+
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
-    const float* qr = tile.scratch + tile.rows * d_;
-    const int64_t ld_qr = w_r_[tile.h].WindowOf(0, d_rel_ - 1).ld;
-    // R rows for keys j0.. around p_ref = q_pos(i0) - shift: sigma = p_ref - j
-    // is table row j - p_ref - min_relative = j0 - i0 + shift + Sq - 1 + c.
-    RelativeTable::Window w;
-    w.base = tile.j0 - tile.i0 + ReferenceShift(tile.i0) + sq_ - 1;
-    w.ld = simd::RoundUpToPanel(tile.cols);
-    sinusoids_.MultiplyAdd(w, tile.rows, qr, ld_qr, scores, ld);
+    const float* a = QueryFeaturesIn(tile);
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      for (int64_t c = 0; c < tile.cols; ++c) {
+        const float* b = key_features_.data() + (tile.j0 + c) * d_rel_;
+        double dot = 0;
+        for (int64_t e = 0; e < d_rel_; ++e) dot += static_cast<double>(a[r * d_rel_ + e]) * b[e];
+        scores[r * ld + c] += static_cast<float>(dot);
+      }
+    }
   }
 
  private:
-  // q_pos(i0) - p_ref in [0, 16): makes j0 - p_ref - min_relative a multiple
-  // of 16 for the tiles' j0 (multiples of 16).
-  int64_t ReferenceShift(int64_t i0) const {
-    return ((i0 - sq_ + 1) % simd::kPanel + simd::kPanel) % simd::kPanel;
+  float* QueryFeaturesIn(const ScoreTile& block) const {
+    return block.scratch + block.rows * (d_ + RelativeTable::MaxLd(d_rel_));
   }
 
   const HeadRows q_;  // Owned by the problem, which outlives the modifier's use.
-  const int64_t heads_, sq_, d_, d_rel_;
+  const int64_t heads_, d_, d_rel_;
   const float scale_;
   const std::vector<double> frequencies_;  // f_n, n < d_rel / 2
   std::vector<double> step_sin_, step_cos_;
   std::vector<float> v_minus_u_;    // [H, D]
   std::vector<RelativeTable> w_r_;  // per head: rows c of W_r[h], width D
-  const RelativeTable sinusoids_;   // rows by k_pos - q_pos, width d_rel
+  const std::vector<float> key_features_;  // [Sk x d_rel]: R(query_offset - j)
 };
 
 class TransformerXl final : public PositionalMethod {
@@ -238,34 +250,48 @@ class TransformerXl final : public PositionalMethod {
         for (int64_t e = 0; e < p.d; ++e) q[row * p.d + e] += u_h[e];
       }
     }
-    // R for every k_pos - q_pos the call can meet, smallest first, and 32
-    // rows past them: a tile's panels, taken around p_ref, may reach there.
-    const int64_t count = p.sq + p.sk + 32;
-    ATTN_RETURN_IF_ERROR(
-        CheckOutputSize({p.sq + p.sk - 1, d_rel}, "R (per distance)", options));
-    const int64_t min_relative = -(p.query_offset + p.sq - 1);
-    std::vector<float> sinusoids(static_cast<size_t>(count * d_rel));
+    // b_j = R(query_offset - j) for every key. Per pair n the step from one
+    // key to the next is a fixed rotation by -f_n: each run of kAnchorRows
+    // keys starts from sincos of its exact double angle and rotates in
+    // double from there (within ~1e-14 of the direct sincos, far below the
+    // float rounding of the table), a few multiplies per value.
+    ATTN_RETURN_IF_ERROR(CheckOutputSize({p.sk, d_rel}, "R (per key)", options));
     const int64_t half = d_rel / 2;
     std::vector<double> frequencies(static_cast<size_t>(half));
+    std::vector<double> step_sin(static_cast<size_t>(half)), step_cos(static_cast<size_t>(half));
     for (int64_t n = 0; n < half; ++n) {
       frequencies[n] = std::pow(base, -static_cast<double>(2 * n) / static_cast<double>(d_rel));
+      ::sincos(frequencies[n], &step_sin[n], &step_cos[n]);
     }
-    ParallelFor(count, ThreadsFor(static_cast<double>(count) * d_rel * 32, options), 64,
+    std::vector<float> key_features(static_cast<size_t>(p.sk * d_rel));
+    constexpr int64_t kAnchorRows = 64;
+    const int64_t runs = (p.sk + kAnchorRows - 1) / kAnchorRows;
+    ParallelFor(runs, ThreadsFor(static_cast<double>(p.sk) * d_rel * 4, options), 1,
                 [&](int64_t begin, int64_t end) {
-                  for (int64_t n = begin; n < end; ++n) {
-                    // As TransformerXlSinusoid, with the frequencies once.
-                    const double r = static_cast<double>(-(min_relative + n));
-                    float* row = sinusoids.data() + n * d_rel;
-                    for (int64_t c = 0; c < half; ++c) {
-                      double sine = 0, cosine = 0;
-                      ::sincos(r * frequencies[c], &sine, &cosine);
-                      row[c] = static_cast<float>(sine);
-                      row[half + c] = static_cast<float>(cosine);
+                  std::vector<double> sine(static_cast<size_t>(half));
+                  std::vector<double> cosine(static_cast<size_t>(half));
+                  for (int64_t run = begin; run < end; ++run) {
+                    const int64_t j0 = run * kAnchorRows;
+                    const int64_t j1 = std::min(p.sk, j0 + kAnchorRows);
+                    const double sigma = static_cast<double>(p.query_offset - j0);
+                    for (int64_t n = 0; n < half; ++n) {
+                      ::sincos(sigma * frequencies[n], &sine[n], &cosine[n]);
+                    }
+                    for (int64_t j = j0; j < j1; ++j) {
+                      float* row = key_features.data() + j * d_rel;
+                      for (int64_t n = 0; n < half; ++n) {
+                        row[n] = static_cast<float>(sine[n]);
+                        row[half + n] = static_cast<float>(cosine[n]);
+                        // sigma - 1: turn by -f_n.
+                        const double next_sine = sine[n] * step_cos[n] - cosine[n] * step_sin[n];
+                        cosine[n] = cosine[n] * step_cos[n] + sine[n] * step_sin[n];
+                        sine[n] = next_sine;
+                      }
                     }
                   }
                 });
-    prepared.modifier =
-        std::make_unique<TxlModifier>(p, u, v, w_r, sinusoids, count, frequencies);
+    prepared.modifier = std::make_unique<TxlModifier>(p, u, v, w_r, std::move(key_features),
+                                                      frequencies);
     return prepared;
   }
 

@@ -5,7 +5,8 @@
 // method, odd D, Sq != Sk, offsets, tiny S, K > S, every RoPE layout x
 // scaling x partial rotary_dim) and on long cases with D = 64 and S in the
 // hundreds to a thousand (sizes that leave partial tiles, decode steps,
-// explicit offsets, Shaw K > S), the fast engine's max |out - reference| is
+// explicit offsets, Shaw K > S) and on Transformer-XL with query offsets up
+// to 2^30, the fast engine's max |out - reference| is
 // at most 2x the naive float32 path's (naive_float32.h) plus kSlack, with 1
 // and 2 threads, with and without probs requested (the fused path may only
 // run without them; with them probs obey the same rule).
@@ -174,6 +175,32 @@ std::string DiffCaseName(const ::testing::TestParamInfo<DiffCase>& param) {
 INSTANTIATE_TEST_SUITE_P(AllMethods, FastEngineDiffTest, ::testing::ValuesIn(AllDiffCases()),
                          DiffCaseName);
 INSTANTIATE_TEST_SUITE_P(Long, FastEngineDiffTest, ::testing::ValuesIn(LongCases()),
+                         DiffCaseName);
+
+// Transformer-XL forms its angles around the reference position
+// query_offset (key features R(query_offset - j), query features turned by
+// i f_n): far from position 0 the result must stay as close to the double
+// reference as the direct R(q_pos - j) of the naive float32 path is.
+std::vector<DiffCase> FarOffsetCases() {
+  std::vector<DiffCase> cases;
+  const int64_t offsets[] = {100000, 1000003, int64_t{1} << 30};
+  for (int n = 0; n < static_cast<int>(std::size(offsets)); ++n) {
+    DiffCase d;
+    d.c.method = MethodKind::kTransformerXL;
+    d.label = absl::StrCat("far_offset_", offsets[n]);
+    d.seed = static_cast<uint32_t>(95000 + n);
+    d.c.heads = 2;
+    d.c.d = d.c.dv = d.c.d_rel = 64;
+    d.c.sq = 130;
+    d.c.sk = 300;
+    d.c.query_offset = offsets[n];
+    d.c.causal = n % 2 == 0;
+    cases.push_back(d);
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(TransformerXl, FastEngineDiffTest, ::testing::ValuesIn(FarOffsetCases()),
                          DiffCaseName);
 
 // ---------------------------------------------------------------------------
