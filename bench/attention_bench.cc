@@ -3,6 +3,7 @@
 // on the same threads, in the same run.
 //   make bench    (or build/bin/attention_bench --benchmark_filter=...)
 // bench/perf_table.py turns the JSON output into docs/PERFORMANCE.md's table.
+#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -172,8 +173,8 @@ class MatmulCeiling {
 // ceiling_FLOP/s counter is measured interleaved with the calls, under the
 // same load (the machine is shared; a ceiling measured minutes earlier can
 // be off by several times). The phases of AttendResult::timings give the
-// attention part on its own (attn_FLOP/s, attn_ms: the engine) and the input
-// side (prepare_ms); for the absolute methods each iteration also runs one
+// attention part on its own (attn_FLOP/s, attn_ms: the engine), the input
+// side (prepare_ms) and the input and output checks (check_ms); for the absolute methods each iteration also runs one
 // [S,512]x[512,512] matmul, the shape of each of their three projections
 // (proj_ceiling_FLOP/s, against proj_FLOP/s = the projections' FLOPs over
 // prepare time).
@@ -197,7 +198,7 @@ void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
     return;
   }
   int64_t extra_bytes = 0;
-  double prepare_seconds = 0, engine_seconds = 0;
+  double check_seconds = 0, prepare_seconds = 0, engine_seconds = 0;
   for (auto _ : state) {
     state.PauseTiming();
     if (matmul) {
@@ -214,6 +215,7 @@ void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
       break;
     }
     benchmark::DoNotOptimize(result->out.data());
+    check_seconds += result->timings.check_seconds;
     prepare_seconds += result->timings.prepare_seconds;
     engine_seconds += result->timings.engine_seconds;
     const int64_t out_bytes = result->out.size() * static_cast<int64_t>(sizeof(float));
@@ -237,6 +239,7 @@ void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
                          benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
   state.counters["attn_ms"] = benchmark::Counter(1e3 * engine_seconds / calls);
   state.counters["prepare_ms"] = benchmark::Counter(1e3 * prepare_seconds / calls);
+  state.counters["check_ms"] = benchmark::Counter(1e3 * check_seconds / calls);
   if (IsAbsolute(kind) && prepare_seconds > 0) {
     state.counters["proj_FLOP/s"] =
         benchmark::Counter(ProjectionFlops(s) * calls / prepare_seconds,
@@ -328,4 +331,30 @@ BENCHMARK(BM_PlainAttend)
 }  // namespace
 }  // namespace attnserve::kernels
 
-BENCHMARK_MAIN();
+// attnd's malloc settings (server/main.cc): freed memory stays in the heap,
+// so a call's tensors reuse pages instead of paying mmap, munmap and page
+// faults on every call, as they do in the service. --malloc=glibc keeps
+// glibc's defaults instead, for comparison; the JSON context says which.
+int main(int argc, char** argv) {
+  bool attnd_malloc = true;
+  int kept = 1;
+  for (int n = 1; n < argc; ++n) {
+    if (std::string(argv[n]) == "--malloc=glibc") {
+      attnd_malloc = false;
+    } else {
+      argv[kept++] = argv[n];
+    }
+  }
+  argc = kept;
+  if (attnd_malloc) {
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("malloc", attnd_malloc ? "attnd (mallopt as server/main.cc)"
+                                                     : "glibc defaults");
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
