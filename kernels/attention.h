@@ -129,6 +129,10 @@ struct ComputeOptions {
   // Polled between rows (plain) or blocks of query rows (fast); once true
   // the call stops with CANCELLED.
   const std::atomic<bool>* cancelled = nullptr;
+  // The caller vouches that every input's values match its shape (every
+  // dimension >= 1) and are finite, having checked them while writing them
+  // (server/convert.cc does); skips the kernels' own scan of the inputs.
+  bool inputs_checked = false;
 };
 
 // Multi-head attention under args.method. Consumes args (inputs are moved

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/clock.h"
@@ -32,6 +33,37 @@ int64_t BatchItems(const v1::AttendRequest& request) {
   return BatchItems(request.has_x_q() ? request.x_q() : request.q());
 }
 int64_t BatchItems(const v1::EncodeRequest& request) { return BatchItems(request.x()); }
+
+// The estimated multiply-adds of an Attend request's kernel call, from the
+// shapes in the message (Batcher::Traits::work): the scores and the
+// weighted sum, B*H*Sq*Sk*(D+Dv), plus the projections of the absolute
+// methods. 0 (unknown) when a shape is left out (a ref) or malformed.
+int64_t EstimatedWork(const v1::AttendRequest& request) {
+  const auto dims = [](const v1::Tensor& tensor, int rank) -> std::vector<double> {
+    if (tensor.shape_size() != rank) return {};
+    std::vector<double> d(tensor.shape().begin(), tensor.shape().end());
+    for (double x : d) {
+      if (x < 1) return {};
+    }
+    return d;
+  };
+  double work = 0;
+  if (request.has_x_q()) {
+    // x_q [B,Sq,dm], x_kv [B,Sk,dm], w_q and w_k [dm,H*D], w_v [dm,H*Dv].
+    const std::vector<double> x_q = dims(request.x_q(), 3), x_kv = dims(request.x_kv(), 3),
+                              w_q = dims(request.w_q(), 2), w_v = dims(request.w_v(), 2);
+    if (x_q.empty() || x_kv.empty() || w_q.empty() || w_v.empty()) return 0;
+    const double b = x_q[0], sq = x_q[1], sk = x_kv[1], dm = x_q[2], hd = w_q[1], hdv = w_v[1];
+    work = b * (sq * dm * hd + sk * dm * (hd + hdv) + sq * sk * (hd + hdv));
+  } else {
+    // q [B,H,Sq,D], k [B,H,Sk,D], v [B,H,Sk,Dv].
+    const std::vector<double> q = dims(request.q(), 4), k = dims(request.k(), 4),
+                              v = dims(request.v(), 4);
+    if (q.empty() || k.empty() || v.empty()) return 0;
+    work = q[0] * q[1] * q[2] * k[2] * (q[3] + v[3]);
+  }
+  return work >= 9e18 ? int64_t{9000000000000000000} : static_cast<int64_t>(work);
+}
 
 // What the metrics record about one request from arrival to answer; counts
 // it in attnserve_inflight_requests while it lives.
@@ -117,9 +149,11 @@ class AttendJob : public BatchRequest {
  public:
   explicit AttendJob(const TensorStore* tensors) : tensors_(tensors) {}
 
-  absl::Status Prepare(int64_t max_elements) override {
+  absl::Status Prepare(int64_t max_elements, bool defer_batched) override {
     absl::StatusOr<kernels::AttendArgs> args =
-        ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_);
+        defer_batched ? ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_,
+                                     kBatchedInputs, &batched_)
+                      : ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_);
     if (!args.ok()) return args.status();
     args_ = std::move(*args);
     return absl::OkStatus();
@@ -135,6 +169,14 @@ class AttendJob : public BatchRequest {
     args_.reset();
     return args;
   }
+  const std::vector<int64_t>* BatchedShape(absl::string_view name) const override {
+    auto it = batched_.find(name);
+    return it == batched_.end() ? nullptr : &it->second.shape;
+  }
+  absl::Status AppendBatched(absl::string_view name, std::vector<float>& out) const override {
+    auto it = batched_.find(name);
+    return it == batched_.end() ? absl::OkStatus() : it->second.AppendTo(out);
+  }
   void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) override {
     FillAttendResponseRows(batch, begin, count, request_->raw_output(), response_);
   }
@@ -145,7 +187,8 @@ class AttendJob : public BatchRequest {
     response_ = response;
   }
   Batcher::Traits TraitsOf(const grpc::CallbackServerContext& context, int method) const {
-    return Batcher::Traits{BatchKey(*request_), BatchItems(*request_), method, Deadline(context)};
+    return Batcher::Traits{BatchKey(*request_), BatchItems(*request_), method, Deadline(context),
+                           EstimatedWork(*request_)};
   }
 
  private:
@@ -153,6 +196,8 @@ class AttendJob : public BatchRequest {
   const v1::AttendRequest* request_ = nullptr;
   v1::AttendResponse* response_ = nullptr;
   std::optional<kernels::AttendArgs> args_;
+  // The batched inputs of a merged call, checked, not decoded (into request_).
+  DeferredTensors batched_;
 };
 
 // Encode as a BatchRequest: never merged (an empty key).
@@ -160,7 +205,7 @@ class EncodeJob : public BatchRequest {
  public:
   explicit EncodeJob(const TensorStore* tensors) : tensors_(tensors) {}
 
-  absl::Status Prepare(int64_t max_elements) override {
+  absl::Status Prepare(int64_t max_elements, bool /*defer_batched*/) override {
     absl::StatusOr<kernels::EncodeArgs> args =
         ToEncodeArgs(*request_, ConvertLimits{max_elements}, tensors_);
     if (!args.ok()) return args.status();
@@ -176,6 +221,12 @@ class EncodeJob : public BatchRequest {
   }
   // Never called: an empty key is never merged.
   kernels::AttendArgs TakeAttendArgs() override { return {}; }
+  const std::vector<int64_t>* BatchedShape(absl::string_view /*name*/) const override {
+    return nullptr;
+  }
+  absl::Status AppendBatched(absl::string_view /*name*/, std::vector<float>& /*out*/) const override {
+    return absl::OkStatus();
+  }
   void Fill(const kernels::AttendResult& /*batch*/, int64_t /*begin*/,
             int64_t /*count*/) override {}
 

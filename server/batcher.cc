@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -22,77 +24,59 @@ struct BatchRequest::BatchState {
 
 namespace {
 
-// The inputs with a leading batch dimension B (positional-methods.md 1.1);
-// every other input is a parameter shared by the whole batch, equal in every
-// request of a batch because it is part of the merge key.
-constexpr const char* kBatchedInputs[] = {"q", "k", "v", "x_q", "x_kv"};
-
-bool IsBatched(const std::string& name) {
-  for (const char* batched : kBatchedInputs) {
-    if (name == batched) return true;
-  }
-  return false;
+// The element count of a shape Prepare checked.
+size_t Elements(const std::vector<int64_t>& shape) {
+  size_t count = 1;
+  for (int64_t d : shape) count *= static_cast<size_t>(d);
+  return count;
 }
 
-// True when `b` can be concatenated with `a` along B: the same inputs, the
-// batched ones of equal shape but for dimension 0 and all with one B, the
-// shared ones of equal shape.
-bool Compatible(const kernels::AttendArgs& a, const kernels::AttendArgs& b) {
-  if (a.inputs.size() != b.inputs.size()) return false;
-  int64_t batch = -1;
-  for (const auto& [name, tensor] : b.inputs) {
-    auto it = a.inputs.find(name);
-    if (it == a.inputs.end() || it->second.rank() != tensor.rank() || tensor.rank() == 0) {
+// A request of a merged call: its arguments without the batched inputs,
+// and the shapes of those.
+struct Part {
+  BatchRequest* request = nullptr;
+  kernels::AttendArgs args;
+  std::vector<const std::vector<int64_t>*> batched;  // per kBatchedInputs; null: absent
+  int64_t items = 1;                                 // its B
+};
+
+// The part of `request` (prepared with defer_batched), or nullopt when its
+// batched inputs disagree on B.
+std::optional<Part> PartOf(BatchRequest* request) {
+  Part part;
+  part.request = request;
+  part.args = request->TakeAttendArgs();
+  int64_t items = -1;
+  for (absl::string_view name : kBatchedInputs) {
+    const std::vector<int64_t>* shape = request->BatchedShape(name);
+    part.batched.push_back(shape);
+    if (shape == nullptr) continue;
+    if (items >= 0 && (*shape)[0] != items) return std::nullopt;
+    items = (*shape)[0];
+  }
+  part.items = std::max<int64_t>(items, 1);
+  return part;
+}
+
+// True when `b` can be concatenated with `a` along B: the same batched
+// inputs, of equal shape but for dimension 0, and shared inputs of equal
+// shape (their values are equal: they are part of the merge key).
+bool Compatible(const Part& a, const Part& b) {
+  for (size_t i = 0; i < a.batched.size(); ++i) {
+    const std::vector<int64_t>* x = a.batched[i];
+    const std::vector<int64_t>* y = b.batched[i];
+    if ((x == nullptr) != (y == nullptr)) return false;
+    if (x == nullptr) continue;
+    if (x->size() != y->size() || !std::equal(x->begin() + 1, x->end(), y->begin() + 1)) {
       return false;
     }
-    if (!IsBatched(name)) {
-      if (it->second.shape() != tensor.shape()) return false;
-      continue;
-    }
-    if (!std::equal(tensor.shape().begin() + 1, tensor.shape().end(),
-                    it->second.shape().begin() + 1)) {
-      return false;
-    }
-    if (batch >= 0 && tensor.dim(0) != batch) return false;
-    batch = tensor.dim(0);
+  }
+  if (a.args.inputs.size() != b.args.inputs.size()) return false;
+  for (const auto& [name, tensor] : b.args.inputs) {
+    auto it = a.args.inputs.find(name);
+    if (it == a.args.inputs.end() || it->second.shape() != tensor.shape()) return false;
   }
   return true;
-}
-
-// The B of prepared arguments (their first batched input's dimension 0).
-int64_t BatchOf(const kernels::AttendArgs& args) {
-  for (const char* name : kBatchedInputs) {
-    auto it = args.inputs.find(name);
-    if (it != args.inputs.end() && it->second.rank() > 0) return it->second.dim(0);
-  }
-  return 1;
-}
-
-// One call's arguments from `parts` (Compatible with parts[0]): batched
-// inputs concatenated along B, everything else taken from parts[0].
-kernels::AttendArgs Merge(std::vector<kernels::AttendArgs>& parts) {
-  kernels::AttendArgs merged = std::move(parts[0]);
-  for (auto& [name, tensor] : merged.inputs) {
-    if (!IsBatched(name)) continue;
-    std::vector<int64_t> shape = tensor.shape();
-    size_t total = tensor.values().size();
-    for (size_t i = 1; i < parts.size(); ++i) {
-      const kernels::Tensor& part = parts[i].inputs.at(name);
-      shape[0] += part.dim(0);
-      total += part.values().size();
-    }
-    // One allocation and one copy per part (growing the first part's vector
-    // would copy it again at every reallocation; sizing it would zero it).
-    std::vector<float> values;
-    values.reserve(total);
-    values.insert(values.end(), tensor.values().begin(), tensor.values().end());
-    for (size_t i = 1; i < parts.size(); ++i) {
-      const std::vector<float>& part = parts[i].inputs.at(name).values();
-      values.insert(values.end(), part.begin(), part.end());
-    }
-    tensor = kernels::Tensor(std::move(shape), std::move(values));
-  }
-  return merged;
 }
 
 // The per-request limit scaled to a batch: the kernels' outputs and
@@ -141,6 +125,10 @@ absl::Status ValidateBatcherOptions(const BatcherOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("--threads: must be >= 1, got ", options.compute_threads));
   }
+  if (options.work_per_thread < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("work_per_thread: must be >= 1, got ", options.work_per_thread));
+  }
   return absl::OkStatus();
 }
 
@@ -169,6 +157,7 @@ absl::Status Batcher::Enqueue(BatchRequest* request, Traits traits) {
     request->key_ = std::move(traits.key);
     request->items_ = std::max<int64_t>(traits.items, 1);
     request->method_ = traits.method;
+    request->work_ = traits.work;
     request->enqueued_ = absl::Now();
     request->deadline_ = traits.deadline;
     request->batch_ = nullptr;
@@ -323,9 +312,9 @@ void Batcher::WorkerLoop() {
           metrics_->RecordQueueWait(now - request->enqueued_);
         }
         formed.state->live = static_cast<int>(formed.requests.size());
-        // All free threads when nothing else waits (one large request gets
-        // the machine), else one each.
-        formed.threads = queue_.empty() ? free_threads_ : 1;
+        // When nothing else waits, as many free threads as the batch's work
+        // can use (one large request gets the machine), else one each.
+        formed.threads = queue_.empty() ? ThreadsFor(formed.requests) : 1;
         free_threads_ -= formed.threads;
       }
     }
@@ -344,6 +333,18 @@ void Batcher::WorkerLoop() {
   }
 }
 
+int Batcher::ThreadsFor(const std::vector<BatchRequest*>& requests) const {
+  int64_t work = 0;
+  for (const BatchRequest* request : requests) {
+    if (request->work_ <= 0) return free_threads_;
+    work = request->work_ > std::numeric_limits<int64_t>::max() - work
+               ? std::numeric_limits<int64_t>::max()
+               : work + request->work_;
+  }
+  const int64_t wanted = 1 + (work - 1) / options_.work_per_thread;
+  return static_cast<int>(std::min<int64_t>(wanted, free_threads_));
+}
+
 void Batcher::Answer(BatchRequest* request, const absl::Status& status) {
   {
     absl::MutexLock lock(&mu_);
@@ -355,7 +356,7 @@ void Batcher::Answer(BatchRequest* request, const absl::Status& status) {
 
 void Batcher::RunAlone(BatchRequest* request, int threads, bool prepared) {
   if (!prepared) {
-    absl::Status status = request->Prepare(options_.max_elements);
+    absl::Status status = request->Prepare(options_.max_elements, /*defer_batched=*/false);
     if (!status.ok()) {
       Answer(request, status);
       return;
@@ -365,6 +366,7 @@ void Batcher::RunAlone(BatchRequest* request, int threads, bool prepared) {
   options.threads = threads;
   options.max_elements = options_.max_elements;
   options.cancelled = &request->cancelled_;
+  options.inputs_checked = true;  // by Prepare
   const absl::Time start = absl::Now();
   absl::Status status = request->Compute(options);
   metrics_->RecordBatch(request->method_, 1, request->items_, absl::Now() - start);
@@ -381,79 +383,120 @@ void Batcher::Run(Formed& formed) {
 
 void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
                         int threads) {
-  // Conversion is per request (a bad request fails alone), on all of the
-  // batch's threads: it is as much work as the kernels for small requests.
+  // Checking is per request (a bad request fails alone), on all of the
+  // batch's threads; the batched inputs are not decoded yet.
   std::vector<absl::Status> prepared(requests.size());
   kernels::ParallelFor(static_cast<int64_t>(requests.size()), threads, 1,
                        [&](int64_t begin, int64_t end) {
                          for (int64_t i = begin; i < end; ++i) {
-                           prepared[i] = requests[i]->Prepare(options_.max_elements);
+                           prepared[i] = requests[i]->Prepare(options_.max_elements,
+                                                              /*defer_batched=*/true);
                          }
                        });
-  std::vector<BatchRequest*> members;
-  std::vector<kernels::AttendArgs> parts;
+  const auto fail = [&](BatchRequest* request, const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (--state.live == 0) state.all_cancelled.store(true, std::memory_order_relaxed);
+    }
+    Answer(request, status);
+  };
+  std::vector<Part> parts;
   std::vector<BatchRequest*> misfits;
   for (size_t i = 0; i < requests.size(); ++i) {
-    BatchRequest* request = requests[i];
-    const absl::Status& status = prepared[i];
-    if (!status.ok()) {
-      {
-        absl::MutexLock lock(&mu_);
-        if (--state.live == 0) state.all_cancelled.store(true, std::memory_order_relaxed);
+    if (!prepared[i].ok()) {
+      fail(requests[i], prepared[i]);
+      continue;
+    }
+    std::optional<Part> part = PartOf(requests[i]);
+    // Equal keys make this rare (refs can hide shapes); such a request runs
+    // alone, where the kernels name what is wrong.
+    if (!part.has_value() || (!parts.empty() && !Compatible(parts.front(), *part))) {
+      misfits.push_back(requests[i]);
+      continue;
+    }
+    parts.push_back(std::move(*part));
+  }
+  // The merged inputs: each request's batched values are copied once, from
+  // its message straight into its rows (no concatenation pass afterwards,
+  // no zero-fill first). A request with a non-finite value is answered and
+  // its rows are taken out again.
+  std::vector<std::vector<float>> merged(std::size(kBatchedInputs));
+  if (parts.size() > 1) {
+    for (size_t n = 0; n < merged.size(); ++n) {
+      if (parts.front().batched[n] == nullptr) continue;
+      size_t total = 0;
+      for (const Part& part : parts) total += Elements(*part.batched[n]);
+      merged[n].reserve(total);
+    }
+    std::vector<Part> members;
+    std::vector<size_t> sizes(merged.size());
+    for (Part& part : parts) {
+      for (size_t n = 0; n < merged.size(); ++n) sizes[n] = merged[n].size();
+      absl::Status status;
+      for (size_t n = 0; n < merged.size() && status.ok(); ++n) {
+        if (part.batched[n] != nullptr) {
+          status = part.request->AppendBatched(kBatchedInputs[n], merged[n]);
+        }
       }
-      Answer(request, status);
-      continue;
+      if (status.ok()) {
+        members.push_back(std::move(part));
+        continue;
+      }
+      for (size_t n = 0; n < merged.size(); ++n) merged[n].resize(sizes[n]);
+      fail(part.request, status);
     }
-    kernels::AttendArgs args = request->TakeAttendArgs();
-    // Equal keys make this rare (refs can hide shapes); such a request runs alone.
-    if (!parts.empty() && !Compatible(parts.front(), args)) {
-      misfits.push_back(request);
-      continue;
+    parts = std::move(members);
+  }
+  if (parts.size() == 1) {
+    // Alone after all: prepared again, in full (cheap next to a kernel call).
+    misfits.insert(misfits.begin(), parts.front().request);
+    parts.clear();
+  }
+  if (!parts.empty()) {
+    int64_t total_b = 0;
+    int64_t max_b = 1;
+    for (const Part& part : parts) {
+      total_b += part.items;
+      max_b = std::max(max_b, part.items);
     }
-    members.push_back(request);
-    parts.push_back(std::move(args));
-  }
-  std::vector<int64_t> batch_of;
-  int64_t total_b = 0;
-  int64_t max_b = 1;
-  for (const kernels::AttendArgs& args : parts) {
-    batch_of.push_back(BatchOf(args));
-    total_b += batch_of.back();
-    max_b = std::max(max_b, batch_of.back());
-  }
-  if (members.size() == 1) {
-    // Give the arguments back by preparing again (cheap next to a kernel call).
-    misfits.insert(misfits.begin(), members.front());
-    members.clear();
-  }
-  if (!members.empty()) {
+    kernels::AttendArgs args = std::move(parts.front().args);
+    for (size_t n = 0; n < merged.size(); ++n) {
+      if (parts.front().batched[n] == nullptr) continue;
+      std::vector<int64_t> shape = *parts.front().batched[n];
+      shape[0] = total_b;
+      args.inputs.insert_or_assign(std::string(kBatchedInputs[n]),
+                                   kernels::Tensor(std::move(shape), std::move(merged[n])));
+    }
     kernels::ComputeOptions options;
     options.threads = threads;
     options.max_elements = BatchElementLimit(options_.max_elements, total_b, max_b);
     options.cancelled = &state.all_cancelled;
-    const int method = members.front()->method_;
+    options.inputs_checked = true;  // by Prepare and AppendBatched
+    const int method = parts.front().request->method_;
     const absl::Time start = absl::Now();
-    absl::StatusOr<kernels::AttendResult> result = kernels::Attend(Merge(parts), options);
-    metrics_->RecordBatch(method, static_cast<int64_t>(members.size()), total_b,
+    absl::StatusOr<kernels::AttendResult> result = kernels::Attend(std::move(args), options);
+    metrics_->RecordBatch(method, static_cast<int64_t>(parts.size()), total_b,
                           absl::Now() - start);
     if (result.ok()) {
-      std::vector<int64_t> begin_of(members.size(), 0);
-      for (size_t i = 1; i < members.size(); ++i) begin_of[i] = begin_of[i - 1] + batch_of[i - 1];
+      std::vector<int64_t> begin_of(parts.size(), 0);
+      for (size_t i = 1; i < parts.size(); ++i) {
+        begin_of[i] = begin_of[i - 1] + parts[i - 1].items;
+      }
       // Filling and sending the responses is per-request work too.
-      kernels::ParallelFor(static_cast<int64_t>(members.size()), threads, 1,
+      kernels::ParallelFor(static_cast<int64_t>(parts.size()), threads, 1,
                            [&](int64_t begin, int64_t end) {
                              for (int64_t i = begin; i < end; ++i) {
-                               members[i]->Fill(*result, begin_of[i], batch_of[i]);
-                               Answer(members[i], absl::OkStatus());
+                               parts[i].request->Fill(*result, begin_of[i], parts[i].items);
+                               Answer(parts[i].request, absl::OkStatus());
                              }
                            });
     } else if (absl::IsCancelled(result.status()) &&
                state.all_cancelled.load(std::memory_order_relaxed)) {
-      for (BatchRequest* request : members) Answer(request, result.status());
+      for (const Part& part : parts) Answer(part.request, result.status());
     } else {
       // One request's inputs (or the batch's size) made the call fail: each
       // request gets its own answer.
-      misfits.insert(misfits.end(), members.begin(), members.end());
+      for (const Part& part : parts) misfits.push_back(part.request);
     }
   }
   for (BatchRequest* request : misfits) RunAlone(request, threads, /*prepared=*/false);

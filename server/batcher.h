@@ -6,9 +6,10 @@
 // Requests wait in one FIFO queue. A batcher thread takes the oldest
 // request's merge key and gathers the queued requests with the same key, in
 // arrival order, while their items along the batch dimension B add up to at
-// most max_batch_size. It runs them as one kernel call (their batched inputs
-// concatenated along B, one kernel::Attend, the output split back along B)
-// once the batch is full, or reaches a preferred size, or its oldest request
+// most max_batch_size. It runs them as one kernel call (each request's
+// batched inputs decoded straight into its rows of the merged inputs, one
+// kernel::Attend, each request's rows of the output copied straight into
+// its response) once the batch is full, or reaches a preferred size, or its oldest request
 // has waited max_queue_delay, or the batcher is stopping. Requests with
 // different keys never share a batch (no padding); a request with an empty
 // key (Encode) or with B >= max_batch_size runs alone.
@@ -37,6 +38,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "kernels/attention.h"
@@ -58,15 +60,25 @@ struct BatcherOptions {
   // Batches that compute at once (batcher threads); >= 1.
   int batch_threads = 1;
   // OpenMP threads shared by the running batches (--threads); >= 1. They
-  // are a budget: a batch takes all free ones when nothing else waits, else
-  // one, and no batch starts while none is free.
+  // are a budget: a batch takes one, or when nothing else waits as many free
+  // ones as its work can use (below), and no batch starts while none is free.
   int compute_threads = 1;
+  // Estimated multiply-adds per compute thread of a batch (Traits::work):
+  // below it a team costs more than it saves (waking and joining OpenMP
+  // threads, their spinning while the cores are wanted for the RPCs).
+  int64_t work_per_thread = int64_t{1} << 25;
   // Per request, in float32 elements (the --max_elements flag).
   int64_t max_elements = int64_t{1} << 28;
 };
 
 // INVALID_ARGUMENT naming the flag and its rule when `options` cannot be used.
 absl::Status ValidateBatcherOptions(const BatcherOptions& options);
+
+// The inputs with a leading batch dimension B (positional-methods.md 1.1),
+// which a merged call concatenates along B; every other input is a
+// parameter shared by the whole batch (equal in every request of a batch,
+// since it is part of the merge key).
+inline constexpr absl::string_view kBatchedInputs[] = {"q", "k", "v", "x_q", "x_kv"};
 
 // One request as the batcher sees it; implemented by the RPC handlers. The
 // batcher calls the virtual functions on its own threads, except Done, which
@@ -75,15 +87,26 @@ class BatchRequest {
  public:
   virtual ~BatchRequest() = default;
 
-  // Converts the request into kernel arguments kept inside (checks the
-  // per-request limit `max_elements`). An error is the request's answer.
-  virtual absl::Status Prepare(int64_t max_elements) = 0;
-  // After Prepare: runs the kernels on the prepared arguments alone and
-  // writes the response.
+  // Converts the request into kernel arguments kept inside, checking the
+  // per-request limit `max_elements` and that every input value is finite
+  // (so the kernels may skip that scan: ComputeOptions::inputs_checked). With
+  // `defer_batched` the inputs of kBatchedInputs are checked but not
+  // decoded: TakeAttendArgs leaves them out, and AppendBatched writes them
+  // straight into a merged call's inputs. An error is the request's answer.
+  virtual absl::Status Prepare(int64_t max_elements, bool defer_batched) = 0;
+  // After Prepare (without defer_batched): runs the kernels on the prepared
+  // arguments alone and writes the response.
   virtual absl::Status Compute(const kernels::ComputeOptions& options) = 0;
   // After Prepare, for requests with a non-empty key: gives up the prepared
-  // Attend arguments to a merged call...
+  // Attend arguments (without the deferred inputs) to a merged call...
   virtual kernels::AttendArgs TakeAttendArgs() = 0;
+  // ...the shape of the deferred input `name`, or null when the request has
+  // no such input...
+  virtual const std::vector<int64_t>* BatchedShape(absl::string_view name) const = 0;
+  // ...appends its values to `out` (the merged input), checking that each
+  // is finite (an error is the request's answer; `out` may then hold part of
+  // them)...
+  virtual absl::Status AppendBatched(absl::string_view name, std::vector<float>& out) const = 0;
   // ...and receives its own rows [begin, begin + count) along B of the
   // merged call's result.
   virtual void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) = 0;
@@ -101,6 +124,7 @@ class BatchRequest {
   std::string key_;
   int64_t items_ = 1;
   int method_ = 0;
+  int64_t work_ = 0;
   absl::Time enqueued_;
   absl::Time deadline_;
   std::list<BatchRequest*>::iterator position_;
@@ -122,6 +146,9 @@ class Batcher {
     int method = 0;
     // When the caller stops waiting.
     absl::Time deadline = absl::InfiniteFuture();
+    // Estimated multiply-adds of its kernel call; 0: unknown (it may use
+    // every free compute thread).
+    int64_t work = 0;
   };
 
   // Starts options.batch_threads threads. `metrics` is not owned and must
@@ -165,6 +192,9 @@ class Batcher {
   bool FormBatch(absl::Time now, Formed& formed, absl::Time& wake)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Remove(BatchRequest* request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The compute threads a batch of `requests` can use (1..free_threads_).
+  int ThreadsFor(const std::vector<BatchRequest*>& requests) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Run(Formed& formed);
   void RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
                  int threads);

@@ -1,7 +1,9 @@
 #include "server/convert.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <string>
 #include <utility>
@@ -22,19 +24,53 @@ static_assert(std::numeric_limits<float>::is_iec559 && sizeof(float) == 4,
               "raw_data decoding assumes IEEE-754 binary32 floats");
 constexpr bool kLittleEndianHost = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 
-void DecodeLittleEndianFloats(const std::string& bytes, float* out) {
-  if constexpr (kLittleEndianHost) {
-    std::memcpy(out, bytes.data(), bytes.size());
-  } else {
-    for (size_t i = 0; i < bytes.size() / 4; ++i) {
+// little-endian float32 bytes read as floats, for vector::insert: one pass
+// into the vector's fresh storage, with no zero-fill first and no pointer
+// cast over char storage. Only what insert, std::distance and std::advance
+// use.
+class LittleEndianFloatIterator {
+ public:
+  using iterator_category = std::random_access_iterator_tag;
+  using value_type = float;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const float*;
+  using reference = float;
+
+  explicit LittleEndianFloatIterator(const char* bytes) : bytes_(bytes) {}
+  float operator*() const {
+    float value;
+    if constexpr (kLittleEndianHost) {
+      std::memcpy(&value, bytes_, 4);
+    } else {
       uint32_t word = 0;
       for (int b = 3; b >= 0; --b) {
-        word = (word << 8) | static_cast<uint8_t>(bytes[4 * i + static_cast<size_t>(b)]);
+        word = (word << 8) | static_cast<uint8_t>(bytes_[static_cast<size_t>(b)]);
       }
-      std::memcpy(&out[i], &word, 4);
+      std::memcpy(&value, &word, 4);
     }
+    return value;
   }
-}
+  LittleEndianFloatIterator& operator++() {
+    bytes_ += 4;
+    return *this;
+  }
+  LittleEndianFloatIterator& operator--() {
+    bytes_ -= 4;
+    return *this;
+  }
+  LittleEndianFloatIterator& operator+=(difference_type n) {
+    bytes_ += 4 * n;
+    return *this;
+  }
+  difference_type operator-(const LittleEndianFloatIterator& other) const {
+    return (bytes_ - other.bytes_) / 4;
+  }
+  bool operator==(const LittleEndianFloatIterator& other) const { return bytes_ == other.bytes_; }
+  bool operator!=(const LittleEndianFloatIterator& other) const { return bytes_ != other.bytes_; }
+
+ private:
+  const char* bytes_;
+};
 
 void EncodeLittleEndianFloats(absl::Span<const float> values, std::string* bytes) {
   bytes->resize(values.size() * 4);
@@ -49,15 +85,27 @@ void EncodeLittleEndianFloats(absl::Span<const float> values, std::string* bytes
   }
 }
 
-// A request tensor that CheckTensor accepted.
-struct CheckedTensor {
-  int64_t count = 0;
-  const kernels::Tensor* stored = nullptr;  // set for a ref: the loaded tensor
-};
+// The index of the first value of `values` that is not finite, or -1: a
+// branch-free count in 32-bit lanes (blocks small enough not to overflow
+// them) that the compiler vectorises, then a search only on failure.
+int64_t FirstNonFinite(absl::Span<const float> values) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  constexpr size_t kBlock = size_t{1} << 16;
+  for (size_t begin = 0; begin < values.size(); begin += kBlock) {
+    const size_t end = std::min(values.size(), begin + kBlock);
+    uint32_t bad = 0;
+    for (size_t i = begin; i < end; ++i) bad += !(std::fabs(values[i]) <= kMax);
+    if (bad == 0) continue;
+    for (size_t i = begin; i < end; ++i) {
+      if (!std::isfinite(values[i])) return static_cast<int64_t>(i);
+    }
+  }
+  return -1;
+}
 
 // The loaded tensor that `tensor.ref` names, checked as an inline one would be.
-absl::StatusOr<CheckedTensor> CheckRef(const v1::Tensor& tensor, absl::string_view field,
-                                       const TensorStore* tensors) {
+absl::StatusOr<DeferredTensor> CheckRef(const v1::Tensor& tensor, absl::string_view field,
+                                        const TensorStore* tensors) {
   const StoredTensor* stored = tensors == nullptr ? nullptr : tensors->Find(tensor.ref());
   if (stored == nullptr) {
     return absl::NotFoundError(absl::StrCat(field, ".ref: no tensor named '", tensor.ref(),
@@ -81,13 +129,17 @@ absl::StatusOr<CheckedTensor> CheckRef(const v1::Tensor& tensor, absl::string_vi
                      kernels::ShapeToString(shape),
                      "; a request tensor needs at least one dimension, each >= 1"));
   }
-  return CheckedTensor{*count, &stored->tensor};
+  DeferredTensor checked;
+  checked.shape = shape;
+  checked.size = *count;
+  checked.stored = &stored->tensor;
+  return checked;
 }
 
-// Validates `tensor` without allocating and returns its element count.
-absl::StatusOr<CheckedTensor> CheckTensor(const v1::Tensor& tensor, absl::string_view field,
-                                          const ConvertLimits& limits,
-                                          const TensorStore* tensors) {
+// Validates `tensor` without allocating for its values.
+absl::StatusOr<DeferredTensor> CheckTensor(const v1::Tensor& tensor, absl::string_view field,
+                                           const ConvertLimits& limits,
+                                           const TensorStore* tensors) {
   std::vector<std::string> encodings;
   if (tensor.data_size() > 0) encodings.emplace_back("data");
   if (!tensor.raw_data().empty()) encodings.emplace_back("raw_data");
@@ -97,13 +149,16 @@ absl::StatusOr<CheckedTensor> CheckTensor(const v1::Tensor& tensor, absl::string
         absl::StrCat(field, ": exactly one of data, raw_data, ref must be set (got ",
                      encodings.empty() ? "none" : absl::StrJoin(encodings, ", "), ")"));
   }
-  CheckedTensor checked;
+  DeferredTensor checked;
   if (!tensor.ref().empty()) {
     ATTN_ASSIGN_OR_RETURN(checked, CheckRef(tensor, field, tensors));
   } else {
-    ATTN_ASSIGN_OR_RETURN(checked.count, kernels::CheckedElementCount(tensor.shape(), field));
+    ATTN_ASSIGN_OR_RETURN(checked.size, kernels::CheckedElementCount(tensor.shape(), field));
+    checked.shape.assign(tensor.shape().begin(), tensor.shape().end());
   }
-  const int64_t count = checked.count;
+  checked.field = std::string(field);
+  checked.message = &tensor;
+  const int64_t count = checked.size;
   const std::string shape = kernels::ShapeToString(tensor.shape());
   if (tensor.data_size() > 0 && tensor.data_size() != count) {
     return absl::InvalidArgumentError(absl::StrCat(field, ".data: shape ", shape, " needs ", count,
@@ -126,32 +181,29 @@ absl::StatusOr<CheckedTensor> CheckTensor(const v1::Tensor& tensor, absl::string
   return checked;
 }
 
-// The tensor of a message CheckTensor accepted.
-kernels::Tensor DecodeTensor(const v1::Tensor& tensor, const CheckedTensor& checked) {
-  if (checked.stored != nullptr) return *checked.stored;  // a copy: see convert.h
-  std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
-  if (tensor.data_size() > 0) {
-    return kernels::Tensor(std::move(shape),
-                           std::vector<float>(tensor.data().begin(), tensor.data().end()));
-  }
-  std::vector<float> values(static_cast<size_t>(checked.count));
-  DecodeLittleEndianFloats(tensor.raw_data(), values.data());
-  return kernels::Tensor(std::move(shape), std::move(values));
+// The kernel tensor of a checked one (decoded here, values checked).
+absl::StatusOr<kernels::Tensor> DecodeTensor(const DeferredTensor& checked) {
+  std::vector<float> values;
+  values.reserve(static_cast<size_t>(checked.size));
+  ATTN_RETURN_IF_ERROR(checked.AppendTo(values));
+  return kernels::Tensor(checked.shape, std::move(values));
 }
 
-// Converts a request's tensors into a TensorMap while keeping the sum of
-// their element counts within limits.max_elements.
+// Converts a request's tensors into a TensorMap (or, for the names in
+// `defer`, checks them into `deferred`) while keeping the sum of their
+// element counts within limits.max_elements.
 class InputCollector {
  public:
   InputCollector(const ConvertLimits& limits, const TensorStore* tensors,
-                 kernels::TensorMap* inputs)
-      : limits_(limits), tensors_(tensors), inputs_(inputs) {}
+                 kernels::TensorMap* inputs, absl::Span<const absl::string_view> defer = {},
+                 DeferredTensors* deferred = nullptr)
+      : limits_(limits), tensors_(tensors), inputs_(inputs), defer_(defer), deferred_(deferred) {}
 
   // Adds `tensor` under `name` when the field is set (`present`).
   absl::Status Add(absl::string_view name, bool present, const v1::Tensor& tensor) {
     if (!present) return absl::OkStatus();
-    ATTN_ASSIGN_OR_RETURN(const CheckedTensor checked, CheckTensor(tensor, name, limits_, tensors_));
-    const int64_t count = checked.count;
+    ATTN_ASSIGN_OR_RETURN(DeferredTensor checked, CheckTensor(tensor, name, limits_, tensors_));
+    const int64_t count = checked.size;
     // Both are <= max_elements here, so the sum cannot overflow.
     if (count > limits_.max_elements - total_) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -159,7 +211,12 @@ class InputCollector {
           limits_.max_elements, " elements (", total_, " before this one's ", count, ")"));
     }
     total_ += count;
-    inputs_->insert_or_assign(std::string(name), DecodeTensor(tensor, checked));
+    if (deferred_ != nullptr && std::find(defer_.begin(), defer_.end(), name) != defer_.end()) {
+      deferred_->insert_or_assign(std::string(name), std::move(checked));
+      return absl::OkStatus();
+    }
+    ATTN_ASSIGN_OR_RETURN(kernels::Tensor decoded, DecodeTensor(checked));
+    inputs_->insert_or_assign(std::string(name), std::move(decoded));
     return absl::OkStatus();
   }
 
@@ -167,6 +224,8 @@ class InputCollector {
   const ConvertLimits& limits_;
   const TensorStore* const tensors_;
   kernels::TensorMap* inputs_;
+  const absl::Span<const absl::string_view> defer_;
+  DeferredTensors* const deferred_;
   int64_t total_ = 0;
 };
 
@@ -255,18 +314,58 @@ absl::Status ConvertMethod(const v1::PositionalMethod& method, kernels::MethodKi
 
 }  // namespace
 
+absl::Status DeferredTensor::AppendTo(std::vector<float>& out) const {
+  const size_t begin = out.size();
+  if (stored != nullptr) {
+    out.insert(out.end(), stored->values().begin(), stored->values().end());
+  } else if (message->data_size() > 0) {
+    // Pointers, not the field's iterators: insert then copies with memmove.
+    const float* data = message->data().data();
+    out.insert(out.end(), data, data + message->data_size());
+  } else {
+    const std::string& bytes = message->raw_data();
+    out.insert(out.end(), LittleEndianFloatIterator(bytes.data()),
+               LittleEndianFloatIterator(bytes.data() + bytes.size()));
+  }
+  // Checked here, while the values are in cache, so that the kernels need
+  // not scan them again (ComputeOptions::inputs_checked).
+  const int64_t bad = FirstNonFinite(absl::MakeConstSpan(out).subspan(begin));
+  if (bad < 0) return absl::OkStatus();
+  const float value = out[begin + static_cast<size_t>(bad)];
+  if (stored != nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".ref: value ", bad, " of '",
+                                                   message->ref(), "' must be finite, got ",
+                                                   value));
+  }
+  if (message->data_size() > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".data[", bad, "]: must be finite, got ", value));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ".raw_data: float32 value ", bad, " must be finite, got ", value));
+}
+
 absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
                                                const ConvertLimits& limits,
                                                const TensorStore* tensors) {
-  ATTN_ASSIGN_OR_RETURN(const CheckedTensor checked, CheckTensor(tensor, field, limits, tensors));
-  return DecodeTensor(tensor, checked);
+  ATTN_ASSIGN_OR_RETURN(const DeferredTensor checked, CheckTensor(tensor, field, limits, tensors));
+  return DecodeTensor(checked);
 }
 
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
                                                  const ConvertLimits& limits,
                                                  const TensorStore* tensors) {
+  return ToAttendArgs(request, limits, tensors, {}, nullptr);
+}
+
+absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
+                                                 const ConvertLimits& limits,
+                                                 const TensorStore* tensors,
+                                                 absl::Span<const absl::string_view> defer,
+                                                 DeferredTensors* deferred) {
   kernels::AttendArgs args;
-  InputCollector inputs(limits, tensors, &args.inputs);
+  if (deferred != nullptr) deferred->clear();
+  InputCollector inputs(limits, tensors, &args.inputs, defer, deferred);
   // The method first: "method: not set" is the most basic mistake to report.
   ATTN_RETURN_IF_ERROR(ConvertMethod(request.method(), &args.method, &args.params, &inputs));
   ATTN_RETURN_IF_ERROR(inputs.Add("q", request.has_q(), request.q()));

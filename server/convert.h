@@ -5,20 +5,25 @@
 // of args.inputs under its spec name (q, k, v, x_q, x_kv, w_q, w_k, w_v, x,
 // distances, table, pos_bias_u, pos_bias_v, w_r, rel_k, rel_v, dist_w,
 // dist_v). Which tensors a method takes is left to the kernels, which reject
-// extra or missing ones by name. Here only the encoding of each tensor and
-// the size limits are checked.
+// extra or missing ones by name. Here the encoding of each tensor, the size
+// limits and the values (every one finite) are checked, the values while
+// they are copied, so callers may tell the kernels to skip their own scan
+// (kernels::ComputeOptions::inputs_checked).
 //
 // Thread-safety: pure functions of their arguments; safe from any thread.
 #ifndef ATTNSERVE_SERVER_CONVERT_H_
 #define ATTNSERVE_SERVER_CONVERT_H_
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "attnserve/v1/attention.pb.h"
 #include "kernels/attention.h"
 #include "kernels/tensor.h"
@@ -33,6 +38,25 @@ struct ConvertLimits {
   int64_t max_elements = int64_t{1} << 28;
 };
 
+// A request tensor that is checked (encoding, shape, limits) but not yet
+// decoded, so that its values can be copied once, straight to where the
+// kernels read them: a slot of a merged batch's input (server/batcher.h).
+// Points into the request message (and for a ref into the TensorStore),
+// which must outlive it.
+struct DeferredTensor {
+  std::string field;                        // e.g. "q"
+  std::vector<int64_t> shape;               // every dimension >= 1
+  int64_t size = 0;                         // product(shape)
+  const v1::Tensor* message = nullptr;      // the request's tensor
+  const kernels::Tensor* stored = nullptr;  // for a ref: the loaded tensor
+
+  // Appends the `size` values to `out` (one copy, no zero-fill first) and
+  // checks that each is finite: INVALID_ARGUMENT naming the field and the
+  // value's index otherwise, after which `out` holds some of them.
+  absl::Status AppendTo(std::vector<float>& out) const;
+};
+using DeferredTensors = std::map<std::string, DeferredTensor, std::less<>>;
+
 // The kernel tensor of `tensor`, whose field name is `field` (e.g. "q").
 // Exactly one of data, raw_data (little-endian float32) and ref must be set;
 // shape must have every dimension >= 1 and a count that fits in int64 (for a
@@ -40,7 +64,7 @@ struct ConvertLimits {
 // >= 1). `tensors` may be null (no store: every ref is unknown); not owned.
 // Errors (messages name `field`):
 //   INVALID_ARGUMENT   encodings set != 1, bad shape, value or byte count not
-//                      matching product(shape)
+//                      matching product(shape), a value that is not finite
 //   NOT_FOUND          ref names no tensor of `tensors`
 //   RESOURCE_EXHAUSTED product(shape) > limits.max_elements
 absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
@@ -55,6 +79,17 @@ absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::s
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
                                                  const ConvertLimits& limits,
                                                  const TensorStore* tensors = nullptr);
+
+// As above, but the inputs named in `defer` (e.g. q, k, v) are checked and
+// left out of args.inputs: they are described in `*deferred` (cleared
+// first) instead, for the caller to decode with DeferredTensor::AppendTo.
+// Everything else, errors included, is as above, but for non-finite values
+// of the deferred inputs, which AppendTo reports.
+absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
+                                                 const ConvertLimits& limits,
+                                                 const TensorStore* tensors,
+                                                 absl::Span<const absl::string_view> defer,
+                                                 DeferredTensors* deferred);
 
 // The kernels' arguments for an Encode request; errors as ToAttendArgs.
 absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const v1::EncodeRequest& request,

@@ -8,10 +8,13 @@
 #include <prometheus/registry.h>
 
 #include <atomic>
+#include <cmath>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "server/metrics.h"
@@ -59,11 +62,24 @@ kernels::AttendArgs NoneArgs(int64_t b, float seed) {
 
 class FakeRequest final : public BatchRequest {
  public:
-  FakeRequest(int64_t b, float seed) : b_(b), seed_(seed) {}
+  // `poisoned`: v holds a NaN, which AppendBatched reports as the server's
+  // conversion does (Prepare alone reports it too).
+  FakeRequest(int64_t b, float seed, bool poisoned = false)
+      : b_(b), seed_(seed), poisoned_(poisoned) {}
 
-  absl::Status Prepare(int64_t /*max_elements*/) override {
+  absl::Status Prepare(int64_t /*max_elements*/, bool defer_batched) override {
     args_ = NoneArgs(b_, seed_);
-    return absl::OkStatus();
+    if (poisoned_) args_.inputs["v"].values()[5] = std::numeric_limits<float>::quiet_NaN();
+    batched_.clear();
+    if (defer_batched) {
+      for (const char* name : {"q", "k", "v"}) {
+        batched_[name] = std::move(args_.inputs[name]);
+        args_.inputs.erase(name);
+      }
+      return absl::OkStatus();
+    }
+    return poisoned_ ? absl::InvalidArgumentError("v.data[5]: must be finite, got nan")
+                     : absl::OkStatus();
   }
   absl::Status Compute(const kernels::ComputeOptions& options) override {
     absl::StatusOr<kernels::AttendResult> result = kernels::Attend(std::move(args_), options);
@@ -72,6 +88,20 @@ class FakeRequest final : public BatchRequest {
     return absl::OkStatus();
   }
   kernels::AttendArgs TakeAttendArgs() override { return std::move(args_); }
+  const std::vector<int64_t>* BatchedShape(absl::string_view name) const override {
+    auto it = batched_.find(name);
+    return it == batched_.end() ? nullptr : &it->second.shape();
+  }
+  absl::Status AppendBatched(absl::string_view name, std::vector<float>& out) const override {
+    const std::vector<float>& values = batched_.find(name)->second.values();
+    out.insert(out.end(), values.begin(), values.end());
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (!std::isfinite(values[i])) {
+        return absl::InvalidArgumentError(absl::StrCat(name, ".data[", i, "]: must be finite"));
+      }
+    }
+    return absl::OkStatus();
+  }
   void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) override {
     const int64_t row = batch.out.size() / batch.out.dim(0);
     std::vector<int64_t> shape = batch.out.shape();
@@ -102,7 +132,9 @@ class FakeRequest final : public BatchRequest {
  private:
   const int64_t b_;
   const float seed_;
+  const bool poisoned_;
   kernels::AttendArgs args_;
+  kernels::TensorMap batched_;  // the deferred inputs of a merged call
   kernels::Tensor out_;
   absl::Status status_;
   absl::Notification done_;
@@ -143,6 +175,30 @@ TEST_F(BatcherTest, FullBatchRunsAsOneCallAndEachGetsItsOwnSlice) {
   EXPECT_EQ(Batches(), 1);
   EXPECT_EQ(Reached(), 3);
   EXPECT_EQ(Value(registry_, "attnserve_batch_size", {}, /*sum=*/true), 6);
+}
+
+// Each request's batched inputs are written straight into the merged ones;
+// one whose values are not finite is answered alone and its rows taken out
+// again, and the others still run as one call with their own rows.
+TEST_F(BatcherTest, NonFiniteRequestFailsAloneAndTheRestRunMerged) {
+  BatcherOptions options;
+  options.max_batch_size = 4;
+  options.max_queue_delay = absl::Seconds(30);
+  auto batcher = Make(options);
+  FakeRequest a(1, 0.1f), bad(2, 0.2f, /*poisoned=*/true), c(1, 0.3f);
+  for (FakeRequest* request : {&a, &bad, &c}) {
+    ASSERT_TRUE(batcher->Enqueue(request, request->Traits()).ok());
+  }
+  ASSERT_TRUE(a.WaitDone() && bad.WaitDone() && c.WaitDone());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("v.data[5]"));
+  for (FakeRequest* request : {&a, &c}) {
+    ASSERT_TRUE(request->status().ok()) << request->status();
+    EXPECT_THAT(request->out().values(), ElementsAreArray(request->Expected()));
+  }
+  EXPECT_EQ(Batches(), 1);
+  EXPECT_EQ(Reached(), 2);
+  EXPECT_EQ(Value(registry_, "attnserve_batch_size", {}, /*sum=*/true), 2);
 }
 
 TEST_F(BatcherTest, PreferredSizeCutsTheBatchAndStopRunsTheRest) {
@@ -213,7 +269,7 @@ TEST_F(BatcherTest, CancelledAndExpiredRequestsNeverReachAKernel) {
 TEST_F(BatcherTest, CancelStopsARunningKernel) {
   class LongRequest final : public BatchRequest {
    public:
-    absl::Status Prepare(int64_t /*max_elements*/) override {
+    absl::Status Prepare(int64_t /*max_elements*/, bool /*defer_batched*/) override {
       args_.method = kernels::MethodKind::kNone;
       // ~4 GFLOP: seconds on one thread, far longer than the test waits.
       std::vector<float> values(static_cast<size_t>(8 * 2048 * 64), 0.01f);
@@ -227,6 +283,10 @@ TEST_F(BatcherTest, CancelStopsARunningKernel) {
       return kernels::Attend(std::move(args_), options).status();
     }
     kernels::AttendArgs TakeAttendArgs() override { return std::move(args_); }
+    const std::vector<int64_t>* BatchedShape(absl::string_view) const override { return nullptr; }
+    absl::Status AppendBatched(absl::string_view, std::vector<float>&) const override {
+      return absl::OkStatus();
+    }
     void Fill(const kernels::AttendResult&, int64_t, int64_t) override {}
     void Done(const absl::Status& status) override {
       status_ = status;

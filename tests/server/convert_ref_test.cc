@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -74,6 +75,21 @@ TEST(ConvertRefTest, RefsAreCopiesTheKernelsMayChange) {
   ASSERT_TRUE(args.ok()) << args.status();
   args->inputs.at("k").values()[0] = 42;
   EXPECT_EQ(store.Find("qkv/k")->tensor.values()[0], 1.0f);
+}
+
+// Files may hold NaN and infinity (they load as they are); a request that
+// uses one is refused, as an inline value would be.
+TEST(ConvertRefTest, NonFiniteStoredValuesAreRefusedWhenUsed) {
+  std::vector<StoredTensor> tensors;
+  tensors.push_back(
+      Stored("qkv/k", "F32", {1, 1, 2, 2}, {1, 0, std::numeric_limits<float>::infinity(), 1}));
+  const TensorStore store(std::move(tensors));
+  v1::AttendRequest request = ShawRequest();
+  request.mutable_method()->mutable_shaw()->clear_rel_k();
+  request.mutable_method()->mutable_shaw()->clear_rel_v();
+  absl::StatusOr<kernels::AttendArgs> args = ToAttendArgs(request, ConvertLimits{}, &store);
+  EXPECT_EQ(args.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(args.status().message(), "k.ref: value 2 of 'qkv/k' must be finite, got inf");
 }
 
 TEST(ConvertRefTest, UnknownRefIsNotFoundNamingFieldAndRef) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,61 @@ TEST(ConvertTest, DataAndRawDataGiveIdenticalArgs) {
   EXPECT_EQ(a->inputs.at("q").shape(), b->inputs.at("q").shape());
   EXPECT_THAT(b->inputs.at("q").values(), ElementsAreArray(values));
   EXPECT_EQ(std::memcmp(a->inputs.at("q").data(), b->inputs.at("q").data(), 6 * sizeof(float)), 0);
+}
+
+// A merged batch decodes its requests' q, k, v later, straight into its
+// own buffers: here they are checked and described, not decoded.
+TEST(ConvertTest, DeferredInputsAreCheckedThenAppendedExactly) {
+  v1::AttendRequest request = AlibiRequest();
+  *request.mutable_k() = RawTensor({1, 1, 2, 2}, {0.5f, -1.0f, 2.0f, 3.25f});
+  DeferredTensors deferred;
+  const absl::string_view defer[] = {"q", "k", "v", "x_q"};
+  absl::StatusOr<kernels::AttendArgs> args =
+      ToAttendArgs(request, ConvertLimits{}, nullptr, defer, &deferred);
+  ASSERT_TRUE(args.ok()) << args.status();
+  EXPECT_TRUE(args->inputs.empty());
+  ASSERT_EQ(deferred.size(), 3u);  // x_q is not set
+  EXPECT_THAT(deferred.at("k").shape, ElementsAre(1, 1, 2, 2));
+  EXPECT_EQ(deferred.at("k").size, 4);
+  std::vector<float> merged = {9.0f};  // what an earlier request appended
+  ASSERT_TRUE(deferred.at("k").AppendTo(merged).ok());
+  ASSERT_TRUE(deferred.at("v").AppendTo(merged).ok());
+  EXPECT_THAT(merged, ElementsAre(9.0f, 0.5f, -1.0f, 2.0f, 3.25f, 1, 2, 3, 4));
+  // Limits and encodings are still checked up front.
+  request.mutable_v()->add_data(5);
+  EXPECT_EQ(ToAttendArgs(request, ConvertLimits{}, nullptr, defer, &deferred).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Values are checked while they are copied (the kernels then skip their
+// scan): the message names the field, the encoding and the index.
+TEST(ConvertTest, NonFiniteValuesAreRejectedNamingFieldAndIndex) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  v1::AttendRequest request = AlibiRequest();
+  request.mutable_v()->set_data(2, -inf);
+  absl::StatusOr<kernels::AttendArgs> args = ToAttendArgs(request, ConvertLimits{});
+  EXPECT_EQ(args.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(args.status().message(), HasSubstr("v.data[2]: must be finite, got -inf"));
+
+  request = AlibiRequest();
+  *request.mutable_k() = RawTensor({1, 1, 2, 2}, {0, 0, 0, nan});
+  args = ToAttendArgs(request, ConvertLimits{});
+  EXPECT_EQ(args.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(args.status().message(), HasSubstr("k.raw_data: float32 value 3 must be finite"));
+
+  // Deferred: AppendTo reports it, past a block of finite values.
+  std::vector<float> values(70000, 0.25f);
+  values[69999] = nan;
+  request = AlibiRequest();
+  *request.mutable_q() = DataTensor({1, 1, 35000, 2}, values);
+  DeferredTensors deferred;
+  const absl::string_view defer[] = {"q"};
+  ASSERT_TRUE(ToAttendArgs(request, ConvertLimits{}, nullptr, defer, &deferred).ok());
+  std::vector<float> merged;
+  const absl::Status status = deferred.at("q").AppendTo(merged);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("q.data[69999]: must be finite, got nan"));
 }
 
 TEST(ConvertTest, RawDataOfKnownBytesDecodesAsLittleEndian) {
