@@ -91,13 +91,15 @@ void EncodeLittleEndianFloats(absl::Span<const float> values, std::string* bytes
 int64_t FirstNonFinite(absl::Span<const float> values) {
   constexpr float kMax = std::numeric_limits<float>::max();
   constexpr size_t kBlock = size_t{1} << 16;
+  // A raw pointer: Span's checked operator[] would keep the loop scalar.
+  const float* data = values.data();
   for (size_t begin = 0; begin < values.size(); begin += kBlock) {
     const size_t end = std::min(values.size(), begin + kBlock);
     uint32_t bad = 0;
-    for (size_t i = begin; i < end; ++i) bad += !(std::fabs(values[i]) <= kMax);
+    for (size_t i = begin; i < end; ++i) bad += !(std::fabs(data[i]) <= kMax);
     if (bad == 0) continue;
     for (size_t i = begin; i < end; ++i) {
-      if (!std::isfinite(values[i])) return static_cast<int64_t>(i);
+      if (!std::isfinite(data[i])) return static_cast<int64_t>(i);
     }
   }
   return -1;
@@ -159,17 +161,18 @@ absl::StatusOr<DeferredTensor> CheckTensor(const v1::Tensor& tensor, absl::strin
   checked.field = std::string(field);
   checked.message = &tensor;
   const int64_t count = checked.size;
-  const std::string shape = kernels::ShapeToString(tensor.shape());
   if (tensor.data_size() > 0 && tensor.data_size() != count) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".data: shape ", shape, " needs ", count,
-                                                   " values, got ", tensor.data_size()));
+    return absl::InvalidArgumentError(absl::StrCat(field, ".data: shape ",
+                                                   kernels::ShapeToString(tensor.shape()),
+                                                   " needs ", count, " values, got ",
+                                                   tensor.data_size()));
   }
   if (!tensor.raw_data().empty()) {
     int64_t bytes = 0;
     const bool overflow = __builtin_mul_overflow(count, int64_t{4}, &bytes);
     if (overflow || static_cast<int64_t>(tensor.raw_data().size()) != bytes) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ".raw_data: shape ", shape, " needs ",
+          absl::StrCat(field, ".raw_data: shape ", kernels::ShapeToString(tensor.shape()), " needs ",
                        overflow ? absl::StrCat("4*", count) : absl::StrCat(bytes),
                        " bytes (4 per float32), got ", tensor.raw_data().size()));
     }
