@@ -39,6 +39,11 @@ void PackKeys(const float* k, int64_t ldk, int64_t sk, int64_t d, const float* b
   for (int64_t t = 0; t < panels; ++t) {
     float* panel = kt + t * depth * kPanel;
     const int64_t cols = std::min<int64_t>(kPanel, sk - t * kPanel);
+    if (cols == kPanel) {
+      simd::TransposeIntoPanel(k + t * kPanel * ldk, ldk, d, panel);
+      if (w > 0) simd::TransposeIntoPanel(b + t * kPanel * w, w, w, panel + d * kPanel);
+      continue;
+    }
     for (int64_t c = 0; c < cols; ++c) {
       const float* row = k + (t * kPanel + c) * ldk;
       for (int64_t e = 0; e < d; ++e) panel[e * kPanel + c] = row[e];

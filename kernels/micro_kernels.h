@@ -100,9 +100,55 @@ inline void PackColumnPanels(const float* src, int64_t ld, int64_t rows, int64_t
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = src + r * ld + t * kPanel;
       float* out = panel + r * kPanel;
+      if (width == kPanel) {  // Two registers, not a call to memmove per row.
+        _mm256_storeu_ps(out, _mm256_loadu_ps(row));
+        _mm256_storeu_ps(out + 8, _mm256_loadu_ps(row + 8));
+        continue;
+      }
       std::copy_n(row, width, out);
       std::fill(out + width, out + kPanel, 0.0f);
     }
+  }
+}
+
+// dst[c * ldd + r] = src[r * lds + c] for r, c < 8: an 8x8 block
+// transposed in registers.
+inline void Transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  // Pairs of rows interleaved, then quadruples, then the 128-bit halves.
+  __m256 t[8], u[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+    _mm256_storeu_ps(dst + (4 + i) * ldd, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+  }
+}
+
+// Columns [0, width) of 16 rows (row r at src + r * lds) as rows of a
+// panel: panel[e * 16 + r] = src[r * lds + e] (the packed form of 16 keys,
+// 8x8 blocks at a time instead of one scattered store per value).
+inline void TransposeIntoPanel(const float* src, int64_t lds, int64_t width, float* panel) {
+  int64_t e = 0;
+  for (; e + 8 <= width; e += 8) {
+    Transpose8x8(src + e, lds, panel + e * kPanel, kPanel);
+    Transpose8x8(src + 8 * lds + e, lds, panel + e * kPanel + 8, kPanel);
+  }
+  for (; e < width; ++e) {
+    for (int64_t r = 0; r < kPanel; ++r) panel[e * kPanel + r] = src[r * lds + e];
   }
 }
 

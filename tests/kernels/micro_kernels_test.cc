@@ -1,7 +1,7 @@
 // The fast engine's AVX2 building blocks (kernels/micro_kernels.h) against
 // plain double loops: the panel GEMM over every row count and ragged sizes,
-// with and without accumulation; exp over the softmax's input range, its
-// exact zeros, and the row reductions.
+// with and without accumulation; the panel transpose; exp over the
+// softmax's input range, its exact zeros, and the row reductions.
 #include "kernels/micro_kernels.h"
 
 #include <cmath>
@@ -49,6 +49,22 @@ TEST(MicroKernelsTest, GemmOnPackedPanelsMatchesDoubleProduct) {
                 << "accumulating, m=" << m << " n=" << n << " k=" << k;
           }
         }
+      }
+    }
+  }
+}
+
+TEST(MicroKernelsTest, TransposeIntoPanelMovesEveryValueExactly) {
+  std::mt19937 rng(11);
+  for (const int64_t width : {1, 7, 8, 13, 64, 128}) {
+    const int64_t lds = width + 3;
+    const std::vector<float> src = Uniform(kPanel * lds, rng);
+    std::vector<float> panel(static_cast<size_t>(width * kPanel), -2.0f);
+    TransposeIntoPanel(src.data(), lds, width, panel.data());
+    for (int64_t e = 0; e < width; ++e) {
+      for (int64_t r = 0; r < kPanel; ++r) {
+        ASSERT_EQ(panel[e * kPanel + r], src[r * lds + e]) << "width=" << width << " e=" << e
+                                                            << " r=" << r;
       }
     }
   }
