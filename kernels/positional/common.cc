@@ -278,8 +278,12 @@ RelativeTable::RelativeTable(const float* table, int64_t count, int64_t width)
     : count_(count),
       width_(width),
       panels_(static_cast<size_t>(simd::RoundUpToPanel(count) * width), 0.0f) {
-  for (int64_t n = 0; n < count; ++n) {
-    float* panel = panels_.data() + (n / simd::kPanel) * width * simd::kPanel;
+  const int64_t whole = count / simd::kPanel * simd::kPanel;
+  for (int64_t n = 0; n < whole; n += simd::kPanel) {
+    simd::TransposeIntoPanel(table + n * width, width, width, panels_.data() + n * width);
+  }
+  for (int64_t n = whole; n < count; ++n) {  // The last, partial panel.
+    float* panel = panels_.data() + whole * width;
     for (int64_t e = 0; e < width; ++e) {
       panel[e * simd::kPanel + n % simd::kPanel] = table[n * width + e];
     }
