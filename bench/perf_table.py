@@ -288,6 +288,8 @@ def main():
     w(f"host {context.get('host_name')}, run {context.get('date')}, "
       f"{context.get('num_cpus')} CPUs at {context.get('mhz_per_cpu')} MHz, "
       f"load average at start {', '.join(f'{x:.2f}' for x in context.get('load_avg', []))}")
+    if context.get("malloc"):
+        w(f"malloc: {context['malloc']}")
     w("lscpu:")
     for line in lscpu_summary():
         w("  " + line)
@@ -302,12 +304,17 @@ def main():
     w(opts.command)
     w("```")
     w("")
+    repetitions = sorted(r.get("repetitions", 1) for k, r in runs.items()
+                         if k[0] == "BM_FastAttend" and "ms" in r)
+    plain_sizes = sorted({dict(k[1])["S"] for k in runs
+                          if k[0].startswith("BM_PlainAttend") and "ms" in runs[k]})
     w("Shape: B=1, H=8, D=Dv=64, Sq=Sk=S, float32; the inputs of `bench/attention_bench.cc` "
       "(MakeArgs: q, k, v ~ N(0, 1); Shaw K=64; Transformer-XL d_rel=64; the absolute "
-      "methods project d_model=512 inputs). Times are wall-clock medians of 3 repetitions "
+      "methods project d_model=512 inputs). Times are wall-clock medians of "
+      f"{repetitions[len(repetitions) // 2] if repetitions else '-'} repetitions "
       "(ms per call; each repetition runs as many calls as fit in 0.5 s). The plain engine "
-      "runs the full grid up to S=512 and one call per configuration at S=2048 (it takes "
-      "seconds per call there).")
+      + (f"ran at S={', '.join(str(x) for x in plain_sizes)} (one call per configuration at "
+         "S=2048, where it takes seconds)." if plain_sizes else "was not run."))
     w("")
     w("- **GFLOP/s** = 4·H·D·(unmasked query-key pairs) / time: QK^T and PV only, the same "
       "count for every method (Shaw's relative terms, Transformer-XL's position term and the "
