@@ -8,13 +8,17 @@
 #
 #   bench/batching.sh [BUILD_DIR] [DURATION] [ROUNDS]     (build 10s 5)
 #   BATCH_FLAGS / NOBATCH_FLAGS: the two servers' extra flags; CONCURRENCY
-#   (64) and CONNECTIONS (1): attn bench's -c and --connections.
+#   (64) and CONNECTIONS (1): attn bench's -c and --connections; ENCODING:
+#   data (repeated float, the default) or raw (raw_data in, raw_output out:
+#   the api's fast path), the same values either way.
 set -euo pipefail
 build_dir=${1:-build}
 duration=${2:-10s}
 rounds=${3:-5}
 concurrency=${CONCURRENCY:-64}
 connections=${CONNECTIONS:-1}
+encoding=${ENCODING:-data}
+case $encoding in data|raw) ;; *) echo "batching: ENCODING must be data or raw, got $encoding" >&2; exit 2;; esac
 batch_flags=${BATCH_FLAGS:-}
 nobatch_flags=${NOBATCH_FLAGS:---max_batch_size=1}
 attnd=$build_dir/bin/attnd
@@ -34,14 +38,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The request: q, k, v [1, 8, 32, 64] from a fixed seed.
-"$python" - "$work/request.json" <<'PY'
-import json, random, sys
+# The request: q, k, v [1, 8, 32, 64] from a fixed seed (raw: the same
+# float32 values as little-endian bytes, base64 in proto-JSON).
+"$python" - "$work/request.json" "$encoding" <<'PY'
+import base64, json, random, struct, sys
 rng = random.Random(20260401)
+raw = sys.argv[2] == "raw"
 def tensor():
-    return {"shape": [1, 8, 32, 64], "data": [round(rng.gauss(0, 1), 4) for _ in range(8 * 32 * 64)]}
+    values = [round(rng.gauss(0, 1), 4) for _ in range(8 * 32 * 64)]
+    if raw:
+        data = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+        return {"shape": [1, 8, 32, 64], "rawData": data}
+    return {"shape": [1, 8, 32, 64], "data": values}
+request = {"method": {"none": {}}, "q": tensor(), "k": tensor(), "v": tensor()}
+if raw:
+    request["rawOutput"] = True
 with open(sys.argv[1], "w") as f:
-    json.dump({"method": {"none": {}}, "q": tensor(), "k": tensor(), "v": tensor()}, f)
+    json.dump(request, f)
 PY
 
 # start NAME FLAGS...: attnd on free loopback ports; sets NAME_address, NAME_metrics.
@@ -90,9 +103,9 @@ curl -fsS "http://$batching_metrics/metrics" >"$work/batching.metrics" || true
 curl -fsS "http://$unbatched_metrics/metrics" >"$work/unbatched.metrics" || true
 
 "$python" - "$work" "$rounds" "$concurrency" "$connections" "$duration" "$batch_flags" \
-  "$nobatch_flags" <<'PY'
+  "$nobatch_flags" "$encoding" <<'PY'
 import json, statistics, sys
-work, rounds, concurrency, connections, duration, batch_flags, nobatch_flags = sys.argv[1:]
+work, rounds, concurrency, connections, duration, batch_flags, nobatch_flags, encoding = sys.argv[1:]
 rounds = int(rounds)
 
 def runs(name):
@@ -137,8 +150,9 @@ for name in ("batching", "unbatched"):
         "errors": errors,
     }
 ratio = statistics.median(rows["batching"]["rps"]) / statistics.median(rows["unbatched"]["rps"])
-print(f"Attend B=1 H=8 S=32 D=64 (method none), {concurrency} callers on {connections} "
-      f"connection(s), "
+encoding_text = "raw_data + raw_output" if encoding == "raw" else "data (repeated float)"
+print(f"Attend B=1 H=8 S=32 D=64 (method none, {encoding_text}), {concurrency} callers on "
+      f"{connections} connection(s), "
       f"{rounds} alternating rounds of {duration} each; medians.\n")
 print("| server | flags | requests/s (median) | per round | p50 ms | p99 ms | "
       "server CPU ms/request | client CPU ms/request | failed calls |")

@@ -98,6 +98,12 @@ absl::Status DroppedStatus(bool deadline) {
                         "the batch queue; it was not computed");
 }
 
+absl::Status CancelledWhileComputing() {
+  return absl::CancelledError(
+      "request: cancelled (by the client or server shutdown) while its batch computed; the "
+      "result was dropped");
+}
+
 }  // namespace
 
 absl::Status ValidateBatcherOptions(const BatcherOptions& options) {
@@ -370,6 +376,10 @@ void Batcher::RunAlone(BatchRequest* request, int threads, bool prepared) {
   const absl::Time start = absl::Now();
   absl::Status status = request->Compute(options);
   metrics_->RecordBatch(request->method_, 1, request->items_, absl::Now() - start);
+  // Cancelled after the kernels' last look: the caller is gone either way.
+  if (status.ok() && request->cancelled_.load(std::memory_order_relaxed)) {
+    status = CancelledWhileComputing();
+  }
   Answer(request, status);
 }
 
@@ -482,12 +492,18 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
       for (size_t i = 1; i < parts.size(); ++i) {
         begin_of[i] = begin_of[i - 1] + parts[i - 1].items;
       }
-      // Filling and sending the responses is per-request work too.
+      // Filling and sending the responses is per-request work too. A caller
+      // that cancelled while the batch computed gets no copy of its rows.
       kernels::ParallelFor(static_cast<int64_t>(parts.size()), threads, 1,
                            [&](int64_t begin, int64_t end) {
                              for (int64_t i = begin; i < end; ++i) {
-                               parts[i].request->Fill(*result, begin_of[i], parts[i].items);
-                               Answer(parts[i].request, absl::OkStatus());
+                               BatchRequest* request = parts[i].request;
+                               if (request->cancelled_.load(std::memory_order_relaxed)) {
+                                 Answer(request, CancelledWhileComputing());
+                                 continue;
+                               }
+                               request->Fill(*result, begin_of[i], parts[i].items);
+                               Answer(request, absl::OkStatus());
                              }
                            });
     } else if (absl::IsCancelled(result.status()) &&

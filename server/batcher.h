@@ -17,7 +17,9 @@
 // Every request ends with exactly one BatchRequest::Done call. A request
 // whose deadline passes or that is cancelled while it waits is removed and
 // answered DEADLINE_EXCEEDED or CANCELLED without reaching a kernel. A
-// running batch stops between rows once every request in it is cancelled.
+// running batch stops between rows once every request in it is cancelled;
+// one cancelled while the others still need the batch is answered
+// CANCELLED once it ends, without a copy of its rows.
 // If a merged kernel call fails, each of its requests is run again alone, so
 // that every caller gets its own status.
 //

@@ -116,6 +116,7 @@ class AttnServer {
   int port_ = 0;
   std::string address_;
   int metrics_port_ = 0;
+  std::string metrics_host_;  // as in options.metrics_address
   const int warmup_iterations_;
   const int compute_threads_;
 

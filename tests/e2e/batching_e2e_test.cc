@@ -1,7 +1,8 @@
 // The dynamic batcher against a real attnd: many concurrent callers with
 // different data each get exactly their own result, streams batch with each
 // other, a full queue answers RESOURCE_EXHAUSTED, expired and cancelled
-// requests never reach a kernel (read from /metrics), and SIGTERM under load
+// requests never reach a kernel (read from /metrics), a caller cancelling out
+// of a running batch leaves the others their results, and SIGTERM under load
 // loses no accepted request.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -223,6 +224,92 @@ TEST(BatchingTest, ExpiredAndCancelledRequestsNeverReachAKernel) {
   EXPECT_THAT(MetricValue(text, "attnserve_inflight_requests"), Optional(0.0));
 }
 
+// One caller of a running merged batch cancels: the batch still computes
+// for the others, who get exactly their own rows; the cancelled caller's
+// rows are dropped (no response bytes, CANCELLED in the metrics).
+TEST(BatchingTest, PartlyCancelledBatchAnswersTheOthersAndDropsTheCancelled) {
+  // Three requests of `none` at S=4096 (about 17 GFLOP each, a second or so
+  // for the batch on one thread), merged only once all three are queued.
+  constexpr int64_t kBigH = 4, kBigS = 4096, kBigD = 64;
+  auto server = ServerProcess::Start({"--max_batch_size=3", "--max_queue_delay_us=20000000",
+                                      "--threads=1", "--batch_threads=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const auto big = [&](int seed) {
+    v1::AttendRequest request;
+    request.mutable_method()->mutable_none();
+    const int64_t n = kBigH * kBigS * kBigD;
+    int part = 0;
+    for (v1::Tensor* tensor : {request.mutable_q(), request.mutable_k(), request.mutable_v()}) {
+      *tensor = MakeTensor({1, kBigH, kBigS, kBigD}, Values(n, seed + 1000 * part++),
+                           TensorEncoding::kRawData);
+    }
+    request.set_raw_output(true);
+    return request;
+  };
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(-1);  // 4 MiB answers
+  auto stub = v1::AttentionService::NewStub(grpc::CreateCustomChannel(
+      (*server)->address(), grpc::InsecureChannelCredentials(), channel_args));
+  grpc::ClientContext contexts[3];
+  v1::AttendResponse responses[3];
+  grpc::Status statuses[3];
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 3; ++c) {
+    callers.emplace_back([&, c] { statuses[c] = stub->Attend(&contexts[c], big(c), &responses[c]); });
+  }
+  // Cancel the middle caller once the batch has formed (nothing queued,
+  // three in flight) and is computing.
+  bool formed = false;
+  for (int attempt = 0; attempt < 1000 && !formed; ++attempt) {
+    const std::string text = Scrape(**server);
+    formed = MetricValue(text, "attnserve_inflight_requests") == 3.0 &&
+             MetricValue(text, "attnserve_queue_depth") == 0.0;
+    if (!formed) absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_TRUE(formed);
+  absl::SleepFor(absl::Milliseconds(50));
+  contexts[1].TryCancel();
+  for (std::thread& caller : callers) caller.join();
+  EXPECT_EQ(statuses[1].error_code(), grpc::StatusCode::CANCELLED);
+
+  // The others: exactly what each request computes alone.
+  for (int c : {0, 2}) {
+    ASSERT_TRUE(statuses[c].ok()) << statuses[c].error_message();
+    absl::StatusOr<std::vector<float>> got = TensorValues(responses[c].out());
+    ASSERT_TRUE(got.ok()) << got.status();
+    kernels::AttendArgs args;
+    args.method = kernels::MethodKind::kNone;
+    const int64_t n = kBigH * kBigS * kBigD;
+    int part = 0;
+    for (const char* name : {"q", "k", "v"}) {
+      args.inputs[name] = kernels::Tensor({1, kBigH, kBigS, kBigD}, Values(n, c + 1000 * part++));
+    }
+    const std::vector<float> want =
+        kernels::Attend(std::move(args), kernels::ComputeOptions())->out.values();
+    ASSERT_EQ(got->size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_NEAR((*got)[i], want[i], 1e-5f) << "caller " << c << " element " << i;
+    }
+  }
+  // gRPC reports the cancelled call's end asynchronously.
+  std::string text;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    text = Scrape(**server);
+    if (MetricValue(text, "attnserve_inflight_requests") == 0.0) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(Counter(text, R"(attnserve_batches_total{method="none"})"), 1);
+  EXPECT_EQ(Counter(text, R"(attnserve_batched_requests_total{method="none"})"), 3);
+  EXPECT_EQ(Counter(text, R"(attnserve_requests_total{code="OK",method="none",rpc="Attend"})"), 2);
+  EXPECT_EQ(
+      Counter(text, R"(attnserve_requests_total{code="CANCELLED",method="none",rpc="Attend"})"), 1);
+  // It reached the kernel, so it is not a drop before compute...
+  EXPECT_EQ(MetricSum(text, "attnserve_dropped_requests_total"), 0);
+  // ...but its rows were never sent: response bytes are the two answers'.
+  EXPECT_EQ(Counter(text, R"(attnserve_response_bytes_total{rpc="Attend"})"),
+            static_cast<double>(responses[0].ByteSizeLong() + responses[2].ByteSizeLong()));
+}
+
 TEST(BatchingTest, FullQueueAnswersResourceExhausted) {
   auto server = ServerProcess::Start(
       {"--max_batch_size=64", "--max_queue_delay_us=20000000", "--max_queue_size=3"});
@@ -328,6 +415,24 @@ TEST(BatchingTest, ExpiredCallDoesNotHoldUpShutdown) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// SIGTERM on an idle server (with its metrics listener) exits at once: it
+// used to wait out CivetWeb's 2 s poll, about a second on average.
+TEST(BatchingTest, IdleServerExitsPromptlyOnSigterm) {
+  for (int i = 0; i < 3; ++i) {
+    auto server = ServerProcess::Start({});
+    ASSERT_TRUE(server.ok()) << server.status();
+    ASSERT_GT((*server)->metrics_port(), 0);
+    ASSERT_FALSE(Scrape(**server).empty());  // a scrape, and then quiet
+    const absl::Time start = absl::Now();
+    ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
+    int status = 0;
+    ASSERT_EQ(waitpid((*server)->pid(), &status, 0), (*server)->pid());
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+  }
 }
 
 }  // namespace
