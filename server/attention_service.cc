@@ -1,8 +1,10 @@
 #include "server/attention_service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <utility>
@@ -151,8 +153,7 @@ class AttendJob : public BatchRequest {
 
   absl::Status Prepare(int64_t max_elements, bool defer_batched) override {
     absl::StatusOr<kernels::AttendArgs> args =
-        defer_batched ? ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_,
-                                     kBatchedInputs, &batched_)
+        defer_batched ? ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_, &deferred_)
                       : ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_);
     if (!args.ok()) return args.status();
     args_ = std::move(*args);
@@ -170,12 +171,24 @@ class AttendJob : public BatchRequest {
     return args;
   }
   const std::vector<int64_t>* BatchedShape(absl::string_view name) const override {
-    auto it = batched_.find(name);
-    return it == batched_.end() ? nullptr : &it->second.shape;
+    auto it = deferred_.find(name);
+    return it == deferred_.end() ? nullptr : &it->second.shape;
   }
   absl::Status AppendBatched(absl::string_view name, std::vector<float>& out) const override {
-    auto it = batched_.find(name);
-    return it == batched_.end() ? absl::OkStatus() : it->second.AppendTo(out);
+    auto it = deferred_.find(name);
+    return it == deferred_.end() ? absl::OkStatus() : it->second.AppendTo(out);
+  }
+  absl::Status DecodeShared(kernels::TensorMap& inputs) const override {
+    for (const auto& [name, tensor] : deferred_) {
+      if (std::find(std::begin(kBatchedInputs), std::end(kBatchedInputs), name) !=
+          std::end(kBatchedInputs)) {
+        continue;
+      }
+      absl::StatusOr<kernels::Tensor> decoded = tensor.Decode();
+      if (!decoded.ok()) return decoded.status();
+      inputs.insert_or_assign(name, std::move(*decoded));
+    }
+    return absl::OkStatus();
   }
   void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) override {
     FillAttendResponseRows(batch, begin, count, request_->raw_output(), response_);
@@ -196,8 +209,8 @@ class AttendJob : public BatchRequest {
   const v1::AttendRequest* request_ = nullptr;
   v1::AttendResponse* response_ = nullptr;
   std::optional<kernels::AttendArgs> args_;
-  // The batched inputs of a merged call, checked, not decoded (into request_).
-  DeferredTensors batched_;
+  // The inputs of a merged call, checked, not decoded (they point into request_).
+  DeferredTensors deferred_;
 };
 
 // Encode as a BatchRequest: never merged (an empty key).
@@ -225,6 +238,9 @@ class EncodeJob : public BatchRequest {
     return nullptr;
   }
   absl::Status AppendBatched(absl::string_view /*name*/, std::vector<float>& /*out*/) const override {
+    return absl::OkStatus();
+  }
+  absl::Status DecodeShared(kernels::TensorMap& /*inputs*/) const override {
     return absl::OkStatus();
   }
   void Fill(const kernels::AttendResult& /*batch*/, int64_t /*begin*/,

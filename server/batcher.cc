@@ -31,8 +31,8 @@ size_t Elements(const std::vector<int64_t>& shape) {
   return count;
 }
 
-// A request of a merged call: its arguments without the batched inputs,
-// and the shapes of those.
+// A request of a merged call: its arguments without the inputs, and the
+// shapes of its batched inputs.
 struct Part {
   BatchRequest* request = nullptr;
   kernels::AttendArgs args;
@@ -59,8 +59,8 @@ std::optional<Part> PartOf(BatchRequest* request) {
 }
 
 // True when `b` can be concatenated with `a` along B: the same batched
-// inputs, of equal shape but for dimension 0, and shared inputs of equal
-// shape (their values are equal: they are part of the merge key).
+// inputs, of equal shape but for dimension 0. (The shared inputs are equal:
+// they are part of the merge key, inline byte for byte or by ref.)
 bool Compatible(const Part& a, const Part& b) {
   for (size_t i = 0; i < a.batched.size(); ++i) {
     const std::vector<int64_t>* x = a.batched[i];
@@ -70,11 +70,6 @@ bool Compatible(const Part& a, const Part& b) {
     if (x->size() != y->size() || !std::equal(x->begin() + 1, x->end(), y->begin() + 1)) {
       return false;
     }
-  }
-  if (a.args.inputs.size() != b.args.inputs.size()) return false;
-  for (const auto& [name, tensor] : b.args.inputs) {
-    auto it = a.args.inputs.find(name);
-    if (it == a.args.inputs.end() || it->second.shape() != tensor.shape()) return false;
   }
   return true;
 }
@@ -394,7 +389,7 @@ void Batcher::Run(Formed& formed) {
 void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
                         int threads) {
   // Checking is per request (a bad request fails alone), on all of the
-  // batch's threads; the batched inputs are not decoded yet.
+  // batch's threads; no input is decoded yet.
   std::vector<absl::Status> prepared(requests.size());
   kernels::ParallelFor(static_cast<int64_t>(requests.size()), threads, 1,
                        [&](int64_t begin, int64_t end) {
@@ -461,6 +456,14 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
     // Alone after all: prepared again, in full (cheap next to a kernel call).
     misfits.insert(misfits.begin(), parts.front().request);
     parts.clear();
+  }
+  if (!parts.empty()) {
+    // The parameters the batch shares, decoded once for all of it.
+    const absl::Status shared = parts.front().request->DecodeShared(parts.front().args.inputs);
+    if (!shared.ok()) {
+      for (const Part& part : parts) fail(part.request, shared);
+      parts.clear();
+    }
   }
   if (!parts.empty()) {
     int64_t total_b = 0;

@@ -92,9 +92,10 @@ class BatchRequest {
   // Converts the request into kernel arguments kept inside, checking the
   // per-request limit `max_elements` and that every input value is finite
   // (so the kernels may skip that scan: ComputeOptions::inputs_checked). With
-  // `defer_batched` the inputs of kBatchedInputs are checked but not
-  // decoded: TakeAttendArgs leaves them out, and AppendBatched writes them
-  // straight into a merged call's inputs. An error is the request's answer.
+  // `defer_batched` the inputs are checked but not decoded: TakeAttendArgs
+  // leaves them out, AppendBatched writes those of kBatchedInputs straight
+  // into a merged call's inputs, and DecodeShared decodes the others once
+  // per merged call. An error is the request's answer.
   virtual absl::Status Prepare(int64_t max_elements, bool defer_batched) = 0;
   // After Prepare (without defer_batched): runs the kernels on the prepared
   // arguments alone and writes the response.
@@ -109,6 +110,10 @@ class BatchRequest {
   // is finite (an error is the request's answer; `out` may then hold part of
   // them)...
   virtual absl::Status AppendBatched(absl::string_view name, std::vector<float>& out) const = 0;
+  // ...decodes its deferred inputs that are not batched (the parameters the
+  // batch shares: equal keys mean equal values) into `inputs`, an error
+  // being every member's answer...
+  virtual absl::Status DecodeShared(kernels::TensorMap& inputs) const = 0;
   // ...and receives its own rows [begin, begin + count) along B of the
   // merged call's result.
   virtual void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) = 0;

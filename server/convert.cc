@@ -184,23 +184,14 @@ absl::StatusOr<DeferredTensor> CheckTensor(const v1::Tensor& tensor, absl::strin
   return checked;
 }
 
-// The kernel tensor of a checked one (decoded here, values checked).
-absl::StatusOr<kernels::Tensor> DecodeTensor(const DeferredTensor& checked) {
-  std::vector<float> values;
-  values.reserve(static_cast<size_t>(checked.size));
-  ATTN_RETURN_IF_ERROR(checked.AppendTo(values));
-  return kernels::Tensor(checked.shape, std::move(values));
-}
-
-// Converts a request's tensors into a TensorMap (or, for the names in
-// `defer`, checks them into `deferred`) while keeping the sum of their
-// element counts within limits.max_elements.
+// Converts a request's tensors into a TensorMap (or, with `deferred`, only
+// checks them into it) while keeping the sum of their element counts within
+// limits.max_elements.
 class InputCollector {
  public:
   InputCollector(const ConvertLimits& limits, const TensorStore* tensors,
-                 kernels::TensorMap* inputs, absl::Span<const absl::string_view> defer = {},
-                 DeferredTensors* deferred = nullptr)
-      : limits_(limits), tensors_(tensors), inputs_(inputs), defer_(defer), deferred_(deferred) {}
+                 kernels::TensorMap* inputs, DeferredTensors* deferred = nullptr)
+      : limits_(limits), tensors_(tensors), inputs_(inputs), deferred_(deferred) {}
 
   // Adds `tensor` under `name` when the field is set (`present`).
   absl::Status Add(absl::string_view name, bool present, const v1::Tensor& tensor) {
@@ -214,11 +205,11 @@ class InputCollector {
           limits_.max_elements, " elements (", total_, " before this one's ", count, ")"));
     }
     total_ += count;
-    if (deferred_ != nullptr && std::find(defer_.begin(), defer_.end(), name) != defer_.end()) {
+    if (deferred_ != nullptr) {
       deferred_->insert_or_assign(std::string(name), std::move(checked));
       return absl::OkStatus();
     }
-    ATTN_ASSIGN_OR_RETURN(kernels::Tensor decoded, DecodeTensor(checked));
+    ATTN_ASSIGN_OR_RETURN(kernels::Tensor decoded, checked.Decode());
     inputs_->insert_or_assign(std::string(name), std::move(decoded));
     return absl::OkStatus();
   }
@@ -227,7 +218,6 @@ class InputCollector {
   const ConvertLimits& limits_;
   const TensorStore* const tensors_;
   kernels::TensorMap* inputs_;
-  const absl::Span<const absl::string_view> defer_;
   DeferredTensors* const deferred_;
   int64_t total_ = 0;
 };
@@ -348,27 +338,33 @@ absl::Status DeferredTensor::AppendTo(std::vector<float>& out) const {
       absl::StrCat(field, ".raw_data: float32 value ", bad, " must be finite, got ", value));
 }
 
+absl::StatusOr<kernels::Tensor> DeferredTensor::Decode() const {
+  std::vector<float> values;
+  values.reserve(static_cast<size_t>(size));
+  ATTN_RETURN_IF_ERROR(AppendTo(values));
+  return kernels::Tensor(shape, std::move(values));
+}
+
 absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
                                                const ConvertLimits& limits,
                                                const TensorStore* tensors) {
   ATTN_ASSIGN_OR_RETURN(const DeferredTensor checked, CheckTensor(tensor, field, limits, tensors));
-  return DecodeTensor(checked);
+  return checked.Decode();
 }
 
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
                                                  const ConvertLimits& limits,
                                                  const TensorStore* tensors) {
-  return ToAttendArgs(request, limits, tensors, {}, nullptr);
+  return ToAttendArgs(request, limits, tensors, nullptr);
 }
 
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
                                                  const ConvertLimits& limits,
                                                  const TensorStore* tensors,
-                                                 absl::Span<const absl::string_view> defer,
                                                  DeferredTensors* deferred) {
   kernels::AttendArgs args;
   if (deferred != nullptr) deferred->clear();
-  InputCollector inputs(limits, tensors, &args.inputs, defer, deferred);
+  InputCollector inputs(limits, tensors, &args.inputs, deferred);
   // The method first: "method: not set" is the most basic mistake to report.
   ATTN_RETURN_IF_ERROR(ConvertMethod(request.method(), &args.method, &args.params, &inputs));
   ATTN_RETURN_IF_ERROR(inputs.Add("q", request.has_q(), request.q()));

@@ -54,6 +54,8 @@ struct DeferredTensor {
   // checks that each is finite: INVALID_ARGUMENT naming the field and the
   // value's index otherwise, after which `out` holds some of them.
   absl::Status AppendTo(std::vector<float>& out) const;
+  // The tensor on its own (one copy, values checked as by AppendTo).
+  absl::StatusOr<kernels::Tensor> Decode() const;
 };
 using DeferredTensors = std::map<std::string, DeferredTensor, std::less<>>;
 
@@ -80,15 +82,15 @@ absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& reques
                                                  const ConvertLimits& limits,
                                                  const TensorStore* tensors = nullptr);
 
-// As above, but the inputs named in `defer` (e.g. q, k, v) are checked and
-// left out of args.inputs: they are described in `*deferred` (cleared
-// first) instead, for the caller to decode with DeferredTensor::AppendTo.
-// Everything else, errors included, is as above, but for non-finite values
-// of the deferred inputs, which AppendTo reports.
+// As above, but every tensor is only checked, not decoded: args.inputs is
+// left empty and `*deferred` (cleared first) describes the tensors instead,
+// for the caller to decode where and when it needs them (a merged batch
+// writes each request's q, k, v straight into its rows, and decodes the
+// shared parameters once). Errors as above, but for non-finite values,
+// which DeferredTensor reports when decoding.
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
                                                  const ConvertLimits& limits,
                                                  const TensorStore* tensors,
-                                                 absl::Span<const absl::string_view> defer,
                                                  DeferredTensors* deferred);
 
 // The kernels' arguments for an Encode request; errors as ToAttendArgs.

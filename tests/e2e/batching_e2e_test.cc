@@ -11,11 +11,13 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -151,6 +153,77 @@ TEST(BatchingTest, ManyConcurrentCallersEachGetTheirOwnSlice) {
               static_cast<long long>(items.load()), batches);
   EXPECT_GE(batches, 1);
   EXPECT_LT(batches, requests / 2) << "requests were not merged";
+}
+
+// Methods whose requests carry parameters the whole batch shares (Shaw's
+// relative tables, the projection weights of sinusoidal): a merged batch
+// decodes them once, and every caller still gets exactly what an unbatched
+// server answers for its request.
+TEST(BatchingTest, SharedParametersMergeAndEachGetsItsOwnResult) {
+  constexpr int kCallers = 6;
+  constexpr int64_t kDm = 16, kS2 = 7;
+  const auto shaw = [](int seed) {
+    v1::AttendRequest request;
+    v1::Shaw* method = request.mutable_method()->mutable_shaw();
+    method->set_max_relative_position(2);
+    *method->mutable_rel_k() = MakeTensor({5, kD}, Values(5 * kD, 501));
+    *method->mutable_rel_v() = MakeTensor({5, kD}, Values(5 * kD, 502));
+    const int64_t n = kH * kS2 * kD;
+    *request.mutable_q() = MakeTensor({1, kH, kS2, kD}, Values(n, seed));
+    *request.mutable_k() = MakeTensor({1, kH, kS2, kD}, Values(n, seed + 1000));
+    *request.mutable_v() = MakeTensor({1, kH, kS2, kD}, Values(n, seed + 2000));
+    return request;
+  };
+  const auto sinusoidal = [](int seed) {
+    v1::AttendRequest request;
+    request.mutable_method()->mutable_sinusoidal();
+    request.set_num_heads(kH);
+    request.set_causal(true);
+    *request.mutable_x_q() = MakeTensor({1, kS2, kDm}, Values(kS2 * kDm, seed));
+    *request.mutable_x_kv() = MakeTensor({1, kS2, kDm}, Values(kS2 * kDm, seed + 1000));
+    int part = 0;
+    for (v1::Tensor* w : {request.mutable_w_q(), request.mutable_w_k(), request.mutable_w_v()}) {
+      *w = MakeTensor({kDm, kH * kD}, Values(kDm * kH * kD, 600 + part++), TensorEncoding::kRawData);
+    }
+    return request;
+  };
+  auto batching = ServerProcess::Start(
+      {absl::StrCat("--max_batch_size=", kCallers), "--max_queue_delay_us=20000000"});
+  auto unbatched = ServerProcess::Start({"--max_batch_size=1"});
+  ASSERT_TRUE(batching.ok()) << batching.status();
+  ASSERT_TRUE(unbatched.ok()) << unbatched.status();
+  auto batching_client = Client::Create((*batching)->address());
+  auto unbatched_client = Client::Create((*unbatched)->address());
+  ASSERT_TRUE(batching_client.ok() && unbatched_client.ok());
+  for (const auto& [name, make] :
+       std::vector<std::pair<std::string, std::function<v1::AttendRequest(int)>>>{
+           {"shaw", shaw}, {"sinusoidal", sinusoidal}}) {
+    std::vector<absl::StatusOr<v1::AttendResponse>> got(kCallers, absl::UnknownError("unset"));
+    std::vector<std::thread> callers;
+    for (int c = 0; c < kCallers; ++c) {
+      callers.emplace_back([&, c] { got[c] = (*batching_client)->Attend(make(c)); });
+    }
+    for (std::thread& caller : callers) caller.join();
+    for (int c = 0; c < kCallers; ++c) {
+      ASSERT_TRUE(got[c].ok()) << name << " caller " << c << ": " << got[c].status();
+      absl::StatusOr<v1::AttendResponse> want = (*unbatched_client)->Attend(make(c));
+      ASSERT_TRUE(want.ok()) << want.status();
+      absl::StatusOr<std::vector<float>> got_out = TensorValues(got[c]->out());
+      absl::StatusOr<std::vector<float>> want_out = TensorValues(want->out());
+      ASSERT_TRUE(got_out.ok() && want_out.ok());
+      ASSERT_EQ(got_out->size(), want_out->size());
+      for (size_t i = 0; i < want_out->size(); ++i) {
+        ASSERT_NEAR((*got_out)[i], (*want_out)[i], 1e-5f) << name << " caller " << c << " " << i;
+      }
+    }
+    const std::string text = Scrape(**batching);
+    EXPECT_EQ(Counter(text, absl::StrCat(R"(attnserve_batches_total{method=")", name, "\"}")), 1)
+        << name;
+    EXPECT_EQ(
+        Counter(text, absl::StrCat(R"(attnserve_batched_requests_total{method=")", name, "\"}")),
+        kCallers)
+        << name;
+  }
 }
 
 TEST(BatchingTest, StreamsFormOneFullBatch) {

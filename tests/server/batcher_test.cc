@@ -102,6 +102,10 @@ class FakeRequest final : public BatchRequest {
     }
     return absl::OkStatus();
   }
+  // NoneArgs has no shared inputs.
+  absl::Status DecodeShared(kernels::TensorMap& /*inputs*/) const override {
+    return absl::OkStatus();
+  }
   void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) override {
     const int64_t row = batch.out.size() / batch.out.dim(0);
     std::vector<int64_t> shape = batch.out.shape();
@@ -287,6 +291,7 @@ TEST_F(BatcherTest, CancelStopsARunningKernel) {
     absl::Status AppendBatched(absl::string_view, std::vector<float>&) const override {
       return absl::OkStatus();
     }
+    absl::Status DecodeShared(kernels::TensorMap&) const override { return absl::OkStatus(); }
     void Fill(const kernels::AttendResult&, int64_t, int64_t) override {}
     void Done(const absl::Status& status) override {
       status_ = status;

@@ -97,12 +97,11 @@ TEST(ConvertTest, DeferredInputsAreCheckedThenAppendedExactly) {
   v1::AttendRequest request = AlibiRequest();
   *request.mutable_k() = RawTensor({1, 1, 2, 2}, {0.5f, -1.0f, 2.0f, 3.25f});
   DeferredTensors deferred;
-  const absl::string_view defer[] = {"q", "k", "v", "x_q"};
   absl::StatusOr<kernels::AttendArgs> args =
-      ToAttendArgs(request, ConvertLimits{}, nullptr, defer, &deferred);
+      ToAttendArgs(request, ConvertLimits{}, nullptr, &deferred);
   ASSERT_TRUE(args.ok()) << args.status();
   EXPECT_TRUE(args->inputs.empty());
-  ASSERT_EQ(deferred.size(), 3u);  // x_q is not set
+  ASSERT_EQ(deferred.size(), 3u);
   EXPECT_THAT(deferred.at("k").shape, ElementsAre(1, 1, 2, 2));
   EXPECT_EQ(deferred.at("k").size, 4);
   std::vector<float> merged = {9.0f};  // what an earlier request appended
@@ -111,7 +110,7 @@ TEST(ConvertTest, DeferredInputsAreCheckedThenAppendedExactly) {
   EXPECT_THAT(merged, ElementsAre(9.0f, 0.5f, -1.0f, 2.0f, 3.25f, 1, 2, 3, 4));
   // Limits and encodings are still checked up front.
   request.mutable_v()->add_data(5);
-  EXPECT_EQ(ToAttendArgs(request, ConvertLimits{}, nullptr, defer, &deferred).status().code(),
+  EXPECT_EQ(ToAttendArgs(request, ConvertLimits{}, nullptr, &deferred).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -138,8 +137,7 @@ TEST(ConvertTest, NonFiniteValuesAreRejectedNamingFieldAndIndex) {
   request = AlibiRequest();
   *request.mutable_q() = DataTensor({1, 1, 35000, 2}, values);
   DeferredTensors deferred;
-  const absl::string_view defer[] = {"q"};
-  ASSERT_TRUE(ToAttendArgs(request, ConvertLimits{}, nullptr, defer, &deferred).ok());
+  ASSERT_TRUE(ToAttendArgs(request, ConvertLimits{}, nullptr, &deferred).ok());
   std::vector<float> merged;
   const absl::Status status = deferred.at("q").AppendTo(merged);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
