@@ -174,10 +174,10 @@ class MatmulCeiling {
 // same load (the machine is shared; a ceiling measured minutes earlier can
 // be off by several times). The phases of AttendResult::timings give the
 // attention part on its own (attn_FLOP/s, attn_ms: the engine), the input
-// side (prepare_ms) and the input and output checks (check_ms); for the absolute methods each iteration also runs one
-// [S,512]x[512,512] matmul, the shape of each of their three projections
-// (proj_ceiling_FLOP/s, against proj_FLOP/s = the projections' FLOPs over
-// prepare time).
+// side (prepare_ms) and the input and output checks (check_ms); for the
+// absolute methods each iteration also runs one [S,512]x[512,512] matmul,
+// the shape of each of their three projections (proj_ceiling_FLOP/s,
+// against proj_FLOP/s = the projections' FLOPs over prepare time).
 void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
   const MethodKind kind = kAllMethods[state.range(0)];
   const int64_t s = state.range(1);

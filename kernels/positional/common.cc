@@ -300,9 +300,9 @@ RelativeTable::Window RelativeTable::WindowOf(int64_t first, int64_t last) const
 int64_t RelativeTable::MaxLd(int64_t span) { return simd::RoundUpToPanel(span) + simd::kPanel; }
 
 void RelativeTable::Multiply(const Window& w, int64_t rows, const float* a, int64_t lda,
-                             float* out) const {
+                             float* out, int64_t ldo) const {
   simd::Gemm<false>(rows, w.ld, width_, a, lda, panels_.data() + w.base * width_,
-                    width_ * simd::kPanel, out, w.ld);
+                    width_ * simd::kPanel, out, ldo);
 }
 
 void ScaledDotProduct::ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const {

@@ -114,9 +114,10 @@ class RelativeTable {
   // An upper bound of WindowOf(...).ld over windows of `span` rows.
   static int64_t MaxLd(int64_t span);
 
-  // out[r * w.ld + (n - w.base)] = a[r * lda + 0 .. width) . table[n] for the
-  // window's rows n and r < rows (rows past count give 0).
-  void Multiply(const Window& w, int64_t rows, const float* a, int64_t lda, float* out) const;
+  // out[r * ldo + (n - w.base)] = a[r * lda + 0 .. width) . table[n] for the
+  // window's rows n and r < rows (rows past count give 0); ldo >= w.ld.
+  void Multiply(const Window& w, int64_t rows, const float* a, int64_t lda, float* out,
+                int64_t ldo) const;
 
  private:
   const int64_t count_, width_;

@@ -72,9 +72,18 @@ class ShawModifier final : public ScoreModifier {
     return rows * (RelativeTable::MaxLd(span) + span);
   }
 
+  // Row group by row group (the micro-kernel's 6 rows), each over only the
+  // buckets its rows meet: at small S most rows of a block meet far fewer
+  // than the block's (at S=128, K=64 a group's rows span 70 to 129 of them).
   void BeginQueryBlock(const ScoreTile& block) const override {
-    rel_k_.Multiply(WindowOf(block), block.rows, q_.Row(block.b * heads_ + block.h, block.i0),
-                    q_.stride(), block.scratch);
+    const RelativeTable::Window w = WindowOf(block);
+    const float* q = q_.Row(block.b * heads_ + block.h, block.i0);
+    for (int64_t r0 = 0; r0 < block.rows; r0 += simd::kRows) {
+      const int64_t group = std::min<int64_t>(simd::kRows, block.rows - r0);
+      const RelativeTable::Window g = GroupWindow(block, r0, group);
+      rel_k_.Multiply(g, group, q + r0 * q_.stride(), q_.stride(),
+                      block.scratch + r0 * w.ld + (g.base - w.base), w.ld);
+    }
   }
 
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
@@ -128,9 +137,23 @@ class ShawModifier final : public ScoreModifier {
             simd::SumInDouble(p + runs.band_end, tile.cols - runs.band_end));
       }
     }
-    simd::Gemm<true>(tile.rows, simd::RoundUpToPanel(dv_), buckets, mass, buckets,
-                     rel_v_panels_.data() + first * simd::kPanel, (2 * k_ + 1) * simd::kPanel,
-                     acc, lda);
+    // acc += M rel_v group by group, each over only its rows' buckets (the
+    // rest of its rows of M are zero).
+    const int64_t panels = simd::RoundUpToPanel(dv_) / simd::kPanel;
+    for (int64_t r0 = 0; r0 < tile.rows; r0 += simd::kRows) {
+      const int group = static_cast<int>(std::min<int64_t>(simd::kRows, tile.rows - r0));
+      const int64_t group_first =
+          ShawIndex(query_offset_ + tile.i0 + r0 + group - 1, tile.j0, k_);
+      const int64_t group_last =
+          ShawIndex(query_offset_ + tile.i0 + r0, tile.j0 + tile.cols - 1, k_);
+      for (int64_t t = 0; t < panels; ++t) {
+        simd::MicroKernelRows<true>(
+            group, group_last - group_first + 1, mass + r0 * buckets + (group_first - first),
+            buckets,
+            rel_v_panels_.data() + (t * (2 * k_ + 1) + group_first) * simd::kPanel,
+            acc + r0 * lda + t * simd::kPanel, lda);
+      }
+    }
   }
 
  private:
@@ -150,9 +173,17 @@ class ShawModifier final : public ScoreModifier {
 
   // The buckets the block's rows meet with its visible keys.
   RelativeTable::Window WindowOf(const ScoreTile& block) const {
-    const int64_t first_position = query_offset_ + block.i0;
-    const int64_t last_position = first_position + block.rows - 1;
-    const int64_t key_end = causal_ ? std::min(sk_, last_position + 1) : sk_;
+    return GroupWindow(block, 0, block.rows);
+  }
+
+  // The buckets rows r0 .. r0 + rows - 1 of the block meet with the block's
+  // visible keys (ModifyScores also reads the buckets of a tile's masked
+  // entries, which lie within these).
+  RelativeTable::Window GroupWindow(const ScoreTile& block, int64_t r0, int64_t rows) const {
+    const int64_t first_position = query_offset_ + block.i0 + r0;
+    const int64_t last_position = first_position + rows - 1;
+    const int64_t block_last = query_offset_ + block.i0 + block.rows - 1;
+    const int64_t key_end = causal_ ? std::min(sk_, block_last + 1) : sk_;
     return rel_k_.WindowOf(ShawIndex(last_position, 0, k_),
                            ShawIndex(first_position, key_end - 1, k_));
   }

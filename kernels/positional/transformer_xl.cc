@@ -146,7 +146,7 @@ class TxlModifier final : public ScoreModifier {
       const float* q = q_.Row(block.b * heads_ + block.h, block.i0 + r);
       for (int64_t e = 0; e < d_; ++e) qv[r * d_ + e] = q[e] + shift[e];
     }
-    w_r_[block.h].Multiply(all, block.rows, qv, d_, qr);
+    w_r_[block.h].Multiply(all, block.rows, qv, d_, qr, all.ld);
     // Turn pair n of row r by rho_r f_n, rho_r = i0 + r: sincos at the
     // first row, then one rotation by f_n per row, in double.
     const int64_t half = d_rel_ / 2;
