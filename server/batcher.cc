@@ -1,5 +1,7 @@
 #include "server/batcher.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <iterator>
@@ -38,6 +40,7 @@ struct Part {
   kernels::AttendArgs args;
   std::vector<const std::vector<int64_t>*> batched;  // per kBatchedInputs; null: absent
   int64_t items = 1;                                 // its B
+  size_t bytes = 0;                                  // of its batched inputs
 };
 
 // The part of `request` (prepared with defer_batched), or nullopt when its
@@ -51,6 +54,7 @@ std::optional<Part> PartOf(BatchRequest* request) {
     const std::vector<int64_t>* shape = request->BatchedShape(name);
     part.batched.push_back(shape);
     if (shape == nullptr) continue;
+    part.bytes += Elements(*shape) * sizeof(float);
     if (items >= 0 && (*shape)[0] != items) return std::nullopt;
     items = (*shape)[0];
   }
@@ -91,6 +95,13 @@ absl::Status DroppedStatus(bool deadline) {
                   : absl::CancelledError(
                         "request: cancelled (by the client or server shutdown) while waiting in "
                         "the batch queue; it was not computed");
+}
+
+// Three quarters of a core's L2 cache: inputs, outputs and the kernels'
+// scratch of a chunk of a merged batch fit in it.
+size_t ChunkBytes() {
+  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  return l2 > 0 ? static_cast<size_t>(l2) / 4 * 3 : size_t{768} << 10;
 }
 
 absl::Status CancelledWhileComputing() {
@@ -134,7 +145,10 @@ absl::Status ValidateBatcherOptions(const BatcherOptions& options) {
 }
 
 Batcher::Batcher(const BatcherOptions& options, Metrics* metrics)
-    : options_(options), metrics_(metrics), free_threads_(options.compute_threads) {
+    : options_(options),
+      metrics_(metrics),
+      chunk_bytes_(options.merge_chunk_bytes > 0 ? options.merge_chunk_bytes : ChunkBytes()),
+      free_threads_(options.compute_threads) {
   absl::MutexLock lock(&stop_mu_);
   for (int i = 0; i < options_.batch_threads; ++i) threads_.emplace_back([this] { WorkerLoop(); });
 }
@@ -421,61 +435,95 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
     }
     parts.push_back(std::move(*part));
   }
-  // The merged inputs: each request's batched values are copied once, from
-  // its message straight into its rows (no concatenation pass afterwards,
-  // no zero-fill first). A request with a non-finite value is answered and
-  // its rows are taken out again.
-  std::vector<std::vector<float>> merged(std::size(kBatchedInputs));
-  if (parts.size() > 1) {
-    for (size_t n = 0; n < merged.size(); ++n) {
-      if (parts.front().batched[n] == nullptr) continue;
-      size_t total = 0;
-      for (const Part& part : parts) total += Elements(*part.batched[n]);
-      merged[n].reserve(total);
-    }
-    std::vector<Part> members;
-    std::vector<size_t> sizes(merged.size());
-    for (Part& part : parts) {
-      for (size_t n = 0; n < merged.size(); ++n) sizes[n] = merged[n].size();
-      absl::Status status;
-      for (size_t n = 0; n < merged.size() && status.ok(); ++n) {
-        if (part.batched[n] != nullptr) {
-          status = part.request->AppendBatched(kBatchedInputs[n], merged[n]);
-        }
-      }
-      if (status.ok()) {
-        members.push_back(std::move(part));
-        continue;
-      }
-      for (size_t n = 0; n < merged.size(); ++n) merged[n].resize(sizes[n]);
-      fail(part.request, status);
-    }
-    parts = std::move(members);
-  }
   if (parts.size() == 1) {
     // Alone after all: prepared again, in full (cheap next to a kernel call).
     misfits.insert(misfits.begin(), parts.front().request);
     parts.clear();
   }
+  // The parameters the batch shares, decoded once for all of it.
+  kernels::TensorMap shared;
   if (!parts.empty()) {
-    // The parameters the batch shares, decoded once for all of it.
-    const absl::Status shared = parts.front().request->DecodeShared(parts.front().args.inputs);
-    if (!shared.ok()) {
-      for (const Part& part : parts) fail(part.request, shared);
+    const absl::Status status = parts.front().request->DecodeShared(shared);
+    if (!status.ok()) {
+      for (const Part& part : parts) fail(part.request, status);
       parts.clear();
     }
   }
-  if (!parts.empty()) {
+  // The batch runs as kernel calls over chunks of consecutive requests whose
+  // batched inputs fit in the cache budget: each chunk's inputs are written,
+  // computed on and its outputs copied out while they are still in cache. (A
+  // merged call over the whole batch streamed every tensor through memory
+  // three times and cost more per request than running requests alone; a
+  // call's own overhead is about a microsecond, nothing to save by one call.)
+  int64_t reached = 0;
+  int64_t reached_items = 0;
+  absl::Duration compute;
+  const int method = parts.empty() ? 0 : parts.front().request->method_;
+  // One batch in the metrics, as formed (Triton's batch size), however many
+  // chunks it ran in.
+  bool recorded = false;
+  const auto record = [&] {
+    if (recorded || reached == 0) return;
+    recorded = true;
+    metrics_->RecordBatch(method, reached, reached_items, compute);
+  };
+  for (size_t begin = 0; begin < parts.size();) {
+    size_t end = begin + 1;
+    for (size_t bytes = parts[begin].bytes;
+         end < parts.size() && bytes + parts[end].bytes <= chunk_bytes_; ++end) {
+      bytes += parts[end].bytes;
+    }
+    // Each request's batched values are copied once, from its message
+    // straight into its rows (no concatenation pass, no zero-fill first). A
+    // request with a non-finite value is answered and its rows taken out.
+    std::vector<std::vector<float>> merged(std::size(kBatchedInputs));
+    for (size_t n = 0; n < merged.size(); ++n) {
+      if (parts[begin].batched[n] == nullptr) continue;
+      size_t total = 0;
+      for (size_t i = begin; i < end; ++i) total += Elements(*parts[i].batched[n]);
+      merged[n].reserve(total);
+    }
+    std::vector<Part*> members;
+    std::vector<size_t> sizes(merged.size());
+    for (size_t i = begin; i < end; ++i) {
+      // Cancelled while an earlier chunk computed: it never reaches a kernel.
+      if (parts[i].request->cancelled_.load(std::memory_order_relaxed)) {
+        metrics_->RecordDrop(DropReason::kCancelled);
+        Answer(parts[i].request,
+               absl::CancelledError("request: cancelled (by the client or server shutdown) "
+                                    "while its batch computed, before its turn; it was not "
+                                    "computed"));
+        continue;
+      }
+      for (size_t n = 0; n < merged.size(); ++n) sizes[n] = merged[n].size();
+      absl::Status status;
+      for (size_t n = 0; n < merged.size() && status.ok(); ++n) {
+        if (parts[i].batched[n] != nullptr) {
+          status = parts[i].request->AppendBatched(kBatchedInputs[n], merged[n]);
+        }
+      }
+      if (status.ok()) {
+        members.push_back(&parts[i]);
+        continue;
+      }
+      for (size_t n = 0; n < merged.size(); ++n) merged[n].resize(sizes[n]);
+      fail(parts[i].request, status);
+    }
+    const bool last = end == parts.size();
+    begin = end;
+    if (members.empty()) continue;
     int64_t total_b = 0;
     int64_t max_b = 1;
-    for (const Part& part : parts) {
-      total_b += part.items;
-      max_b = std::max(max_b, part.items);
+    for (const Part* part : members) {
+      total_b += part->items;
+      max_b = std::max(max_b, part->items);
     }
-    kernels::AttendArgs args = std::move(parts.front().args);
+    kernels::AttendArgs args = std::move(members.front()->args);
+    // The kernels may work on their inputs in place: each call its own copy.
+    args.inputs = last ? std::move(shared) : shared;
     for (size_t n = 0; n < merged.size(); ++n) {
-      if (parts.front().batched[n] == nullptr) continue;
-      std::vector<int64_t> shape = *parts.front().batched[n];
+      if (members.front()->batched[n] == nullptr) continue;
+      std::vector<int64_t> shape = *members.front()->batched[n];
       shape[0] = total_b;
       args.inputs.insert_or_assign(std::string(kBatchedInputs[n]),
                                    kernels::Tensor(std::move(shape), std::move(merged[n])));
@@ -483,41 +531,47 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
     kernels::ComputeOptions options;
     options.threads = threads;
     options.max_elements = BatchElementLimit(options_.max_elements, total_b, max_b);
-    options.cancelled = &state.all_cancelled;
-    options.inputs_checked = true;  // by Prepare and AppendBatched
-    const int method = parts.front().request->method_;
+    // A chunk of one stops as soon as its caller cancels.
+    options.cancelled = members.size() == 1 ? &members.front()->request->cancelled_
+                                            : &state.all_cancelled;
+    options.inputs_checked = true;  // by Prepare, DecodeShared and AppendBatched
     const absl::Time start = absl::Now();
     absl::StatusOr<kernels::AttendResult> result = kernels::Attend(std::move(args), options);
-    metrics_->RecordBatch(method, static_cast<int64_t>(parts.size()), total_b,
-                          absl::Now() - start);
+    compute += absl::Now() - start;
+    reached += static_cast<int64_t>(members.size());
+    reached_items += total_b;
+    // Recorded before the last answers go out, so that a caller who has its
+    // answer sees its batch in the metrics.
+    if (last) record();
     if (result.ok()) {
-      std::vector<int64_t> begin_of(parts.size(), 0);
-      for (size_t i = 1; i < parts.size(); ++i) {
-        begin_of[i] = begin_of[i - 1] + parts[i - 1].items;
+      std::vector<int64_t> begin_of(members.size(), 0);
+      for (size_t i = 1; i < members.size(); ++i) {
+        begin_of[i] = begin_of[i - 1] + members[i - 1]->items;
       }
       // Filling and sending the responses is per-request work too. A caller
       // that cancelled while the batch computed gets no copy of its rows.
-      kernels::ParallelFor(static_cast<int64_t>(parts.size()), threads, 1,
-                           [&](int64_t begin, int64_t end) {
-                             for (int64_t i = begin; i < end; ++i) {
-                               BatchRequest* request = parts[i].request;
+      kernels::ParallelFor(static_cast<int64_t>(members.size()), threads, 1,
+                           [&](int64_t from, int64_t to) {
+                             for (int64_t i = from; i < to; ++i) {
+                               BatchRequest* request = members[i]->request;
                                if (request->cancelled_.load(std::memory_order_relaxed)) {
                                  Answer(request, CancelledWhileComputing());
                                  continue;
                                }
-                               request->Fill(*result, begin_of[i], parts[i].items);
+                               request->Fill(*result, begin_of[i], members[i]->items);
                                Answer(request, absl::OkStatus());
                              }
                            });
     } else if (absl::IsCancelled(result.status()) &&
-               state.all_cancelled.load(std::memory_order_relaxed)) {
-      for (const Part& part : parts) Answer(part.request, result.status());
+               options.cancelled->load(std::memory_order_relaxed)) {
+      for (const Part* part : members) Answer(part->request, result.status());
     } else {
-      // One request's inputs (or the batch's size) made the call fail: each
+      // One request's inputs (or the chunk's size) made the call fail: each
       // request gets its own answer.
-      for (const Part& part : parts) misfits.push_back(part.request);
+      for (const Part* part : members) misfits.push_back(part->request);
     }
   }
+  record();
   for (BatchRequest* request : misfits) RunAlone(request, threads, /*prepared=*/false);
 }
 

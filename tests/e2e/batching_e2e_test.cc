@@ -299,7 +299,8 @@ TEST(BatchingTest, ExpiredAndCancelledRequestsNeverReachAKernel) {
 
 // One caller of a running merged batch cancels: the batch still computes
 // for the others, who get exactly their own rows; the cancelled caller's
-// rows are dropped (no response bytes, CANCELLED in the metrics).
+// work is skipped or stopped and nothing is sent to it (no response bytes,
+// CANCELLED in the metrics).
 TEST(BatchingTest, PartlyCancelledBatchAnswersTheOthersAndDropsTheCancelled) {
   // Three requests of `none` at S=4096 (about 17 GFLOP each, a second or so
   // for the batch on one thread), merged only once all three are queued.
@@ -372,13 +373,16 @@ TEST(BatchingTest, PartlyCancelledBatchAnswersTheOthersAndDropsTheCancelled) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_EQ(Counter(text, R"(attnserve_batches_total{method="none"})"), 1);
-  EXPECT_EQ(Counter(text, R"(attnserve_batched_requests_total{method="none"})"), 3);
   EXPECT_EQ(Counter(text, R"(attnserve_requests_total{code="OK",method="none",rpc="Attend"})"), 2);
   EXPECT_EQ(
       Counter(text, R"(attnserve_requests_total{code="CANCELLED",method="none",rpc="Attend"})"), 1);
-  // It reached the kernel, so it is not a drop before compute...
-  EXPECT_EQ(MetricSum(text, "attnserve_dropped_requests_total"), 0);
-  // ...but its rows were never sent: response bytes are the two answers'.
+  // Each of these requests is a chunk of its own (server/batcher.h): the
+  // cancelled one either never reached a kernel (cancelled while the first
+  // chunk computed: a drop) or reached one that stopped.
+  const double dropped = Counter(text, R"(attnserve_dropped_requests_total{reason="cancelled"})");
+  EXPECT_TRUE(dropped == 0 || dropped == 1) << dropped;
+  EXPECT_EQ(Counter(text, R"(attnserve_batched_requests_total{method="none"})"), 3 - dropped);
+  // Either way its rows were never sent: response bytes are the two answers'.
   EXPECT_EQ(Counter(text, R"(attnserve_response_bytes_total{rpc="Attend"})"),
             static_cast<double>(responses[0].ByteSizeLong() + responses[2].ByteSizeLong()));
 }

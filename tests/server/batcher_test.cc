@@ -145,7 +145,7 @@ class FakeRequest final : public BatchRequest {
 };
 
 class BatcherTest : public ::testing::Test {
- protected:
+ public:
   std::unique_ptr<Batcher> Make(BatcherOptions options) {
     return std::make_unique<Batcher>(options, &metrics_);
   }
@@ -161,13 +161,17 @@ class BatcherTest : public ::testing::Test {
   Metrics metrics_{registry_, "test"};
 };
 
-TEST_F(BatcherTest, FullBatchRunsAsOneCallAndEachGetsItsOwnSlice) {
+// Requests of B = 1, 2, 3 (in the order of `items`) fill a batch of 6
+// under `chunk_bytes`: each gets exactly its own slice, and the metrics
+// show one batch of all of them.
+void ExpectOneFullBatch(BatcherTest& test, size_t chunk_bytes, std::vector<int64_t> items) {
   BatcherOptions options;
   options.max_batch_size = 6;
   options.max_queue_delay = absl::Seconds(30);  // only a full batch may run
-  auto batcher = Make(options);
+  options.merge_chunk_bytes = chunk_bytes;
+  auto batcher = test.Make(options);
   std::vector<std::unique_ptr<FakeRequest>> requests;
-  for (int64_t b : {1, 2, 3}) {
+  for (int64_t b : items) {
     requests.push_back(std::make_unique<FakeRequest>(b, 0.5f * static_cast<float>(b)));
     ASSERT_TRUE(batcher->Enqueue(requests.back().get(), requests.back()->Traits()).ok());
   }
@@ -176,9 +180,19 @@ TEST_F(BatcherTest, FullBatchRunsAsOneCallAndEachGetsItsOwnSlice) {
     ASSERT_TRUE(request->status().ok()) << request->status();
     EXPECT_THAT(request->out().values(), ElementsAreArray(request->Expected()));
   }
-  EXPECT_EQ(Batches(), 1);
-  EXPECT_EQ(Reached(), 3);
-  EXPECT_EQ(Value(registry_, "attnserve_batch_size", {}, /*sum=*/true), 6);
+  EXPECT_EQ(test.Batches(), 1);
+  EXPECT_EQ(test.Reached(), 3);
+  EXPECT_EQ(Value(test.registry_, "attnserve_batch_size", {}, /*sum=*/true), 6);
+}
+
+TEST_F(BatcherTest, FullBatchRunsAsOneCallAndEachGetsItsOwnSlice) {
+  ExpectOneFullBatch(*this, /*chunk_bytes=*/0, {1, 2, 3});
+}
+
+// A merged batch runs as kernel calls over cache-sized chunks: with a chunk
+// of one request each, the same holds.
+TEST_F(BatcherTest, ChunkedBatchGivesEachItsOwnSliceAndCountsOneBatch) {
+  ExpectOneFullBatch(*this, /*chunk_bytes=*/1, {2, 1, 3});
 }
 
 // Each request's batched inputs are written straight into the merged ones;
