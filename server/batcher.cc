@@ -402,16 +402,12 @@ void Batcher::Run(Formed& formed) {
 
 void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
                         int threads) {
-  // Checking is per request (a bad request fails alone), on all of the
-  // batch's threads; no input is decoded yet.
+  // Checking is per request (a bad request fails alone); nothing is decoded
+  // yet, so it is cheap enough to run inline.
   std::vector<absl::Status> prepared(requests.size());
-  kernels::ParallelFor(static_cast<int64_t>(requests.size()), threads, 1,
-                       [&](int64_t begin, int64_t end) {
-                         for (int64_t i = begin; i < end; ++i) {
-                           prepared[i] = requests[i]->Prepare(options_.max_elements,
-                                                              /*defer_batched=*/true);
-                         }
-                       });
+  for (size_t i = 0; i < requests.size(); ++i) {
+    prepared[i] = requests[i]->Prepare(options_.max_elements, /*defer_batched=*/true);
+  }
   const auto fail = [&](BatchRequest* request, const absl::Status& status) {
     {
       absl::MutexLock lock(&mu_);
@@ -528,8 +524,18 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
       args.inputs.insert_or_assign(std::string(kBatchedInputs[n]),
                                    kernels::Tensor(std::move(shape), std::move(merged[n])));
     }
+    // The chunk's own share of the batch's threads: a team woken for a
+    // chunk too small to use it costs more than it saves.
+    int64_t work = 0;
+    for (const Part* part : members) {
+      work = part->request->work_ <= 0 ? std::numeric_limits<int64_t>::max() / 2
+                                       : std::min(work + part->request->work_,
+                                                  std::numeric_limits<int64_t>::max() / 2);
+    }
+    const int chunk_threads =
+        static_cast<int>(std::min<int64_t>(threads, 1 + (work - 1) / options_.work_per_thread));
     kernels::ComputeOptions options;
-    options.threads = threads;
+    options.threads = chunk_threads;
     options.max_elements = BatchElementLimit(options_.max_elements, total_b, max_b);
     // A chunk of one stops as soon as its caller cancels.
     options.cancelled = members.size() == 1 ? &members.front()->request->cancelled_
@@ -550,7 +556,7 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
       }
       // Filling and sending the responses is per-request work too. A caller
       // that cancelled while the batch computed gets no copy of its rows.
-      kernels::ParallelFor(static_cast<int64_t>(members.size()), threads, 1,
+      kernels::ParallelFor(static_cast<int64_t>(members.size()), chunk_threads, 1,
                            [&](int64_t from, int64_t to) {
                              for (int64_t i = from; i < to; ++i) {
                                BatchRequest* request = members[i]->request;
