@@ -95,11 +95,11 @@ Metrics::Metrics(prometheus::Registry& registry, absl::string_view version)
                    .Register(registry)),
       compute_duration_(prometheus::BuildHistogram()
                             .Name("attnserve_compute_duration_seconds")
-                            .Help("Time of one kernel call (one batch), conversion included")
+                            .Help("Time of the kernel calls of one batch (its chunks together)")
                             .Register(registry)),
       batches_(prometheus::BuildCounter()
                    .Name("attnserve_batches_total")
-                   .Help("Batches (kernel calls) run, by positional method")
+                   .Help("Batches run (formed batches, however many chunks), by positional method")
                    .Register(registry)),
       batched_requests_(prometheus::BuildCounter()
                             .Name("attnserve_batched_requests_total")
