@@ -286,8 +286,18 @@ TEST_F(ClientServerTest, TinyDeadlineIsDeadlineExceeded) {
   options.default_deadline = absl::Nanoseconds(1);
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(server_->address(), options);
   ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<v1::AttendResponse> response =
-      (*client)->Attend(AlibiExample(TensorEncoding::kData));
+  // gRPC keeps deadlines in whole milliseconds (rounded up), so a 1 ns
+  // deadline gives the call up to 1 ms, in which attnd can answer a tiny
+  // request. This one needs far longer (6 MiB in, about 10 ms of
+  // attention), so only DEADLINE_EXCEEDED can come back.
+  const int64_t heads = 8, seq = 1024, dim = 64;
+  const std::vector<float> values(static_cast<size_t>(heads * seq * dim), 0.5f);
+  v1::AttendRequest request;
+  request.mutable_method()->mutable_none();
+  for (v1::Tensor* tensor : {request.mutable_q(), request.mutable_k(), request.mutable_v()}) {
+    *tensor = MakeTensor({1, heads, seq, dim}, values, TensorEncoding::kRawData);
+  }
+  absl::StatusOr<v1::AttendResponse> response = (*client)->Attend(request);
   EXPECT_EQ(response.status().code(), absl::StatusCode::kDeadlineExceeded) << response.status();
 }
 
