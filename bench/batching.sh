@@ -29,11 +29,10 @@ for binary in "$attnd" "$attn"; do
 done
 
 work=$(mktemp -d)
-pids=()
+# shellcheck source=scripts/attnd.sh
+source "$(dirname "$0")/../scripts/attnd.sh"
 cleanup() {
-  for pid in "${pids[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; wait "$pid" || true; fi
-  done
+  stop_attnds
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -57,27 +56,10 @@ with open(sys.argv[1], "w") as f:
     json.dump(request, f)
 PY
 
-# start NAME FLAGS...: attnd on free loopback ports; sets NAME_address, NAME_metrics.
-start() {
-  local name=$1; shift
-  "$attnd" --address=127.0.0.1:0 --port_file="$work/$name.port" \
-    --metrics_address=127.0.0.1:0 --metrics_port_file="$work/$name.metrics_port" "$@" \
-    2>"$work/$name.log" &
-  pids+=($!)
-  for _ in $(seq 200); do
-    [ -s "$work/$name.port" ] && break
-    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$name.log" >&2; exit 1; }
-    sleep 0.05
-  done
-  [ -s "$work/$name.port" ] || { echo "batching: $name attnd did not start" >&2; exit 1; }
-  printf -v "${name}_pid" '%s' "${pids[-1]}"
-  printf -v "${name}_address" '127.0.0.1:%s' "$(tr -d '\n' <"$work/$name.port")"
-  printf -v "${name}_metrics" '127.0.0.1:%s' "$(tr -d '\n' <"$work/$name.metrics_port")"
-}
 # shellcheck disable=SC2086  # the flag lists are word lists
-start batching $batch_flags
+start_attnd "$attnd" "$work" batching $batch_flags
 # shellcheck disable=SC2086
-start unbatched $nobatch_flags
+start_attnd "$attnd" "$work" unbatched $nobatch_flags
 
 cpu_ticks() {  # cpu_ticks PID: user + system clock ticks so far
   awk '{print $14 + $15}' "/proc/$1/stat"

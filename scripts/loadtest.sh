@@ -16,24 +16,16 @@ for binary in "$attnd" "$attn"; do
 done
 
 work=$(mktemp -d)
-attnd_pid=
+# shellcheck source=scripts/attnd.sh
+source "$(dirname "$0")/attnd.sh"
 cleanup() {
-  if [ -n "$attnd_pid" ] && kill -0 "$attnd_pid" 2>/dev/null; then
-    kill -TERM "$attnd_pid" && wait "$attnd_pid" || true
-  fi
+  stop_attnds
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-"$attnd" --address=127.0.0.1:0 --port_file="$work/port" --metrics_address=127.0.0.1:0 2>"$work/attnd.log" &
-attnd_pid=$!
-for _ in $(seq 200); do
-  [ -s "$work/port" ] && break
-  kill -0 "$attnd_pid" 2>/dev/null || { cat "$work/attnd.log" >&2; exit 1; }
-  sleep 0.05
-done
-[ -s "$work/port" ] || { echo "loadtest: attnd did not report its port" >&2; exit 1; }
-address=127.0.0.1:$(tr -d '\n' <"$work/port")
+start_attnd "$attnd" "$work" attnd
+address=$attnd_address
 echo "loadtest: attnd on $address, $total calls per config"
 
 failed=0

@@ -5,8 +5,6 @@
 // of a running batch leaves the others their results, and SIGTERM under load
 // loses no accepted request.
 #include <grpcpp/grpcpp.h>
-#include <signal.h>
-#include <sys/wait.h>
 
 #include <atomic>
 #include <chrono>
@@ -453,13 +451,10 @@ TEST(BatchingTest, SigtermUnderLoadLosesNoAcceptedRequest) {
   }
   absl::SleepFor(absl::Milliseconds(400));
   signalled = true;
-  ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
-  int status = 0;
-  ASSERT_EQ(waitpid((*server)->pid(), &status, 0), (*server)->pid());
+  const absl::Status exit = (*server)->Terminate();
   stop = true;
   for (std::thread& caller : callers) caller.join();
-  ASSERT_TRUE(WIFEXITED(status)) << status;
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_TRUE(exit.ok()) << exit;
   std::printf("OK %d (after SIGTERM %d), UNAVAILABLE %d\n", codes[absl::StatusCode::kOk],
               ok_after_signal.load(), codes[absl::StatusCode::kUnavailable]);
   EXPECT_GT(codes[absl::StatusCode::kOk], 12);
@@ -486,12 +481,9 @@ TEST(BatchingTest, ExpiredCallDoesNotHoldUpShutdown) {
         << code;
   }
   const absl::Time start = absl::Now();
-  ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
-  int status = 0;
-  ASSERT_EQ(waitpid((*server)->pid(), &status, 0), (*server)->pid());
+  const absl::Status exit = (*server)->Terminate();
+  EXPECT_TRUE(exit.ok()) << exit;
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 // SIGTERM on an idle server (with its metrics listener) exits at once: it
@@ -503,12 +495,9 @@ TEST(BatchingTest, IdleServerExitsPromptlyOnSigterm) {
     ASSERT_GT((*server)->metrics_port(), 0);
     ASSERT_FALSE(Scrape(**server).empty());  // a scrape, and then quiet
     const absl::Time start = absl::Now();
-    ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
-    int status = 0;
-    ASSERT_EQ(waitpid((*server)->pid(), &status, 0), (*server)->pid());
+    const absl::Status exit = (*server)->Terminate();
+    EXPECT_TRUE(exit.ok()) << exit;
     EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
-    ASSERT_TRUE(WIFEXITED(status));
-    EXPECT_EQ(WEXITSTATUS(status), 0);
   }
 }
 

@@ -191,6 +191,21 @@ ServerProcess::~ServerProcess() {
   std::filesystem::remove_all(temp_dir_, ignored);
 }
 
+absl::Status ServerProcess::Terminate() {
+  if (kill(pid_, SIGTERM) != 0) {
+    return absl::InternalError(absl::StrCat("kill(", pid_, ", SIGTERM): ", strerror(errno)));
+  }
+  int status = 0;
+  while (waitpid(pid_, &status, 0) < 0) {
+    if (errno != EINTR) {
+      return absl::InternalError(absl::StrCat("waitpid(", pid_, "): ", strerror(errno)));
+    }
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("attnd ", DescribeWaitStatus(status), " after SIGTERM"));
+}
+
 std::string ServerProcess::address() const { return absl::StrCat("127.0.0.1:", port_); }
 
 }  // namespace attnserve::testing

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace attnserve::testing {
@@ -50,6 +51,11 @@ class ServerProcess {
   int metrics_port() const { return metrics_port_; }
   // The child's process id (for tests that signal it themselves).
   pid_t pid() const { return pid_; }
+
+  // Sends SIGTERM and waits (without limit) for attnd to exit. OK when it
+  // exited with status 0, else FAILED_PRECONDITION saying how it ended.
+  // Call at most once; the destructor then only removes the directory.
+  absl::Status Terminate();
 
  private:
   ServerProcess(pid_t pid, int port, int metrics_port, std::string temp_dir)
