@@ -21,21 +21,10 @@ encoding=${ENCODING:-data}
 case $encoding in data|raw) ;; *) echo "batching: ENCODING must be data or raw, got $encoding" >&2; exit 2;; esac
 batch_flags=${BATCH_FLAGS:-}
 nobatch_flags=${NOBATCH_FLAGS:---max_batch_size=1}
-attnd=$build_dir/bin/attnd
-attn=$build_dir/bin/attn
 python=/usr/bin/python3
-for binary in "$attnd" "$attn"; do
-  [ -x "$binary" ] || { echo "batching: $binary is missing; run make build" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
 # shellcheck source=scripts/attnd.sh
 source "$(dirname "$0")/../scripts/attnd.sh"
-cleanup() {
-  stop_attnds
-  rm -rf "$work"
-}
-trap cleanup EXIT
+attnd_setup batching "$build_dir"
 
 # The request: q, k, v [1, 8, 32, 64] from a fixed seed (raw: the same
 # float32 values as little-endian bytes, base64 in proto-JSON).

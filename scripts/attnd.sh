@@ -2,6 +2,10 @@
 # bench/batching.sh and scripts/loadtest.sh.
 #
 #   source scripts/attnd.sh
+#   attnd_setup SCRIPT BUILD_DIR
+#       Sets attnd and attn (BUILD_DIR/bin/...; exits 1 naming SCRIPT when
+#       one is missing) and work (a fresh temporary directory), and installs an
+#       EXIT trap that stops the attnds started here and removes work.
 #   start_attnd ATTND WORK NAME [FLAGS...]
 #       Starts ATTND on free loopback ports (gRPC and /metrics), its stderr in
 #       WORK/NAME.log, and waits (at most 10 s) for its port file. Sets
@@ -12,6 +16,17 @@
 #       (for the caller's EXIT trap).
 
 attnd_pids=()
+
+attnd_setup() {
+  local script=$1 build_dir=$2 binary
+  attnd=$build_dir/bin/attnd
+  attn=$build_dir/bin/attn
+  for binary in "$attnd" "$attn"; do
+    [ -x "$binary" ] || { echo "$script: $binary is missing; run make build" >&2; exit 1; }
+  done
+  work=$(mktemp -d)
+  trap 'stop_attnds; rm -rf "$work"' EXIT
+}
 
 start_attnd() {
   local attnd=$1 work=$2 name=$3

@@ -9,20 +9,9 @@
 set -euo pipefail
 build_dir=${1:-build}
 total=${2:-2000}
-attnd=$build_dir/bin/attnd
-attn=$build_dir/bin/attn
-for binary in "$attnd" "$attn"; do
-  [ -x "$binary" ] || { echo "loadtest: $binary is missing; run make build" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
 # shellcheck source=scripts/attnd.sh
 source "$(dirname "$0")/attnd.sh"
-cleanup() {
-  stop_attnds
-  rm -rf "$work"
-}
-trap cleanup EXIT
+attnd_setup loadtest "$build_dir"
 
 start_attnd "$attnd" "$work" attnd
 address=$attnd_address
