@@ -90,7 +90,10 @@ class ShawModifier final : public ScoreModifier {
     const RelativeTable::Window w = WindowOf(tile);
     const float scale = scale_;  // A local: the stores below cannot alias it.
     for (int64_t r = 0; r < tile.rows; ++r) {
-      const Runs runs = RunsOf(tile, r);
+      // Masked entries may hold anything (the engine masks them), and their
+      // buckets were not multiplied: only the visible prefix is touched.
+      const int64_t cols = VisibleCols(tile, r);
+      const Runs runs = RunsOf(tile, r, cols);
       const float* qr = tile.scratch + r * w.ld;  // qr[t - base], t in the window
       float* row = scores + r * ld;
       if (runs.band_begin > 0) {
@@ -103,9 +106,9 @@ class ShawModifier final : public ScoreModifier {
           row[c] = scale * (row[c] + band[c - runs.band_begin]);
         }
       }
-      if (runs.band_end < tile.cols) {
+      if (runs.band_end < cols) {
         const float high = qr[2 * k_ - w.base];
-        for (int64_t c = runs.band_end; c < tile.cols; ++c) row[c] = scale * (row[c] + high);
+        for (int64_t c = runs.band_end; c < cols; ++c) row[c] = scale * (row[c] + high);
       }
     }
   }
@@ -118,12 +121,14 @@ class ShawModifier final : public ScoreModifier {
   void AccumulateValueTerm(const ScoreTile& tile, const float* weights, int64_t ldw, float* acc,
                            int64_t lda) const override {
     const int64_t first = ShawIndex(query_offset_ + tile.i0 + tile.rows - 1, tile.j0, k_);
-    const int64_t last = ShawIndex(query_offset_ + tile.i0, tile.j0 + tile.cols - 1, k_);
+    const int64_t last = LastBucket(tile, 0);
     const int64_t buckets = last - first + 1;
     float* mass = tile.scratch + tile.rows * WindowOf(tile).ld;
     std::fill_n(mass, tile.rows * buckets, 0.0f);
     for (int64_t r = 0; r < tile.rows; ++r) {
-      const Runs runs = RunsOf(tile, r);
+      // Weights are zero past the visible prefix.
+      const int64_t cols = VisibleCols(tile, r);
+      const Runs runs = RunsOf(tile, r, cols);
       const float* p = weights + r * ldw;
       float* m = mass + r * buckets;  // m[t - first]
       if (runs.band_begin > 0) {
@@ -132,20 +137,20 @@ class ShawModifier final : public ScoreModifier {
       for (int64_t c = runs.band_begin; c < runs.band_end; ++c) {
         m[runs.first_band_index + c - runs.band_begin - first] = p[c];
       }
-      if (runs.band_end < tile.cols) {
-        m[2 * k_ - first] += static_cast<float>(
-            simd::SumInDouble(p + runs.band_end, tile.cols - runs.band_end));
+      if (runs.band_end < cols) {
+        m[2 * k_ - first] +=
+            static_cast<float>(simd::SumInDouble(p + runs.band_end, cols - runs.band_end));
       }
     }
-    // acc += M rel_v group by group, each over only its rows' buckets (the
-    // rest of its rows of M are zero).
+    // acc += M rel_v group by group, each over only the buckets its rows
+    // meet with visible keys (the rest of its rows of M are zero).
     const int64_t panels = simd::RoundUpToPanel(dv_) / simd::kPanel;
     for (int64_t r0 = 0; r0 < tile.rows; r0 += simd::kRows) {
       const int group = static_cast<int>(std::min<int64_t>(simd::kRows, tile.rows - r0));
+      if (VisibleCols(tile, r0 + group - 1) == 0) continue;  // The whole group is masked.
       const int64_t group_first =
           ShawIndex(query_offset_ + tile.i0 + r0 + group - 1, tile.j0, k_);
-      const int64_t group_last =
-          ShawIndex(query_offset_ + tile.i0 + r0, tile.j0 + tile.cols - 1, k_);
+      const int64_t group_last = LastBucket(tile, r0);
       for (int64_t t = 0; t < panels; ++t) {
         simd::MicroKernelRows<true>(
             group, group_last - group_first + 1, mass + r0 * buckets + (group_first - first),
@@ -158,17 +163,36 @@ class ShawModifier final : public ScoreModifier {
 
  private:
   // Columns [0, band_begin) of a tile row use bucket 0, [band_begin,
-  // band_end) buckets first_band_index + (c - band_begin), the rest 2K.
+  // band_end) buckets first_band_index + (c - band_begin), the rest (up to
+  // cols) 2K.
   struct Runs {
     int64_t band_begin = 0, band_end = 0, first_band_index = 0;
   };
-  Runs RunsOf(const ScoreTile& tile, int64_t r) const {
+  Runs RunsOf(const ScoreTile& tile, int64_t r, int64_t cols) const {
     const int64_t u0 = tile.j0 - (query_offset_ + tile.i0 + r);  // k_pos - q_pos at c = 0
     Runs runs;
-    runs.band_begin = std::clamp<int64_t>(1 - k_ - u0, 0, tile.cols);
-    runs.band_end = std::clamp<int64_t>(k_ - u0, runs.band_begin, tile.cols);
+    runs.band_begin = std::clamp<int64_t>(1 - k_ - u0, 0, cols);
+    runs.band_end = std::clamp<int64_t>(k_ - u0, runs.band_begin, cols);
     runs.first_band_index = u0 + runs.band_begin + k_;
     return runs;
+  }
+
+  // The columns of tile row r the causal mask leaves (a prefix): under
+  // causal masking no query meets a key after it, so neither the buckets
+  // of positive distances nor the masked part of diagonal tiles cost work.
+  int64_t VisibleCols(const ScoreTile& tile, int64_t r) const {
+    if (!causal_) return tile.cols;
+    return std::clamp<int64_t>(query_offset_ + tile.i0 + r - tile.j0 + 1, 0, tile.cols);
+  }
+
+  // The last bucket rows r0 .. r0 + rows - 1 of the tile meet with their
+  // visible keys: their first row's, at the last key that row sees (under
+  // causal masking its own position at most, so no bucket past K).
+  int64_t LastBucket(const ScoreTile& tile, int64_t r0) const {
+    const int64_t first_position = query_offset_ + tile.i0 + r0;
+    int64_t last_key = tile.j0 + tile.cols - 1;
+    if (causal_) last_key = std::min(last_key, first_position);
+    return ShawIndex(first_position, last_key, k_);
   }
 
   // The buckets the block's rows meet with its visible keys.
@@ -176,16 +200,12 @@ class ShawModifier final : public ScoreModifier {
     return GroupWindow(block, 0, block.rows);
   }
 
-  // The buckets rows r0 .. r0 + rows - 1 of the block meet with the block's
-  // visible keys (ModifyScores also reads the buckets of a tile's masked
-  // entries, which lie within these).
+  // The buckets rows r0 .. r0 + rows - 1 of the block meet with the keys
+  // they see (ModifyScores and the value term read only those).
   RelativeTable::Window GroupWindow(const ScoreTile& block, int64_t r0, int64_t rows) const {
-    const int64_t first_position = query_offset_ + block.i0 + r0;
-    const int64_t last_position = first_position + rows - 1;
-    const int64_t block_last = query_offset_ + block.i0 + block.rows - 1;
-    const int64_t key_end = causal_ ? std::min(sk_, block_last + 1) : sk_;
-    return rel_k_.WindowOf(ShawIndex(last_position, 0, k_),
-                           ShawIndex(first_position, key_end - 1, k_));
+    const int64_t last_position = query_offset_ + block.i0 + r0 + rows - 1;
+    const ScoreTile all_keys{block.b, block.h, block.i0, block.rows, 0, sk_, nullptr};
+    return rel_k_.WindowOf(ShawIndex(last_position, 0, k_), LastBucket(all_keys, r0));
   }
 
   const HeadRows q_;  // Owned by the problem, which outlives the modifier's use.

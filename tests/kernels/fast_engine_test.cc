@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <iterator>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -201,6 +202,48 @@ std::vector<DiffCase> FarOffsetCases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(TransformerXl, FastEngineDiffTest, ::testing::ValuesIn(FarOffsetCases()),
+                         DiffCaseName);
+
+// Shaw under causal masking multiplies q . rel_k and the value term only
+// over the buckets each 6-row group meets with the keys it sees (none past
+// K): K from 0 (every visible key in bucket K) to past S, groups that start
+// and end inside a tile, decode steps, queries past the keys.
+std::vector<DiffCase> ShawCausalCases() {
+  struct Geometry {
+    const char* label;
+    int64_t sq, sk, k;
+    std::optional<int64_t> query_offset;
+  };
+  const Geometry geometries[] = {
+      {"k0", 131, 131, 0, std::nullopt},
+      {"k1", 200, 200, 1, std::nullopt},
+      {"k5_two_blocks", 193, 193, 5, std::nullopt},
+      {"k64_s128", 128, 128, 64, std::nullopt},
+      {"k100_sk_past_tile", 100, 300, 100, std::nullopt},
+      {"k7_decode", 2, 700, 7, std::nullopt},
+      {"k40_offset_beyond", 97, 260, 40, 200},
+      {"k300_larger_than_s", 150, 150, 300, std::nullopt},
+  };
+  std::vector<DiffCase> cases;
+  for (int n = 0; n < static_cast<int>(std::size(geometries)); ++n) {
+    const Geometry& g = geometries[n];
+    DiffCase d;
+    d.c.method = MethodKind::kShaw;
+    d.label = absl::StrCat("causal_", g.label);
+    d.seed = static_cast<uint32_t>(96000 + n);
+    d.c.heads = 2;
+    d.c.d = d.c.dv = 64;
+    d.c.sq = g.sq;
+    d.c.sk = g.sk;
+    d.c.max_relative_position = g.k;
+    d.c.query_offset = g.query_offset;
+    d.c.causal = true;
+    cases.push_back(d);
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(ShawCausal, FastEngineDiffTest, ::testing::ValuesIn(ShawCausalCases()),
                          DiffCaseName);
 
 // ---------------------------------------------------------------------------
