@@ -5,6 +5,7 @@
 //   else P = 2^floor(log2 H): m_1..m_P = 2^(-8h/P), then m_{P+j} = 2^(-8(2j-1)/(2P))
 //   score(i, j) = scale * (q_i . k_j) - m_h * |q_pos(i) - k_pos(j)|   (bias not scaled)
 // Non-causal uses the symmetric |i - j| (EXTENSION, positional-methods.md 2.7).
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -42,8 +43,8 @@ inline double Bias(double slope, int64_t q_pos, int64_t k_pos) {
 
 class AlibiModifier final : public ScoreModifier {
  public:
-  AlibiModifier(double scale, int64_t query_offset, std::vector<double> slopes)
-      : scale_(scale), query_offset_(query_offset), slopes_(std::move(slopes)) {}
+  AlibiModifier(double scale, int64_t query_offset, bool causal, std::vector<double> slopes)
+      : scale_(scale), query_offset_(query_offset), causal_(causal), slopes_(std::move(slopes)) {}
 
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
     const double slope = slopes_[static_cast<size_t>(tile.h)];
@@ -56,7 +57,7 @@ class AlibiModifier final : public ScoreModifier {
       for (int64_t r = 0; r < tile.rows; ++r) {
         const float delta = static_cast<float>(first_delta + r);  // q_pos - j0
         float* row = scores + r * ld;
-        const int cols = static_cast<int>(tile.cols);
+        const int cols = static_cast<int>(VisibleCols(tile, first_delta + r));
         for (int c = 0; c < cols; ++c) {
           row[c] = scale * row[c] - m * std::fabs(delta - static_cast<float>(c));
         }
@@ -66,15 +67,25 @@ class AlibiModifier final : public ScoreModifier {
     for (int64_t r = 0; r < tile.rows; ++r) {
       const int64_t q_pos = query_offset_ + tile.i0 + r;
       float* row = scores + r * ld;
-      for (int64_t c = 0; c < tile.cols; ++c) {
+      const int64_t cols = VisibleCols(tile, first_delta + r);
+      for (int64_t c = 0; c < cols; ++c) {
         row[c] = static_cast<float>(scale_ * row[c] + Bias(slope, q_pos, tile.j0 + c));
       }
     }
   }
 
  private:
+  // The columns of a tile row whose query is `delta` = q_pos - j0 past the
+  // tile's first key that the causal mask leaves: the rest may hold
+  // anything (the engine masks them), so the diagonal tiles' masked halves
+  // cost nothing.
+  int64_t VisibleCols(const ScoreTile& tile, int64_t delta) const {
+    return causal_ ? std::clamp<int64_t>(delta + 1, 0, tile.cols) : tile.cols;
+  }
+
   const double scale_;
   const int64_t query_offset_;
+  const bool causal_;
   const std::vector<double> slopes_;
 };
 
@@ -102,7 +113,7 @@ class Alibi final : public PositionalMethod {
     ATTN_ASSIGN_OR_RETURN(prepared.problem, TakeQkvProblem(args, options));
     const AttentionProblem& p = prepared.problem;
     prepared.modifier =
-        std::make_unique<AlibiModifier>(p.scale, p.query_offset, AlibiSlopes(p.heads));
+        std::make_unique<AlibiModifier>(p.scale, p.query_offset, p.causal, AlibiSlopes(p.heads));
     return prepared;
   }
 

@@ -68,6 +68,7 @@ class DaModifier final : public ScoreModifier {
   DaModifier(const AttentionProblem& p, const std::vector<float>& w, const std::vector<float>& v)
       : scale_(p.scale),
         query_offset_(p.query_offset),
+        causal_(p.causal),
         // q_pos in [a, a + Sq - 1], k_pos in [0, Sk - 1], a = query_offset >= 0.
         min_distance_(std::max<int64_t>(0, p.query_offset - (p.sk - 1))),
         count_(std::max(p.query_offset + p.sq - 1, p.sk - 1 - p.query_offset) - min_distance_ +
@@ -112,7 +113,10 @@ class DaModifier final : public ScoreModifier {
           row[c] = row[c] > 0 ? static_cast<float>(row[c] * before[-c] * scale) : 0.0f;
         }
       }
-      for (int64_t c = split; c < tile.cols; ++c) {
+      // Keys after the query: masked under causal masking, where the
+      // engine overwrites them, so they are left as they are.
+      const int64_t end = causal_ ? split : tile.cols;
+      for (int64_t c = split; c < end; ++c) {
         const double coefficient = rhat[c - delta - min_distance_];
         row[c] = row[c] > 0 ? static_cast<float>(row[c] * coefficient * scale) : 0.0f;
       }
@@ -134,7 +138,7 @@ class DaModifier final : public ScoreModifier {
         // and branch-free.
         for (int64_t c = 0; c < split; ++c) row[c] = std::max(row[c], 0.0f) * run[c];
       }
-      if (split < tile.cols) {
+      if (split < tile.cols && !causal_) {  // Keys after the query (masked if causal).
         const float* run = forward + (split - delta - min_distance_);  // distance c - delta
         for (int64_t c = split; c < tile.cols; ++c) {
           row[c] = std::max(row[c], 0.0f) * run[c - split];
@@ -144,7 +148,9 @@ class DaModifier final : public ScoreModifier {
   }
 
   const double scale_;
-  const int64_t query_offset_, min_distance_, count_;
+  const int64_t query_offset_;
+  const bool causal_;
+  const int64_t min_distance_, count_;
   std::vector<double> table_;  // [H, count]: Rhat_h(min_distance + n)
   // [H, count]: float(scale * Rhat), in distance order and reversed; empty
   // when some value passes float's range (then the double path runs).
