@@ -42,6 +42,54 @@ double DaCoefficient(double w, double v, double distance) {
   return std::exp(Softplus(v) - Softplus(v - x));
 }
 
+void DaCoefficients(double w, double v, int64_t first_distance, int64_t count, double* out) {
+  // Rhat = (1 + e^v) / (1 + e^E), E = v - w d, by runs of kAnchorDistances
+  // distances (E is linear in d, so its ends bound a run):
+  //   E <= -kSaturated:     1 + e^E rounds to 1, Rhat = 1 + e^v exactly;
+  //   |E| <= kExpRange:     e^E from the run's exact first value, then one
+  //                         multiply by e^(-w) per distance (~1e-16 relative
+  //                         per step, under 1e-14 per run);
+  //   kSaturated <= E <= 700: (1 + e^v) g / (1 + g), g = e^(-E) stepped by e^w
+  //                         (normal doubles: no underflow);
+  //   otherwise, and v >= 700 (e^v overflows): DaCoefficient per distance.
+  constexpr int64_t kAnchorDistances = 64;
+  constexpr double kSaturated = 40;  // e^-40 < 2^-53
+  constexpr double kExpRange = 600;
+  constexpr double kMaxExponent = 700;
+  const double numerator = v < 700 ? 1.0 + std::exp(v) : 0;
+  for (int64_t n0 = 0; n0 < count; n0 += kAnchorDistances) {
+    const int64_t n1 = std::min(count, n0 + kAnchorDistances);
+    const double e0 = v - w * static_cast<double>(first_distance + n0);
+    const double e1 = v - w * static_cast<double>(first_distance + n1 - 1);
+    const double low = std::min(e0, e1), high = std::max(e0, e1);
+    if (v >= 700) {
+      // Falls through to the direct form below.
+    } else if (high <= -kSaturated) {
+      std::fill(out + n0, out + n1, numerator);
+      continue;
+    } else if (low >= -kExpRange && high <= kExpRange) {
+      const double step = std::exp(-w);
+      double power = std::exp(e0);
+      for (int64_t n = n0; n < n1; ++n) {
+        out[n] = numerator / (1.0 + power);
+        power *= step;
+      }
+      continue;
+    } else if (low >= kSaturated && high <= kMaxExponent) {
+      const double step = std::exp(w);
+      double g = std::exp(-e0);
+      for (int64_t n = n0; n < n1; ++n) {
+        out[n] = numerator * g / (1.0 + g);
+        g *= step;
+      }
+      continue;
+    }
+    for (int64_t n = n0; n < n1; ++n) {
+      out[n] = DaCoefficient(w, v, static_cast<double>(first_distance + n));
+    }
+  }
+}
+
 namespace {
 
 // dist_w and dist_v: [H] each, H matching `heads` when heads > 0.
@@ -76,10 +124,10 @@ class DaModifier final : public ScoreModifier {
         table_(static_cast<size_t>(p.heads * count_)) {
     bool fits_float = true;
     for (int64_t h = 0; h < p.heads; ++h) {
+      double* rhat = table_.data() + h * count_;
+      DaCoefficients(w[h], v[h], min_distance_, count_, rhat);
       for (int64_t n = 0; n < count_; ++n) {
-        const double rhat = DaCoefficient(w[h], v[h], static_cast<double>(min_distance_ + n));
-        table_[h * count_ + n] = rhat;
-        fits_float = fits_float && std::fabs(rhat * scale_) <= std::numeric_limits<float>::max();
+        fits_float = fits_float && std::fabs(rhat[n] * scale_) <= std::numeric_limits<float>::max();
       }
     }
     if (!fits_float) return;

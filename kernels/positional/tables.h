@@ -42,6 +42,10 @@ std::vector<double> AlibiSlopes(int64_t heads);
 // evaluated without overflow for any finite w, v (the result itself may be
 // +inf only when it exceeds the double range).
 double DaCoefficient(double w, double v, double distance);
+// DaCoefficient at distances first_distance .. first_distance + count - 1
+// into out[0 .. count), within ~1e-14 relative of it, a multiply and a
+// divide per distance where the exponent allows (no exp per distance).
+void DaCoefficients(double w, double v, int64_t first_distance, int64_t count, double* out);
 
 // shaw.cc, 2.6: idx = clip(k_pos - q_pos, -K, K) + K.
 inline int64_t ShawIndex(int64_t q_pos, int64_t k_pos, int64_t max_relative_position) {

@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/positional/tables.h"
 #include "tests/kernels/random_args.h"
 #include "tests/testing/reference.h"
 
@@ -97,6 +98,40 @@ TEST(DaTransformerTest, NoOverflowWhenTheSigmoidArgumentIsAboutAThousand) {
   ASSERT_TRUE(ref.ok());
   EXPECT_EQ(CompareToReference("out", got->out, ref->at("out"), 1e-4, 1e-5), "");
   EXPECT_EQ(CompareToReference("probs", *got->probs, ref->at("probs"), 1e-4, 1e-5), "");
+}
+
+// The attend path tabulates Rhat per head by stepping e^(v - w d) from
+// exact anchors (DaCoefficients): it must agree with the direct
+// DaCoefficient to ~1e-14 relative (beyond exp's own conditioning), in
+// every regime of the exponent E = v - w d: saturated, stepped either way,
+// crossing the regimes inside a run, v >= 700, w = 0.
+TEST(DaTransformerTest, TabulatedCoefficientsMatchTheDirectOnes) {
+  const double ws[] = {0, 1e-3, 0.05, -0.05, 0.7, -2, 9.5, -12, 40};
+  const double vs[] = {0, -3, 5, 650, 699, 700, 800, -700};
+  const int64_t firsts[] = {0, 1, 63, 5000};
+  int compared = 0;
+  for (double w : ws) {
+    for (double v : vs) {
+      for (int64_t first : firsts) {
+        const int64_t count = 300;
+        std::vector<double> got(static_cast<size_t>(count));
+        kernels::DaCoefficients(w, v, first, count, got.data());
+        for (int64_t n = 0; n < count; ++n) {
+          const double want = kernels::DaCoefficient(w, v, static_cast<double>(first + n));
+          ASSERT_TRUE(std::isfinite(want) == std::isfinite(got[n]))
+              << "w=" << w << " v=" << v << " d=" << first + n << ": " << got[n] << " vs " << want;
+          if (!std::isfinite(want)) continue;
+          // The stepping's own error, plus exp's condition number |E| times
+          // the rounding of E = v - w d (formed differently by each).
+          const double exponent = std::fabs(v - w * static_cast<double>(first + n));
+          ASSERT_NEAR(got[n], want, (2e-14 + 5e-16 * exponent) * std::fabs(want) + 1e-300)
+              << "w=" << w << " v=" << v << " d=" << first + n;
+          ++compared;
+        }
+      }
+    }
+  }
+  EXPECT_GT(compared, 80000);
 }
 
 kernels::AttendArgs DaAttend(std::vector<float> q, std::vector<float> k, int64_t d,
