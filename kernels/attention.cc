@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/fast_attention.h"
+#include "kernels/micro_kernels.h"
 #include "kernels/plain_attention.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
@@ -43,15 +44,6 @@ absl::Status CheckInputNames(const TensorMap& inputs, const std::vector<InputSpe
   return absl::OkStatus();
 }
 
-// Whether every value is finite: a branch-free count the compiler
-// vectorises (the scan runs over every input and the output of every call).
-bool AllFinite(const float* data, int64_t n) {
-  constexpr float kMax = std::numeric_limits<float>::max();
-  int64_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) bad += !(std::fabs(data[i]) <= kMax);
-  return bad == 0;
-}
-
 // NaN or infinity in an input has no defined attention; name the first one.
 // First the shape itself (1.1: every dimension >= 1, data to match): a Tensor
 // built without Tensor::Create is unchecked, and Sk = 0 would leave the
@@ -65,7 +57,7 @@ absl::Status CheckInputValues(const TensorMap& inputs) {
                                                      count, " values, got ", tensor.size()));
     }
     const float* data = tensor.data();
-    if (AllFinite(data, tensor.size())) continue;
+    if (simd::AllFinite(data, tensor.size())) continue;
     for (int64_t n = 0; n < tensor.size(); ++n) {
       if (!std::isfinite(data[n])) {
         return absl::InvalidArgumentError(
@@ -77,7 +69,7 @@ absl::Status CheckInputValues(const TensorMap& inputs) {
 }
 
 absl::Status CheckFiniteOutput(const Tensor& out) {
-  if (!AllFinite(out.data(), out.size())) {
+  if (!simd::AllFinite(out.data(), out.size())) {
     return absl::InvalidArgumentError(
         "q, k, scale: the scores overflow float32 (an output is not finite); scale the "
         "inputs down");

@@ -243,6 +243,28 @@ inline double SumInDouble(const float* x, int64_t n) {
   return sum;
 }
 
+// Whether x[0..n) are all finite. x * 0 is 0 for a finite x and NaN for an
+// infinity or NaN, and a NaN stays in a sum: one FMA per 8 values, four
+// independent sums, no compare or mask (the scan runs over every input and
+// the output of a call).
+inline bool AllFinite(const float* x, int64_t n) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+  int64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c), zero, s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c + 8), zero, s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c + 16), zero, s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c + 24), zero, s3);
+  }
+  for (; c + 8 <= n; c += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c), zero, s0);
+  float tail = 0;
+  for (; c < n; ++c) tail += x[c] * 0.0f;
+  const __m256 sum = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+  // NaN compares unordered: the sum is 0 exactly when every value is finite.
+  return HorizontalSum(sum) + tail == 0.0f;
+}
+
 // x[c] *= factor for c < n.
 inline void Scale(float* x, int64_t n, float factor) {
   const __m256 f = _mm256_set1_ps(factor);

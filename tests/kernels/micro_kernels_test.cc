@@ -113,5 +113,27 @@ TEST(MicroKernelsTest, RowReductionsMatchScalarLoops) {
   }
 }
 
+TEST(MicroKernelsTest, AllFiniteFindsEveryNonFiniteValueAtEveryPosition) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const float bad_values[] = {kInf, -kInf, std::numeric_limits<float>::quiet_NaN()};
+  for (const int64_t n : {1, 7, 8, 31, 32, 33, 100}) {
+    // Finite extremes must pass: the largest float, the smallest subnormal, -0.
+    std::vector<float> x(static_cast<size_t>(n), std::numeric_limits<float>::max());
+    x[0] = -std::numeric_limits<float>::max();
+    if (n > 1) x[1] = std::numeric_limits<float>::denorm_min();
+    if (n > 2) x[2] = -0.0f;
+    EXPECT_TRUE(AllFinite(x.data(), n)) << n;
+    for (const float bad : bad_values) {
+      for (int64_t i = 0; i < n; ++i) {
+        const float kept = x[static_cast<size_t>(i)];
+        x[static_cast<size_t>(i)] = bad;
+        EXPECT_FALSE(AllFinite(x.data(), n)) << n << " with " << bad << " at " << i;
+        x[static_cast<size_t>(i)] = kept;
+      }
+    }
+  }
+  EXPECT_TRUE(AllFinite(nullptr, 0));
+}
+
 }  // namespace
 }  // namespace attnserve::kernels::simd
