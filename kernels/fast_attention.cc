@@ -1,5 +1,6 @@
 #include "kernels/fast_attention.h"
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -183,15 +184,25 @@ class FastEngine {
     if (!Diagonal(i0, j0, n)) {
       simd::Gemm<false>(rows, RoundUpToPanel(n), depth_, a, lda, kt, depth_ * kPanel, s, ld);
     } else {
-      // A row group skips the panels wholly after its last row's position
-      // (those scores are never read: the softmax stops at each row's
-      // visible prefix).
+      // A row group skips the keys after its last row's position (those
+      // scores are never read: the softmax stops at each row's visible
+      // prefix), to the nearest 8: a last panel needed only up to its
+      // eighth column gets the half-width kernel.
       for (int64_t r = 0; r < rows; r += simd::kRows) {
         const int group = static_cast<int>(std::min<int64_t>(simd::kRows, rows - r));
-        const int64_t panels = RoundUpToPanel(VisibleInTile(i0 + r + group - 1, j0, n)) / kPanel;
-        for (int64_t t = 0; t < panels; ++t) {
+        const int64_t visible = VisibleInTile(i0 + r + group - 1, j0, n);
+        const int64_t full_panels = visible / kPanel;
+        for (int64_t t = 0; t < full_panels; ++t) {
           simd::MicroKernelRows<false>(group, depth_, a + r * lda, lda, kt + t * depth_ * kPanel,
                                        s + r * ld + t * kPanel, ld);
+        }
+        const int64_t rest = visible - full_panels * kPanel;
+        const float* last = kt + full_panels * depth_ * kPanel;
+        float* out = s + r * ld + full_panels * kPanel;
+        if (rest > kPanel / 2) {
+          simd::MicroKernelRows<false>(group, depth_, a + r * lda, lda, last, out, ld);
+        } else if (rest > 0) {
+          simd::MicroKernelRows<false, 1>(group, depth_, a + r * lda, lda, last, out, ld);
         }
       }
     }
@@ -246,13 +257,27 @@ class FastEngine {
       for (int64_t r = 0; r < rows; ++r) {
         float* row = s + r * kBlockK;
         const int64_t visible = VisibleInTile(i0 + r, j0, n);
-        std::fill(row + visible, row + n, 0.0f);
-        if (visible == 0) continue;
-        const float tile_max = simd::Max(row, visible);
+        // The weights the tile's value products read past visible must be
+        // 0: a value term reads the whole row, the row group's P.V up to its
+        // last row's visible end, at most kRows - 1 keys further.
+        const int64_t read_end = value_term_ ? n : std::min(n, visible + simd::kRows - 1);
+        if (visible == 0) {
+          std::fill(row, row + read_end, 0.0f);
+          continue;
+        }
+        const float tile_max = simd::MaxOfPaddedRow(row, visible);
         const float new_max = std::max(m[r], tile_max);
-        const float sum = simd::ExpAndSum(row, visible, new_max);
-        if (new_max != m[r]) {
-          // The first visible tile starts from m = -inf: alpha = 0, acc = 0.
+        // Zeroes the row past visible up to a multiple of 8 too.
+        const float sum = simd::ExpAndSumPaddedRow(row, visible, new_max);
+        const int64_t zeroed = (visible + 7) / 8 * 8;
+        if (read_end - zeroed > 8) {
+          std::fill(row + zeroed, row + read_end, 0.0f);
+        } else if (read_end > zeroed) {
+          _mm256_storeu_ps(row + zeroed, _mm256_setzero_ps());  // Inside the tile's row.
+        }
+        if (m[r] == kMinusInf) {
+          m[r] = new_max;  // The row's first visible tile: acc and l are still 0.
+        } else if (new_max != m[r]) {
           const float alpha = std::exp(m[r] - new_max);
           l[r] *= alpha;
           simd::Scale(ws.acc + r * ws.dv_pad, ws.dv_pad, alpha);

@@ -27,17 +27,19 @@ inline constexpr int kRows = 6;        // Rows per micro-kernel call: 12 accumul
 
 inline int64_t RoundUpToPanel(int64_t n) { return (n + kPanel - 1) / kPanel * kPanel; }
 
-// c[r * ldc + 0..15] (+)= sum_p a[r * lda + p] * panel[p * 16 + 0..15] for
-// r < R, p < k.
-template <int R, bool kAccumulate>
+// c[r * ldc + 0..8V) (+)= sum_p a[r * lda + p] * panel[p * 16 + 0..8V) for
+// r < R, p < k: V = 2 is a whole panel, V = 1 its first 8 columns (for a
+// causal diagonal whose visible keys end in the first half of a panel).
+template <int R, bool kAccumulate, int V = 2>
 inline void MicroKernel(int64_t k, const float* a, int64_t lda, const float* panel, float* c,
                         int64_t ldc) {
+  static_assert(V == 1 || V == 2);
   __m256 c0[R], c1[R];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) {
     if constexpr (kAccumulate) {
       c0[r] = _mm256_loadu_ps(c + r * ldc);
-      c1[r] = _mm256_loadu_ps(c + r * ldc + 8);
+      if constexpr (V == 2) c1[r] = _mm256_loadu_ps(c + r * ldc + 8);
     } else {
       c0[r] = _mm256_setzero_ps();
       c1[r] = _mm256_setzero_ps();
@@ -45,31 +47,31 @@ inline void MicroKernel(int64_t k, const float* a, int64_t lda, const float* pan
   }
   for (int64_t p = 0; p < k; ++p) {
     const __m256 b0 = _mm256_loadu_ps(panel + p * kPanel);
-    const __m256 b1 = _mm256_loadu_ps(panel + p * kPanel + 8);
+    const __m256 b1 = V == 2 ? _mm256_loadu_ps(panel + p * kPanel + 8) : b0;
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
       const __m256 ar = _mm256_broadcast_ss(a + r * lda + p);
       c0[r] = _mm256_fmadd_ps(ar, b0, c0[r]);
-      c1[r] = _mm256_fmadd_ps(ar, b1, c1[r]);
+      if constexpr (V == 2) c1[r] = _mm256_fmadd_ps(ar, b1, c1[r]);
     }
   }
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) {
     _mm256_storeu_ps(c + r * ldc, c0[r]);
-    _mm256_storeu_ps(c + r * ldc + 8, c1[r]);
+    if constexpr (V == 2) _mm256_storeu_ps(c + r * ldc + 8, c1[r]);
   }
 }
 
-template <bool kAccumulate>
+template <bool kAccumulate, int V = 2>
 inline void MicroKernelRows(int rows, int64_t k, const float* a, int64_t lda,
                             const float* panel, float* c, int64_t ldc) {
   switch (rows) {
-    case 6: MicroKernel<6, kAccumulate>(k, a, lda, panel, c, ldc); break;
-    case 5: MicroKernel<5, kAccumulate>(k, a, lda, panel, c, ldc); break;
-    case 4: MicroKernel<4, kAccumulate>(k, a, lda, panel, c, ldc); break;
-    case 3: MicroKernel<3, kAccumulate>(k, a, lda, panel, c, ldc); break;
-    case 2: MicroKernel<2, kAccumulate>(k, a, lda, panel, c, ldc); break;
-    case 1: MicroKernel<1, kAccumulate>(k, a, lda, panel, c, ldc); break;
+    case 6: MicroKernel<6, kAccumulate, V>(k, a, lda, panel, c, ldc); break;
+    case 5: MicroKernel<5, kAccumulate, V>(k, a, lda, panel, c, ldc); break;
+    case 4: MicroKernel<4, kAccumulate, V>(k, a, lda, panel, c, ldc); break;
+    case 3: MicroKernel<3, kAccumulate, V>(k, a, lda, panel, c, ldc); break;
+    case 2: MicroKernel<2, kAccumulate, V>(k, a, lda, panel, c, ldc); break;
+    case 1: MicroKernel<1, kAccumulate, V>(k, a, lda, panel, c, ldc); break;
     default: break;
   }
 }
@@ -196,14 +198,58 @@ inline __m256i FirstLanes(int64_t count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
 }
 
-// The maximum of x[0..n) (n >= 1).
+// The maximum of x[0..n) (n >= 1). The tail is one masked load, not a
+// scalar loop: under causal masking every row has its own length.
 inline float Max(const float* x, int64_t n) {
-  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 m = minus_inf;
   int64_t c = 0;
   for (; c + 8 <= n; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
-  float result = HorizontalMax(m);
-  for (; c < n; ++c) result = std::max(result, x[c]);
-  return result;
+  if (c < n) {
+    const __m256i mask = FirstLanes(n - c);
+    m = _mm256_max_ps(m, _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(x + c, mask),
+                                          _mm256_castsi256_ps(mask)));
+  }
+  return HorizontalMax(m);
+}
+
+// Rows with room: the next two read and write x up to the multiple of 8
+// at or after n (the engine's scores rows), so a row's tail is one plain
+// vector with lanes past n masked in registers. Every causal row has its
+// own length, and masked stores (vmaskmovps) are microcoded and slow on AMD.
+
+// The maximum of x[0..n) (n >= 1); x[n..] up to the multiple of 8 may hold
+// anything.
+inline float MaxOfPaddedRow(const float* x, int64_t n) {
+  const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 m = minus_inf;
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
+  if (c < n) {
+    const __m256 keep = _mm256_castsi256_ps(FirstLanes(n - c));
+    m = _mm256_max_ps(m, _mm256_blendv_ps(minus_inf, _mm256_loadu_ps(x + c), keep));
+  }
+  return HorizontalMax(m);
+}
+
+// x[c] = exp(x[c] - shift) for c < n and 0 from n up to the multiple of 8;
+// returns the sum.
+inline float ExpAndSumPaddedRow(float* x, int64_t n, float shift) {
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256 sum = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 e = Exp(_mm256_sub_ps(_mm256_loadu_ps(x + c), s));
+    _mm256_storeu_ps(x + c, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  if (c < n) {
+    const __m256 keep = _mm256_castsi256_ps(FirstLanes(n - c));
+    const __m256 e = _mm256_and_ps(Exp(_mm256_sub_ps(_mm256_loadu_ps(x + c), s)), keep);
+    _mm256_storeu_ps(x + c, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  return HorizontalSum(sum);
 }
 
 // x[c] = exp(x[c] - shift) for c < n; returns their sum.

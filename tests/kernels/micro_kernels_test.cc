@@ -91,6 +91,45 @@ TEST(MicroKernelsTest, ExpIsWithinTwoUlpsAndExactlyZeroBelowItsRange) {
   for (size_t i = count; i < count + 4; ++i) EXPECT_EQ(y[i], 0.0f) << "exp(" << x[i] << ")";
 }
 
+TEST(MicroKernelsTest, HalfPanelKernelWritesExactlyTheFirstEightColumns) {
+  std::mt19937 rng(9);
+  for (const int rows : {1, 2, 3, 4, 5, 6}) {
+    for (const int64_t k : {1, 64, 67}) {
+      const int64_t lda = k + 1, ldc = 24;
+      const std::vector<float> a = Uniform(rows * lda, rng), panel = Uniform(k * kPanel, rng);
+      std::vector<float> whole(static_cast<size_t>(rows * ldc), -7.0f);
+      std::vector<float> half = whole;
+      MicroKernelRows<false>(rows, k, a.data(), lda, panel.data(), whole.data(), ldc);
+      MicroKernelRows<false, 1>(rows, k, a.data(), lda, panel.data(), half.data(), ldc);
+      for (int r = 0; r < rows; ++r) {
+        for (int64_t col = 0; col < ldc; ++col) {
+          // The same FMAs in the same order: bit-identical; past 8 untouched.
+          const float want = col < 8 ? whole[r * ldc + col] : -7.0f;
+          ASSERT_EQ(half[r * ldc + col], want) << rows << " rows, k=" << k << " at " << col;
+        }
+      }
+    }
+  }
+}
+
+TEST(MicroKernelsTest, PaddedRowReductionsIgnoreAndZeroTheLanesPastTheirLength) {
+  std::mt19937 rng(13);
+  for (const int64_t n : {1, 5, 8, 9, 15, 16, 100}) {
+    const int64_t padded = (n + 7) / 8 * 8;
+    std::vector<float> x = Uniform(padded, rng);
+    // Lanes past n are garbage, even larger than every value or NaN.
+    for (int64_t c = n; c < padded; ++c) x[c] = c % 2 ? 1e30f : std::nanf("");
+    std::vector<float> reference(x.begin(), x.begin() + n);
+    EXPECT_EQ(MaxOfPaddedRow(x.data(), n), Max(reference.data(), n)) << n;
+    const float shift = Max(reference.data(), n);
+    const float sum = ExpAndSumPaddedRow(x.data(), n, shift);
+    const float want = ExpAndSum(reference.data(), n, shift);
+    EXPECT_NEAR(sum, want, 1e-6f * static_cast<float>(n)) << n;
+    for (int64_t c = 0; c < n; ++c) EXPECT_EQ(x[c], reference[c]) << n << " at " << c;
+    for (int64_t c = n; c < padded; ++c) EXPECT_EQ(x[c], 0.0f) << n << " at " << c;
+  }
+}
+
 TEST(MicroKernelsTest, RowReductionsMatchScalarLoops) {
   std::mt19937 rng(11);
   for (const int64_t n : {1, 7, 8, 9, 100}) {
