@@ -30,24 +30,24 @@ constexpr int64_t kBlockK = 256;
 
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
-// kt: ceil(sk / 16) panels of [(d + w) x 16]: kt[t][e][c] = k[16t + c][e]
-// for e < d, the key features b[16t + c][e - d] after (0 past sk); row j of
-// k at k + j * ldk, of b at b + j * w.
-void PackKeys(const float* k, int64_t ldk, int64_t sk, int64_t d, const float* b, int64_t w,
-              float* kt) {
+// kt: ceil(sk / 16) panels of [(d + w) x 16]: kt[t][e][c] = scale *
+// k[16t + c][e] for e < d, the key features b[16t + c][e - d] after (0 past
+// sk); row j of k at k + j * ldk, of b at b + j * w.
+void PackKeys(const float* k, int64_t ldk, int64_t sk, int64_t d, float scale, const float* b,
+              int64_t w, float* kt) {
   const int64_t panels = RoundUpToPanel(sk) / kPanel;
   const int64_t depth = d + w;
   for (int64_t t = 0; t < panels; ++t) {
     float* panel = kt + t * depth * kPanel;
     const int64_t cols = std::min<int64_t>(kPanel, sk - t * kPanel);
     if (cols == kPanel) {
-      simd::TransposeIntoPanel(k + t * kPanel * ldk, ldk, d, panel);
+      simd::TransposeIntoPanel(k + t * kPanel * ldk, ldk, d, panel, scale);
       if (w > 0) simd::TransposeIntoPanel(b + t * kPanel * w, w, w, panel + d * kPanel);
       continue;
     }
     for (int64_t c = 0; c < cols; ++c) {
       const float* row = k + (t * kPanel + c) * ldk;
-      for (int64_t e = 0; e < d; ++e) panel[e * kPanel + c] = row[e];
+      for (int64_t e = 0; e < d; ++e) panel[e * kPanel + c] = scale * row[e];
       const float* features = b + (t * kPanel + c) * w;
       for (int64_t e = 0; e < w; ++e) panel[(d + e) * kPanel + c] = features[e];
     }
@@ -70,7 +70,8 @@ class Workspace {
       : dv_pad(RoundUpToPanel(p.dv)), depth(p.d + modifier.feature_width()) {
     const int64_t sizes[] = {RoundUpToPanel(p.sk) * depth, p.sk * dv_pad, kBlockQ * kBlockK,
                              kBlockQ * dv_pad,             kBlockQ,       kBlockQ,
-                             modifier.ScratchFloats(kBlockQ), kBlockQ * depth};
+                             modifier.ScratchFloats(kBlockQ),
+                             modifier.feature_width() > 0 ? kBlockQ * depth : 0};
     int64_t total = 0;
     for (int64_t size : sizes) total += RoundUpToPanel(size);
     thread_local std::vector<float> kept;
@@ -84,13 +85,14 @@ class Workspace {
     }
   }
 
-  // Packs head bh of k (with the modifier's key features) and v unless
-  // they are packed already.
-  void PackHead(const AttentionProblem& p, const ScoreModifier& modifier, int64_t bh) {
+  // Packs head bh of k (times key_scale, with the modifier's key features)
+  // and v unless they are packed already.
+  void PackHead(const AttentionProblem& p, const ScoreModifier& modifier, int64_t bh,
+                float key_scale) {
     if (bh == packed_head_) return;
     const HeadRows k = p.k_rows(), v = p.v_rows();
-    PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, modifier.KeyFeatures(bh / p.heads, bh % p.heads),
-             depth - p.d, kt);
+    PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, key_scale,
+             modifier.KeyFeatures(bh / p.heads, bh % p.heads), depth - p.d, kt);
     simd::PackColumnPanels(v.Row(bh, 0), v.stride(), p.sk, p.dv, vp);
     packed_head_ = bh;
   }
@@ -105,7 +107,7 @@ class Workspace {
   float* row_sum = nullptr;  // [kBlockQ]
   float* block_scratch = nullptr;  // the modifier's, or null
   float* q_scaled = nullptr;       // [kBlockQ x depth]: scale * q of the block, then its
-                                   // query features
+                                   // query features (methods with features only)
 
  private:
   std::vector<float> owned_;
@@ -120,7 +122,8 @@ class FastEngine {
         features_(modifier_.feature_width()),
         depth_(prepared.problem.d + features_),
         modifies_scores_(!modifier_.scale_only() && features_ == 0),
-        scale_queries_(!modifies_scores_ || modifier_.adds_to_scaled_scores()),
+        scale_inputs_(!modifies_scores_ || modifier_.adds_to_scaled_scores()),
+        scale_queries_(scale_inputs_ && features_ > 0),
         value_term_(modifier_.HasValueTerm()),
         scale_(static_cast<float>(p_.scale)),
         out_(out),
@@ -130,14 +133,15 @@ class FastEngine {
 
   // Query rows [i0, i0 + rows) of head bh.
   void RunBlock(Workspace& ws, int64_t bh, int64_t i0, int64_t rows) const {
-    ws.PackHead(p_, modifier_, bh);
+    // The scale goes into an operand once (S x D multiplies) instead of into
+    // every score (Sq x Sk): into the packed keys as they are transposed, or
+    // into the block's copied queries where query features follow them.
+    ws.PackHead(p_, modifier_, bh, scale_inputs_ && !scale_queries_ ? scale_ : 1.0f);
     const int64_t last_position = p_.query_offset + i0 + rows - 1;
     // Key blocks wholly after the block's last query are never visible.
     const int64_t key_end = p_.causal ? std::min(p_.sk, last_position + 1) : p_.sk;
     std::fill_n(ws.acc, rows * ws.dv_pad, 0.0f);
     if (scale_queries_) {
-      // The scale goes into the block's queries once (rows x D multiplies)
-      // instead of into every score (rows x Sk).
       const HeadRows q = p_.q_rows();
       for (int64_t r = 0; r < rows; ++r) {
         const float* src = q.Row(bh, i0 + r);
@@ -335,7 +339,7 @@ class FastEngine {
   const AttentionProblem& p_;
   const ScoreModifier& modifier_;
   const int64_t features_, depth_;
-  const bool modifies_scores_, scale_queries_, value_term_;
+  const bool modifies_scores_, scale_inputs_, scale_queries_, value_term_;
   const float scale_;
   float* const out_;
   float* const probs_;

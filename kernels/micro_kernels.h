@@ -113,12 +113,14 @@ inline void PackColumnPanels(const float* src, int64_t ld, int64_t rows, int64_t
   }
 }
 
-// dst[c * ldd + r] = src[r * lds + c] for r, c < 8: an 8x8 block
+// dst[c * ldd + r] = scale * src[r * lds + c] for r, c < 8: an 8x8 block
 // transposed in registers.
-inline void Transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+inline void Transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd,
+                         float scale = 1.0f) {
+  const __m256 factor = _mm256_set1_ps(scale);
   __m256 r[8];
 #pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_mul_ps(_mm256_loadu_ps(src + i * lds), factor);
   // Pairs of rows interleaved, then quadruples, then the 128-bit halves.
   __m256 t[8], u[8];
 #pragma GCC unroll 4
@@ -141,16 +143,17 @@ inline void Transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd)
 }
 
 // Columns [0, width) of 16 rows (row r at src + r * lds) as rows of a
-// panel: panel[e * 16 + r] = src[r * lds + e] (the packed form of 16 keys,
-// 8x8 blocks at a time instead of one scattered store per value).
-inline void TransposeIntoPanel(const float* src, int64_t lds, int64_t width, float* panel) {
+// panel: panel[e * 16 + r] = scale * src[r * lds + e] (the packed form of
+// 16 keys, 8x8 blocks at a time instead of one scattered store per value).
+inline void TransposeIntoPanel(const float* src, int64_t lds, int64_t width, float* panel,
+                               float scale = 1.0f) {
   int64_t e = 0;
   for (; e + 8 <= width; e += 8) {
-    Transpose8x8(src + e, lds, panel + e * kPanel, kPanel);
-    Transpose8x8(src + 8 * lds + e, lds, panel + e * kPanel + 8, kPanel);
+    Transpose8x8(src + e, lds, panel + e * kPanel, kPanel, scale);
+    Transpose8x8(src + 8 * lds + e, lds, panel + e * kPanel + 8, kPanel, scale);
   }
   for (; e < width; ++e) {
-    for (int64_t r = 0; r < kPanel; ++r) panel[e * kPanel + r] = src[r * lds + e];
+    for (int64_t r = 0; r < kPanel; ++r) panel[e * kPanel + r] = scale * src[r * lds + e];
   }
 }
 
