@@ -15,6 +15,7 @@
 #include "kernels/micro_kernels.h"
 #include "kernels/parallel.h"
 #include "kernels/positional/common.h"
+#include "kernels/status_macros.h"
 
 namespace attnserve::kernels {
 namespace {
@@ -85,11 +86,13 @@ class Workspace {
     }
   }
 
+  bool Packed(int64_t bh) const { return bh == packed_head_; }
+
   // Packs head bh of k (times key_scale, with the modifier's key features)
   // and v unless they are packed already.
   void PackHead(const AttentionProblem& p, const ScoreModifier& modifier, int64_t bh,
                 float key_scale) {
-    if (bh == packed_head_) return;
+    if (Packed(bh)) return;
     const HeadRows k = p.k_rows(), v = p.v_rows();
     PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, key_scale,
              modifier.KeyFeatures(bh / p.heads, bh % p.heads), depth - p.d, kt);
@@ -116,7 +119,7 @@ class Workspace {
 
 class FastEngine {
  public:
-  FastEngine(const PreparedAttention& prepared, float* out, float* probs)
+  FastEngine(const PreparedAttention& prepared, float* out, float* probs, bool check_qkv)
       : p_(prepared.problem),
         modifier_(*prepared.modifier),
         features_(modifier_.feature_width()),
@@ -127,15 +130,30 @@ class FastEngine {
         value_term_(modifier_.HasValueTerm()),
         scale_(static_cast<float>(p_.scale)),
         out_(out),
-        probs_(probs) {}
+        probs_(probs),
+        check_qkv_(check_qkv) {}
 
   int64_t query_blocks() const { return (p_.sq + kBlockQ - 1) / kBlockQ; }
+
+  // Whether a block found a value of q, k or v that is not finite.
+  bool found_non_finite() const { return non_finite_.load(std::memory_order_relaxed); }
 
   // Query rows [i0, i0 + rows) of head bh.
   void RunBlock(Workspace& ws, int64_t bh, int64_t i0, int64_t rows) const {
     // The scale goes into an operand once (S x D multiplies) instead of into
     // every score (Sq x Sk): into the packed keys as they are transposed, or
     // into the block's copied queries where query features follow them.
+    if (check_qkv_) {
+      // Checked just before packing reads them: the scan brings them into
+      // cache rather than costing a pass of its own.
+      const bool finite = (ws.Packed(bh) || (RowsFinite(p_.k_rows(), bh, 0, p_.sk) &&
+                                             RowsFinite(p_.v_rows(), bh, 0, p_.sk))) &&
+                          RowsFinite(p_.q_rows(), bh, i0, rows);
+      if (!finite) {
+        non_finite_.store(true, std::memory_order_relaxed);
+        return;
+      }
+    }
     ws.PackHead(p_, modifier_, bh, scale_inputs_ && !scale_queries_ ? scale_ : 1.0f);
     const int64_t last_position = p_.query_offset + i0 + rows - 1;
     // Key blocks wholly after the block's last query are never visible.
@@ -164,6 +182,15 @@ class FastEngine {
   }
 
  private:
+  // Rows [r0, r0 + n) of head bh are all finite.
+  static bool RowsFinite(const HeadRows& rows, int64_t bh, int64_t r0, int64_t n) {
+    if (rows.stride() == rows.width) return simd::AllFinite(rows.Row(bh, r0), n * rows.width);
+    for (int64_t r = r0; r < r0 + n; ++r) {
+      if (!simd::AllFinite(rows.Row(bh, r), rows.width)) return false;
+    }
+    return true;
+  }
+
   // Keys of tile [j0, j0 + n) visible to query i0 + r: a prefix of the tile.
   int64_t VisibleInTile(int64_t i, int64_t j0, int64_t n) const {
     if (!p_.causal) return n;
@@ -343,18 +370,21 @@ class FastEngine {
   const float scale_;
   float* const out_;
   float* const probs_;
+  const bool check_qkv_;
+  mutable std::atomic<bool> non_finite_{false};
 };
 
 }  // namespace
 
 absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
-                                              bool return_probs, const ComputeOptions& options) {
+                                              bool return_probs, const ComputeOptions& options,
+                                              bool check_qkv) {
   const AttentionProblem& p = prepared.problem;
   AttendResult result;
   result.out = Tensor({p.batch, p.heads, p.sq, p.dv});
   if (return_probs) result.probs = Tensor({p.batch, p.heads, p.sq, p.sk});
   const FastEngine engine(prepared, result.out.data(),
-                          return_probs ? result.probs->data() : nullptr);
+                          return_probs ? result.probs->data() : nullptr, check_qkv);
 
   const int64_t blocks = engine.query_blocks();
   const int64_t items = p.batch * p.heads * blocks;
@@ -380,12 +410,20 @@ absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
         stopped.store(true, std::memory_order_relaxed);
         return;
       }
+      if (engine.found_non_finite()) return;
       const int64_t bh = item / blocks;
       const int64_t i0 = (item % blocks) * kBlockQ;
       engine.RunBlock(*ws, bh, i0, std::min(kBlockQ, p.sq - i0));
     }
   });
   if (stopped.load()) return absl::CancelledError("the call was cancelled while computing");
+  if (engine.found_non_finite()) {
+    // Named as Attend's own check would have: the first bad value, the
+    // tensors in name order.
+    ATTN_RETURN_IF_ERROR(CheckFiniteValues(p.k, "k"));
+    ATTN_RETURN_IF_ERROR(CheckFiniteValues(p.q, "q"));
+    ATTN_RETURN_IF_ERROR(CheckFiniteValues(p.v, "v"));
+  }
   return result;
 }
 

@@ -33,9 +33,11 @@ namespace attnserve::kernels {
 // RunPlainAttention does, in float32 with the tiling above. probs
 // [B,H,Sq,Sk] is filled only when return_probs (the caller has checked its
 // size). CANCELLED when options.cancelled becomes true (polled between query
-// blocks).
+// blocks). With check_qkv it also checks that q, k and v are finite as it
+// packs them, INVALID_ARGUMENT naming the first value that is not.
 absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
-                                              bool return_probs, const ComputeOptions& options);
+                                              bool return_probs, const ComputeOptions& options,
+                                              bool check_qkv = false);
 
 }  // namespace attnserve::kernels
 

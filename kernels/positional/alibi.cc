@@ -105,6 +105,7 @@ class Alibi final : public PositionalMethod {
             {"k", "tensor", "", "[B,H,Sk,D]", {"attend"}},
             {"v", "tensor", "", "[B,H,Sk,Dv]", {"attend"}}};
   }
+  bool keeps_qkv_values() const override { return true; }
   std::vector<InputSpec> attend_inputs() const override { return {{"q"}, {"k"}, {"v"}}; }
 
   absl::StatusOr<PreparedAttention> PrepareAttend(AttendArgs& args,

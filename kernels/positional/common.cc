@@ -102,6 +102,18 @@ int ThreadsFor(double work, const ComputeOptions& options) {
   return work < kMinParallelWork ? 1 : options.threads;
 }
 
+absl::Status CheckFiniteValues(const Tensor& tensor, absl::string_view name) {
+  const float* data = tensor.data();
+  if (simd::AllFinite(data, tensor.size())) return absl::OkStatus();
+  for (int64_t n = 0; n < tensor.size(); ++n) {
+    if (!std::isfinite(data[n])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ".data[", n, "]: must be finite, got ", data[n]));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<AttentionProblem> TakeQkvProblem(AttendArgs& args, const ComputeOptions& options) {
   Tensor& q = args.inputs.at("q");
   Tensor& k = args.inputs.at("k");

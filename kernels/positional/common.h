@@ -131,6 +131,10 @@ absl::Status ExpectPositive(int64_t value, absl::string_view name);
 // runs inline, where a thread team costs more than it saves.
 int ThreadsFor(double work, const ComputeOptions& options);
 
+// INVALID_ARGUMENT naming the first value of `tensor` that is NaN or
+// infinite ("q.data[17]: must be finite, got nan"), else OK.
+absl::Status CheckFiniteValues(const Tensor& tensor, absl::string_view name);
+
 }  // namespace attnserve::kernels
 
 #endif  // ATTNSERVE_KERNELS_POSITIONAL_COMMON_H_

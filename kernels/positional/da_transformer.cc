@@ -222,6 +222,7 @@ class DaTransformer final : public PositionalMethod {
             {"k", "tensor", "", "[B,H,Sk,D]", {"attend"}},
             {"v", "tensor", "", "[B,H,Sk,Dv]", {"attend"}}};
   }
+  bool keeps_qkv_values() const override { return true; }
   std::vector<InputSpec> attend_inputs() const override {
     return {{"q"}, {"k"}, {"v"}, {"dist_w"}, {"dist_v"}};
   }

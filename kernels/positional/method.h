@@ -149,6 +149,10 @@ class PositionalMethod {
   virtual std::vector<ParameterInfo> parameters() const = 0;
 
   virtual std::vector<InputSpec> attend_inputs() const = 0;
+  // True when PrepareAttend moves q, k and v into the problem with their
+  // values unchanged: Attend may then leave their finiteness check to the
+  // fast engine, which reads every value anyway.
+  virtual bool keeps_qkv_values() const { return false; }
   // Validates every rule of the spec, then builds the per-head problem and
   // the score modifier. May move tensors out of args.
   virtual absl::StatusOr<PreparedAttention> PrepareAttend(AttendArgs& args,

@@ -236,6 +236,7 @@ class Shaw final : public PositionalMethod {
             {"k", "tensor", "", "[B,H,Sk,D]", {"attend"}},
             {"v", "tensor", "", "[B,H,Sk,Dv]", {"attend"}}};
   }
+  bool keeps_qkv_values() const override { return true; }
   std::vector<InputSpec> attend_inputs() const override {
     return {{"q"}, {"k"}, {"v"}, {"rel_k"}, {"rel_v"}};
   }

@@ -320,6 +320,44 @@ TEST(AttentionTest, NonFiniteInputIsInvalid) {
   }
 }
 
+// The fast engine checks q, k and v of the methods that keep them as it packs
+// them (on its threads, per head and query block); the message must still
+// name the first bad value exactly, wherever it sits and on either engine.
+TEST(AttentionTest, NonFiniteQkvIsNamedExactlyOnEitherEngine) {
+  RandomCase c;
+  c.batch = 2;
+  c.heads = 3;
+  c.sq = 100;  // Two query blocks of the fast engine.
+  c.sk = 130;
+  c.d = 8;
+  c.dv = 5;
+  c.causal = true;
+  for (MethodKind method : kernels::kAllMethods) {
+    if (IsAbsolute(method)) continue;  // Their q, k, v are projections, not inputs.
+    for (const std::string name : {"q", "k", "v"}) {
+      const kernels::AttendArgs clean = Request(method, c);
+      const int64_t size = clean.inputs.at(name).size();
+      for (const int64_t n : {int64_t{0}, size / 2 + 1, size - 1}) {
+        kernels::AttendArgs args = clean;
+        std::vector<float>& values = args.inputs.at(name).values();
+        values[static_cast<size_t>(n)] = -std::numeric_limits<float>::infinity();
+        // A second bad value later in the same tensor must not be the one named.
+        if (n + 7 < size) values[static_cast<size_t>(n + 7)] = std::nanf("");
+        for (const kernels::Engine engine : {kernels::Engine::kFast, kernels::Engine::kPlain}) {
+          kernels::ComputeOptions options;
+          options.engine = engine;
+          options.threads = 2;
+          auto got = AttendOnce(args, options);
+          EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << Name(method);
+          EXPECT_EQ(got.status().message(),
+                    absl::StrCat(name, ".data[", n, "]: must be finite, got -inf"))
+              << Name(method) << " " << name << "[" << n << "]";
+        }
+      }
+    }
+  }
+}
+
 // Kernel tensors can be built without Tensor::Create; Attend still checks 1.1.
 TEST(AttentionTest, ZeroSizedDimensionIsInvalid) {
   RandomCase c;
