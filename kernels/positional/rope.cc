@@ -93,25 +93,73 @@ absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d) {
   return config;
 }
 
-// cos(phi_n) and sin(phi_n) for positions first .. first + count - 1: the
-// angles depend only on the position, so they are taken once per call and
-// stored as float, [count, half] each (O(S * D) memory).
-struct CosSinCache {
-  int64_t half = 0;
-  std::vector<float> cosines, sines;
+// One tensor to turn: `outer` blocks of `count` rows of d floats, row s of
+// each block at position first_position + s.
+struct RotationTarget {
+  float* data = nullptr;
+  int64_t first_position = 0, count = 0;
 };
 
-// Each run of kAnchorRows positions starts from sincos of its exact double
-// angle (1.6: phi_n = position' * theta_n, formed as RopeAngles does) and
-// steps by the fixed rotation theta_n per position in double: within ~1e-14
-// of the direct sincos, far below the float rounding of the cache.
-CosSinCache BuildCache(const RopeConfig& config, double first_position, int64_t count,
-                       const ComputeOptions& options) {
+// Pair n of a row turned by the angle whose cosine and sine are cos_row[n]
+// and sin_row[n], for each layout; `half` pairs.
+inline void RotateHalfLayoutRow(const float* cos_row, const float* sin_row, int64_t half,
+                                float* values) {
+  // Pairs (n, n + half): two contiguous runs, a vectorised loop.
+  float* a = values;
+  float* b = values + half;
+  for (int64_t n = 0; n < half; ++n) {
+    const float xa = a[n], xb = b[n];
+    a[n] = xa * cos_row[n] - xb * sin_row[n];
+    b[n] = xb * cos_row[n] + xa * sin_row[n];
+  }
+}
+
+inline void RotateInterleavedRow(const float* cos_row, const float* sin_row, int64_t half,
+                                 float* values) {
+  for (int64_t n = 0; n < half; ++n) {
+    const float xa = values[2 * n], xb = values[2 * n + 1];
+    values[2 * n] = xa * cos_row[n] - xb * sin_row[n];
+    values[2 * n + 1] = xb * cos_row[n] + xa * sin_row[n];
+  }
+}
+
+// Turns every row of the targets (d floats each) by its position, in one
+// parallel loop over runs of kAnchorRows positions: a run takes cos(phi_n)
+// and sin(phi_n) of its positions (sincos of its first position's exact
+// double angle (1.6: phi_n = position' * theta_n, formed as RopeAngles
+// does), then one step by the fixed rotation theta_n per position in
+// double: within ~1e-14 of the direct sincos, far below float rounding),
+// as float, then turns the rows of every target at those positions. Runs
+// start at the lowest position of the targets' positions, taken as one
+// range when they overlap or touch (self-attention, a KV cache: one table
+// serves q and k) and as one range each otherwise. One thread team for the
+// whole call (a team per step cost as much as the work at S = 128, and a
+// wait for a time slice each on a busy machine); no table beyond a run's.
+void RotateByPosition(const RopeConfig& config, const std::vector<RotationTarget>& targets,
+                      int64_t outer, int64_t d, const ComputeOptions& options) {
   constexpr int64_t kAnchorRows = 64;
-  CosSinCache cache;
-  const int64_t half = cache.half = config.rotary_dim / 2;
-  cache.cosines.resize(static_cast<size_t>(count * half));
-  cache.sines.resize(static_cast<size_t>(count * half));
+  const int64_t half = config.rotary_dim / 2;
+  // Position ranges [lo, hi), sorted and merged where they overlap or touch.
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (const RotationTarget& t : targets) {
+    if (t.count > 0) ranges.emplace_back(t.first_position, t.first_position + t.count);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<std::pair<int64_t, int64_t>> merged;
+  for (const auto& range : ranges) {
+    if (!merged.empty() && range.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, range.second);
+    } else {
+      merged.push_back(range);
+    }
+  }
+  std::vector<int64_t> run_starts, run_ends;
+  for (const auto& [lo, hi] : merged) {
+    for (int64_t p0 = lo; p0 < hi; p0 += kAnchorRows) {
+      run_starts.push_back(p0);
+      run_ends.push_back(std::min(hi, p0 + kAnchorRows));
+    }
+  }
   // theta_n once (RopeAngles at position 1 gives them, NTK included); linear
   // scaling divides the position, so a step of one position turns by
   // theta_n / s.
@@ -124,56 +172,46 @@ CosSinCache BuildCache(const RopeConfig& config, double first_position, int64_t 
   for (int64_t n = 0; n < half; ++n) {
     ::sincos(linear ? thetas[n] / config.scaling_factor : thetas[n], &step_sin[n], &step_cos[n]);
   }
-  const int64_t runs = (count + kAnchorRows - 1) / kAnchorRows;
-  const double work = static_cast<double>(count * half) * 16;
+  double rows = 0;
+  for (const RotationTarget& t : targets) rows += static_cast<double>(outer * t.count);
+  const double work = rows * config.rotary_dim * 4;
+  const int64_t runs = static_cast<int64_t>(run_starts.size());
   ParallelFor(runs, ThreadsFor(work, options), 1, [&](int64_t begin, int64_t end) {
     std::vector<double> sine(static_cast<size_t>(half)), cosine(static_cast<size_t>(half));
+    std::vector<float> cosines(static_cast<size_t>(kAnchorRows * half));
+    std::vector<float> sines(static_cast<size_t>(kAnchorRows * half));
     for (int64_t run = begin; run < end; ++run) {
-      const int64_t s0 = run * kAnchorRows, s1 = std::min(count, s0 + kAnchorRows);
-      double position = first_position + static_cast<double>(s0);
+      const int64_t p0 = run_starts[run], p1 = run_ends[run];
+      double position = static_cast<double>(p0);
       if (linear) position /= config.scaling_factor;
       for (int64_t n = 0; n < half; ++n) ::sincos(position * thetas[n], &sine[n], &cosine[n]);
-      for (int64_t s = s0; s < s1; ++s) {
+      for (int64_t s = 0; s < p1 - p0; ++s) {
         for (int64_t n = 0; n < half; ++n) {
-          cache.cosines[s * half + n] = static_cast<float>(cosine[n]);
-          cache.sines[s * half + n] = static_cast<float>(sine[n]);
+          cosines[s * half + n] = static_cast<float>(cosine[n]);
+          sines[s * half + n] = static_cast<float>(sine[n]);
           const double next_sine = sine[n] * step_cos[n] + cosine[n] * step_sin[n];
           cosine[n] = cosine[n] * step_cos[n] - sine[n] * step_sin[n];
           sine[n] = next_sine;
         }
       }
-    }
-  });
-  return cache;
-}
-
-// Rotates rows [count, d] of every (outer) block: row s by the cache's row
-// first_row + s.
-void RotateRows(const RopeConfig& config, const CosSinCache& cache, int64_t first_row, Tensor& x,
-                int64_t outer, int64_t count, int64_t d, const ComputeOptions& options) {
-  const int64_t half = cache.half;
-  float* data = x.data();
-  const double work = static_cast<double>(outer * count) * config.rotary_dim * 4;
-  ParallelFor(outer * count, ThreadsFor(work, options), 256, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const float* cos_row = cache.cosines.data() + (first_row + row % count) * half;
-      const float* sin_row = cache.sines.data() + (first_row + row % count) * half;
-      float* values = data + row * d;
+      const auto rotate_rows = [&](auto rotate_row) {
+        for (const RotationTarget& t : targets) {
+          // The target's rows whose positions fall in [p0, p1).
+          const int64_t s0 = std::max(p0, t.first_position) - t.first_position;
+          const int64_t s1 = std::min(p1, t.first_position + t.count) - t.first_position;
+          for (int64_t b = 0; b < outer; ++b) {
+            for (int64_t s = s0; s < s1; ++s) {
+              const int64_t table_row = t.first_position + s - p0;
+              rotate_row(cosines.data() + table_row * half, sines.data() + table_row * half, half,
+                         t.data + (b * t.count + s) * d);
+            }
+          }
+        }
+      };
       if (config.layout == RopeLayout::kHalf) {
-        // Pairs (n, n + half): two contiguous runs, a vectorised loop.
-        float* a = values;
-        float* b = values + half;
-        for (int64_t n = 0; n < half; ++n) {
-          const float xa = a[n], xb = b[n];
-          a[n] = xa * cos_row[n] - xb * sin_row[n];
-          b[n] = xb * cos_row[n] + xa * sin_row[n];
-        }
+        rotate_rows(RotateHalfLayoutRow);
       } else {
-        for (int64_t n = 0; n < half; ++n) {
-          const float xa = values[2 * n], xb = values[2 * n + 1];
-          values[2 * n] = xa * cos_row[n] - xb * sin_row[n];
-          values[2 * n + 1] = xb * cos_row[n] + xa * sin_row[n];
-        }
+        rotate_rows(RotateInterleavedRow);
       }
     }
   });
@@ -208,21 +246,9 @@ class Rope final : public PositionalMethod {
     ATTN_ASSIGN_OR_RETURN(prepared.problem, TakeQkvProblem(args, options));
     AttentionProblem& p = prepared.problem;
     ATTN_ASSIGN_OR_RETURN(const RopeConfig config, MakeConfig(args.params, p.d));
-    const int64_t outer = p.batch * p.heads;
-    if (p.query_offset <= p.sk) {
-      // Query positions [a, a + Sq) and key positions [0, Sk) overlap or
-      // touch (self-attention, a KV cache): one cache over their union.
-      const CosSinCache cache =
-          BuildCache(config, 0, std::max(p.sk, p.query_offset + p.sq), options);
-      RotateRows(config, cache, p.query_offset, p.q, outer, p.sq, p.d, options);
-      RotateRows(config, cache, 0, p.k, outer, p.sk, p.d, options);
-    } else {
-      RotateRows(config,
-                 BuildCache(config, static_cast<double>(p.query_offset), p.sq, options), 0,
-                 p.q, outer, p.sq, p.d, options);
-      RotateRows(config, BuildCache(config, 0, p.sk, options), 0, p.k, outer, p.sk, p.d,
-                 options);
-    }
+    RotateByPosition(config,
+                     {{p.q.data(), p.query_offset, p.sq}, {p.k.data(), 0, p.sk}},
+                     p.batch * p.heads, p.d, options);
     prepared.modifier = std::make_unique<ScaledDotProduct>(p.scale);
     return prepared;
   }
@@ -238,8 +264,8 @@ class Rope final : public PositionalMethod {
     if (args.offset < 0) {
       return absl::InvalidArgumentError(absl::StrCat("offset: must be >= 0, got ", args.offset));
     }
-    RotateRows(config, BuildCache(config, static_cast<double>(args.offset), x.dim(2), options),
-               0, x, x.dim(0) * x.dim(1), x.dim(2), x.dim(3), options);
+    RotateByPosition(config, {{x.data(), args.offset, x.dim(2)}}, x.dim(0) * x.dim(1), x.dim(3),
+                     options);
     TensorMap outputs;
     outputs["y"] = std::move(x);
     return outputs;
