@@ -1,6 +1,7 @@
 // The rules every method shares (positional-methods.md section 1, api.md
 // "Which inputs an op takes" and "Status codes"), checked on the kernels'
 // Attend/Encode and, where the reference validates too, on the reference.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -464,7 +465,16 @@ TEST(AttentionTest, TimingsSplitTheCallIntoItsPhases) {
     EXPECT_GT(t.engine_seconds, 0) << Name(method);
     EXPECT_LE(t.check_seconds + t.prepare_seconds + t.engine_seconds, wall) << Name(method);
     if (method == MethodKind::kLearned) {
-      EXPECT_GT(t.prepare_seconds, t.engine_seconds) << "the projections are 6x the attention";
+      // The fastest of a few calls each (one call's phase can lose its core
+      // on a loaded machine).
+      double prepare = t.prepare_seconds, engine = t.engine_seconds;
+      for (int n = 0; n < 4; ++n) {
+        auto again = AttendOnce(args, options);
+        ASSERT_TRUE(again.ok()) << again.status();
+        prepare = std::min(prepare, again->timings.prepare_seconds);
+        engine = std::min(engine, again->timings.engine_seconds);
+      }
+      EXPECT_GT(prepare, engine) << "the projections are 6x the attention";
     }
   }
 }
