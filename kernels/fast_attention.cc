@@ -296,10 +296,10 @@ class FastEngine {
           std::fill(row, row + read_end, 0.0f);
           continue;
         }
-        const float tile_max = simd::MaxOfPaddedRow(row, visible);
+        const float tile_max = simd::Max(row, visible, simd::Tail::kPadded);
         const float new_max = std::max(m[r], tile_max);
         // Zeroes the row past visible up to a multiple of 8 too.
-        const float sum = simd::ExpAndSumPaddedRow(row, visible, new_max);
+        const float sum = simd::ExpAndSum(row, visible, new_max, simd::Tail::kPadded);
         const int64_t zeroed = (visible + 7) / 8 * 8;
         if (read_end - zeroed > 8) {
           std::fill(row + zeroed, row + read_end, 0.0f);

@@ -201,43 +201,33 @@ inline __m256i FirstLanes(int64_t count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
 }
 
-// The maximum of x[0..n) (n >= 1). The tail is one masked load, not a
-// scalar loop: under causal masking every row has its own length.
-inline float Max(const float* x, int64_t n) {
+// The row reductions of the softmax, in two forms. Tail::kExact reads and
+// writes nothing past x[n - 1] (a masked load and store for the last
+// partial vector). Tail::kPadded is for rows with room up to the multiple
+// of 8 at or after n (the engine's scores rows): the last vector is a plain
+// load and store with the lanes past n masked in registers. Every causal
+// row has its own length, and masked stores (vmaskmovps) are microcoded and
+// slow on AMD.
+enum class Tail { kExact, kPadded };
+
+// The maximum of x[0..n) (n >= 1).
+inline float Max(const float* x, int64_t n, Tail tail = Tail::kExact) {
   const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 m = minus_inf;
   int64_t c = 0;
   for (; c + 8 <= n; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
   if (c < n) {
     const __m256i mask = FirstLanes(n - c);
-    m = _mm256_max_ps(m, _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(x + c, mask),
-                                          _mm256_castsi256_ps(mask)));
+    const __m256 last =
+        tail == Tail::kPadded ? _mm256_loadu_ps(x + c) : _mm256_maskload_ps(x + c, mask);
+    m = _mm256_max_ps(m, _mm256_blendv_ps(minus_inf, last, _mm256_castsi256_ps(mask)));
   }
   return HorizontalMax(m);
 }
 
-// Rows with room: the next two read and write x up to the multiple of 8
-// at or after n (the engine's scores rows), so a row's tail is one plain
-// vector with lanes past n masked in registers. Every causal row has its
-// own length, and masked stores (vmaskmovps) are microcoded and slow on AMD.
-
-// The maximum of x[0..n) (n >= 1); x[n..] up to the multiple of 8 may hold
-// anything.
-inline float MaxOfPaddedRow(const float* x, int64_t n) {
-  const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  __m256 m = minus_inf;
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
-  if (c < n) {
-    const __m256 keep = _mm256_castsi256_ps(FirstLanes(n - c));
-    m = _mm256_max_ps(m, _mm256_blendv_ps(minus_inf, _mm256_loadu_ps(x + c), keep));
-  }
-  return HorizontalMax(m);
-}
-
-// x[c] = exp(x[c] - shift) for c < n and 0 from n up to the multiple of 8;
-// returns the sum.
-inline float ExpAndSumPaddedRow(float* x, int64_t n, float shift) {
+// x[c] = exp(x[c] - shift) for c < n; returns their sum. A padded row also
+// gets 0 from n up to the multiple of 8.
+inline float ExpAndSum(float* x, int64_t n, float shift, Tail tail = Tail::kExact) {
   const __m256 s = _mm256_set1_ps(shift);
   __m256 sum = _mm256_setzero_ps();
   int64_t c = 0;
@@ -246,33 +236,17 @@ inline float ExpAndSumPaddedRow(float* x, int64_t n, float shift) {
     _mm256_storeu_ps(x + c, e);
     sum = _mm256_add_ps(sum, e);
   }
-  if (c < n) {
-    const __m256 keep = _mm256_castsi256_ps(FirstLanes(n - c));
+  if (c == n) return HorizontalSum(sum);
+  const __m256i mask = FirstLanes(n - c);
+  const __m256 keep = _mm256_castsi256_ps(mask);
+  if (tail == Tail::kPadded) {
     const __m256 e = _mm256_and_ps(Exp(_mm256_sub_ps(_mm256_loadu_ps(x + c), s)), keep);
     _mm256_storeu_ps(x + c, e);
-    sum = _mm256_add_ps(sum, e);
+    return HorizontalSum(_mm256_add_ps(sum, e));
   }
-  return HorizontalSum(sum);
-}
-
-// x[c] = exp(x[c] - shift) for c < n; returns their sum.
-inline float ExpAndSum(float* x, int64_t n, float shift) {
-  const __m256 s = _mm256_set1_ps(shift);
-  __m256 sum = _mm256_setzero_ps();
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8) {
-    const __m256 e = Exp(_mm256_sub_ps(_mm256_loadu_ps(x + c), s));
-    _mm256_storeu_ps(x + c, e);
-    sum = _mm256_add_ps(sum, e);
-  }
-  if (c < n) {
-    const __m256i mask = FirstLanes(n - c);
-    const __m256 e = _mm256_and_ps(Exp(_mm256_sub_ps(_mm256_maskload_ps(x + c, mask), s)),
-                                   _mm256_castsi256_ps(mask));
-    _mm256_maskstore_ps(x + c, mask, e);
-    sum = _mm256_add_ps(sum, e);
-  }
-  return HorizontalSum(sum);
+  const __m256 e = _mm256_and_ps(Exp(_mm256_sub_ps(_mm256_maskload_ps(x + c, mask), s)), keep);
+  _mm256_maskstore_ps(x + c, mask, e);
+  return HorizontalSum(_mm256_add_ps(sum, e));
 }
 
 // sum of x[0..n) accumulated in double (8 lanes, so no long dependency

@@ -120,9 +120,9 @@ TEST(MicroKernelsTest, PaddedRowReductionsIgnoreAndZeroTheLanesPastTheirLength) 
     // Lanes past n are garbage, even larger than every value or NaN.
     for (int64_t c = n; c < padded; ++c) x[c] = c % 2 ? 1e30f : std::nanf("");
     std::vector<float> reference(x.begin(), x.begin() + n);
-    EXPECT_EQ(MaxOfPaddedRow(x.data(), n), Max(reference.data(), n)) << n;
+    EXPECT_EQ(Max(x.data(), n, Tail::kPadded), Max(reference.data(), n)) << n;
     const float shift = Max(reference.data(), n);
-    const float sum = ExpAndSumPaddedRow(x.data(), n, shift);
+    const float sum = ExpAndSum(x.data(), n, shift, Tail::kPadded);
     const float want = ExpAndSum(reference.data(), n, shift);
     EXPECT_NEAR(sum, want, 1e-6f * static_cast<float>(n)) << n;
     for (int64_t c = 0; c < n; ++c) EXPECT_EQ(x[c], reference[c]) << n << " at " << c;
