@@ -140,9 +140,6 @@ class FastEngine {
 
   // Query rows [i0, i0 + rows) of head bh.
   void RunBlock(Workspace& ws, int64_t bh, int64_t i0, int64_t rows) const {
-    // The scale goes into an operand once (S x D multiplies) instead of into
-    // every score (Sq x Sk): into the packed keys as they are transposed, or
-    // into the block's copied queries where query features follow them.
     if (check_qkv_) {
       // Checked just before packing reads them: the scan brings them into
       // cache rather than costing a pass of its own.
@@ -154,6 +151,9 @@ class FastEngine {
         return;
       }
     }
+    // The scale goes into an operand once (S x D multiplies) instead of into
+    // every score (Sq x Sk): into the packed keys as they are transposed, or
+    // into the block's copied queries where query features follow them.
     ws.PackHead(p_, modifier_, bh, scale_inputs_ && !scale_queries_ ? scale_ : 1.0f);
     const int64_t last_position = p_.query_offset + i0 + rows - 1;
     // Key blocks wholly after the block's last query are never visible.
