@@ -3,6 +3,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kernels/micro_kernels.h"
 
 namespace attnserve::kernels {
 
@@ -49,5 +50,7 @@ absl::StatusOr<int64_t> CheckedElementCount(absl::Span<const int64_t> shape,
   }
   return count;
 }
+
+bool AllFinite(const float* values, int64_t n) { return simd::AllFinite(values, n); }
 
 }  // namespace attnserve::kernels

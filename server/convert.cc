@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "kernels/status_macros.h"
+#include "kernels/tensor.h"
 
 namespace attnserve::server {
 namespace {
@@ -85,19 +86,14 @@ void EncodeLittleEndianFloats(absl::Span<const float> values, std::string* bytes
   }
 }
 
-// The index of the first value of `values` that is not finite, or -1: a
-// branch-free count in 32-bit lanes (blocks small enough not to overflow
-// them) that the compiler vectorises, then a search only on failure.
+// The index of the first value of `values` that is not finite, or -1: the
+// kernels' vectorised scan over blocks, then a search only in a failing one.
 int64_t FirstNonFinite(absl::Span<const float> values) {
-  constexpr float kMax = std::numeric_limits<float>::max();
   constexpr size_t kBlock = size_t{1} << 16;
-  // A raw pointer: Span's checked operator[] would keep the loop scalar.
   const float* data = values.data();
   for (size_t begin = 0; begin < values.size(); begin += kBlock) {
     const size_t end = std::min(values.size(), begin + kBlock);
-    uint32_t bad = 0;
-    for (size_t i = begin; i < end; ++i) bad += !(std::fabs(data[i]) <= kMax);
-    if (bad == 0) continue;
+    if (kernels::AllFinite(data + begin, static_cast<int64_t>(end - begin))) continue;
     for (size_t i = begin; i < end; ++i) {
       if (!std::isfinite(data[i])) return static_cast<int64_t>(i);
     }
