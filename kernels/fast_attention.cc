@@ -288,10 +288,10 @@ class FastEngine {
       for (int64_t r = 0; r < rows; ++r) {
         float* row = s + r * kBlockK;
         const int64_t visible = VisibleInTile(i0 + r, j0, n);
-        // The weights the tile's value products read past visible must be
-        // 0: a value term reads the whole row, the row group's P.V up to its
-        // last row's visible end, at most kRows - 1 keys further.
-        const int64_t read_end = value_term_ ? n : std::min(n, visible + simd::kRows - 1);
+        // The weights P.V reads past visible must be 0: up to the row
+        // group's last row's visible end, at most kRows - 1 keys further (a
+        // value term reads only the visible prefix).
+        const int64_t read_end = std::min(n, visible + simd::kRows - 1);
         if (visible == 0) {
           std::fill(row, row + read_end, 0.0f);
           continue;
@@ -301,9 +301,7 @@ class FastEngine {
         // Zeroes the row past visible up to a multiple of 8 too.
         const float sum = simd::ExpAndSum(row, visible, new_max, simd::Tail::kPadded);
         const int64_t zeroed = (visible + 7) / 8 * 8;
-        if (read_end - zeroed > 8) {
-          std::fill(row + zeroed, row + read_end, 0.0f);
-        } else if (read_end > zeroed) {
+        if (read_end > zeroed) {
           _mm256_storeu_ps(row + zeroed, _mm256_setzero_ps());  // Inside the tile's row.
         }
         if (m[r] == kMinusInf) {

@@ -57,7 +57,7 @@ class AlibiModifier final : public ScoreModifier {
       for (int64_t r = 0; r < tile.rows; ++r) {
         const float delta = static_cast<float>(first_delta + r);  // q_pos - j0
         float* row = scores + r * ld;
-        const int cols = static_cast<int>(VisibleCols(tile, first_delta + r));
+        const int cols = static_cast<int>(tile.VisibleCols(r, query_offset_, causal_));
         for (int c = 0; c < cols; ++c) {
           row[c] = scale * row[c] - m * std::fabs(delta - static_cast<float>(c));
         }
@@ -67,7 +67,7 @@ class AlibiModifier final : public ScoreModifier {
     for (int64_t r = 0; r < tile.rows; ++r) {
       const int64_t q_pos = query_offset_ + tile.i0 + r;
       float* row = scores + r * ld;
-      const int64_t cols = VisibleCols(tile, first_delta + r);
+      const int64_t cols = tile.VisibleCols(r, query_offset_, causal_);
       for (int64_t c = 0; c < cols; ++c) {
         row[c] = static_cast<float>(scale_ * row[c] + Bias(slope, q_pos, tile.j0 + c));
       }
@@ -75,14 +75,6 @@ class AlibiModifier final : public ScoreModifier {
   }
 
  private:
-  // The columns of a tile row whose query is `delta` = q_pos - j0 past the
-  // tile's first key that the causal mask leaves: the rest may hold
-  // anything (the engine masks them), so the diagonal tiles' masked halves
-  // cost nothing.
-  int64_t VisibleCols(const ScoreTile& tile, int64_t delta) const {
-    return causal_ ? std::clamp<int64_t>(delta + 1, 0, tile.cols) : tile.cols;
-  }
-
   const double scale_;
   const int64_t query_offset_;
   const bool causal_;

@@ -56,13 +56,13 @@ void DaCoefficients(double w, double v, int64_t first_distance, int64_t count, d
   constexpr double kSaturated = 40;  // e^-40 < 2^-53
   constexpr double kExpRange = 600;
   constexpr double kMaxExponent = 700;
-  const double numerator = v < 700 ? 1.0 + std::exp(v) : 0;
+  const double numerator = v < kMaxExponent ? 1.0 + std::exp(v) : 0;
   for (int64_t n0 = 0; n0 < count; n0 += kAnchorDistances) {
     const int64_t n1 = std::min(count, n0 + kAnchorDistances);
     const double e0 = v - w * static_cast<double>(first_distance + n0);
     const double e1 = v - w * static_cast<double>(first_distance + n1 - 1);
     const double low = std::min(e0, e1), high = std::max(e0, e1);
-    if (v >= 700) {
+    if (v >= kMaxExponent) {
       // Falls through to the direct form below.
     } else if (high <= -kSaturated) {
       std::fill(out + n0, out + n1, numerator);

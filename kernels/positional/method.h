@@ -16,6 +16,7 @@
 #ifndef ATTNSERVE_KERNELS_POSITIONAL_METHOD_H_
 #define ATTNSERVE_KERNELS_POSITIONAL_METHOD_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -68,6 +69,12 @@ struct ScoreTile {
   int64_t i0 = 0, rows = 0;
   int64_t j0 = 0, cols = 0;
   float* scratch = nullptr;
+
+  // The columns of row r that query i0 + r (at position query_offset +
+  // i0 + r) sees: a prefix, all of them without causal masking.
+  int64_t VisibleCols(int64_t r, int64_t query_offset, bool causal) const {
+    return causal ? std::clamp<int64_t>(query_offset + i0 + r - j0 + 1, 0, cols) : cols;
+  }
 };
 
 class ScoreModifier {
@@ -120,8 +127,10 @@ class ScoreModifier {
 
   // Methods with a term on the values (Shaw's rel_v) return true and add
   // sum_c weights[r * ldw + c] * term(i0 + r, j0 + c)[e] to acc[r * lda + e]
-  // for e < Dv. weights are zero on masked entries. acc rows hold Dv rounded
-  // up to 16 floats (lda >= that); the part past Dv may be written.
+  // for e < Dv. Under causal masking only each row's visible prefix
+  // (ScoreTile::VisibleCols) may be read: the weights past it may hold
+  // anything. acc rows hold Dv rounded up to 16 floats (lda >= that); the
+  // part past Dv may be written.
   virtual bool HasValueTerm() const { return false; }
   virtual void AccumulateValueTerm(const ScoreTile& /*tile*/, const float* /*weights*/,
                                    int64_t /*ldw*/, float* /*acc*/, int64_t /*lda*/) const {}

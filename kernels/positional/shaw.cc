@@ -92,7 +92,7 @@ class ShawModifier final : public ScoreModifier {
     for (int64_t r = 0; r < tile.rows; ++r) {
       // Masked entries may hold anything (the engine masks them), and their
       // buckets were not multiplied: only the visible prefix is touched.
-      const int64_t cols = VisibleCols(tile, r);
+      const int64_t cols = tile.VisibleCols(r, query_offset_, causal_);
       const Runs runs = RunsOf(tile, r, cols);
       const float* qr = tile.scratch + r * w.ld;  // qr[t - base], t in the window
       float* row = scores + r * ld;
@@ -127,7 +127,7 @@ class ShawModifier final : public ScoreModifier {
     std::fill_n(mass, tile.rows * buckets, 0.0f);
     for (int64_t r = 0; r < tile.rows; ++r) {
       // Weights are zero past the visible prefix.
-      const int64_t cols = VisibleCols(tile, r);
+      const int64_t cols = tile.VisibleCols(r, query_offset_, causal_);
       const Runs runs = RunsOf(tile, r, cols);
       const float* p = weights + r * ldw;
       float* m = mass + r * buckets;  // m[t - first]
@@ -147,7 +147,8 @@ class ShawModifier final : public ScoreModifier {
     const int64_t panels = simd::RoundUpToPanel(dv_) / simd::kPanel;
     for (int64_t r0 = 0; r0 < tile.rows; r0 += simd::kRows) {
       const int group = static_cast<int>(std::min<int64_t>(simd::kRows, tile.rows - r0));
-      if (VisibleCols(tile, r0 + group - 1) == 0) continue;  // The whole group is masked.
+      // A group whose last row sees no key is wholly masked.
+      if (tile.VisibleCols(r0 + group - 1, query_offset_, causal_) == 0) continue;
       const int64_t group_first =
           ShawIndex(query_offset_ + tile.i0 + r0 + group - 1, tile.j0, k_);
       const int64_t group_last = LastBucket(tile, r0);
@@ -175,14 +176,6 @@ class ShawModifier final : public ScoreModifier {
     runs.band_end = std::clamp<int64_t>(k_ - u0, runs.band_begin, cols);
     runs.first_band_index = u0 + runs.band_begin + k_;
     return runs;
-  }
-
-  // The columns of tile row r the causal mask leaves (a prefix): under
-  // causal masking no query meets a key after it, so neither the buckets
-  // of positive distances nor the masked part of diagonal tiles cost work.
-  int64_t VisibleCols(const ScoreTile& tile, int64_t r) const {
-    if (!causal_) return tile.cols;
-    return std::clamp<int64_t>(query_offset_ + tile.i0 + r - tile.j0 + 1, 0, tile.cols);
   }
 
   // The last bucket rows r0 .. r0 + rows - 1 of the tile meet with their
