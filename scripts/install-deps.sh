@@ -12,8 +12,9 @@ PACKAGES=(
   build-essential cmake make pkg-config
   # RPC and serialisation
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  # kernels
-  libdnnl-dev
+  # kernels (Debian's dnnl-config.cmake calls find_package(OpenCL REQUIRED);
+  # libdnnl-dev only recommends the OpenCL headers, and we skip recommends)
+  libdnnl-dev ocl-icd-opencl-dev
   # utilities
   libabsl-dev nlohmann-json3-dev prometheus-cpp-dev
   # tests and benchmarks
