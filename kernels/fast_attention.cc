@@ -33,21 +33,29 @@ constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
 // kt: ceil(sk / 16) panels of [(d + w) x 16]: kt[t][e][c] = scale *
 // k[16t + c][e] for e < d, the key features b[16t + c][e - d] after (0 past
-// sk); row j of k at k + j * ldk, of b at b + j * w.
+// sk); row j of k at k + j * ldk, of b at b + j * w. With `turner`, each
+// panel's rows go through its TurnRows first (into `turned`, 16 x d).
 void PackKeys(const float* k, int64_t ldk, int64_t sk, int64_t d, float scale, const float* b,
-              int64_t w, float* kt) {
+              int64_t w, const ScoreModifier* turner, float* turned, float* kt) {
   const int64_t panels = RoundUpToPanel(sk) / kPanel;
   const int64_t depth = d + w;
   for (int64_t t = 0; t < panels; ++t) {
     float* panel = kt + t * depth * kPanel;
     const int64_t cols = std::min<int64_t>(kPanel, sk - t * kPanel);
+    const float* keys = k + t * kPanel * ldk;
+    int64_t ld = ldk;
+    if (turner != nullptr) {
+      turner->TurnRows(t * kPanel, cols, keys, ldk, turned, d);
+      keys = turned;
+      ld = d;
+    }
     if (cols == kPanel) {
-      simd::TransposeIntoPanel(k + t * kPanel * ldk, ldk, d, panel, scale);
+      simd::TransposeIntoPanel(keys, ld, d, panel, scale);
       if (w > 0) simd::TransposeIntoPanel(b + t * kPanel * w, w, w, panel + d * kPanel);
       continue;
     }
     for (int64_t c = 0; c < cols; ++c) {
-      const float* row = k + (t * kPanel + c) * ldk;
+      const float* row = keys + c * ld;
       for (int64_t e = 0; e < d; ++e) panel[e * kPanel + c] = scale * row[e];
       const float* features = b + (t * kPanel + c) * w;
       for (int64_t e = 0; e < w; ++e) panel[(d + e) * kPanel + c] = features[e];
@@ -69,17 +77,20 @@ class Workspace {
  public:
   Workspace(const AttentionProblem& p, const ScoreModifier& modifier)
       : dv_pad(RoundUpToPanel(p.dv)), depth(p.d + modifier.feature_width()) {
+    const bool copies_queries = modifier.feature_width() > 0 || modifier.turns_rows();
     const int64_t sizes[] = {RoundUpToPanel(p.sk) * depth, p.sk * dv_pad, kBlockQ * kBlockK,
                              kBlockQ * dv_pad,             kBlockQ,       kBlockQ,
                              modifier.ScratchFloats(kBlockQ),
-                             modifier.feature_width() > 0 ? kBlockQ * depth : 0};
+                             copies_queries ? kBlockQ * depth : 0,
+                             modifier.turns_rows() ? kPanel * p.d : 0};
     int64_t total = 0;
     for (int64_t size : sizes) total += RoundUpToPanel(size);
     thread_local std::vector<float> kept;
     std::vector<float>& arena = total <= kKeptWorkspaceFloats ? kept : owned_;
     if (static_cast<int64_t>(arena.size()) < total) arena.resize(static_cast<size_t>(total));
     float* next = arena.data();
-    float** parts[] = {&kt, &vp, &scores, &acc, &row_max, &row_sum, &block_scratch, &q_scaled};
+    float** parts[] = {&kt,      &vp,           &scores,   &acc,        &row_max,
+                       &row_sum, &block_scratch, &q_scaled, &turned_keys};
     for (size_t n = 0; n < std::size(parts); ++n) {
       *parts[n] = sizes[n] > 0 ? next : nullptr;
       next += RoundUpToPanel(sizes[n]);
@@ -95,7 +106,8 @@ class Workspace {
     if (Packed(bh)) return;
     const HeadRows k = p.k_rows(), v = p.v_rows();
     PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, key_scale,
-             modifier.KeyFeatures(bh / p.heads, bh % p.heads), depth - p.d, kt);
+             modifier.KeyFeatures(bh / p.heads, bh % p.heads), depth - p.d,
+             modifier.turns_rows() ? &modifier : nullptr, turned_keys, kt);
     simd::PackColumnPanels(v.Row(bh, 0), v.stride(), p.sk, p.dv, vp);
     packed_head_ = bh;
   }
@@ -109,8 +121,10 @@ class Workspace {
   float* row_max = nullptr;  // [kBlockQ]
   float* row_sum = nullptr;  // [kBlockQ]
   float* block_scratch = nullptr;  // the modifier's, or null
-  float* q_scaled = nullptr;       // [kBlockQ x depth]: scale * q of the block, then its
-                                   // query features (methods with features only)
+  float* q_scaled = nullptr;       // [kBlockQ x depth]: the block's copied queries, scale * q
+                                   // then its query features, or q turned (methods with
+                                   // features or turned rows only)
+  float* turned_keys = nullptr;    // [16 x D]: a panel's keys turned (turned rows only)
 
  private:
   std::vector<float> owned_;
@@ -127,6 +141,8 @@ class FastEngine {
         modifies_scores_(!modifier_.scale_only() && features_ == 0),
         scale_inputs_(!modifies_scores_ || modifier_.adds_to_scaled_scores()),
         scale_queries_(scale_inputs_ && features_ > 0),
+        turns_rows_(modifier_.turns_rows()),
+        copies_queries_(scale_queries_ || turns_rows_),
         value_term_(modifier_.HasValueTerm()),
         scale_(static_cast<float>(p_.scale)),
         out_(out),
@@ -166,6 +182,10 @@ class FastEngine {
         float* dst = ws.q_scaled + r * depth_;
         for (int64_t e = 0; e < p_.d; ++e) dst[e] = src[e] * scale_;
       }
+    } else if (turns_rows_) {
+      const HeadRows q = p_.q_rows();
+      modifier_.TurnRows(p_.query_offset + i0, rows, q.Row(bh, i0), q.stride(), ws.q_scaled,
+                         depth_);
     }
     const ScoreTile block{bh / p_.heads, bh % p_.heads, i0, rows, 0, p_.sk, ws.block_scratch};
     if (features_ > 0) {
@@ -209,8 +229,8 @@ class FastEngine {
   void ComputeScores(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0,
                      int64_t n, float* s, int64_t ld) const {
     const HeadRows q = p_.q_rows();
-    const float* a = scale_queries_ ? ws.q_scaled : q.Row(bh, i0);
-    const int64_t lda = scale_queries_ ? depth_ : q.stride();
+    const float* a = copies_queries_ ? ws.q_scaled : q.Row(bh, i0);
+    const int64_t lda = copies_queries_ ? depth_ : q.stride();
     const float* kt = ws.kt + j0 * depth_;
     if (!Diagonal(i0, j0, n)) {
       simd::Gemm<false>(rows, RoundUpToPanel(n), depth_, a, lda, kt, depth_ * kPanel, s, ld);
@@ -364,7 +384,8 @@ class FastEngine {
   const AttentionProblem& p_;
   const ScoreModifier& modifier_;
   const int64_t features_, depth_;
-  const bool modifies_scores_, scale_inputs_, scale_queries_, value_term_;
+  const bool modifies_scores_, scale_inputs_, scale_queries_, turns_rows_, copies_queries_,
+      value_term_;
   const float scale_;
   float* const out_;
   float* const probs_;

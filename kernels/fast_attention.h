@@ -8,8 +8,9 @@
 // ScoreModifier on the tile (scale-only methods instead get queries scaled
 // once per block; Shaw prepares per-block products in BeginQueryBlock;
 // Transformer-XL's position term rides in the same product as query and key
-// features, [scale q | a] . [k | b]), then an online softmax (running max
-// and sum per row, the accumulator rescaled when the max grows) and
+// features, [scale q | a] . [k | b]; RoPE's rows are turned as the keys are
+// packed and as a block's queries are copied), then an online softmax
+// (running max and sum per row, the accumulator rescaled when the max grows) and
 // acc += P V_tile. Under causal masking, tiles wholly after a block's last
 // position are never computed, and on the diagonal tiles each 6-row group
 // stops at its own last position. Memory beyond the inputs and output: the

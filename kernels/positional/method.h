@@ -3,7 +3,9 @@
 //
 // A method acts only where it needs to (STYLE.md, "Positional methods"):
 //   - on the inputs before the projections (sinusoidal, learned) and on q/k
-//     (RoPE): both inside PrepareAttend, which returns the per-head q, k, v;
+//     (RoPE): inside PrepareAttend, which returns the per-head q, k, v (for
+//     the fast engine RoPE instead turns each row as the engine reads it:
+//     ScoreModifier::TurnRows);
 //   - on a tile of scores, given the tile's query and key positions (ALiBi,
 //     Shaw, Transformer-XL, DA-Transformer): ScoreModifier::ModifyScores;
 //   - on the output (Shaw's value term): ScoreModifier::AccumulateValueTerm.
@@ -116,6 +118,18 @@ class ScoreModifier {
   // a_i of the block's rows (block as for BeginQueryBlock, its scratch
   // usable) into dst[r * ld + 0 .. feature_width()).
   virtual void QueryFeatures(const ScoreTile& /*block*/, float* /*dst*/, int64_t /*ld*/) const {}
+
+  // Methods that turn q and k by position before the product (RoPE) may
+  // leave the problem's q and k as the caller sent them and return true
+  // here: the fast engine then passes every row it reads through TurnRows
+  // (keys as it packs them, a query block's rows into its own copy), on its
+  // own threads, instead of a separate pass over q and k. Engines that do
+  // not (the plain one) are handed a problem whose q and k are turned.
+  virtual bool turns_rows() const { return false; }
+  // dst row r (at dst + r * ldd) = src row r (at src + r * lds) turned as
+  // the row at position first_position + r; D floats a row.
+  virtual void TurnRows(int64_t /*first_position*/, int64_t /*count*/, const float* /*src*/,
+                        int64_t /*lds*/, float* /*dst*/, int64_t /*ldd*/) const {}
 
   // On entry scores[r * ld + c] holds the raw dot product q_i . k_j (not
   // scaled; scale * q_i . k_j when adds_to_scaled_scores()) for i = i0 + r,

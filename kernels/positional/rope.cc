@@ -7,6 +7,8 @@
 //   x'[a] = x[a] cos(phi_n) - x[b] sin(phi_n)
 //   x'[b] = x[b] cos(phi_n) + x[a] sin(phi_n)
 // Dims r .. D-1 pass unchanged (partial rotary). Values are not rotated.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -93,57 +95,117 @@ absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d) {
   return config;
 }
 
-// One tensor to turn: `outer` blocks of `count` rows of d floats, row s of
-// each block at position first_position + s.
-struct RotationTarget {
-  float* data = nullptr;
-  int64_t first_position = 0, count = 0;
+// Row turning on tables laid out per rotated dimension e (ExpandRun):
+//   out[e] = in[e] * C[e] + in[partner(e)] * S[e],
+// C[a] = C[b] = cos(phi_n), S[a] = -sin(phi_n), S[b] = sin(phi_n) for pair
+// n = (a, b): (2n, 2n+1) interleaved, (n, n + half) in the half layout. One
+// rounding order everywhere (the product with S, then a fused multiply-add),
+// so every path that turns a row gives the same bits. In place (in == out)
+// or not; dims past 2 * half are left alone.
+inline float TurnValue(float x, float c, float partner, float s) {
+  return std::fma(x, c, partner * s);
+}
+
+inline __m256 TurnVector(__m256 x, const float* c, __m256 partner, const float* s) {
+  return _mm256_fmadd_ps(x, _mm256_loadu_ps(c), _mm256_mul_ps(partner, _mm256_loadu_ps(s)));
+}
+
+void TurnRow(const float* c, const float* s, int64_t half, bool half_layout, const float* in,
+             float* out) {
+  int64_t n = 0;
+  if (half_layout) {
+    // Both halves of a chunk are read before either is written.
+    for (; n + 8 <= half; n += 8) {
+      const __m256 xa = _mm256_loadu_ps(in + n), xb = _mm256_loadu_ps(in + half + n);
+      _mm256_storeu_ps(out + n, TurnVector(xa, c + n, xb, s + n));
+      _mm256_storeu_ps(out + half + n, TurnVector(xb, c + half + n, xa, s + half + n));
+    }
+    for (; n < half; ++n) {
+      const float xa = in[n], xb = in[half + n];
+      out[n] = TurnValue(xa, c[n], xb, s[n]);
+      out[half + n] = TurnValue(xb, c[half + n], xa, s[half + n]);
+    }
+    return;
+  }
+  // Four pairs a vector; a pair's partner is the next lane (or the one before).
+  for (; 2 * n + 8 <= 2 * half; n += 4) {
+    const __m256 x = _mm256_loadu_ps(in + 2 * n);
+    _mm256_storeu_ps(out + 2 * n, TurnVector(x, c + 2 * n, _mm256_permute_ps(x, 0xB1), s + 2 * n));
+  }
+  for (; n < half; ++n) {
+    const float xa = in[2 * n], xb = in[2 * n + 1];
+    out[2 * n] = TurnValue(xa, c[2 * n], xb, s[2 * n]);
+    out[2 * n + 1] = TurnValue(xb, c[2 * n + 1], xa, s[2 * n + 1]);
+  }
+}
+
+// Runs of positions share the work of their cosines and sines: sincos of
+// the run's first position's exact double angle (1.6: phi_n = position' *
+// theta_n, formed as RopeAngles does), then one step by the fixed rotation
+// theta_n per position in double (within ~1e-14 of the direct sincos, far
+// below float rounding), stored as float.
+constexpr int64_t kAnchorRows = 64;
+
+class RopeSteps {
+ public:
+  explicit RopeSteps(const RopeConfig& config)
+      : half_(config.rotary_dim / 2),
+        linear_(config.scaling == RopeScaling::kLinear),
+        scaling_factor_(config.scaling_factor),
+        thetas_(static_cast<size_t>(half_)),
+        step_cos_(static_cast<size_t>(half_)),
+        step_sin_(static_cast<size_t>(half_)) {
+    // theta_n once (RopeAngles at position 1 gives them, NTK included);
+    // linear scaling divides the position, so a step of one position turns
+    // by theta_n / s.
+    RopeConfig unscaled = config;
+    if (linear_) unscaled.scaling = RopeScaling::kNone;
+    RopeAngles(unscaled, 1.0, thetas_.data());
+    for (int64_t n = 0; n < half_; ++n) {
+      ::sincos(linear_ ? thetas_[n] / scaling_factor_ : thetas_[n], &step_sin_[n], &step_cos_[n]);
+    }
+  }
+
+  // Rows [0, p1 - p0) of cosines and sines (`half` floats each): positions
+  // p0 .. p1 - 1, p1 - p0 <= kAnchorRows.
+  void FillRun(int64_t p0, int64_t p1, float* cosines, float* sines) const {
+    double sine[kMaxPairs], cosine[kMaxPairs];
+    double position = static_cast<double>(p0);
+    if (linear_) position /= scaling_factor_;
+    for (int64_t n0 = 0; n0 < half_; n0 += kMaxPairs) {
+      const int64_t pairs = std::min(kMaxPairs, half_ - n0);
+      for (int64_t n = 0; n < pairs; ++n) {
+        ::sincos(position * thetas_[n0 + n], &sine[n], &cosine[n]);
+      }
+      for (int64_t s = 0; s < p1 - p0; ++s) {
+        for (int64_t n = 0; n < pairs; ++n) {
+          cosines[s * half_ + n0 + n] = static_cast<float>(cosine[n]);
+          sines[s * half_ + n0 + n] = static_cast<float>(sine[n]);
+          const double next_sine = sine[n] * step_cos_[n0 + n] + cosine[n] * step_sin_[n0 + n];
+          cosine[n] = cosine[n] * step_cos_[n0 + n] - sine[n] * step_sin_[n0 + n];
+          sine[n] = next_sine;
+        }
+      }
+    }
+  }
+
+ private:
+  static constexpr int64_t kMaxPairs = 128;  // Pairs per pass (stack arrays).
+
+  const int64_t half_;
+  const bool linear_;
+  const double scaling_factor_;
+  std::vector<double> thetas_, step_cos_, step_sin_;
 };
 
-// Pair n of a row turned by the angle whose cosine and sine are cos_row[n]
-// and sin_row[n], for each layout; `half` pairs.
-inline void RotateHalfLayoutRow(const float* cos_row, const float* sin_row, int64_t half,
-                                float* values) {
-  // Pairs (n, n + half): two contiguous runs, a vectorised loop.
-  float* a = values;
-  float* b = values + half;
-  for (int64_t n = 0; n < half; ++n) {
-    const float xa = a[n], xb = b[n];
-    a[n] = xa * cos_row[n] - xb * sin_row[n];
-    b[n] = xb * cos_row[n] + xa * sin_row[n];
-  }
-}
-
-inline void RotateInterleavedRow(const float* cos_row, const float* sin_row, int64_t half,
-                                 float* values) {
-  for (int64_t n = 0; n < half; ++n) {
-    const float xa = values[2 * n], xb = values[2 * n + 1];
-    values[2 * n] = xa * cos_row[n] - xb * sin_row[n];
-    values[2 * n + 1] = xb * cos_row[n] + xa * sin_row[n];
-  }
-}
-
-// Turns every row of the targets (d floats each) by its position, in one
-// parallel loop over runs of kAnchorRows positions: a run takes cos(phi_n)
-// and sin(phi_n) of its positions (sincos of its first position's exact
-// double angle (1.6: phi_n = position' * theta_n, formed as RopeAngles
-// does), then one step by the fixed rotation theta_n per position in
-// double: within ~1e-14 of the direct sincos, far below float rounding),
-// as float, then turns the rows of every target at those positions. Runs
-// start at the lowest position of the targets' positions, taken as one
-// range when they overlap or touch (self-attention, a KV cache: one table
-// serves q and k) and as one range each otherwise. One thread team for the
-// whole call (a team per step cost as much as the work at S = 128, and a
-// wait for a time slice each on a busy machine); no table beyond a run's.
-void RotateByPosition(const RopeConfig& config, const std::vector<RotationTarget>& targets,
-                      int64_t outer, int64_t d, const ComputeOptions& options) {
-  constexpr int64_t kAnchorRows = 64;
-  const int64_t half = config.rotary_dim / 2;
-  // Position ranges [lo, hi), sorted and merged where they overlap or touch.
-  std::vector<std::pair<int64_t, int64_t>> ranges;
-  for (const RotationTarget& t : targets) {
-    if (t.count > 0) ranges.emplace_back(t.first_position, t.first_position + t.count);
-  }
+// Position ranges [lo, hi), sorted and merged where they overlap or touch
+// (self-attention, a KV cache: one table serves q and k), empty ones left
+// out.
+std::vector<std::pair<int64_t, int64_t>> MergedRanges(
+    std::vector<std::pair<int64_t, int64_t>> ranges) {
+  ranges.erase(std::remove_if(ranges.begin(), ranges.end(),
+                              [](const auto& r) { return r.second <= r.first; }),
+               ranges.end());
   std::sort(ranges.begin(), ranges.end());
   std::vector<std::pair<int64_t, int64_t>> merged;
   for (const auto& range : ranges) {
@@ -153,72 +215,165 @@ void RotateByPosition(const RopeConfig& config, const std::vector<RotationTarget
       merged.push_back(range);
     }
   }
-  std::vector<int64_t> run_starts, run_ends;
-  for (const auto& [lo, hi] : merged) {
+  return merged;
+}
+
+// The runs of at most kAnchorRows positions that tile the ranges.
+std::vector<std::pair<int64_t, int64_t>> AnchorRuns(
+    const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  for (const auto& [lo, hi] : ranges) {
     for (int64_t p0 = lo; p0 < hi; p0 += kAnchorRows) {
-      run_starts.push_back(p0);
-      run_ends.push_back(std::min(hi, p0 + kAnchorRows));
+      runs.emplace_back(p0, std::min(hi, p0 + kAnchorRows));
     }
   }
-  // theta_n once (RopeAngles at position 1 gives them, NTK included); linear
-  // scaling divides the position, so a step of one position turns by
-  // theta_n / s.
-  std::vector<double> thetas(static_cast<size_t>(half));
-  RopeConfig unscaled = config;
-  const bool linear = config.scaling == RopeScaling::kLinear;
-  if (linear) unscaled.scaling = RopeScaling::kNone;
-  RopeAngles(unscaled, 1.0, thetas.data());
-  std::vector<double> step_cos(static_cast<size_t>(half)), step_sin(static_cast<size_t>(half));
-  for (int64_t n = 0; n < half; ++n) {
-    ::sincos(linear ? thetas[n] / config.scaling_factor : thetas[n], &step_sin[n], &step_cos[n]);
+  return runs;
+}
+
+// Rows [0, rows) of cosines and sines (half floats each, FillRun) as the C
+// and S rows of TurnRow, 2 * half floats each.
+void ExpandRun(const float* cosines, const float* sines, int64_t rows, int64_t half,
+               bool half_layout, float* c, float* s) {
+  for (int64_t row = 0; row < rows; ++row) {
+    float* c_row = c + row * 2 * half;
+    float* s_row = s + row * 2 * half;
+    for (int64_t n = 0; n < half; ++n) {
+      const int64_t a = half_layout ? n : 2 * n;
+      const int64_t b = half_layout ? n + half : 2 * n + 1;
+      c_row[a] = c_row[b] = cosines[row * half + n];
+      s_row[a] = -sines[row * half + n];
+      s_row[b] = sines[row * half + n];
+    }
   }
+}
+
+// One tensor to turn: `outer` blocks of `count` rows of d floats, row s of
+// each block at position first_position + s.
+struct RotationTarget {
+  float* data = nullptr;
+  int64_t first_position = 0, count = 0;
+};
+
+// Turns every row of the targets (d floats each) by its position, in one
+// parallel loop over the anchor runs of their positions: a run fills its
+// cosines and sines, then turns the rows of every target at those
+// positions. One thread team for the whole call (a team per step cost as
+// much as the work at S = 128, and a wait for a time slice each on a busy
+// machine); no table beyond a run's. (Encode, and attend on the plain
+// engine; the fast engine turns rows as it reads them, RopeModifier.)
+void RotateByPosition(const RopeConfig& config, const std::vector<RotationTarget>& targets,
+                      int64_t outer, int64_t d, const ComputeOptions& options) {
+  const int64_t half = config.rotary_dim / 2;
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (const RotationTarget& t : targets) {
+    ranges.emplace_back(t.first_position, t.first_position + t.count);
+  }
+  const std::vector<std::pair<int64_t, int64_t>> runs = AnchorRuns(MergedRanges(ranges));
+  const RopeSteps steps(config);
   double rows = 0;
   for (const RotationTarget& t : targets) rows += static_cast<double>(outer * t.count);
   // The turning is memory-bound: a second thread gains little until the
   // work is well past ThreadsFor's threshold (at H=8, D=64, S=128: 20 us on
   // one thread, 27 us on two), so half a unit per pair turned.
   const double work = rows * static_cast<double>(half) / 2;
-  const int64_t runs = static_cast<int64_t>(run_starts.size());
-  ParallelFor(runs, ThreadsFor(work, options), 1, [&](int64_t begin, int64_t end) {
-    std::vector<double> sine(static_cast<size_t>(half)), cosine(static_cast<size_t>(half));
-    std::vector<float> cosines(static_cast<size_t>(kAnchorRows * half));
-    std::vector<float> sines(static_cast<size_t>(kAnchorRows * half));
-    for (int64_t run = begin; run < end; ++run) {
-      const int64_t p0 = run_starts[run], p1 = run_ends[run];
-      double position = static_cast<double>(p0);
-      if (linear) position /= config.scaling_factor;
-      for (int64_t n = 0; n < half; ++n) ::sincos(position * thetas[n], &sine[n], &cosine[n]);
-      for (int64_t s = 0; s < p1 - p0; ++s) {
-        for (int64_t n = 0; n < half; ++n) {
-          cosines[s * half + n] = static_cast<float>(cosine[n]);
-          sines[s * half + n] = static_cast<float>(sine[n]);
-          const double next_sine = sine[n] * step_cos[n] + cosine[n] * step_sin[n];
-          cosine[n] = cosine[n] * step_cos[n] - sine[n] * step_sin[n];
-          sine[n] = next_sine;
-        }
-      }
-      const auto rotate_rows = [&](auto rotate_row) {
-        for (const RotationTarget& t : targets) {
-          // The target's rows whose positions fall in [p0, p1).
-          const int64_t s0 = std::max(p0, t.first_position) - t.first_position;
-          const int64_t s1 = std::min(p1, t.first_position + t.count) - t.first_position;
-          for (int64_t b = 0; b < outer; ++b) {
-            for (int64_t s = s0; s < s1; ++s) {
-              const int64_t table_row = t.first_position + s - p0;
-              rotate_row(cosines.data() + table_row * half, sines.data() + table_row * half, half,
-                         t.data + (b * t.count + s) * d);
-            }
-          }
-        }
-      };
-      if (config.layout == RopeLayout::kHalf) {
-        rotate_rows(RotateHalfLayoutRow);
-      } else {
-        rotate_rows(RotateInterleavedRow);
-      }
-    }
-  });
+  ParallelFor(static_cast<int64_t>(runs.size()), ThreadsFor(work, options), 1,
+              [&](int64_t begin, int64_t end) {
+                std::vector<float> cosines(static_cast<size_t>(kAnchorRows * half));
+                std::vector<float> sines(static_cast<size_t>(kAnchorRows * half));
+                std::vector<float> c(static_cast<size_t>(kAnchorRows * 2 * half));
+                std::vector<float> sn(static_cast<size_t>(kAnchorRows * 2 * half));
+                const bool half_layout = config.layout == RopeLayout::kHalf;
+                for (int64_t run = begin; run < end; ++run) {
+                  const auto [p0, p1] = runs[static_cast<size_t>(run)];
+                  steps.FillRun(p0, p1, cosines.data(), sines.data());
+                  ExpandRun(cosines.data(), sines.data(), p1 - p0, half, half_layout, c.data(),
+                            sn.data());
+                  for (const RotationTarget& t : targets) {
+                    // The target's rows whose positions fall in [p0, p1).
+                    const int64_t s0 = std::max(p0, t.first_position) - t.first_position;
+                    const int64_t s1 = std::min(p1, t.first_position + t.count) - t.first_position;
+                    for (int64_t b = 0; b < outer; ++b) {
+                      for (int64_t s = s0; s < s1; ++s) {
+                        const int64_t table_row = t.first_position + s - p0;
+                        float* row = t.data + (b * t.count + s) * d;
+                        TurnRow(c.data() + table_row * 2 * half, sn.data() + table_row * 2 * half,
+                                half, half_layout, row, row);
+                      }
+                    }
+                  }
+                }
+              });
 }
+
+// The fast engine's RoPE: q and k stay as sent, and the engine turns each
+// row as it reads it (TurnRows: keys as it packs them, queries into its
+// block copy), on the thread that then uses it, instead of a pass over q
+// and k before the call. The C and S rows of every query and key position
+// are made once per call (O(S * rotary_dim) floats) by the same anchor runs
+// and TurnRow as RotateByPosition, so the turned rows are bit for bit the
+// ones it gives.
+class RopeModifier final : public ScaledDotProduct {
+ public:
+  RopeModifier(const AttentionProblem& p, const RopeConfig& config, const ComputeOptions& options)
+      : ScaledDotProduct(p.scale),
+        d_(p.d),
+        half_(config.rotary_dim / 2),
+        half_layout_(config.layout == RopeLayout::kHalf),
+        ranges_(MergedRanges({{p.query_offset, p.query_offset + p.sq}, {0, p.sk}})) {
+    int64_t rows = 0;
+    for (const auto& [lo, hi] : ranges_) {
+      range_starts_.push_back(rows);
+      rows += hi - lo;
+    }
+    const int64_t width = 2 * half_;
+    cos_.resize(static_cast<size_t>(rows * width));
+    sin_.resize(static_cast<size_t>(rows * width));
+    const std::vector<std::pair<int64_t, int64_t>> runs = AnchorRuns(ranges_);
+    const RopeSteps steps(config);
+    ParallelFor(static_cast<int64_t>(runs.size()),
+                ThreadsFor(static_cast<double>(rows * half_) * 4, options), 1,
+                [&](int64_t begin, int64_t end) {
+                  std::vector<float> cosines(static_cast<size_t>(kAnchorRows * half_));
+                  std::vector<float> sines(static_cast<size_t>(kAnchorRows * half_));
+                  for (int64_t run = begin; run < end; ++run) {
+                    const auto [p0, p1] = runs[static_cast<size_t>(run)];
+                    steps.FillRun(p0, p1, cosines.data(), sines.data());
+                    const int64_t row = TableRow(p0);
+                    ExpandRun(cosines.data(), sines.data(), p1 - p0, half_, half_layout_,
+                              cos_.data() + row * width, sin_.data() + row * width);
+                  }
+                });
+  }
+
+  bool turns_rows() const override { return true; }
+
+  void TurnRows(int64_t first_position, int64_t count, const float* src, int64_t lds, float* dst,
+                int64_t ldd) const override {
+    const int64_t width = 2 * half_;
+    for (int64_t r = 0; r < count; ++r) {
+      const float* in = src + r * lds;
+      float* out = dst + r * ldd;
+      const int64_t row = TableRow(first_position + r);
+      TurnRow(cos_.data() + row * width, sin_.data() + row * width, half_, half_layout_, in, out);
+      std::copy(in + width, in + d_,
+                out + width);  // Past rotary_dim: unchanged.
+    }
+  }
+
+ private:
+  // The table row of `position` (inside one of the ranges).
+  int64_t TableRow(int64_t position) const {
+    size_t n = 0;
+    while (n + 1 < ranges_.size() && position >= ranges_[n + 1].first) ++n;
+    return range_starts_[n] + position - ranges_[n].first;
+  }
+
+  const int64_t d_, half_;
+  const bool half_layout_;
+  const std::vector<std::pair<int64_t, int64_t>> ranges_;
+  std::vector<int64_t> range_starts_;  // The table row of each range's first position.
+  std::vector<float> cos_, sin_;       // [rows x rotary_dim]: TurnRow's C and S
+};
 
 class Rope final : public PositionalMethod {
  public:
@@ -242,6 +397,9 @@ class Rope final : public PositionalMethod {
             {"v", "tensor", "", "[B,H,Sk,Dv]", {"attend"}}};
   }
   std::vector<InputSpec> attend_inputs() const override { return {{"q"}, {"k"}, {"v"}}; }
+  // The fast engine turns q and k as it reads them (RopeModifier); only the
+  // plain engine's are turned in place, and Attend checks those itself.
+  bool keeps_qkv_values() const override { return true; }
 
   absl::StatusOr<PreparedAttention> PrepareAttend(AttendArgs& args,
                                                   const ComputeOptions& options) const override {
@@ -249,6 +407,10 @@ class Rope final : public PositionalMethod {
     ATTN_ASSIGN_OR_RETURN(prepared.problem, TakeQkvProblem(args, options));
     AttentionProblem& p = prepared.problem;
     ATTN_ASSIGN_OR_RETURN(const RopeConfig config, MakeConfig(args.params, p.d));
+    if (options.engine == Engine::kFast) {
+      prepared.modifier = std::make_unique<RopeModifier>(p, config, options);
+      return prepared;
+    }
     RotateByPosition(config,
                      {{p.q.data(), p.query_offset, p.sq}, {p.k.data(), 0, p.sk}},
                      p.batch * p.heads, p.d, options);

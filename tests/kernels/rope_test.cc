@@ -292,5 +292,60 @@ TEST(RopeTest, ValuesAreNotRotated) {
   EXPECT_FLOAT_EQ(got->out.values()[1], 1.5f);
 }
 
+// The fast engine turns q and k as it reads them (keys while packing, a
+// query block's rows into its copy) instead of in a pass before the call:
+// its output must be, bit for bit, that of method none on q and k turned by
+// Encode (the pass the plain engine and encode use), for every layout and
+// scaling, partial rotary, a query offset far from the keys (two position
+// ranges: a KV cache), a key count that ends inside a 16-key panel, several
+// query blocks, causal and with probs.
+TEST(RopeTest, FastEngineTurnsRowsExactlyAsEncodeDoes) {
+  struct Case {
+    kernels::MethodParams params;
+    int64_t sq, sk, d, query_offset;
+    bool causal, probs;
+  };
+  const Case cases[] = {
+      {Params(RopeLayout::kInterleaved), 200, 200, 64, 0, true, false},
+      {Params(RopeLayout::kHalf), 37, 101, 16, 64, false, false},
+      {Params(RopeLayout::kHalf, RopeScaling::kLinear, 4.0), 5, 77, 32, 1000000, false, true},
+      {Params(RopeLayout::kInterleaved, RopeScaling::kNtk, 8.0, 10), 130, 130, 12, 0, true, true},
+      {Params(RopeLayout::kHalf, RopeScaling::kNone, std::nullopt, 6), 3, 9, 7, 6, false, false},
+  };
+  std::mt19937 rng(29);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "sq=" << c.sq << " sk=" << c.sk << " d=" << c.d
+                                      << " query_offset=" << c.query_offset);
+    const int64_t batch = 2, heads = 3;
+    const Tensor q = RandomTensor({batch, heads, c.sq, c.d}, rng);
+    const Tensor k = RandomTensor({batch, heads, c.sk, c.d}, rng);
+    const Tensor v = RandomTensor({batch, heads, c.sk, 5}, rng);
+    kernels::AttendArgs rope;
+    rope.method = MethodKind::kRope;
+    rope.params = c.params;
+    rope.query_offset = c.query_offset;
+    rope.causal = c.causal;
+    rope.return_probs = c.probs;
+    rope.inputs = {{"q", q}, {"k", k}, {"v", v}};
+    kernels::AttendArgs turned = rope;
+    turned.method = MethodKind::kNone;
+    turned.params = {};
+    // Encode turns [B,H,S,D] rows at offset + s: the queries' positions
+    // start at query_offset, the keys' at 0.
+    turned.inputs["q"] = Tensor(q.shape(), Rotate(q, c.query_offset, c.params));
+    turned.inputs["k"] = Tensor(k.shape(), Rotate(k, 0, c.params));
+    kernels::ComputeOptions options;
+    options.threads = 2;
+    auto got = kernels::Attend(rope, options);
+    auto want = kernels::Attend(turned, options);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(want.ok()) << want.status();
+    ASSERT_EQ(got->out.values(), want->out.values());
+    if (c.probs) {
+      ASSERT_EQ(got->probs->values(), want->probs->values());
+    }
+  }
+}
+
 }  // namespace
 }  // namespace attnserve::testing
