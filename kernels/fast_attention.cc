@@ -177,10 +177,15 @@ class FastEngine {
     std::fill_n(ws.acc, rows * ws.dv_pad, 0.0f);
     if (scale_queries_) {
       const HeadRows q = p_.q_rows();
+      const float* bias = modifier_.QueryBias(bh % p_.heads);
       for (int64_t r = 0; r < rows; ++r) {
         const float* src = q.Row(bh, i0 + r);
         float* dst = ws.q_scaled + r * depth_;
-        for (int64_t e = 0; e < p_.d; ++e) dst[e] = src[e] * scale_;
+        if (bias != nullptr) {
+          for (int64_t e = 0; e < p_.d; ++e) dst[e] = (src[e] + bias[e]) * scale_;
+        } else {
+          for (int64_t e = 0; e < p_.d; ++e) dst[e] = src[e] * scale_;
+        }
       }
     } else if (turns_rows_) {
       const HeadRows q = p_.q_rows();

@@ -102,6 +102,14 @@ class ScoreModifier {
   virtual int64_t ScratchFloats(int64_t /*rows*/) const { return 0; }
   virtual void BeginQueryBlock(const ScoreTile& /*block*/) const {}
 
+  // Methods whose logit adds a per-head vector to every query, (q_i + u_h)
+  // . k_j (Transformer-XL's content bias), may leave it out of the
+  // problem's q and return u_h here (D floats, owned by the modifier): the
+  // fast engine adds it as it copies a block's queries (only with query
+  // features, where it copies them). Engines that do not (the plain one)
+  // are handed a problem whose q holds q + u.
+  virtual const float* QueryBias(int64_t /*h*/) const { return nullptr; }
+
   // Methods whose own term is a dot product of per-query and per-key
   // features,
   //   score(i, j) = scale * (q_i . k_j) + a_i . b_j,

@@ -85,7 +85,9 @@ void ProjectSinusoids(const std::vector<double>& distances, const Tensor& w_r, d
   });
 }
 
-// (q_i + u) . k_j is the engine's own product: u is added to q in place.
+// (q_i + u) . k_j is the engine's own product: the fast engine adds u as it
+// copies a block's queries (QueryBias); for the plain one u is added to q in
+// place.
 // (q_i + v) . rel_h(delta) = (W_r[h] (q_i + v)) . R(delta), as rel_h = R W_r[h].
 // With delta = q_pos(i) - j = rho_i + sigma_j around the reference position
 // p_ref = query_offset (rho_i = i, sigma_j = query_offset - j), the angle
@@ -101,18 +103,23 @@ void ProjectSinusoids(const std::vector<double>& distances, const Tensor& w_r, d
 // row), as the direct R(delta) would be.
 class TxlModifier final : public ScoreModifier {
  public:
-  // key_features: row j is R(query_offset - j), j < Sk; frequencies: f_n.
+  // key_features: row j is R(query_offset - j), j < Sk; frequencies: f_n;
+  // q_holds_u: the problem's q is q + u (else QueryBias gives u).
   TxlModifier(const AttentionProblem& p, const Tensor& u, const Tensor& v, const Tensor& w_r,
-              std::vector<float> key_features, const std::vector<double>& frequencies)
+              std::vector<float> key_features, const std::vector<double>& frequencies,
+              bool q_holds_u)
       : q_(p.q_rows()),
         heads_(p.heads),
         d_(p.d),
         d_rel_(w_r.dim(1)),
         scale_(static_cast<float>(p.scale)),
         frequencies_(frequencies),
-        v_minus_u_(static_cast<size_t>(p.heads * p.d)),
+        query_shift_(static_cast<size_t>(p.heads * p.d)),
         key_features_(std::move(key_features)) {
-    for (int64_t n = 0; n < p.heads * p.d; ++n) v_minus_u_[n] = v.data()[n] - u.data()[n];
+    for (int64_t n = 0; n < p.heads * p.d; ++n) {
+      query_shift_[n] = q_holds_u ? v.data()[n] - u.data()[n] : v.data()[n];
+    }
+    if (!q_holds_u) u_.assign(u.data(), u.data() + p.heads * p.d);
     w_r_.reserve(static_cast<size_t>(p.heads));
     for (int64_t h = 0; h < p.heads; ++h) {
       w_r_.emplace_back(w_r.data() + h * d_rel_ * d_, d_rel_, d_);
@@ -133,15 +140,19 @@ class TxlModifier final : public ScoreModifier {
     return rows * (d_ + RelativeTable::MaxLd(d_rel_) + d_rel_);
   }
 
+  const float* QueryBias(int64_t h) const override {
+    return u_.empty() ? nullptr : u_.data() + h * d_;
+  }
+
   const float* KeyFeatures(int64_t /*b*/, int64_t /*h*/) const override {
     return key_features_.data();
   }
 
   void QueryFeatures(const ScoreTile& block, float* dst, int64_t ld) const override {
-    float* qv = block.scratch;  // [rows x D]: q + v (q holds q + u)
+    float* qv = block.scratch;  // [rows x D]: q + v
     float* qr = qv + block.rows * d_;
     const RelativeTable::Window all = w_r_[block.h].WindowOf(0, d_rel_ - 1);
-    const float* shift = v_minus_u_.data() + block.h * d_;
+    const float* shift = query_shift_.data() + block.h * d_;
     for (int64_t r = 0; r < block.rows; ++r) {
       const float* q = q_.Row(block.b * heads_ + block.h, block.i0 + r);
       for (int64_t e = 0; e < d_; ++e) qv[r * d_ + e] = q[e] + shift[e];
@@ -204,7 +215,8 @@ class TxlModifier final : public ScoreModifier {
   const float scale_;
   const std::vector<double> frequencies_;  // f_n, n < d_rel / 2
   std::vector<double> step_sin_, step_cos_;
-  std::vector<float> v_minus_u_;    // [H, D]
+  std::vector<float> query_shift_;  // [H, D]: v, or v - u where q holds q + u
+  std::vector<float> u_;            // [H, D] where q does not hold it, else empty
   std::vector<RelativeTable> w_r_;  // per head: rows c of W_r[h], width D
   const std::vector<float> key_features_;  // [Sk x d_rel]: R(query_offset - j)
 };
@@ -230,6 +242,10 @@ class TransformerXl final : public PositionalMethod {
   std::vector<InputSpec> attend_inputs() const override {
     return {{"q"}, {"k"}, {"v"}, {"pos_bias_u"}, {"pos_bias_v"}, {"w_r"}};
   }
+  // The fast engine gets q, k, v unchanged (u is added as it copies the
+  // queries); only the plain engine's q holds q + u, and Attend checks
+  // those values itself.
+  bool keeps_qkv_values() const override { return true; }
 
   absl::StatusOr<PreparedAttention> PrepareAttend(AttendArgs& args,
                                                   const ComputeOptions& options) const override {
@@ -250,8 +266,11 @@ class TransformerXl final : public PositionalMethod {
       ATTN_RETURN_IF_ERROR(ExpectDim(*t, name, 1, p.d, hd_text));
     }
     ATTN_RETURN_IF_ERROR(CheckWr(w_r, d_rel, p.heads, p.d));
-    // Fold u into q: the engine's q . k is then (q + u) . k.
-    {
+    // For the plain engine u is folded into q: its q . k is then (q + u) . k.
+    // The fast engine adds u as it copies each block's queries, on its own
+    // threads (QueryBias), and q, k, v reach it unchanged.
+    const bool fold_u = options.engine != Engine::kFast;
+    if (fold_u) {
       const float* bias = u.data();
       float* q = prepared.problem.q.data();
       for (int64_t row = 0; row < p.batch * p.heads * p.sq; ++row) {
@@ -300,7 +319,7 @@ class TransformerXl final : public PositionalMethod {
                   }
                 });
     prepared.modifier = std::make_unique<TxlModifier>(p, u, v, w_r, std::move(key_features),
-                                                      frequencies);
+                                                      frequencies, fold_u);
     return prepared;
   }
 
