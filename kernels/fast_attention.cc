@@ -66,6 +66,13 @@ void PackKeys(const float* k, int64_t ldk, int64_t sk, int64_t d, float scale, c
   }
 }
 
+// Whether the engine works on a copy of each query block (Workspace::q_scaled)
+// rather than on q itself: for the query features that follow the scaled
+// queries, or for rows the modifier turns.
+bool CopiesQueries(const ScoreModifier& modifier) {
+  return modifier.feature_width() > 0 || modifier.turns_rows();
+}
+
 // Floats of workspace a thread keeps between calls (4 MiB): small requests
 // then allocate nothing (no page faults), large ones free theirs on return.
 constexpr int64_t kKeptWorkspaceFloats = int64_t{1} << 20;
@@ -77,11 +84,10 @@ class Workspace {
  public:
   Workspace(const AttentionProblem& p, const ScoreModifier& modifier)
       : dv_pad(RoundUpToPanel(p.dv)), depth(p.d + modifier.feature_width()) {
-    const bool copies_queries = modifier.feature_width() > 0 || modifier.turns_rows();
     const int64_t sizes[] = {RoundUpToPanel(p.sk) * depth, p.sk * dv_pad, kBlockQ * kBlockK,
                              kBlockQ * dv_pad,             kBlockQ,       kBlockQ,
                              modifier.ScratchFloats(kBlockQ),
-                             copies_queries ? kBlockQ * depth : 0,
+                             CopiesQueries(modifier) ? kBlockQ * depth : 0,
                              modifier.turns_rows() ? kPanel * p.d : 0};
     int64_t total = 0;
     for (int64_t size : sizes) total += RoundUpToPanel(size);
@@ -142,7 +148,7 @@ class FastEngine {
         scale_inputs_(!modifies_scores_ || modifier_.adds_to_scaled_scores()),
         scale_queries_(scale_inputs_ && features_ > 0),
         turns_rows_(modifier_.turns_rows()),
-        copies_queries_(scale_queries_ || turns_rows_),
+        copies_queries_(CopiesQueries(modifier_)),
         value_term_(modifier_.HasValueTerm()),
         scale_(static_cast<float>(p_.scale)),
         out_(out),

@@ -53,17 +53,6 @@ inline void PairOf(const RopeConfig& config, int64_t n, int64_t* a, int64_t* b) 
   }
 }
 
-void RotateWithAngles(const RopeConfig& config, const double* angles, float* row) {
-  for (int64_t n = 0; n < config.rotary_dim / 2; ++n) {
-    int64_t a = 0, b = 0;
-    PairOf(config, n, &a, &b);
-    const double c = std::cos(angles[n]), s = std::sin(angles[n]);
-    const double xa = row[a], xb = row[b];
-    row[a] = static_cast<float>(xa * c - xb * s);
-    row[b] = static_cast<float>(xb * c + xa * s);
-  }
-}
-
 // Validates the parameters for head size d and fills the config.
 absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d) {
   RopeConfig config;
@@ -232,14 +221,15 @@ std::vector<std::pair<int64_t, int64_t>> AnchorRuns(
 
 // Rows [0, rows) of cosines and sines (half floats each, FillRun) as the C
 // and S rows of TurnRow, 2 * half floats each.
-void ExpandRun(const float* cosines, const float* sines, int64_t rows, int64_t half,
-               bool half_layout, float* c, float* s) {
+void ExpandRun(const RopeConfig& config, const float* cosines, const float* sines, int64_t rows,
+               float* c, float* s) {
+  const int64_t half = config.rotary_dim / 2;
   for (int64_t row = 0; row < rows; ++row) {
     float* c_row = c + row * 2 * half;
     float* s_row = s + row * 2 * half;
     for (int64_t n = 0; n < half; ++n) {
-      const int64_t a = half_layout ? n : 2 * n;
-      const int64_t b = half_layout ? n + half : 2 * n + 1;
+      int64_t a = 0, b = 0;
+      PairOf(config, n, &a, &b);
       c_row[a] = c_row[b] = cosines[row * half + n];
       s_row[a] = -sines[row * half + n];
       s_row[b] = sines[row * half + n];
@@ -286,8 +276,7 @@ void RotateByPosition(const RopeConfig& config, const std::vector<RotationTarget
                 for (int64_t run = begin; run < end; ++run) {
                   const auto [p0, p1] = runs[static_cast<size_t>(run)];
                   steps.FillRun(p0, p1, cosines.data(), sines.data());
-                  ExpandRun(cosines.data(), sines.data(), p1 - p0, half, half_layout, c.data(),
-                            sn.data());
+                  ExpandRun(config, cosines.data(), sines.data(), p1 - p0, c.data(), sn.data());
                   for (const RotationTarget& t : targets) {
                     // The target's rows whose positions fall in [p0, p1).
                     const int64_t s0 = std::max(p0, t.first_position) - t.first_position;
@@ -339,7 +328,7 @@ class RopeModifier final : public ScaledDotProduct {
                     const auto [p0, p1] = runs[static_cast<size_t>(run)];
                     steps.FillRun(p0, p1, cosines.data(), sines.data());
                     const int64_t row = TableRow(p0);
-                    ExpandRun(cosines.data(), sines.data(), p1 - p0, half_, half_layout_,
+                    ExpandRun(config, cosines.data(), sines.data(), p1 - p0,
                               cos_.data() + row * width, sin_.data() + row * width);
                   }
                 });
@@ -438,12 +427,6 @@ class Rope final : public PositionalMethod {
 };
 
 }  // namespace
-
-void RopeRotateRow(const RopeConfig& config, double position, float* row) {
-  std::vector<double> angles(static_cast<size_t>(config.rotary_dim / 2));
-  RopeAngles(config, position, angles.data());
-  RotateWithAngles(config, angles.data(), row);
-}
 
 const PositionalMethod& RopeMethod() {
   static const Rope* const method = new Rope();

@@ -29,8 +29,6 @@ struct RopeConfig {
 };
 // phi_n for n = 0 .. rotary_dim/2 - 1, written to out.
 void RopeAngles(const RopeConfig& config, double position, double* out);
-// Rotates one row of D floats in place at `position` (dims >= rotary_dim kept).
-void RopeRotateRow(const RopeConfig& config, double position, float* row);
 
 // transformer_xl.cc, 2.5: R(r), d_rel entries: all sines, then all cosines.
 void TransformerXlSinusoid(double r, int64_t d_rel, double base, double* out);
