@@ -23,6 +23,8 @@ PACKAGES=(
   prometheus
   # Python SDK and its tests (Debian's interpreter: /usr/bin/python3)
   python3 python3-grpcio python3-protobuf python3-numpy
+  # the wheel of client/python, built offline and installed into a venv by its test
+  python3-pip python3-venv python3-setuptools python3-wheel
 )
 
 missing=()

@@ -23,10 +23,6 @@ tensor the server loaded at start-up (a ref).
 """
 
 import collections
-import importlib.util
-import os
-import sys
-import threading
 
 import grpc
 import numpy as np
@@ -203,32 +199,17 @@ def _attend_result(response):
     return AttendResult(out=from_tensor(response.out), probs=probs)
 
 
-_health_lock = threading.Lock()
-_health_module = None
-
-
 def _health_pb2():
-    """grpc.health.v1's messages. The generated health_pb2.py lives in
-    <build>/python/grpc/health/v1, but `grpc` is grpcio's own package, which
-    hides that directory from `import`; so the file is loaded by path (or
-    grpcio-health-checking's copy is used when installed)."""
-    global _health_module
-    with _health_lock:
-        if _health_module is None:
-            try:
-                from grpc_health.v1 import health_pb2 as module  # pylint: disable=import-outside-toplevel
-            except ImportError:
-                path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                    "grpc", "health", "v1", "health_pb2.py")
-                name = "attnserve._health_pb2"
-                spec = importlib.util.spec_from_file_location(name, path)
-                if spec is None or not os.path.exists(path):
-                    raise ImportError(f"grpc.health.v1 messages not found at {path}")
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                spec.loader.exec_module(module)
-            _health_module = module
-        return _health_module
+    """grpc.health.v1's messages: grpcio-health-checking's copy when it is
+    installed, else attnserve's own (_health_pb2, generated next to this file
+    by the build or the wheel; grpcio owns the top-level `grpc` package, so
+    they cannot live under grpc/). Never both: each registers
+    grpc/health/v1/health.proto in the default descriptor pool."""
+    try:
+        from grpc_health.v1 import health_pb2 as module  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        from attnserve import _health_pb2 as module  # pylint: disable=import-outside-toplevel
+    return module
 
 
 class Client:
