@@ -32,7 +32,8 @@ start_attnd() {
   local attnd=$1 work=$2 name=$3
   shift 3
   "$attnd" --address=127.0.0.1:0 --port_file="$work/$name.port" \
-    --metrics_address=127.0.0.1:0 --metrics_port_file="$work/$name.metrics_port" "$@" \
+    --metrics_address=127.0.0.1:0 --metrics_port_file="$work/$name.metrics_port" \
+    --lame_duck_s=0 "$@" \
     2>"$work/$name.log" &
   local pid=$!
   attnd_pids+=("$pid")

@@ -406,7 +406,7 @@ void DrainGate::Drain(absl::Time deadline) {
   // Calls refused this recently may have followers on the wire; gRPC's own
   // shutdown would fail those with CANCELLED rather than UNAVAILABLE.
   constexpr absl::Duration kQuiet = absl::Milliseconds(100);
-  draining_.store(true);
+  Refuse();
   // Polled: it runs once per process, and a millisecond is far below any grace.
   for (absl::Time now = absl::Now(); now < deadline; now = absl::Now()) {
     const bool quiet = now - absl::FromUnixNanos(last_refusal_ns_.load()) >= kQuiet;

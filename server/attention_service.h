@@ -64,6 +64,9 @@ class DrainGate {
   void StreamOpened() { open_streams_.fetch_add(1); }
   void StreamClosed() { open_streams_.fetch_sub(1); }
   int64_t open_streams() const { return open_streams_.load(); }
+  // Refuses new calls from now on (the lame duck's first step); accepted
+  // requests and further messages of open streams are still served.
+  void Refuse() { draining_.store(true); }
   // Refuses new calls from now on and waits until no request is being
   // served and no call was refused for a short quiet period (clients have
   // seen UNAVAILABLE and gone elsewhere), or `deadline` passes.
@@ -109,6 +112,9 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   // (and further messages of open streams) are served; returns once none is
   // being served or at `deadline`.
   void Drain(absl::Time deadline) { gate_.Drain(deadline); }
+  // The lame duck (AttnServer::EnterLameDuck): new calls are refused as in
+  // Drain from now on, without waiting for anything.
+  void RefuseNewCalls() { gate_.Refuse(); }
   // AttendStream calls still open (after Drain: idle ones, between messages).
   int64_t open_streams() const { return gate_.open_streams(); }
 

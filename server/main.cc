@@ -1,5 +1,6 @@
 // attnd: the attnserve gRPC server. Parses flags, starts an AttnServer (see
-// server/server.h) and drains it on SIGTERM or SIGINT.
+// server/server.h) and, on SIGTERM or SIGINT, makes it a lame duck for
+// --lame_duck_s, then drains it.
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -60,8 +61,13 @@ ABSL_FLAG(int32_t, batch_threads, DefaultThreads(),
           "batches computing at once (default: cores); they share the --threads compute threads");
 ABSL_FLAG(int32_t, warmup_iterations, 3,
           "kernel runs at start-up before the health service reports SERVING");
+ABSL_FLAG(double, lame_duck_s, 5,
+          "on SIGTERM/SIGINT: seconds of lame duck first (health NOT_SERVING, new calls "
+          "UNAVAILABLE, accepted calls go on) so that clients and load balancers move away before "
+          "the drain; 0: none");
 ABSL_FLAG(double, shutdown_grace_s, 30,
-          "on SIGTERM/SIGINT: seconds to let accepted calls finish before cancelling them (>= 0)");
+          "on SIGTERM/SIGINT, after the lame duck: seconds to let accepted calls finish before "
+          "cancelling them (>= 0)");
 
 int main(int argc, char** argv) {
   // Batches allocate and free megabyte tensors at a high rate: keep freed
@@ -119,6 +125,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   const absl::Duration grace = absl::Seconds(grace_s);
+  const double lame_duck_s = absl::GetFlag(FLAGS_lame_duck_s);
+  if (!(lame_duck_s >= 0) || lame_duck_s > 1e6) {
+    std::fprintf(stderr, "attnd: --lame_duck_s: must be in 0..1e6 seconds, got %g\n",
+                 lame_duck_s);
+    return 1;
+  }
+  const absl::Duration lame_duck = absl::Seconds(lame_duck_s);
   absl::StatusOr<std::unique_ptr<attnserve::server::AttnServer>> server =
       attnserve::server::AttnServer::Start(options);
   if (!server.ok()) {
@@ -155,11 +168,25 @@ int main(int argc, char** argv) {
                    ? "(none)"
                    : ("port " + std::to_string((*server)->metrics_port())).c_str());
 
-  std::thread signal_thread([&server, &signals, grace] {
+  std::thread signal_thread([&server, &signals, grace, lame_duck] {
     int signal_number = 0;
     sigwait(&signals, &signal_number);
-    std::fprintf(stderr, "attnd: signal %d, draining (up to %s)\n", signal_number,
-                 absl::FormatDuration(grace).c_str());
+    if (lame_duck > absl::ZeroDuration()) {
+      // Clients and load balancers see NOT_SERVING (or an UNAVAILABLE they
+      // retry elsewhere) and move away while this server still answers, so
+      // that no call meets gRPC's shutdown on the wire.
+      (*server)->EnterLameDuck();
+      std::fprintf(stderr,
+                   "attnd: signal %d, lame duck for %s (health NOT_SERVING, new calls "
+                   "UNAVAILABLE, accepted calls go on)\n",
+                   signal_number, absl::FormatDuration(lame_duck).c_str());
+      absl::SleepFor(lame_duck);
+      std::fprintf(stderr, "attnd: lame duck over, draining (up to %s)\n",
+                   absl::FormatDuration(grace).c_str());
+    } else {
+      std::fprintf(stderr, "attnd: signal %d, draining (up to %s)\n", signal_number,
+                   absl::FormatDuration(grace).c_str());
+    }
     const absl::Time start = absl::Now();
     (*server)->Shutdown(grace);
     std::fprintf(stderr, "attnd: drained in %s\n",

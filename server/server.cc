@@ -239,10 +239,20 @@ void AttnServer::WarmUp() {
     }
   }
   absl::MutexLock lock(&shutdown_mu_);
-  if (shut_down_) return;
+  if (shut_down_ || lame_duck_) return;
   if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
     health->SetServingStatus(true);
   }
+}
+
+void AttnServer::EnterLameDuck() {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_ || lame_duck_) return;
+  lame_duck_ = true;
+  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+  service_->RefuseNewCalls();
 }
 
 AttnServer::~AttnServer() {

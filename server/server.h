@@ -6,8 +6,9 @@
 // main.cc only parses flags, starts an AttnServer and waits for a signal;
 // tests start one in-process on port 0.
 //
-// Thread-safety: port() and address() are immutable after Start; Shutdown
-// and Wait may be called from any thread, Shutdown more than once.
+// Thread-safety: port() and address() are immutable after Start;
+// EnterLameDuck, Shutdown and Wait may be called from any thread,
+// EnterLameDuck and Shutdown more than once.
 #ifndef ATTNSERVE_SERVER_SERVER_H_
 #define ATTNSERVE_SERVER_SERVER_H_
 
@@ -88,8 +89,15 @@ class AttnServer {
   // Runs the kernels options.warmup_iterations times on a small request
   // (OpenMP's threads, the allocator and the caches start up here rather than
   // in a client's first call), then marks the health service SERVING unless
-  // Shutdown has begun. Call once, after Start.
+  // the lame duck or Shutdown has begun. Call once, after Start.
   void WarmUp();
+
+  // The lame duck, before Shutdown: marks the health service NOT_SERVING and
+  // refuses new Attend, Encode and AttendStream calls with UNAVAILABLE, while
+  // accepted ones go on; returns at once. The caller waits out the lame-duck
+  // period (so that clients and load balancers see NOT_SERVING and go
+  // elsewhere while this server still answers), then calls Shutdown.
+  void EnterLameDuck();
 
   // Drains: marks the health service NOT_SERVING, stops accepting calls
   // (new ones get UNAVAILABLE), lets accepted ones (queued or computing)
@@ -122,6 +130,7 @@ class AttnServer {
 
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+  bool lame_duck_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };
 
 // Writes "<port>\n" to `path` atomically: to `path`.tmp first, then renamed

@@ -28,16 +28,22 @@ def attnd_path():
 class AttndProcess:
     """Starts attnd with `extra_flags`; .port, .address and .metrics_port once it
     serves. The metrics listener is on a picked port too (never the default
-    9464, which parallel tests would fight over)."""
+    9464, which parallel tests would fight over); --lame_duck_s=0 unless
+    extra_flags say otherwise."""
 
-    def __init__(self, extra_flags=()):
+    def __init__(self, extra_flags=(), log_path=None):
         self._dir = tempfile.mkdtemp(prefix="attnd_pytest_")
         port_file = os.path.join(self._dir, "port")
         metrics_port_file = os.path.join(self._dir, "metrics_port")
         self.command = [attnd_path(), "--address=127.0.0.1:0", f"--port_file={port_file}",
                         "--metrics_address=127.0.0.1:0",
-                        f"--metrics_port_file={metrics_port_file}", *extra_flags]
-        self._process = subprocess.Popen(self.command)
+                        f"--metrics_port_file={metrics_port_file}",
+                        # No lame duck unless extra_flags set one: tests stop at once.
+                        "--lame_duck_s=0", *extra_flags]
+        # attnd's log goes to `log_path` when given (else the test's stderr).
+        self._log = open(log_path, "wb") if log_path else None  # pylint: disable=consider-using-with
+        self._process = subprocess.Popen(self.command, stderr=self._log)
+        self.pid = self._process.pid
         deadline = time.monotonic() + START_TIMEOUT_S
         previous = None
         while True:
@@ -52,12 +58,14 @@ class AttndProcess:
             previous = port
             code = self._process.poll()
             if code is not None:
+                self._close_log()
                 shutil.rmtree(self._dir, ignore_errors=True)
                 raise RuntimeError(f"attnd exited with status {code} before writing its port "
                                    f"file; command: {' '.join(self.command)}")
             if time.monotonic() > deadline:
                 self._process.kill()
                 self._process.wait()
+                self._close_log()
                 shutil.rmtree(self._dir, ignore_errors=True)
                 raise RuntimeError(f"attnd did not write its port within {START_TIMEOUT_S} s; "
                                    f"command: {' '.join(self.command)}")
@@ -78,6 +86,13 @@ class AttndProcess:
                 return port
         return text
 
+    def running(self):
+        return self._process.poll() is None
+
+    def wait(self, timeout):
+        """attnd's exit status once it exits (subprocess.TimeoutExpired after `timeout` s)."""
+        return self._process.wait(timeout=timeout)
+
     def stop(self):
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
@@ -86,7 +101,13 @@ class AttndProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        self._close_log()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _close_log(self):
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self):
         return self

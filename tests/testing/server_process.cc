@@ -118,7 +118,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   std::vector<std::string> args = {path, "--address=127.0.0.1:0",
                                    absl::StrCat("--port_file=", port_file),
                                    "--metrics_address=127.0.0.1:0",
-                                   absl::StrCat("--metrics_port_file=", metrics_port_file)};
+                                   absl::StrCat("--metrics_port_file=", metrics_port_file),
+                                   // No lame duck (a test's own flag may set one): a test
+                                   // stops its server at once.
+                                   "--lame_duck_s=0"};
   for (std::string& flag : extra_flags) args.push_back(std::move(flag));
   // argv is built before fork: between fork and exec the child may only make
   // async-signal-safe calls (the test may have gRPC threads running).

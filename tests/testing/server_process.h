@@ -4,7 +4,7 @@
 // attnd is found through $ATTND_PATH (CTest sets it), else the compile-time
 // default ATTND_DEFAULT_PATH (<build>/bin/attnd). It runs with
 // --address=127.0.0.1:0 --port_file=<a fresh temporary file>
-// --metrics_address=127.0.0.1:0 --metrics_port_file=<another> plus the
+// --metrics_address=127.0.0.1:0 --metrics_port_file=<another> --lame_duck_s=0 plus the
 // caller's flags (later flags win); Start() returns once attnd has written its
 // bound port there, i.e. once it is serving.
 //
