@@ -21,6 +21,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # metrics tests: promtool and a real Prometheus server (loopback only)
   prometheus
+  # deploy/ tests: the load balancer of deploy/haproxy/haproxy.cfg (loopback only)
+  haproxy
   # Python SDK and its tests (Debian's interpreter: /usr/bin/python3)
   python3 python3-grpcio python3-protobuf python3-numpy
   # the wheel of client/python, built offline and installed into a venv by its test
