@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "grpc/health/v1/health.pb.h"
 #include "kernels/attention.h"
 #include "kernels/status_macros.h"
 
@@ -173,6 +174,12 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   // Both are process-wide switches read when a ServerBuilder is created.
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // gRPC's default health service is built on its own (upb) messages and puts
+  // no descriptor into protobuf's generated pool, where reflection looks: it
+  // would list grpc.health.v1.Health but not resolve it (ghz without --proto:
+  // "Symbol not found"). Using our generated health.pb.cc links it in, and its
+  // static initializer registers the file.
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
 
   // Before listening: a client never sees a server whose refs are not loaded.
   std::unique_ptr<TensorStore> tensors = std::make_unique<TensorStore>();

@@ -72,6 +72,57 @@ TEST_F(ReflectionTest, ListsTheServiceHealthAndReflection) {
   EXPECT_THAT(names, Contains("grpc.health.v1.Health"));
 }
 
+// What ghz does for `--call SERVICE/METHOD` without --proto, for every
+// service the server lists: FileContainingSymbol returns the file (and its
+// dependencies), from which the service and its methods' message types can be
+// built. grpc.health.v1.Health used to be listed but not resolvable ("Symbol
+// not found: grpc.health.v1.Health.Check" in ghz).
+TEST_F(ReflectionTest, EveryListedServiceResolvesToItsDescriptor) {
+  refl::ServerReflectionRequest list;
+  list.set_list_services("");
+  const refl::ServerReflectionResponse services = Ask(list);
+  ASSERT_GE(services.list_services_response().service_size(), 3) << services.DebugString();
+  for (const auto& listed : services.list_services_response().service()) {
+    SCOPED_TRACE(listed.name());
+    refl::ServerReflectionRequest request;
+    request.set_file_containing_symbol(listed.name());
+    const refl::ServerReflectionResponse response = Ask(request);
+    ASSERT_TRUE(response.has_file_descriptor_response()) << response.DebugString();
+    // The response holds the file and the files it imports, in no promised
+    // order: build each once its imports are built.
+    std::vector<google::protobuf::FileDescriptorProto> files;
+    for (const std::string& bytes : response.file_descriptor_response().file_descriptor_proto()) {
+      files.emplace_back();
+      ASSERT_TRUE(files.back().ParseFromString(bytes));
+    }
+    google::protobuf::DescriptorPool pool;
+    for (size_t round = 0; round < files.size(); ++round) {
+      for (const auto& file : files) {
+        if (pool.FindFileByName(file.name()) != nullptr) continue;
+        bool ready = true;
+        for (const std::string& dependency : file.dependency()) {
+          ready = ready && pool.FindFileByName(dependency) != nullptr;
+        }
+        if (ready) {
+          ASSERT_NE(pool.BuildFile(file), nullptr) << file.name();
+        }
+      }
+    }
+    const auto* service = pool.FindServiceByName(listed.name());
+    ASSERT_NE(service, nullptr) << "not in the returned files";
+    ASSERT_GT(service->method_count(), 0);
+    for (int m = 0; m < service->method_count(); ++m) {
+      const auto* method = service->method(m);
+      EXPECT_NE(method->input_type(), nullptr) << method->full_name();
+      EXPECT_NE(method->output_type(), nullptr) << method->full_name();
+      // ghz asks for the method's full name ("grpc.health.v1.Health.Check").
+      refl::ServerReflectionRequest by_method;
+      by_method.set_file_containing_symbol(method->full_name());
+      EXPECT_TRUE(Ask(by_method).has_file_descriptor_response()) << method->full_name();
+    }
+  }
+}
+
 // What ghz does with `--call attnserve.v1.AttentionService/Attend -d '{...}'`.
 TEST_F(ReflectionTest, GhzStyleCallFromJsonThroughReflectedDescriptors) {
   refl::ServerReflectionRequest request;
