@@ -15,4 +15,6 @@ RUN /opt/attnserve/scripts/install-deps.sh
 COPY --from=build /src/build/bin/attnd /src/build/bin/attn /usr/local/bin/
 EXPOSE 50051
 ENTRYPOINT ["/usr/local/bin/attnd"]
-CMD ["--address=0.0.0.0:50051"]
+# Plaintext on every interface: --insecure says so (attnd refuses a non-loopback
+# address without TLS otherwise); see docs/OPERATIONS.md, Security, for TLS.
+CMD ["--address=0.0.0.0:50051", "--insecure"]

@@ -17,6 +17,8 @@ PACKAGES=(
   libdnnl-dev ocl-icd-opencl-dev
   # utilities
   libabsl-dev nlohmann-json3-dev prometheus-cpp-dev
+  # TLS checks and token digests (libcrypto); the openssl CLI makes test certificates
+  libssl-dev openssl
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # metrics tests: promtool and a real Prometheus server (loopback only)

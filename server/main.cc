@@ -68,6 +68,16 @@ ABSL_FLAG(double, lame_duck_s, 5,
 ABSL_FLAG(double, shutdown_grace_s, 30,
           "on SIGTERM/SIGINT, after the lame duck: seconds to let accepted calls finish before "
           "cancelling them (>= 0)");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain (leaf first) to serve gRPC over TLS; needs --tls_key_file");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA bundle: clients must present a certificate it signed (mutual TLS)");
+ABSL_FLAG(int32_t, tls_reload_interval_s, 60,
+          "seconds between checks of the TLS files; a changed, matching key and certificate "
+          "serve new connections from then on (mismatched ones are skipped)");
+ABSL_FLAG(bool, insecure, false,
+          "allow plaintext gRPC on an --address that is not loopback (else attnd refuses)");
 
 int main(int argc, char** argv) {
   // Batches allocate and free megabyte tensors at a high rate: keep freed
@@ -99,6 +109,11 @@ int main(int argc, char** argv) {
   options.max_elements = absl::GetFlag(FLAGS_max_elements);
   options.tensor_dir = absl::GetFlag(FLAGS_tensor_dir);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  options.tls.reload_interval_s = absl::GetFlag(FLAGS_tls_reload_interval_s);
+  options.insecure = absl::GetFlag(FLAGS_insecure);
   options.batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   const int64_t delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
   options.batching.max_queue_delay = absl::Microseconds(delay_us);
@@ -163,7 +178,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "attnd: loaded %zu tensors from --tensor_dir=%s\n",
                  (*server)->tensors().tensors().size(), options.tensor_dir.c_str());
   }
-  std::fprintf(stderr, "attnd listening on %s, metrics on %s\n", (*server)->address().c_str(),
+  if (!options.tls.enabled() && options.insecure) {
+    std::fprintf(stderr, "attnd: --insecure: plaintext gRPC, readable by anyone on the path\n");
+  }
+  std::fprintf(stderr, "attnd listening on %s (%s), metrics on %s\n",
+               (*server)->address().c_str(),
+               !options.tls.enabled()                ? "plaintext"
+               : options.tls.client_ca_file.empty() ? "TLS"
+                                                     : "mutual TLS",
                options.metrics_address.empty()
                    ? "(none)"
                    : ("port " + std::to_string((*server)->metrics_port())).c_str());

@@ -149,6 +149,14 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
         absl::StrCat("--max_elements: must be >= 1, got ", options.max_elements));
   }
   ATTN_RETURN_IF_ERROR(ValidateBatcherOptions(BatcherOf(options)));
+  ATTN_RETURN_IF_ERROR(ValidateTlsOptions(options.tls));
+  if (!options.tls.enabled() && !options.insecure &&
+      !IsLoopbackHost(SplitAddress(options.address)->host)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--address=", options.address,
+        " is not a loopback address: serve it with TLS (--tls_cert_file, --tls_key_file) or "
+        "pass --insecure to accept plaintext that anyone on the network can read"));
+  }
   if (options.warmup_iterations < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--warmup_iterations: must be >= 0, got ", options.warmup_iterations));
@@ -203,9 +211,21 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
     const std::vector<int> ports = server->exposer_->GetListeningPorts();
     server->metrics_port_ = ports.empty() ? 0 : ports.front();
   }
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (options.tls.enabled()) {
+    absl::StatusOr<std::unique_ptr<CertificateReloader>> certificates =
+        CertificateReloader::Create(options.tls);
+    if (!certificates.ok()) {
+      absl::MutexLock lock(&server->shutdown_mu_);
+      server->shut_down_ = true;
+      return certificates.status();
+    }
+    server->certificates_ = *std::move(certificates);
+    credentials = server->certificates_->credentials();
+  }
   grpc::ServerBuilder builder;
   int selected_port = 0;
-  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &selected_port);
+  builder.AddListeningPort(options.address, credentials, &selected_port);
   // gRPC sets SO_REUSEPORT by default: a second attnd on the same port would
   // then start and silently share the traffic instead of failing to bind.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

@@ -30,6 +30,7 @@
 #include "server/batcher.h"
 #include "server/tensor_store.h"
 #include "server/metrics.h"
+#include "server/tls.h"
 
 namespace attnserve::server {
 
@@ -54,6 +55,11 @@ struct ServerOptions {
   // format); port 0 picks a free port (see AttnServer::metrics_port); empty
   // serves no metrics.
   std::string metrics_address = "127.0.0.1:9464";
+  // TLS / mutual TLS on `address` (server/tls.h); plaintext when not enabled.
+  TlsOptions tls;
+  // Allows plaintext on an address that is not loopback (--insecure);
+  // without it, such an address without TLS is refused before binding.
+  bool insecure = false;
 };
 
 // INVALID_ARGUMENT naming the flag (--threads, ...) and its rule when
@@ -120,6 +126,7 @@ class AttnServer {
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<AttentionServiceImpl> service_;
+  std::unique_ptr<CertificateReloader> certificates_;  // null without TLS
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::string address_;

@@ -29,13 +29,14 @@ class AttndProcess:
     """Starts attnd with `extra_flags`; .port, .address and .metrics_port once it
     serves. The metrics listener is on a picked port too (never the default
     9464, which parallel tests would fight over); --lame_duck_s=0 unless
-    extra_flags say otherwise."""
+    extra_flags say otherwise. wrapper: a command prefix (e.g. unshare);
+    address: --address (default 127.0.0.1:0)."""
 
-    def __init__(self, extra_flags=(), log_path=None):
+    def __init__(self, extra_flags=(), log_path=None, wrapper=(), address="127.0.0.1:0"):
         self._dir = tempfile.mkdtemp(prefix="attnd_pytest_")
         port_file = os.path.join(self._dir, "port")
         metrics_port_file = os.path.join(self._dir, "metrics_port")
-        self.command = [attnd_path(), "--address=127.0.0.1:0", f"--port_file={port_file}",
+        self.command = [*wrapper, attnd_path(), f"--address={address}", f"--port_file={port_file}",
                         "--metrics_address=127.0.0.1:0",
                         f"--metrics_port_file={metrics_port_file}",
                         # No lame duck unless extra_flags set one: tests stop at once.
