@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc)
 ADDRESS    ?= 127.0.0.1:50051
 ATTND_FLAGS ?=
 
-.PHONY: all deps configure build run test bench perf-doc loadtest clean
+.PHONY: all deps configure build run test bench perf-doc loadtest package clean
 
 all: build
 
@@ -42,6 +42,10 @@ perf-doc:
 LOADTEST_TOTAL ?= 2000
 loadtest: build
 	scripts/loadtest.sh $(BUILD_DIR) $(LOADTEST_TOTAL)
+
+# build/attnserve_<version>_<arch>.deb: attnd, attn and a systemd unit (cmake/packaging.cmake).
+package: build
+	cd $(BUILD_DIR) && cpack -G DEB
 
 clean:
 	rm -rf $(BUILD_DIR)
