@@ -23,11 +23,13 @@ tensor the server loaded at start-up (a ref).
 """
 
 import collections
+import threading
 
 import grpc
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 
+from attnserve import channel
 from attnserve.v1 import attention_pb2
 from attnserve.v1 import attention_pb2_grpc
 
@@ -215,21 +217,32 @@ def _health_pb2():
 class Client:
     """A client of attnd at `target` over an insecure channel (connects lazily).
 
+    `target` is any gRPC target ("host:port", "dns:///host:port",
+    "ipv4:a:p,b:p", ...); the channel applies attnserve's defaults
+    (attnserve.channel: round_robin over the target's addresses, retries of
+    UNAVAILABLE for the idempotent calls, client-side health checking,
+    keepalive) unless `service_config` (a dict or JSON; {} for none) or
+    `options` (gRPC channel options, winning key by key) say otherwise.
     `timeout` is the deadline of each call in seconds (of the whole stream for
     attend_stream); every method also takes timeout= to override it.
     """
 
-    def __init__(self, target="127.0.0.1:50051", timeout=30.0, max_message_bytes=256 << 20):
+    def __init__(self, target="127.0.0.1:50051", timeout=30.0, max_message_bytes=256 << 20, *,
+                 service_config=None, options=None):
         self.target = target
         self.timeout = timeout
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
-        self._channel = grpc.insecure_channel(target, options=options)
+        self._channel_args = {"max_message_bytes": max_message_bytes,
+                              "service_config": service_config, "options": options}
+        self._channel = channel.create_channel(target, **self._channel_args)
         self._stub = attention_pb2_grpc.AttentionServiceStub(self._channel)
+        self._health_channel = None
         self._health_check = None
+        self._health_lock = threading.Lock()
 
     def close(self):
         self._channel.close()
+        if self._health_channel is not None:
+            self._health_channel.close()
 
     def __enter__(self):
         return self
@@ -278,14 +291,25 @@ class Client:
     def health(self, service="", timeout=None):
         """grpc.health.v1 Check of `service`: True when SERVING."""
         health_pb2 = _health_pb2()
-        if self._health_check is None:
-            self._health_check = self._channel.unary_unary(
-                "/grpc.health.v1.Health/Check",
-                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        with self._health_lock:
+            if self._health_check is None:
+                self._health_check = self._health_channel_unary(health_pb2)
         response = self._call(self._health_check, health_pb2.HealthCheckRequest(service=service),
                               timeout)
         return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def _health_channel_unary(self, health_pb2):
+        # Its own channel without client-side health checking: the main one
+        # sends calls only to SERVING replicas, so it could not ask one that
+        # is not (the answer would be UNAVAILABLE instead of NOT_SERVING).
+        args = dict(self._channel_args)
+        if args["service_config"] is None:
+            args["service_config"] = channel.default_service_config(health_checking=False)
+        self._health_channel = channel.create_channel(self.target, **args)
+        return self._health_channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString)
 
     def attend_stream(self, requests, timeout=None):
         """Sends every request (each a dict of attend() keyword arguments, or
