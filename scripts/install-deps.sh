@@ -23,13 +23,21 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # metrics tests: promtool and a real Prometheus server (loopback only)
   prometheus
-  # deploy/ tests: the load balancer of deploy/haproxy/haproxy.cfg (loopback only)
-  haproxy
+  # deploy/ tests: the load balancer of deploy/haproxy/haproxy.cfg (loopback only);
+  # the Kubernetes API models and YAML for deploy/k8s and the other deploy/ files
+  haproxy python3-kubernetes python3-yaml
   # Python SDK and its tests (Debian's interpreter: /usr/bin/python3)
   python3 python3-grpcio python3-protobuf python3-numpy
   # the wheel of client/python, built offline and installed into a venv by its test
   python3-pip python3-venv python3-setuptools python3-wheel
 )
+
+# kubectl (for `kubectl kustomize deploy/k8s`): Debian's kubernetes-client, unless a
+# kubectl is already installed (another package's /usr/bin/kubectl, such as the Google
+# Cloud SDK's, conflicts with it).
+if ! command -v kubectl >/dev/null; then
+  PACKAGES+=(kubernetes-client)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

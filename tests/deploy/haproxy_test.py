@@ -9,7 +9,10 @@ and a NOT_SERVING health service does not.
 HaproxyTest: three attnd behind HAProxy; calls through one client connection
 are spread over all three (per-replica attnserve_requests_total), a replica
 killed with SIGKILL costs no call, and a replica whose health says NOT_SERVING
-is marked DOWN and gets no call.
+is marked DOWN and gets no call, a replica in lame duck after SIGTERM is
+marked DOWN while it still runs, and a health Watch through HAProxy gets
+UNIMPLEMENTED (the balancer answers it, so clients do not pin their
+health stream to one replica).
 
 Run by CTest with ATTN_PYTHON, PYTHONPATH=<build>/python, ATTND_PATH,
 HAPROXY_PATH and ATTN_SOURCE_DIR. Everything waits at most tens of seconds
@@ -293,6 +296,36 @@ class HaproxyTest(unittest.TestCase):
         after = [served(a) for a in replicas[1:]]
         self.assertEqual(sum(after) - sum(before), calls, (before, after))
         haproxy.wait_for_states({"attnd1": "DOWN", "attnd2": "UP", "attnd3": "UP"})
+
+    def test_a_lame_duck_replica_leaves_the_rotation_before_it_exits(self):
+        replicas = self.start_attnd(2)
+        victim = AttndProcess(extra_flags=["--lame_duck_s=20"])  # the last flag wins
+        self.addCleanup(victim.stop)
+        haproxy, client = self.start_haproxy([replicas[0].address, victim.address,
+                                              replicas[1].address])
+        haproxy.wait_for_states({"attnd1": "UP", "attnd2": "UP", "attnd3": "UP"})
+
+        victim._process.send_signal(signal.SIGTERM)  # pylint: disable=protected-access
+        haproxy.wait_for_states({"attnd1": "UP", "attnd2": "DOWN", "attnd3": "UP"})
+        self.assertIsNone(victim._process.poll(), "it exited: the lame duck was not seen")  # pylint: disable=protected-access
+        before = served(victim)
+        send_traffic(client)
+        self.assertEqual(served(victim), before)
+        self.assertEqual(sum(served(a) for a in replicas), TRAFFIC_CALLS)
+        self.assertIsNone(victim._process.poll())  # pylint: disable=protected-access
+        victim._process.kill()  # pylint: disable=protected-access
+
+    def test_health_watch_is_answered_by_haproxy(self):
+        replicas = self.start_attnd(3)
+        haproxy, client = self.start_haproxy([a.address for a in replicas])
+        haproxy.wait_for_states({"attnd1": "UP", "attnd2": "UP", "attnd3": "UP"})
+        self.assertTrue(client.health())  # Check goes through to a replica
+        with grpc.insecure_channel(f"127.0.0.1:{haproxy.port}") as channel:
+            watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
+            with self.assertRaises(grpc.RpcError) as raised:
+                list(watch(b"", timeout=10))
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+        self.assertIn("load balancer", raised.exception.details())
 
     def test_a_not_serving_replica_is_down_and_gets_no_call(self):
         replicas = self.start_attnd(2)
