@@ -263,7 +263,9 @@ class HaproxyTest(unittest.TestCase):
     def start_haproxy(self, backends):
         haproxy = Haproxy(backends, self.tmp)
         self.addCleanup(haproxy.stop)
-        client = Client(f"127.0.0.1:{haproxy.port}", timeout=30)
+        # No service config: no client retries nor client health checking, so what
+        # these tests see is HAProxy's own doing.
+        client = Client(f"127.0.0.1:{haproxy.port}", timeout=30, service_config={})
         self.addCleanup(client.close)
         return haproxy, client
 
