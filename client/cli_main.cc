@@ -8,6 +8,8 @@
 //                                    line; one JSON response per line
 //   attn bench   [ghz flags] HOST    a load run with ghz's flags and report
 //                                    (load_tool.h); "bench" must come first
+//   attn plot encode|attend|curve [FILE|-] --output=PATH.png|PATH.svg [--data=PATH.json]
+//                                    a picture of a response (plot_command.h)
 //
 // Common flags: --address=HOST:PORT (default 127.0.0.1:50051), --timeout=SECONDS
 // (default 30). Flags may come before or after the subcommand, as --flag=value
@@ -43,6 +45,8 @@
 #include "attnserve/v1/attention.pb.h"
 #include "client/client.h"
 #include "client/load_tool.h"
+#include "client/plot.h"
+#include "client/plot_command.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace attnserve::client {
@@ -67,6 +71,19 @@ commands:
                               per line
   bench [ghz flags] HOST      a load run with ghz's flags and report; 'bench' comes
                               first, see 'attn bench --help'
+  plot encode|attend|curve [FILE|-] --output=PATH.png|PATH.svg [--data=PATH.json]
+                              draws a response with axes, title and colour bar:
+                              encode: the method's matrix per head (ALiBi bias,
+                                DA coefficients, Shaw buckets, Transformer-XL's
+                                relative table, sinusoidal table, RoPE/learned y)
+                              attend: attention probabilities per head (batch 0)
+                              curve: score against distance (RoPE's long-range
+                                decay of q.k for one constant vector, ALiBi's
+                                penalty and DA's coefficients per head, Shaw's
+                                clipped bucket, sinusoid dimensions)
+                              FILE is the request as encode/attend read it (a
+                              curve takes an Encode request); --data writes the
+                              plotted numbers as JSON
 
 flags:
   --address=HOST:PORT         server address (default 127.0.0.1:50051)
@@ -80,6 +97,8 @@ struct Args {
   std::string address = "127.0.0.1:50051";
   double timeout_seconds = 30;
   std::string service;
+  std::string output;  // plot: the picture
+  std::string data;    // plot: the plotted numbers
   bool stream = false;
   bool help = false;
   std::vector<std::string> positional;  // command, then its arguments
@@ -140,7 +159,7 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
     }
     std::string value;
     bool matched = false;
-    for (absl::string_view name : {"address", "timeout", "service"}) {
+    for (absl::string_view name : {"address", "timeout", "service", "output", "data"}) {
       std::optional<bool> taken = take_value(i, arg, name, value);
       if (!taken.has_value()) return absl::StrCat("--", name, " needs a value");
       if (!*taken) continue;
@@ -153,6 +172,10 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
             args.timeout_seconds > 1e9) {
           return absl::StrCat("--timeout must be a number of seconds > 0, got \"", value, "\"");
         }
+      } else if (name == "output") {
+        args.output = value;
+      } else if (name == "data") {
+        args.data = value;
       } else {
         args.service = value;
       }
@@ -356,6 +379,50 @@ int RunAttendStream(Client& client, const Args& args) {
   return kExitOk;
 }
 
+// `attn plot KIND [FILE|-]`: the request as encode/attend read it, the
+// response drawn to --output, its numbers to --data.
+int RunPlot(Client& client, const Args& args) {
+  if (args.positional.size() < 2 || args.positional.size() > 3) {
+    return UsageError("plot takes a kind (encode, attend or curve) and at most one FILE");
+  }
+  const std::string& kind = args.positional[1];
+  if (kind != "encode" && kind != "attend" && kind != "curve") {
+    return UsageError(
+        absl::StrCat("plot: unknown kind \"", kind, "\" (expected encode, attend or curve)"));
+  }
+  if (args.output.empty()) return UsageError("plot needs --output=PATH.png or PATH.svg");
+  Args request_args = args;
+  request_args.positional.erase(request_args.positional.begin());
+  absl::StatusOr<plot::Figure> figure;
+  if (kind == "attend") {
+    absl::StatusOr<attnserve::v1::AttendRequest> request =
+        ReadRequest<attnserve::v1::AttendRequest>(request_args);
+    if (!request.ok()) return UsageError(request.status().message());
+    figure = PlotAttend(client, *request);
+  } else {
+    absl::StatusOr<attnserve::v1::EncodeRequest> request =
+        ReadRequest<attnserve::v1::EncodeRequest>(request_args);
+    if (!request.ok()) return UsageError(request.status().message());
+    figure = kind == "encode" ? PlotEncode(client, *request) : PlotCurve(client, *request);
+  }
+  if (!figure.ok()) return RpcError(figure.status());
+  if (absl::Status drawn = plot::Render(*figure, args.output); !drawn.ok()) {
+    return drawn.code() == absl::StatusCode::kInvalidArgument ? UsageError(drawn.message())
+                                                              : RpcError(drawn);
+  }
+  if (!args.data.empty()) {
+    std::ofstream file(args.data, std::ios::binary | std::ios::trunc);
+    file << plot::FigureJson(*figure);
+    file.close();
+    if (!file) {
+      return UsageError(
+          absl::StrCat("--data: cannot write ", args.data, ": ", std::strerror(errno)));
+    }
+  }
+  std::cout << "wrote " << args.output << (args.data.empty() ? "" : " and " + args.data) << "\n";
+  return kExitOk;
+}
+
 // Set by SIGINT during `attn bench`: the run stops and reports what it has.
 std::atomic<bool> bench_interrupted{false};
 
@@ -416,12 +483,16 @@ int Main(int argc, char** argv) {
   }
   const std::string& command = args.positional[0];
   if (command == "bench") return UsageError("'bench' must be the first argument: attn bench ...");
-  if (command != "health" && command != "methods" && command != "encode" && command != "attend") {
+  if (command != "health" && command != "methods" && command != "encode" && command != "attend" &&
+      command != "plot") {
     return UsageError(absl::StrCat("unknown command \"", command, "\""));
   }
   if (args.stream && command != "attend") return UsageError("--stream applies to attend only");
   if (!args.service.empty() && command != "health") {
     return UsageError("--service applies to health only");
+  }
+  if ((!args.output.empty() || !args.data.empty()) && command != "plot") {
+    return UsageError("--output and --data apply to plot only");
   }
   ClientOptions options;
   options.default_deadline = absl::Seconds(args.timeout_seconds);
@@ -430,6 +501,7 @@ int Main(int argc, char** argv) {
   if (command == "health") return RunHealth(**client, args);
   if (command == "methods") return RunMethods(**client, args);
   if (command == "encode") return RunEncode(**client, args);
+  if (command == "plot") return RunPlot(**client, args);
   return args.stream ? RunAttendStream(**client, args) : RunAttend(**client, args);
 }
 

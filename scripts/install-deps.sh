@@ -17,6 +17,8 @@ PACKAGES=(
   libdnnl-dev ocl-icd-opencl-dev
   # utilities
   libabsl-dev nlohmann-json3-dev prometheus-cpp-dev
+  # attn plot: Cairo (PNG and SVG) and a font for its text
+  libcairo2-dev fonts-dejavu-core
   # TLS checks and token digests (libcrypto); the openssl CLI makes test certificates
   libssl-dev openssl
   # tests and benchmarks
