@@ -76,6 +76,10 @@ ABSL_FLAG(std::string, tls_client_ca_file, "",
 ABSL_FLAG(int32_t, tls_reload_interval_s, 60,
           "seconds between checks of the TLS files; a changed, matching key and certificate "
           "serve new connections from then on (mismatched ones are skipped)");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "bearer tokens required of every call but health: one per line, or sha256:<64 hex> "
+          "of one; # comments; re-read on SIGHUP");
+ABSL_FLAG(bool, reflection, true, "serve gRPC server reflection (needs a token when tokens are on)");
 ABSL_FLAG(bool, insecure, false,
           "allow plaintext gRPC on an --address that is not loopback (else attnd refuses)");
 
@@ -100,6 +104,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   attnserve::server::ServerOptions options;
@@ -114,6 +119,8 @@ int main(int argc, char** argv) {
   options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   options.tls.reload_interval_s = absl::GetFlag(FLAGS_tls_reload_interval_s);
   options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.reflection = absl::GetFlag(FLAGS_reflection);
   options.batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   const int64_t delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
   options.batching.max_queue_delay = absl::Microseconds(delay_us);
@@ -192,7 +199,10 @@ int main(int argc, char** argv) {
 
   std::thread signal_thread([&server, &signals, grace, lame_duck] {
     int signal_number = 0;
-    sigwait(&signals, &signal_number);
+    // SIGHUP re-reads --auth_tokens_file; SIGTERM and SIGINT stop.
+    while (sigwait(&signals, &signal_number) == 0 && signal_number == SIGHUP) {
+      (*server)->ReloadAuthTokens();
+    }
     if (lame_duck > absl::ZeroDuration()) {
       // Clients and load balancers see NOT_SERVING (or an UNAVAILABLE they
       // retry elsewhere) and move away while this server still answers, so

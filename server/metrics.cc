@@ -189,6 +189,10 @@ void Metrics::RecordRequest(Rpc rpc, int method, absl::StatusCode code, absl::Du
   response_bytes_by_[static_cast<int>(rpc)]->Increment(static_cast<double>(response_bytes));
 }
 
+void Metrics::RecordRejected(Rpc rpc, absl::StatusCode code) {
+  RequestCounter(rpc, 0, code).Increment();
+}
+
 void Metrics::RecordDrop(DropReason reason) { dropped_by_[static_cast<int>(reason)]->Increment(); }
 
 void Metrics::RecordBatch(int method, int64_t requests, int64_t items, absl::Duration compute) {

@@ -69,6 +69,10 @@ class Metrics {
   // (response_bytes is 0 when it failed).
   void RecordRequest(Rpc rpc, int method, absl::StatusCode code, absl::Duration duration,
                      int64_t request_bytes, int64_t response_bytes);
+  // A call refused before its handler ran (UNAUTHENTICATED by
+  // server/auth.h): counted in attnserve_requests_total with method "" and
+  // nothing else (no duration, no bytes: nothing was read).
+  void RecordRejected(Rpc rpc, absl::StatusCode code);
   // A request dropped before compute (it is also counted by RecordRequest).
   void RecordDrop(DropReason reason);
   // A batch that reached a kernel: the requests in it, their items along B

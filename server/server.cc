@@ -3,7 +3,7 @@
 #include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
-
+#include <grpcpp/impl/server_builder_option.h>
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -87,8 +88,7 @@ void Knock(std::string host, int port) {
 // added to every exit). A connection to the port wakes the poll at once, so
 // knock until the stop has gone through (a knock accepted just before the
 // stop costs a worker one read of a closed connection).
-void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, const std::string& host,
-                 int port) {
+void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, const std::string& host, int port) {
   if (exposer == nullptr) return;
   std::atomic<bool> stopped{false};
   std::thread stopper([&exposer, &stopped] {
@@ -102,6 +102,22 @@ void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, const std::string
   }
   stopper.join();
 }
+
+// --reflection=false: linking gRPC's reflection library registers its
+// plugin with every ServerBuilder (a static initializer), so it is taken out
+// of this builder's plugins instead of never being added.
+class WithoutReflection : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const std::unique_ptr<grpc::ServerBuilderPlugin>& plugin) {
+                                    return absl::StartsWith(plugin->name(),
+                                                            "proto_server_reflection");
+                                  }),
+                   plugins->end());
+  }
+};
 
 BatcherOptions BatcherOf(const ServerOptions& options) {
   BatcherOptions batching = options.batching;
@@ -157,6 +173,13 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
         " is not a loopback address: serve it with TLS (--tls_cert_file, --tls_key_file) or "
         "pass --insecure to accept plaintext that anyone on the network can read"));
   }
+  if (!options.auth_tokens_file.empty() && !options.tls.enabled() &&
+      !IsLoopbackHost(SplitAddress(options.address)->host)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--auth_tokens_file: bearer tokens in plaintext on --address=", options.address,
+        " (not loopback) could be read off the network: add TLS (--tls_cert_file, "
+        "--tls_key_file) or bind loopback behind a TLS-terminating proxy"));
+  }
   if (options.warmup_iterations < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--warmup_iterations: must be >= 0, got ", options.warmup_iterations));
@@ -211,7 +234,23 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
     const std::vector<int> ports = server->exposer_->GetListeningPorts();
     server->metrics_port_ = ports.empty() ? 0 : ports.front();
   }
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.auth_tokens_file.empty()) {
+    absl::StatusOr<std::shared_ptr<TokenAuthenticator>> authenticator =
+        TokenAuthenticator::Create(options.auth_tokens_file, server->metrics_.get());
+    if (!authenticator.ok()) {
+      absl::MutexLock lock(&server->shutdown_mu_);
+      server->shut_down_ = true;
+      return authenticator.status();
+    }
+    server->authenticator_ = *std::move(authenticator);
+  }
+  // gRPC's insecure credentials take no AuthMetadataProcessor; local
+  // credentials are the same plaintext on the wire (any client's insecure
+  // channel connects) and do, for loopback peers (Validate allows tokens in
+  // plaintext only on a loopback address).
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      server->authenticator_ != nullptr ? grpc::experimental::LocalServerCredentials(LOCAL_TCP)
+                                        : grpc::InsecureServerCredentials();
   if (options.tls.enabled()) {
     absl::StatusOr<std::unique_ptr<CertificateReloader>> certificates =
         CertificateReloader::Create(options.tls);
@@ -223,6 +262,9 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
     server->certificates_ = *std::move(certificates);
     credentials = server->certificates_->credentials();
   }
+  if (server->authenticator_ != nullptr) {
+    credentials->SetAuthMetadataProcessor(server->authenticator_);
+  }
   grpc::ServerBuilder builder;
   int selected_port = 0;
   builder.AddListeningPort(options.address, credentials, &selected_port);
@@ -232,6 +274,7 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());
+  if (!options.reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || selected_port == 0) {
     if (server->server_ != nullptr) server->server_->Shutdown();
@@ -251,6 +294,21 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
     health->SetServingStatus(false);
   }
   return server;
+}
+
+void AttnServer::ReloadAuthTokens() {
+  if (authenticator_ == nullptr) {
+    std::fprintf(stderr, "attnd: SIGHUP: no --auth_tokens_file to reload\n");
+    return;
+  }
+  const absl::Status reloaded = authenticator_->Reload();
+  if (reloaded.ok()) {
+    std::fprintf(stderr, "attnd: SIGHUP: %zu tokens from --auth_tokens_file\n",
+                 authenticator_->size());
+  } else {
+    std::fprintf(stderr, "attnd: SIGHUP: keeping the previous %zu tokens: %s\n",
+                 authenticator_->size(), std::string(reloaded.message()).c_str());
+  }
 }
 
 void AttnServer::WarmUp() {

@@ -27,6 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/attention_service.h"
+#include "server/auth.h"
 #include "server/batcher.h"
 #include "server/tensor_store.h"
 #include "server/metrics.h"
@@ -57,6 +58,11 @@ struct ServerOptions {
   std::string metrics_address = "127.0.0.1:9464";
   // TLS / mutual TLS on `address` (server/tls.h); plaintext when not enabled.
   TlsOptions tls;
+  // Bearer tokens required of every call but health (server/auth.h); empty:
+  // no authentication.
+  std::string auth_tokens_file;
+  // Serves gRPC server reflection (with a token when tokens are on).
+  bool reflection = true;
   // Allows plaintext on an address that is not loopback (--insecure);
   // without it, such an address without TLS is refused before binding.
   bool insecure = false;
@@ -105,6 +111,11 @@ class AttnServer {
   // elsewhere while this server still answers), then calls Shutdown.
   void EnterLameDuck();
 
+  // Re-reads options.auth_tokens_file (SIGHUP): the new set applies to
+  // every later call; a file that cannot be read or holds no token keeps the
+  // previous set. Logs one line either way (never a token).
+  void ReloadAuthTokens();
+
   // Drains: marks the health service NOT_SERVING, stops accepting calls
   // (new ones get UNAVAILABLE), lets accepted ones (queued or computing)
   // finish for up to `grace` (then cancels them), and stops the batcher.
@@ -127,6 +138,7 @@ class AttnServer {
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<AttentionServiceImpl> service_;
   std::unique_ptr<CertificateReloader> certificates_;  // null without TLS
+  std::shared_ptr<TokenAuthenticator> authenticator_;  // null without tokens
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::string address_;
