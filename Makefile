@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc)
 ADDRESS    ?= 127.0.0.1:50051
 ATTND_FLAGS ?=
 
-.PHONY: all deps configure build run test bench perf-doc loadtest package clean
+.PHONY: all deps configure build run test bench perf-doc loadtest package figures clean
 
 all: build
 
@@ -46,6 +46,11 @@ loadtest: build
 # build/attnserve_<version>_<arch>.deb: attnd, attn and a systemd unit (cmake/packaging.cmake).
 package: build
 	cd $(BUILD_DIR) && cpack -G DEB
+
+# docs/figures/*.png: the pictures of docs/methods.md, drawn by `attn plot`
+# from a local attnd (scripts/figures.sh).
+figures: build
+	scripts/figures.sh $(BUILD_DIR) docs/figures
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -34,6 +34,7 @@ constexpr double kColorBarRoom = 110;  // bar, ticks and label
 constexpr int kMaxColumns = 4;
 constexpr double kLineWidth = 900;
 constexpr double kLineHeight = 560;
+constexpr double kTitleSize = 16;
 constexpr char kFont[] = "DejaVu Sans";
 
 struct Rgb {
@@ -276,7 +277,7 @@ void DrawColorBar(Canvas& canvas, const Range& range, const std::string& label, 
   canvas.Text(label, left + kColorBarWidth + 86, top + height / 2, 12, 0.5, 0, false, M_PI / 2);
 }
 
-void DrawHeatmaps(Canvas& canvas, const Figure& figure, double width, int columns) {
+void DrawHeatmaps(Canvas& canvas, const Figure& figure, int columns) {
   std::vector<const std::vector<double>*> groups;
   for (const Heatmap& map : figure.panels) groups.push_back(&map.values);
   const Range range = RangeOf(groups);
@@ -288,7 +289,7 @@ void DrawHeatmaps(Canvas& canvas, const Figure& figure, double width, int column
     DrawHeatmap(canvas, figure.panels[i], range, left, top, figure);
   }
   const int rows = static_cast<int>((figure.panels.size() + columns - 1) / columns);
-  DrawColorBar(canvas, range, figure.value_label, width - kColorBarRoom + 10,
+  DrawColorBar(canvas, range, figure.value_label, columns * cell_w + 10,
                kFigureTitle + kPanelTop, rows * cell_h - kPanelTop - kPanelBottom);
 }
 
@@ -409,8 +410,19 @@ absl::Status Render(const Figure& figure, const std::string& path) {
   const int columns =
       std::min<int>(kMaxColumns, static_cast<int>(std::max<size_t>(1, figure.panels.size())));
   const int rows = static_cast<int>((figure.panels.size() + columns - 1) / columns);
-  const double width =
-      lines ? kLineWidth : columns * (kPanelLeft + kPanelSize + kPanelRight) + kColorBarRoom;
+  // Wide enough for the title (measured on a scratch surface).
+  double title_width = 0;
+  {
+    Canvas scratch(cairo_image_surface_create(CAIRO_FORMAT_RGB24, 1, 1));
+    cairo_select_font_face(scratch.cr(), kFont, CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_BOLD);
+    cairo_set_font_size(scratch.cr(), kTitleSize);
+    cairo_text_extents_t extents;
+    cairo_text_extents(scratch.cr(), figure.title.c_str(), &extents);
+    title_width = extents.x_advance + 40;
+  }
+  const double width = std::max(
+      title_width,
+      lines ? kLineWidth : columns * (kPanelLeft + kPanelSize + kPanelRight) + kColorBarRoom);
   const double height =
       lines ? kLineHeight : kFigureTitle + rows * (kPanelTop + kPanelSize + kPanelBottom) + 8;
 
@@ -426,11 +438,11 @@ absl::Status Render(const Figure& figure, const std::string& path) {
   cairo_set_source_rgb(canvas.cr(), 1, 1, 1);
   cairo_paint(canvas.cr());
   canvas.Color({0.05, 0.05, 0.05});
-  canvas.Text(figure.title, width / 2, 28, 16, 0.5, 0, /*bold=*/true);
+  canvas.Text(figure.title, width / 2, 28, kTitleSize, 0.5, 0, /*bold=*/true);
   if (lines) {
     DrawLines(canvas, figure);
   } else {
-    DrawHeatmaps(canvas, figure, width, columns);
+    DrawHeatmaps(canvas, figure, columns);
   }
   cairo_surface_flush(surface);
   cairo_status_t status = cairo_status(canvas.cr());

@@ -290,14 +290,15 @@ absl::StatusOr<plot::Figure> PlotCurve(Client& client, const EncodeRequest& requ
               ? (*distances)[static_cast<size_t>(r)]
               : static_cast<double>(request.offset() + r);
     }
-    // Both tables put sines in the first half and cosines in the second
-    // (Transformer-XL) or interleave them (sinusoidal, 2i and 2i+1).
+    // Two frequency pairs i (the lowest ones alias at one sample per
+    // position): Transformer-XL's R puts sin(r f_i) at i and cos at d/2 + i;
+    // the sinusoidal table puts them at 2i and 2i + 1.
+    const int64_t half = width / 2;
     std::vector<std::pair<std::string, int64_t>> dims;
-    if (txl) {
-      dims = {{"sin, dim 0", 0}, {"sin, dim 1", 1}, {"cos, dim 0", width / 2},
-              {"cos, dim 1", width / 2 + 1}};
-    } else {
-      dims = {{"dim 0 (sin)", 0}, {"dim 1 (cos)", 1}, {"dim 2 (sin)", 2}, {"dim 3 (cos)", 3}};
+    for (int64_t i : {std::max<int64_t>(1, half / 8), std::max<int64_t>(2, half / 4)}) {
+      if (i >= half) continue;
+      dims.emplace_back(absl::StrCat("sin, i = ", i), txl ? i : 2 * i);
+      dims.emplace_back(absl::StrCat("cos, i = ", i), txl ? half + i : 2 * i + 1);
     }
     for (const auto& [label, dim] : dims) {
       if (dim >= width) continue;
