@@ -57,7 +57,7 @@ run() {  # run NAME ROUND: the report, and the server's and client's CPU seconds
   local name=$1 round=$2 address_var="${1}_address" pid_var="${1}_pid" before after
   before=$(cpu_ticks "${!pid_var}")
   /usr/bin/time -f "%U %S" -o "$work/$name.$round.client_cpu" \
-    "$attn" bench --call attnserve.v1.AttentionService/Attend -D "$work/request.json" \
+    "$attn" bench --insecure --call attnserve.v1.AttentionService/Attend -D "$work/request.json" \
     -c "$concurrency" --connections "$connections" -z "$duration" -O json -o "$work/$name.$round.json" "${!address_var}"
   after=$(cpu_ticks "${!pid_var}")
   echo "$(( after - before )) $(getconf CLK_TCK)" >"$work/$name.$round.server_cpu"

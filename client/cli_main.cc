@@ -12,8 +12,10 @@
 //                                    a picture of a response (plot_command.h)
 //
 // Common flags: --address=HOST:PORT (default 127.0.0.1:50051), --timeout=SECONDS
-// (default 30). Flags may come before or after the subcommand, as --flag=value
-// or --flag value.
+// (default 30), and the transport's security (channel.h): plaintext unless
+// --tls, --cacert, --cert/--key or --cname; a token from --token, --token_file
+// or ATTN_TOKEN. Flags may come before or after the subcommand, as
+// --flag=value or --flag value.
 //
 // Exit codes: 0 success; 1 an RPC failed (or health is not SERVING); 2 a usage
 // error (unknown flag or subcommand, unreadable file, malformed JSON). Errors
@@ -43,6 +45,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "attnserve/v1/attention.pb.h"
+#include "client/channel.h"
 #include "client/client.h"
 #include "client/load_tool.h"
 #include "client/plot.h"
@@ -90,12 +93,24 @@ flags:
   --timeout=SECONDS           deadline of each call (default 30)
   --help                      this text
 
+security (plaintext unless one of the TLS flags is given):
+  --tls                       TLS, verifying the server with the system's roots
+  --cacert=PATH               TLS, verifying the server with these PEM roots
+  --cert=PATH --key=PATH      mutual TLS: this client's PEM certificate and key
+  --cname=NAME                TLS: the name the server's certificate must carry
+                              instead of the address's host (--server_name too)
+  --token=TOKEN               sent as "authorization: Bearer TOKEN" on every call
+                              (visible in `ps`; prefer --token_file or ATTN_TOKEN)
+  --token_file=PATH           the token, read from a file
+  environment ATTN_TOKEN      the token, when neither flag gives one
+
 exit codes: 0 ok, 1 RPC error, 2 usage error
 )";
 
 struct Args {
   std::string address = "127.0.0.1:50051";
   double timeout_seconds = 30;
+  SecurityOptions security;
   std::string service;
   std::string output;  // plot: the picture
   std::string data;    // plot: the plotted numbers
@@ -157,9 +172,14 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
       args.stream = true;
       continue;
     }
+    if (arg == "--tls") {
+      args.security.tls = true;
+      continue;
+    }
     std::string value;
     bool matched = false;
-    for (absl::string_view name : {"address", "timeout", "service", "output", "data"}) {
+    for (absl::string_view name : {"address", "timeout", "service", "output", "data", "cacert",
+                                   "cert", "key", "cname", "server_name", "token", "token_file"}) {
       std::optional<bool> taken = take_value(i, arg, name, value);
       if (!taken.has_value()) return absl::StrCat("--", name, " needs a value");
       if (!*taken) continue;
@@ -176,8 +196,22 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
         args.output = value;
       } else if (name == "data") {
         args.data = value;
-      } else {
+      } else if (name == "service") {
         args.service = value;
+      } else if (value.empty()) {
+        return absl::StrCat("--", name, " must not be empty");
+      } else if (name == "cacert") {
+        args.security.ca_file = value;
+      } else if (name == "cert") {
+        args.security.cert_file = value;
+      } else if (name == "key") {
+        args.security.key_file = value;
+      } else if (name == "cname" || name == "server_name") {
+        args.security.server_name = value;
+      } else if (name == "token") {
+        args.security.token = value;
+      } else {
+        args.security.token_file = value;
       }
       break;
     }
@@ -447,9 +481,10 @@ int RunBench(const std::vector<std::string>& args) {
   sigaction(SIGINT, &action, nullptr);
   absl::StatusOr<LoadReport> report = RunLoad(*options, &bench_interrupted);
   if (!report.ok()) {
-    // A call or data the tool cannot send is the user's to fix; no
-    // connection is the server's state.
-    if (report.status().code() == absl::StatusCode::kInvalidArgument) {
+    // A call, data or certificate file the tool cannot use is the user's to
+    // fix; no connection is the server's state.
+    if (report.status().code() == absl::StatusCode::kInvalidArgument ||
+        report.status().code() == absl::StatusCode::kNotFound) {
       return UsageError(report.status().message(), "attn bench --help");
     }
     return RpcError(report.status());
@@ -496,6 +531,18 @@ int Main(int argc, char** argv) {
   }
   ClientOptions options;
   options.default_deadline = absl::Seconds(args.timeout_seconds);
+  options.security = args.security;
+  // Checked here too, so that errors name the flags rather than the SDK's fields.
+  absl::StatusOr<ChannelSecurity> security = LoadChannelSecurity(args.security);
+  if (!security.ok()) {
+    return UsageError(RenameOptionFields(security.status(), {{"ca_file", "--cacert"},
+                                                            {"cert_file", "--cert"},
+                                                            {"key_file", "--key"},
+                                                            {"server_name", "--cname"},
+                                                            {"token", "--token"},
+                                                            {"token_file", "--token_file"}})
+                          .message());
+  }
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(args.address, options);
   if (!client.ok()) return UsageError(client.status().message());
   if (command == "health") return RunHealth(**client, args);

@@ -1,17 +1,14 @@
 #include "client/client.h"
 
-#include <cctype>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "grpcpp/client_context.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
-#include "grpcpp/support/channel_arguments.h"
 #include "grpcpp/support/sync_stream.h"
 
 namespace attnserve::client {
@@ -172,37 +169,32 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target,
                                                        ClientOptions options) {
-  if (target.empty()) return absl::InvalidArgumentError("target: must not be empty");
-  for (char c : target) {
-    if (std::isspace(static_cast<unsigned char>(c)) ||
-        std::iscntrl(static_cast<unsigned char>(c))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "target: must not contain spaces or control characters, got \"", target, "\""));
-    }
-  }
   if (options.default_deadline <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("options.default_deadline: must be > 0");
   }
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("options.max_message_bytes: must be > 0");
   }
-  grpc::ChannelArguments args;
-  args.SetMaxSendMessageSize(options.max_message_bytes);
-  args.SetMaxReceiveMessageSize(options.max_message_bytes);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  // gRPC does not fail on a target it cannot parse; it returns a "lame"
-  // channel that fails every call. A fresh real channel is IDLE, a lame one
-  // is not.
-  if (channel == nullptr || channel->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_IDLE) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("target: \"", target, "\" is not a valid gRPC target"));
+  absl::StatusOr<ChannelSecurity> security = LoadChannelSecurity(options.security);
+  if (!security.ok()) {
+    std::map<std::string, std::string> names;
+    for (const char* field : {"ca_file", "cert_file", "key_file", "server_name", "skip_verify",
+                              "token", "token_file"}) {
+      names[field] = absl::StrCat("options.security.", field);
+    }
+    return RenameOptionFields(security.status(), names);
   }
-  return std::unique_ptr<Client>(new Client(options, std::move(channel)));
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      CreateChannel(target, *security, DefaultChannelArguments(options.max_message_bytes));
+  if (!channel.ok()) return channel.status();
+  return std::unique_ptr<Client>(
+      new Client(std::move(options), *std::move(security), *std::move(channel)));
 }
 
-Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
-    : options_(options),
+Client::Client(ClientOptions options, ChannelSecurity security,
+               std::shared_ptr<grpc::Channel> channel)
+    : options_(std::move(options)),
+      security_(std::move(security)),
       channel_(std::move(channel)),
       stub_(attnserve::v1::AttentionService::NewStub(channel_)),
       health_stub_(grpc::health::v1::Health::NewStub(channel_)) {}
@@ -210,6 +202,7 @@ Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
 std::unique_ptr<grpc::ClientContext> Client::NewContext() const {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + options_.default_deadline));
+  security_.Apply(*context);
   return context;
 }
 

@@ -9,7 +9,12 @@
 // Errors: every RPC returns the server's status with the same-named
 // absl::StatusCode and the server's message (see FromGrpcStatus); a call that
 // does not finish within ClientOptions::default_deadline is DEADLINE_EXCEEDED,
-// and an unreachable server is UNAVAILABLE.
+// and an unreachable server is UNAVAILABLE (so is a failed TLS handshake); a
+// missing or wrong token is the server's UNAUTHENTICATED.
+//
+// Security (channel.h): plaintext by default; ClientOptions::security asks for
+// TLS (ca_file, server_name), mutual TLS (cert_file + key_file) and a bearer
+// token (token, token_file, or the environment variable ATTN_TOKEN).
 //
 // Example:
 //   auto client = attnserve::client::Client::Create("127.0.0.1:50051");
@@ -18,6 +23,13 @@
 //   *request.mutable_q() = MakeTensor({1, 1, 2, 2}, {1, 0, 0, 1});
 //   ...
 //   absl::StatusOr<attnserve::v1::AttendResponse> response = (*client)->Attend(request);
+//
+//   ClientOptions options;                       // TLS, mutual TLS and a token
+//   options.security.ca_file = "ca.pem";
+//   options.security.cert_file = "client.pem";
+//   options.security.key_file = "client.key";
+//   options.security.token_file = "/run/secrets/attn-token";
+//   auto secure = attnserve::client::Client::Create("attnd.example:50051", options);
 #ifndef ATTNSERVE_CLIENT_CLIENT_H_
 #define ATTNSERVE_CLIENT_CLIENT_H_
 
@@ -33,6 +45,7 @@
 #include "absl/types/span.h"
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "attnserve/v1/attention.pb.h"
+#include "client/channel.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/support/status.h"
@@ -45,6 +58,9 @@ struct ClientOptions {
   absl::Duration default_deadline = absl::Seconds(30);
   // The channel's send and receive message size limits, in bytes.
   int max_message_bytes = 256 << 20;
+  // Transport security and the bearer token (channel.h); plaintext and, unless
+  // ATTN_TOKEN is set, no token by default.
+  SecurityOptions security;
 };
 
 enum class TensorEncoding {
@@ -77,9 +93,10 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 class Client {
  public:
   // A client of the server at `target` (a gRPC target: "host:port",
-  // "dns:///host:port", "unix:/path", ...) over an insecure channel. Connects
-  // lazily, on the first call; so fails only on a malformed target
-  // (INVALID_ARGUMENT), never because the server is down.
+  // "dns:///host:port", "unix:/path", ...) with options.security (plaintext
+  // by default). Connects lazily, on the first call; so fails only on a
+  // malformed target or option (INVALID_ARGUMENT) or a certificate or token
+  // file that cannot be read (NOT_FOUND), never because the server is down.
   static absl::StatusOr<std::unique_ptr<Client>> Create(const std::string& target,
                                                         ClientOptions options = {});
 
@@ -110,12 +127,13 @@ class Client {
   StreamResult AttendStream(const std::vector<attnserve::v1::AttendRequest>& requests);
 
  private:
-  Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel);
+  Client(ClientOptions options, ChannelSecurity security, std::shared_ptr<grpc::Channel> channel);
 
-  // A fresh context for one call, with the default deadline set.
+  // A fresh context for one call, with the default deadline and the token set.
   std::unique_ptr<grpc::ClientContext> NewContext() const;
 
   const ClientOptions options_;
+  const ChannelSecurity security_;
   const std::shared_ptr<grpc::Channel> channel_;
   // Generated stubs are thread-safe.
   const std::unique_ptr<attnserve::v1::AttentionService::Stub> stub_;

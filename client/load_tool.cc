@@ -18,6 +18,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -25,15 +26,14 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "client/channel.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/dynamic_message.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/alarm.h"
 #include "grpcpp/client_context.h"
-#include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
-#include "grpcpp/security/credentials.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "grpcpp/support/slice.h"
@@ -47,7 +47,7 @@ const char kLoadUsage[] =
 
 A load generator with ghz's flags, run model and report (https://ghz.sh).
 Unary methods of attnserve.v1.AttentionService and grpc.health.v1.Health;
-requests as proto-JSON, always over plaintext.
+requests as proto-JSON. As ghz, it uses TLS unless --insecure is given.
 
   --config=PATH           a ghz JSON config file; command-line flags override it
   --call=METHOD           package.Service.Method or package.Service/Method,
@@ -55,6 +55,9 @@ requests as proto-JSON, always over plaintext.
   -d, --data=JSON         the request (an object), or requests sent in turn (an
                           array); "@" reads it from stdin
   -D, --data-file=PATH    the same, from a file
+  -m, --metadata=JSON     metadata of every call, a JSON object of strings,
+                          e.g. '{"authorization":"Bearer TOKEN"}'
+  -M, --metadata-file=PATH  the same, from a file
   -c, --concurrency=N     workers, one call in flight each (default 50)
       --connections=N     channels the workers share (default 1)
   -n, --total=N           calls in the run (default 200)
@@ -68,16 +71,29 @@ requests as proto-JSON, always over plaintext.
   -o, --output=PATH       write the report there instead of stdout
       --name=NAME         the report's name
       --tags=JSON         the report's tags, a JSON object of strings
-      --insecure          accepted (plaintext is the only transport)
       --proto=PATH, -i    accepted and unused: the messages are compiled in
       --cpus=N            accepted and unused
 
-Not supported (exit 2 if given): TLS (--cacert --cert --key --cname
---skipTLS --authority), metadata (-m -M --reflect-metadata), binary data
-(-b -B), load and concurrency schedules, --async, streaming calls,
---duration-stop (calls in flight at the end of -z are left out, as
-"ignore"), --keepalive, -e, --debug, -O csv/html/influx/prometheus,
-and ghz's template variables in the data.
+transport (ghz's meanings; TLS is the default):
+      --insecure          plaintext, no TLS (--insecure=false undoes a config's
+                          "insecure": true)
+      --cacert=PATH       PEM root certificates that verify the server (default:
+                          the system's)
+      --cert=PATH         client certificate (PEM) for mutual TLS; needs --key
+      --key=PATH          the client certificate's private key (PEM)
+      --cname=NAME        the server name its certificate must carry (default:
+                          HOST's host), e.g. localhost for 127.0.0.1:50051
+      --skipTLS           TLS without verifying the server's certificate
+  ATTN_TOKEN=TOKEN        environment: sent as "authorization: Bearer TOKEN"
+                          unless the metadata has an authorization key
+--insecure together with a TLS flag is a usage error (ghz ignores the TLS
+flag instead).
+
+Not supported (exit 2 if given): --authority, binary data (-b -B),
+--reflect-metadata, load and concurrency schedules, --async, streaming
+calls, --duration-stop (calls in flight at the end of -z are left out, as
+"ignore"), --keepalive, -e, --debug, -O csv/html/influx/prometheus, and
+ghz's template variables in the data and metadata.
 
 Ctrl-C ends the run and prints its report so far (endReason "cancel").
 
@@ -107,6 +123,13 @@ constexpr OptionSpec kOptions[] = {
     {"proto", 0, Kind::kString},
     {"import-paths", 'i', Kind::kString},
     {"insecure", 0, Kind::kBool},
+    {"cacert", 0, Kind::kString},
+    {"cert", 0, Kind::kString},
+    {"key", 0, Kind::kString},
+    {"cname", 0, Kind::kString},
+    {"skipTLS", 0, Kind::kBool},
+    {"metadata", 'm', Kind::kJson},
+    {"metadata-file", 'M', Kind::kString},
     {"data", 'd', Kind::kJson},
     {"data-file", 'D', Kind::kString},
     {"concurrency", 'c', Kind::kInt},
@@ -131,17 +154,17 @@ constexpr OptionSpec kOptions[] = {
 // error rather than reported as unknown.
 // clang-format off
 constexpr const char* kUnsupported[] = {
-    "protoset", "cacert", "cert", "key", "cname", "skipTLS", "authority", "async",
+    "protoset", "authority", "async",
     "load-schedule", "load-start", "load-step", "load-end", "load-step-duration",
     "load-max-duration", "concurrency-schedule", "concurrency-start", "concurrency-end",
     "concurrency-step", "concurrency-step-duration", "concurrency-max-duration", "duration-stop",
-    "binary", "binary-file", "metadata", "metadata-file", "stream-interval",
+    "binary", "binary-file", "stream-interval",
     "stream-call-duration", "stream-call-count", "stream-dynamic-messages", "reflect-metadata",
     "keepalive", "debug", "enable-compression", "lb-strategy", "count-errors",
     "max-recv-message-size", "max-send-message-size", "disable-template-functions",
     "disable-template-data", "dial-timeout"};
 // clang-format on
-constexpr char kUnsupportedShort[] = "bBmMe";
+constexpr char kUnsupportedShort[] = "bBe";
 
 const OptionSpec* FindOption(absl::string_view key) {
   for (const OptionSpec& spec : kOptions) {
@@ -160,18 +183,6 @@ const OptionSpec* FindShortOption(char c) {
 bool IsUnsupported(absl::string_view key) {
   return std::any_of(std::begin(kUnsupported), std::end(kUnsupported),
                      [key](const char* name) { return key == name; });
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) {
-    return absl::NotFoundError(
-        absl::StrCat(what, ": cannot open ", path, ": ", std::strerror(errno)));
-  }
-  std::ostringstream text;
-  text << file.rdbuf();
-  if (file.bad()) return absl::NotFoundError(absl::StrCat(what, ": cannot read ", path));
-  return text.str();
 }
 
 absl::StatusOr<absl::Duration> ParseGoDuration(absl::string_view where, absl::string_view text) {
@@ -207,6 +218,98 @@ bool IsDefaultValue(const Json& value) {
     return text.empty() || text == "0" || text == "const" || text == "close";
   }
   return value.empty();
+}
+
+// ghz's metadata: a JSON object of strings. Keys are lowercased (grpc-go
+// does so; gRPC C++ refuses upper case) and must be valid gRPC metadata keys
+// that are not gRPC's own; values of "-bin" keys are bytes, others printable
+// ASCII. Values are never quoted in messages: they may be tokens.
+absl::StatusOr<std::map<std::string, std::string>> ParseMetadata(const std::string& where,
+                                                                 const Json& value) {
+  if (!value.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": expected a JSON object of strings"));
+  }
+  std::map<std::string, std::string> metadata;
+  for (const auto& [name, item] : value.items()) {
+    std::string key = absl::AsciiStrToLower(name);
+    const std::string shown = absl::StrCat("\"", key.substr(0, 64), "\"");
+    if (!item.is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": the value of ", shown, " must be a string"));
+    }
+    const bool key_ok =
+        !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+          return absl::ascii_isdigit(c) || absl::ascii_islower(c) || c == '-' || c == '_' ||
+                 c == '.';
+        });
+    if (!key_ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": key ", shown, " is not a gRPC metadata key (letters, digits, - _ .)"));
+    }
+    if (absl::StartsWith(key, "grpc-") || key == "te" || key == "content-type" ||
+        key == "user-agent") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": key ", shown, " is reserved by gRPC"));
+    }
+    const std::string text = item.get<std::string>();
+    if (!absl::EndsWith(key, "-bin") &&
+        !std::all_of(text.begin(), text.end(), [](char c) { return c >= 0x20 && c <= 0x7e; })) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": the value of ", shown,
+          " must be printable ASCII (binary values need a key ending in -bin)"));
+    }
+    if (absl::StrContains(text, "{{")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": the value of ", shown, " holds a ghz template, which attn bench does not support"));
+    }
+    metadata[std::move(key)] = text;
+  }
+  return metadata;
+}
+
+// The transport flags together: --insecure against any TLS flag (ghz would
+// silently ignore the TLS flag; a usage error is kinder), --cert without
+// --key. The files are read by RunLoad; here only checked for presence.
+absl::Status CheckTransport(const LoadOptions& options) {
+  std::vector<std::string> tls_flags;
+  if (!options.cacert.empty()) tls_flags.push_back("--cacert");
+  if (!options.cert.empty()) tls_flags.push_back("--cert");
+  if (!options.key.empty()) tls_flags.push_back("--key");
+  if (!options.cname.empty()) tls_flags.push_back("--cname");
+  if (options.skip_tls) tls_flags.push_back("--skipTLS");
+  if (options.insecure && !tls_flags.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--insecure: plaintext, but ", absl::StrJoin(tls_flags, " "),
+        " asks for TLS; give one or the other (--insecure=false overrides a config's "
+        "\"insecure\": true)"));
+  }
+  if (options.cert.empty() != options.key.empty()) {
+    return absl::InvalidArgumentError("--cert, --key: give both (mutual TLS) or neither");
+  }
+  return absl::OkStatus();
+}
+
+// The channel security of a run: TLS unless insecure, as ghz; ATTN_TOKEN
+// unless the metadata carries its own authorization. Messages use the flags'
+// names.
+absl::StatusOr<ChannelSecurity> LoadSecurity(const LoadOptions& options) {
+  SecurityOptions security;
+  security.tls = !options.insecure;
+  security.ca_file = options.cacert;
+  security.cert_file = options.cert;
+  security.key_file = options.key;
+  security.server_name = options.cname;
+  security.skip_verify = options.skip_tls;
+  security.token_from_env = options.metadata.count("authorization") == 0;
+  absl::StatusOr<ChannelSecurity> loaded = LoadChannelSecurity(security);
+  if (!loaded.ok()) {
+    return RenameOptionFields(loaded.status(), {{"ca_file", "--cacert"},
+                                                {"cert_file", "--cert"},
+                                                {"key_file", "--key"},
+                                                {"server_name", "--cname"},
+                                                {"skip_verify", "--skipTLS"}});
+  }
+  return loaded;
 }
 
 class OptionParser {
@@ -257,11 +360,11 @@ class OptionParser {
         } else if (!value.is_string() || !absl::SimpleAtob(value.get<std::string>(), &flag)) {
           return absl::InvalidArgumentError(absl::StrCat(where, ": expected true or false"));
         }
-        if (!flag) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, ": must be true (TLS is not supported; plaintext only)"));
+        if (spec->key == std::string("insecure")) {
+          options_.insecure = flag;
+        } else {
+          options_.skip_tls = flag;
         }
-        options_.insecure = true;
         return absl::OkStatus();
       }
       case Kind::kJson:
@@ -292,11 +395,25 @@ class OptionParser {
                        std::istreambuf_iterator<char>());
       data_json_ = text;
     } else if (!data_file_.empty()) {
-      absl::StatusOr<std::string> text = ReadFile(data_file_, "--data-file");
+      absl::StatusOr<std::string> text = ReadOptionFile(data_file_, "--data-file");
       if (!text.ok()) return text.status();
       data_json_ = *text;
     }
     options_.data_json = data_json_.empty() ? "{}" : data_json_;
+    if (!metadata_file_.empty()) {
+      absl::StatusOr<std::string> text = ReadOptionFile(metadata_file_, "--metadata-file");
+      if (!text.ok()) return text.status();
+      Json value = Json::parse(*text, nullptr, /*allow_exceptions=*/false);
+      const std::string where = absl::StrCat(metadata_file_where_, " ", metadata_file_);
+      if (value.is_discarded()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": not valid JSON"));
+      }
+      absl::StatusOr<std::map<std::string, std::string>> metadata = ParseMetadata(where, value);
+      if (!metadata.ok()) return metadata.status();
+      options_.metadata = *std::move(metadata);
+    }
+    absl::Status transport = CheckTransport(options_);
+    if (!transport.ok()) return transport;
     if (options_.call.empty()) return absl::InvalidArgumentError("--call: required");
     if (options_.host.empty()) {
       return absl::InvalidArgumentError("HOST: required (the server, e.g. 127.0.0.1:50051)");
@@ -326,6 +443,17 @@ class OptionParser {
       // Accepted with --proto; nothing to import.
     } else if (key == "data-file") {
       data_file_ = text;
+    } else if (key == "metadata-file") {
+      metadata_file_ = text;
+      metadata_file_where_ = where;
+    } else if (key == "cacert") {
+      options_.cacert = text;
+    } else if (key == "cert") {
+      options_.cert = text;
+    } else if (key == "key") {
+      options_.key = text;
+    } else if (key == "cname") {
+      options_.cname = text;
     } else if (key == "format") {
       if (text != "summary" && text != "json" && text != "pretty") {
         const bool ghz_format = text == "csv" || text == "html" || text == "influx-summary" ||
@@ -408,6 +536,14 @@ class OptionParser {
       }
       return absl::OkStatus();
     }
+    if (spec.key == std::string("metadata")) {
+      absl::StatusOr<std::map<std::string, std::string>> metadata = ParseMetadata(where, value);
+      if (!metadata.ok()) return metadata.status();
+      options_.metadata = *std::move(metadata);
+      // A later --metadata overrides a config's metadata-file, as --data does.
+      if (!from_config) metadata_file_.clear();
+      return absl::OkStatus();
+    }
     if (value.is_string() && value.get<std::string>() == "@" && !from_config) {
       data_from_stdin_ = true;
       return absl::OkStatus();
@@ -425,6 +561,8 @@ class OptionParser {
   LoadOptions options_;
   std::string data_json_;
   std::string data_file_;
+  std::string metadata_file_;
+  std::string metadata_file_where_;
   bool data_from_stdin_ = false;
 };
 
@@ -572,10 +710,11 @@ absl::StatusOr<std::vector<grpc::ByteBuffer>> SerializeRequests(
 // call, so no thread waits per worker.
 class LoadRun {
  public:
-  LoadRun(const LoadOptions& options, std::string method_path,
+  LoadRun(const LoadOptions& options, ChannelSecurity security, std::string method_path,
           std::vector<grpc::ByteBuffer> requests,
           std::vector<std::unique_ptr<grpc::GenericStub>> stubs)
       : options_(options),
+        security_(std::move(security)),
         method_path_(std::move(method_path)),
         requests_(std::move(requests)),
         stubs_(std::move(stubs)),
@@ -737,6 +876,8 @@ class LoadRun {
     if (budget_ns != std::numeric_limits<int64_t>::max()) {
       context->set_deadline(std::chrono::system_clock::now() + std::chrono::nanoseconds(budget_ns));
     }
+    security_.Apply(*context);
+    for (const auto& [key, value] : options_.metadata) context->AddMetadata(key, value);
     worker.response.Clear();
     const grpc::ByteBuffer& request = requests_[static_cast<size_t>(call) % requests_.size()];
     worker.call_start_ns = NowNs();
@@ -775,6 +916,7 @@ class LoadRun {
   }
 
   const LoadOptions& options_;
+  const ChannelSecurity security_;
   const std::string method_path_;
   const std::vector<grpc::ByteBuffer> requests_;
   const std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
@@ -842,7 +984,7 @@ absl::StatusOr<LoadOptions> ParseLoadOptions(absl::Span<const std::string> args)
     } else {
       continue;
     }
-    absl::StatusOr<std::string> text = ReadFile(path, "--config");
+    absl::StatusOr<std::string> text = ReadOptionFile(path, "--config");
     if (!text.ok()) return text.status();
     Json config = Json::parse(*text, nullptr, /*allow_exceptions=*/false);
     if (config.is_discarded() || !config.is_object()) {
@@ -986,33 +1128,36 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options, const std::atomic
       SerializeRequests((*method)->input_type(), options.data_json);
   if (!requests.ok()) return requests.status();
 
+  absl::StatusOr<ChannelSecurity> security = LoadSecurity(options);
+  if (!security.ok()) return security.status();
+
   std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
   const absl::Time connect_deadline = absl::Now() + options.connect_timeout;
   for (int i = 0; i < options.connections; ++i) {
-    grpc::ChannelArguments args;
-    args.SetMaxSendMessageSize(256 << 20);
-    args.SetMaxReceiveMessageSize(256 << 20);
+    grpc::ChannelArguments args = DefaultChannelArguments(256 << 20);
     // Channels with equal arguments share one connection through gRPC's
     // global subchannel pool; a local pool gives each its own.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(options.host, grpc::InsecureChannelCredentials(), args);
-    if (channel->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_IDLE) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("HOST: \"", options.host, "\" is not a valid gRPC target"));
-    }
+    absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+        CreateChannel(options.host, *security, args, "HOST");
+    if (!channel.ok()) return channel.status();
     // ghz connects before the clock starts, so that the run times calls,
     // not the handshake.
-    if (!channel->WaitForConnected(absl::ToChronoTime(connect_deadline))) {
-      return absl::UnavailableError(absl::StrCat("no connection to ", options.host, " within ",
-                                                 absl::FormatDuration(options.connect_timeout)));
+    if (!(*channel)->WaitForConnected(absl::ToChronoTime(connect_deadline))) {
+      return absl::UnavailableError(absl::StrCat(
+          "no connection to ", options.host, " within ",
+          absl::FormatDuration(options.connect_timeout),
+          security->tls()
+              ? " over TLS (the default, as in ghz; --insecure for a plaintext server; a "
+                "certificate not signed by --cacert's CA or not naming the host fails too)"
+              : " over plaintext (--insecure; a TLS server needs TLS)"));
     }
-    stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
+    stubs.push_back(std::make_unique<grpc::GenericStub>(*std::move(channel)));
   }
 
   const std::string method_path =
       absl::StrCat("/", (*method)->service()->full_name(), "/", (*method)->name());
-  LoadRun run(options, method_path, *std::move(requests), std::move(stubs));
+  LoadRun run(options, *security, method_path, *std::move(requests), std::move(stubs));
   std::vector<CallRecord> records;
   int64_t total_ns = 0;
   std::string end_reason;
@@ -1079,6 +1224,11 @@ std::string FormatJson(const LoadReport& report, bool pretty) {
   options["call"] = o.call;
   options["host"] = o.host;
   if (!o.proto.empty()) options["proto"] = o.proto;
+  if (!o.cacert.empty()) options["cacert"] = o.cacert;
+  if (!o.cert.empty()) options["cert"] = o.cert;
+  if (!o.key.empty()) options["key"] = o.key;
+  if (!o.cname.empty()) options["cname"] = o.cname;
+  if (o.skip_tls) options["skipTLS"] = true;
   options["insecure"] = o.insecure;
   if (o.rps > 0) options["rps"] = o.rps;
   options["load-schedule"] = "const";
@@ -1103,6 +1253,14 @@ std::string FormatJson(const LoadReport& report, bool pretty) {
   options["dial-timeout"] = absl::ToInt64Nanoseconds(o.connect_timeout);
   Json data = Json::parse(o.data_json, nullptr, /*allow_exceptions=*/false);
   if (!data.is_discarded()) options["data"] = OrderedJson::parse(data.dump());
+  if (!o.metadata.empty()) {
+    // ghz copies the metadata into the report; a token does not belong in a
+    // file that gets shared, so authorization's value is left out.
+    options["metadata"] = OrderedJson::object();
+    for (const auto& [key, value] : o.metadata) {
+      options["metadata"][key] = key == "authorization" ? "<redacted>" : value;
+    }
+  }
   options["binary"] = false;
   options["CPUs"] = static_cast<int>(std::thread::hardware_concurrency());
   if (!o.name.empty()) options["name"] = o.name;

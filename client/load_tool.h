@@ -57,8 +57,18 @@ struct LoadOptions {
   std::string output;              // file for the report; "" = stdout
   std::string name;                // the report's "name"
   std::map<std::string, std::string> tags;
-  std::string proto;     // accepted for ghz compatibility; the messages are compiled in
-  bool insecure = true;  // plaintext is the only transport
+  std::string proto;  // accepted for ghz compatibility; the messages are compiled in
+  // The transport, with ghz's meanings: TLS (the system's root certificates,
+  // or cacert's) unless `insecure`, which asks for plaintext.
+  bool insecure = false;
+  std::string cacert;     // PEM roots that verify the server
+  std::string cert, key;  // the client's certificate and key (mutual TLS); both or neither
+  std::string cname;      // the server name checked against its certificate
+  bool skip_tls = false;  // ghz --skipTLS: do not verify the server's certificate
+  // Metadata sent on every call (-m / -M; keys lowercased as grpc-go does).
+  // Unless it has "authorization", ATTN_TOKEN (if set) is sent as
+  // "authorization: Bearer <token>".
+  std::map<std::string, std::string> metadata;
 };
 
 // Parses the arguments after `attn bench` (ghz flags: --flag=value, --flag
@@ -111,8 +121,10 @@ struct LoadReport {
 
 // Runs the load described by `options` (as returned by ParseLoadOptions).
 // INVALID_ARGUMENT for an unknown or streaming method or data that is not a
-// valid request of the method (the message names the element and field);
-// UNAVAILABLE if no connection is up within connect_timeout. Failed calls
+// valid request of the method (the message names the element and field), or
+// a certificate file that holds no PEM; NOT_FOUND for a certificate file
+// that cannot be read; UNAVAILABLE if no connection is up within
+// connect_timeout (a failed TLS handshake too). Failed calls
 // are not an error of the run: they are counted in the report.
 //
 // Once `*cancel` (if given; e.g. set by a SIGINT handler) is true, the run

@@ -48,10 +48,12 @@ class BenchTest(AttnCliTestCase):
 
     TMP_PREFIX = "attn_bench_test_"
 
-    def bench(self, *args, address=None, timeout=60):
-        """attn bench ARGS HOST; address="" leaves HOST out."""
+    def bench(self, *args, address=None, timeout=60, insecure=True):
+        """attn bench ARGS HOST; address="" leaves HOST out. attnd serves
+        plaintext here, and attn bench uses TLS unless --insecure (as ghz)."""
         host = [self.server.address if address is None else address] if address != "" else []
-        return subprocess.run([ATTN, "bench", *args, *host],
+        plaintext = ["--insecure"] if insecure else []
+        return subprocess.run([ATTN, "bench", *plaintext, *args, *host],
                               capture_output=True, text=True, timeout=timeout, check=False,
                               cwd=SOURCE_DIR)
 
@@ -151,7 +153,8 @@ class BenchTest(AttnCliTestCase):
 
     def test_sigint_ends_the_run_with_a_cancel_report(self):
         process = subprocess.Popen(
-            [ATTN, "bench", "--call", ATTEND, "-d", json.dumps(GOOD), "-z", "60s", "-c", "4",
+            [ATTN, "bench", "--insecure", "--call", ATTEND, "-d", json.dumps(GOOD), "-z", "60s",
+             "-c", "4",
              "-O", "json", self.server.address],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SOURCE_DIR)
         time.sleep(1.0)
@@ -191,8 +194,19 @@ class BenchTest(AttnCliTestCase):
         good = ["--call", ATTEND, "-d", json.dumps(GOOD)]
         cases = [
             (["-n", "5"], "--call: required"),
-            ([*good, "--cacert", "ca.pem"], "--cacert: a ghz flag that attn bench does not support"),
-            ([*good, "-m", "{}"], "-m: a ghz flag that attn bench does not support"),
+            ([*good, "--authority", "a"], "--authority: a ghz flag that attn bench does not support"),
+            ([*good, "-b"], "-b: a ghz flag that attn bench does not support"),
+            ([*good, "--cacert", "ca.pem"], "--insecure: plaintext, but --cacert asks for TLS"),
+            ([*good, "--skipTLS"], "--insecure: plaintext, but --skipTLS asks for TLS"),
+            ([*good, "--insecure=false", "--cert", "c.pem"], "--cert, --key: give both"),
+            ([*good, "--insecure=false", "--cacert", "/nonexistent/ca.pem"],
+             "--cacert: cannot open /nonexistent/ca.pem"),
+            ([*good, "-m", "[]"], "--metadata: expected a JSON object of strings"),
+            ([*good, "-m", '{"a": 1}'], 'the value of "a" must be a string'),
+            ([*good, "-m", '{"a b": "c"}'], 'key "a b" is not a gRPC metadata key'),
+            ([*good, "-m", '{"grpc-timeout": "1S"}'], 'key "grpc-timeout" is reserved'),
+            ([*good, "-m", '{"x": "line\\nbreak"}'], 'the value of "x" must be printable ASCII'),
+            ([*good, "-M", "/nonexistent/md.json"], "--metadata-file: cannot open"),
             ([*good, "--frobnicate"], "unknown flag --frobnicate"),
             ([*good, "-c", "0"], "--concurrency: must be in [1,"),
             ([*good, "-c", "2", "--connections", "3"], "--connections: must be <= --concurrency"),
@@ -214,6 +228,25 @@ class BenchTest(AttnCliTestCase):
         result = self.bench("--call", ATTEND, address="")
         self.assertEqual(result.returncode, 2)
         self.assertIn("HOST: required", result.stderr)
+
+    def test_metadata_rides_along_and_is_reported_without_the_token(self):
+        metadata = {"X-Request-Tag": "bench", "authorization": "Bearer not-checked-here"}
+        report = self.bench_json("--call", ATTEND, "-d", json.dumps(GOOD), "-n", "4", "-c", "2",
+                                 "-m", json.dumps(metadata))
+        self.assertEqual(report["statusCodeDistribution"], {"OK": 4})
+        self.assertEqual(report["options"]["metadata"],
+                         {"x-request-tag": "bench", "authorization": "<redacted>"})
+        self.assertTrue(report["options"]["insecure"])
+
+    def test_tls_is_the_default_as_in_ghz(self):
+        # attnd is plaintext here: without --insecure the TLS handshake fails,
+        # and the message says how to ask for plaintext.
+        result = self.bench("--call", ATTEND, "-d", json.dumps(GOOD), "-n", "2",
+                            "--connect-timeout", "1s", insecure=False)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("UNAVAILABLE: no connection to", result.stderr)
+        self.assertIn("over TLS (the default, as in ghz; --insecure for a plaintext server",
+                      result.stderr)
 
     def test_no_server_is_exit_1_unavailable(self):
         result = self.bench("--call", ATTEND, "-d", json.dumps(GOOD), "-n", "5",

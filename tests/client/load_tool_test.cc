@@ -122,6 +122,37 @@ TEST(ParseLoadOptionsTest, ReadsGhzFlagsInEverySpelling) {
   EXPECT_EQ(options->data_json, "[{},{}]");
 }
 
+TEST(ParseLoadOptionsTest, TlsIsTheDefaultAndTheTransportFlagsAreGhzs) {
+  absl::StatusOr<LoadOptions> plain = ParseLoadOptions({"--call=a.B/C", "h:1"});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->insecure);
+  absl::StatusOr<LoadOptions> options = ParseLoadOptions(
+      {"--call=a.B/C", "--cacert", "ca.pem", "--cert=c.pem", "--key", "k.pem", "--cname=localhost",
+       "--skipTLS", "-m", R"({"X-Tag": "t", "authorization": "Bearer x"})", "h:1"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_FALSE(options->insecure);
+  EXPECT_EQ(options->cacert, "ca.pem");
+  EXPECT_EQ(options->cert, "c.pem");
+  EXPECT_EQ(options->key, "k.pem");
+  EXPECT_EQ(options->cname, "localhost");
+  EXPECT_TRUE(options->skip_tls);
+  EXPECT_THAT(options->metadata,
+              ::testing::ElementsAre(::testing::Pair("authorization", "Bearer x"),
+                                     ::testing::Pair("x-tag", "t")));
+  absl::StatusOr<LoadOptions> undone =
+      ParseLoadOptions({"--call=a.B/C", "--insecure", "--insecure=false", "--cacert=ca", "h:1"});
+  ASSERT_TRUE(undone.ok()) << undone.status();
+  EXPECT_FALSE(undone->insecure);
+}
+
+TEST(ParseLoadOptionsTest, InsecureWithATlsFlagIsAUsageError) {
+  absl::StatusOr<LoadOptions> options =
+      ParseLoadOptions({"--call=a.B/C", "--insecure", "--cname=x", "h:1"});
+  ASSERT_FALSE(options.ok());
+  EXPECT_EQ(options.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(options.status().message(), HasSubstr("--insecure: plaintext, but --cname asks"));
+}
+
 TEST(ParseLoadOptionsTest, RejectsUnsupportedGhzFlagsByName) {
   absl::StatusOr<LoadOptions> options =
       ParseLoadOptions({"--call=a.B/C", "--load-schedule=step", "h:1"});
