@@ -149,6 +149,7 @@ Batcher::Batcher(const BatcherOptions& options, Metrics* metrics)
       metrics_(metrics),
       chunk_bytes_(options.merge_chunk_bytes > 0 ? options.merge_chunk_bytes : ChunkBytes()),
       free_threads_(options.compute_threads) {
+  metrics_->queue_capacity().Set(static_cast<double>(options_.max_queue_size));
   absl::MutexLock lock(&stop_mu_);
   for (int i = 0; i < options_.batch_threads; ++i) threads_.emplace_back([this] { WorkerLoop(); });
 }

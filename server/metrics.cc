@@ -125,6 +125,12 @@ Metrics::Metrics(prometheus::Registry& registry, absl::string_view version)
                             .Help("Requests accepted and not yet answered (queued or computing)")
                             .Register(registry)
                             .Add({});
+  queue_capacity_ = &prometheus::BuildGauge()
+                         .Name("attnserve_queue_capacity")
+                         .Help("--max_queue_size: queued requests above which new ones get "
+                               "RESOURCE_EXHAUSTED (0: unbounded)")
+                         .Register(registry)
+                         .Add({});
   prometheus::BuildGauge()
       .Name("attnserve_build_info")
       .Help("Always 1; the labels say which attnd this is")

@@ -83,6 +83,8 @@ class Metrics {
 
   prometheus::Gauge& queue_depth() { return *queue_depth_; }
   prometheus::Gauge& inflight_requests() { return *inflight_requests_; }
+  // Set once by the Batcher, so alerts can compare queue_depth with it.
+  prometheus::Gauge& queue_capacity() { return *queue_capacity_; }
 
  private:
   prometheus::Counter& RequestCounter(Rpc rpc, int method, absl::StatusCode code);
@@ -103,6 +105,7 @@ class Metrics {
   prometheus::Histogram* batch_size_;
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* inflight_requests_;
+  prometheus::Gauge* queue_capacity_;
 
   // Lazily created series: Family::Add locks and hashes the labels on every
   // call, so each series is looked up once and its pointer kept.

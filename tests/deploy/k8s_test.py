@@ -155,6 +155,9 @@ def attnd_flags():
 def parse_flags(args):
     flags = {}
     for arg in args:
+        if re.fullmatch(r"--[a-z_0-9]+", arg):  # a boolean flag
+            flags[arg[2:]] = "true"
+            continue
         match = re.fullmatch(r"--([a-z_0-9]+)=(.*)", arg)
         if match is None:
             raise AssertionError(f"attnd argument {arg!r} is not --name=value")

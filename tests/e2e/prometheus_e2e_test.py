@@ -6,9 +6,9 @@ in the text are exactly the calls made.
 
 PrometheusScrapeTest: a real Prometheus server on 127.0.0.1 (a picked free
 port, a temporary TSDB) scrapes attnd with the configuration from
-deploy/prometheus/prometheus.yml (its target and intervals swapped for the
-test's), and the series read back through /api/v1/query hold the numbers of
-calls this test made.
+deploy/prometheus/prometheus.yml (its attnd target, rule paths and intervals
+swapped for the test's, so the deploy rules load too), and the series read
+back through /api/v1/query hold the numbers of calls this test made.
 
 Both run attnd and Prometheus on loopback only, wait at most tens of seconds
 for anything, and kill both at the end. Run by CTest with ATTN_PYTHON,
@@ -17,7 +17,6 @@ ATTN_SOURCE_DIR; pass the test class to run on the command line."""
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +30,7 @@ import urllib.request
 
 import grpc
 import numpy as np
+import yaml
 
 from attnserve import AttnError, Client
 
@@ -44,7 +44,6 @@ SOURCE_DIR = os.environ.get(
 PROMETHEUS = os.environ.get("PROMETHEUS_PATH", "/usr/bin/prometheus")
 PROMTOOL = os.environ.get("PROMTOOL_PATH", "/usr/bin/promtool")
 DEPLOY_CONFIG = os.path.join(SOURCE_DIR, "deploy", "prometheus", "prometheus.yml")
-DEFAULT_TARGET = "127.0.0.1:9464"
 WAIT_S = 30.0
 SEED = 4242
 
@@ -101,18 +100,21 @@ def free_port():
 
 def derive_config(metrics_port):
     """deploy/prometheus/prometheus.yml with attnd's picked metrics port as the
-    target and every interval at 1 s."""
+    only target of the attnd job (the other jobs dropped), its rule files by
+    absolute path (so Prometheus loads the deploy rules) and every interval at
+    1 s."""
     with open(DEPLOY_CONFIG, encoding="utf-8") as f:
-        text = f.read()
-    target = f'targets: ["{DEFAULT_TARGET}"]'
-    if text.count(target) != 1:
-        raise AssertionError(f"{DEPLOY_CONFIG}: expected '{target}' once")
-    text = text.replace(target, f'targets: ["127.0.0.1:{metrics_port}"]')
-    text, intervals = re.subn(r"(scrape_interval|evaluation_interval|scrape_timeout):\s*\S+",
-                              r"\1: 1s", text)
-    if intervals == 0:
-        raise AssertionError(f"{DEPLOY_CONFIG}: no scrape_interval to shorten")
-    return text
+        config = yaml.safe_load(f)
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] == "attnd"]
+    if len(jobs) != 1 or len(jobs[0]["static_configs"]) != 1:
+        raise AssertionError(f"{DEPLOY_CONFIG}: expected one attnd job with one static_config")
+    config["scrape_configs"] = jobs
+    jobs[0]["static_configs"][0]["targets"] = [f"127.0.0.1:{metrics_port}"]
+    config["rule_files"] = [os.path.join(os.path.dirname(DEPLOY_CONFIG), rule)
+                            for rule in config.get("rule_files", [])]
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
+    jobs[0]["scrape_interval"] = jobs[0]["scrape_timeout"] = "1s"
+    return yaml.safe_dump(config)
 
 
 class AttndTestCase(unittest.TestCase):

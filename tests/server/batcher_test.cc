@@ -256,6 +256,7 @@ TEST_F(BatcherTest, FullQueueIsResourceExhausted) {
   EXPECT_THAT(std::string(full.message()), HasSubstr("--max_queue_size"));
   EXPECT_EQ(Dropped("queue_full"), 1);
   EXPECT_EQ(Value(registry_, "attnserve_queue_depth"), 2);
+  EXPECT_EQ(Value(registry_, "attnserve_queue_capacity"), 2);  // what alerts compare with
   batcher->Stop();
   EXPECT_TRUE(a.WaitDone() && b.WaitDone());
 }
