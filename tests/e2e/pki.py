@@ -65,3 +65,17 @@ class Pki:
 def read(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+if __name__ == "__main__":
+    # For tests in other languages: `pki.py DIR` writes the set the Python tests
+    # use: ca.pem/.key signing server.pem/.key (localhost, 127.0.0.1) and
+    # client.pem/.key, and other.pem/.key signing rogue.pem/.key (a client
+    # certificate from a CA the server does not trust).
+    import sys
+
+    _pki = Pki(sys.argv[1])
+    _ca = _pki.ca("ca")
+    _ca.issue("server", serial=100)
+    _ca.issue("client", serial=7, client=True)
+    _pki.ca("other").issue("rogue", serial=9, client=True)

@@ -14,6 +14,8 @@ takes and returns NumPy float32 arrays:
         client.encode(method="rope", x=x, layout="half")["y"]
 
 Errors raise attnserve.AttnError with the gRPC status code and message.
+attnserve.aio.Client is the asyncio twin (the same methods, as coroutines);
+both take TLS, mutual TLS and token options (attnserve.channel.load_security).
 """
 
 from attnserve.client import AttendResult, AttnError, Client, from_tensor, to_tensor

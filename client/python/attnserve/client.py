@@ -24,6 +24,7 @@ tensor the server loaded at start-up (a ref).
 
 import collections
 import threading
+from typing import Dict, List, Optional
 
 import grpc
 import numpy as np
@@ -196,9 +197,18 @@ def encode_request(method, x=None, *, offset=None, distances=None, sq=None, sk=N
     return request
 
 
-def _attend_result(response):
+def _attend_result(response) -> AttendResult:
     probs = from_tensor(response.probs) if response.HasField("probs") else None
     return AttendResult(out=from_tensor(response.out), probs=probs)
+
+
+def _encode_result(response) -> Dict[str, np.ndarray]:
+    return {name: from_tensor(tensor) for name, tensor in response.outputs.items()}
+
+
+def _stream_requests(requests) -> List[attention_pb2.AttendRequest]:
+    return [r if isinstance(r, attention_pb2.AttendRequest) else attend_request(**r)
+            for r in requests]
 
 
 def _health_pb2():
@@ -214,8 +224,74 @@ def _health_pb2():
     return module
 
 
-class Client:
-    """A client of attnd at `target` over an insecure channel (connects lazily).
+def _is_serving(response) -> bool:
+    return response.status == _health_pb2().HealthCheckResponse.SERVING
+
+
+def _rpc_error(error, responses=None) -> AttnError:
+    return AttnError(error.code(), error.details(), responses=responses)
+
+
+class _ClientBase:
+    """What Client and attnserve.aio.Client share: the options, the channels
+    (built by attnserve.channel, sync or grpc.aio as _AIO says), the stubs,
+    and the arguments of every call (deadline, token). The request building
+    and response decoding are the module's functions above; the subclasses
+    only make the calls."""
+
+    _AIO = False
+
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 30.0,
+                 max_message_bytes: int = 256 << 20, *, service_config=None, options=None,
+                 tls: bool = False, ca_file: Optional[str] = None,
+                 cert_file: Optional[str] = None, key_file: Optional[str] = None,
+                 server_name: Optional[str] = None, token: Optional[str] = None,
+                 token_file: Optional[str] = None):
+        self.target = target
+        self.timeout = timeout
+        self._security = channel.load_security(
+            tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+            server_name=server_name, token=token, token_file=token_file)
+        self._channel_args = {"max_message_bytes": max_message_bytes,
+                              "service_config": service_config, "options": options,
+                              "security": self._security}
+        self._channel = channel.create_channel(target, aio=self._AIO, **self._channel_args)
+        self._stub = attention_pb2_grpc.AttentionServiceStub(self._channel)
+        self._health_channel = None
+        self._health_check = None
+        self._health_lock = threading.Lock()
+
+    def _call_args(self, timeout):
+        """The keyword arguments of one call: its deadline and the token."""
+        return {"timeout": self.timeout if timeout is None else timeout,
+                "metadata": self._security.metadata or None}
+
+    def _health_rpc(self):
+        """grpc.health.v1.Health/Check on its own channel without client-side
+        health checking: the main one sends calls only to SERVING replicas,
+        so it could not ask one that is not (the answer would be UNAVAILABLE
+        instead of NOT_SERVING)."""
+        with self._health_lock:
+            if self._health_check is None:
+                health_pb2 = _health_pb2()
+                args = dict(self._channel_args)
+                if args["service_config"] is None:
+                    args["service_config"] = channel.default_service_config(
+                        health_checking=False)
+                self._health_channel = channel.create_channel(self.target, aio=self._AIO, **args)
+                self._health_check = self._health_channel.unary_unary(
+                    "/grpc.health.v1.Health/Check",
+                    request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                    response_deserializer=health_pb2.HealthCheckResponse.FromString)
+            return self._health_check
+
+    def _channels(self):
+        return [c for c in (self._channel, self._health_channel) if c is not None]
+
+
+class Client(_ClientBase):
+    """A client of attnd at `target` (connects lazily); attnserve.aio.Client
+    is its asyncio twin.
 
     `target` is any gRPC target ("host:port", "dns:///host:port",
     "ipv4:a:p,b:p", ...); the channel applies attnserve's defaults
@@ -225,44 +301,39 @@ class Client:
     `options` (gRPC channel options, winning key by key) say otherwise.
     `timeout` is the deadline of each call in seconds (of the whole stream for
     attend_stream); every method also takes timeout= to override it.
+
+    Security (attnserve.channel.load_security): plaintext unless `tls` (the
+    system's roots), `ca_file` (PEM roots that verify the server),
+    `cert_file` + `key_file` (mutual TLS) or `server_name` (the name the
+    server's certificate carries, e.g. "localhost" for "127.0.0.1:50051");
+    `token`, `token_file` or the environment variable ATTN_TOKEN is sent as
+    "authorization: Bearer <token>" on every call. A failed handshake is
+    AttnError UNAVAILABLE, a missing or wrong token UNAUTHENTICATED; a bad
+    option raises ValueError (FileNotFoundError for a file) here.
     """
 
-    def __init__(self, target="127.0.0.1:50051", timeout=30.0, max_message_bytes=256 << 20, *,
-                 service_config=None, options=None):
-        self.target = target
-        self.timeout = timeout
-        self._channel_args = {"max_message_bytes": max_message_bytes,
-                              "service_config": service_config, "options": options}
-        self._channel = channel.create_channel(target, **self._channel_args)
-        self._stub = attention_pb2_grpc.AttentionServiceStub(self._channel)
-        self._health_channel = None
-        self._health_check = None
-        self._health_lock = threading.Lock()
+    def close(self) -> None:
+        for chan in self._channels():
+            chan.close()
 
-    def close(self):
-        self._channel.close()
-        if self._health_channel is not None:
-            self._health_channel.close()
-
-    def __enter__(self):
+    def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         self.close()
         return False
 
-    def _timeout(self, timeout):
-        return self.timeout if timeout is None else timeout
-
     def _call(self, rpc, request, timeout):
         try:
-            return rpc(request, timeout=self._timeout(timeout))
+            return rpc(request, **self._call_args(timeout))
         except grpc.RpcError as error:
-            raise AttnError(error.code(), error.details()) from None
+            raise _rpc_error(error) from None
 
-    def attend(self, method="none", q=None, k=None, v=None, *, x_q=None, x_kv=None, w_q=None,
-               w_k=None, w_v=None, num_heads=None, causal=False, scale=None, query_offset=None,
-               return_probs=False, raw=True, timeout=None, **method_params):
+    def attend(self, method: str = "none", q=None, k=None, v=None, *, x_q=None, x_kv=None,
+               w_q=None, w_k=None, w_v=None, num_heads: Optional[int] = None,
+               causal: bool = False, scale: Optional[float] = None,
+               query_offset: Optional[int] = None, return_probs: bool = False, raw: bool = True,
+               timeout: Optional[float] = None, **method_params) -> AttendResult:
         """Multi-head attention: q [B,H,Sq,D], k [B,H,Sk,D], v [B,H,Sk,Dv] (or
         x_q, x_kv, w_q, w_k, w_v and num_heads for sinusoidal and learned).
         None leaves scale (1/sqrt(D)), query_offset (Sk - Sq) and num_heads
@@ -274,55 +345,37 @@ class Client:
                                  **method_params)
         return _attend_result(self._call(self._stub.Attend, request, timeout))
 
-    def encode(self, method, x=None, *, offset=None, distances=None, sq=None, sk=None,
-               query_offset=None, num_heads=None, raw=True, timeout=None, **method_params):
+    def encode(self, method: str, x=None, *, offset: Optional[int] = None, distances=None,
+               sq: Optional[int] = None, sk: Optional[int] = None,
+               query_offset: Optional[int] = None, num_heads: Optional[int] = None,
+               raw: bool = True, timeout: Optional[float] = None,
+               **method_params) -> Dict[str, np.ndarray]:
         """A positional encoding on its own. Returns {output name: ndarray}
         with the names of positional-methods.md 3.2 (y, table, bias, ...)."""
         request = encode_request(method, x, offset=offset, distances=distances, sq=sq, sk=sk,
                                  query_offset=query_offset, num_heads=num_heads, raw=raw,
                                  **method_params)
-        response = self._call(self._stub.Encode, request, timeout)
-        return {name: from_tensor(tensor) for name, tensor in response.outputs.items()}
+        return _encode_result(self._call(self._stub.Encode, request, timeout))
 
-    def list_methods(self, timeout=None):
+    def list_methods(self, timeout: Optional[float] = None) -> attention_pb2.ListMethodsResponse:
         """The server's ListMethodsResponse (methods, parameters, limits)."""
         return self._call(self._stub.ListMethods, attention_pb2.ListMethodsRequest(), timeout)
 
-    def health(self, service="", timeout=None):
+    def health(self, service: str = "", timeout: Optional[float] = None) -> bool:
         """grpc.health.v1 Check of `service`: True when SERVING."""
-        health_pb2 = _health_pb2()
-        with self._health_lock:
-            if self._health_check is None:
-                self._health_check = self._health_channel_unary(health_pb2)
-        response = self._call(self._health_check, health_pb2.HealthCheckRequest(service=service),
-                              timeout)
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+        request = _health_pb2().HealthCheckRequest(service=service)
+        return _is_serving(self._call(self._health_rpc(), request, timeout))
 
-    def _health_channel_unary(self, health_pb2):
-        # Its own channel without client-side health checking: the main one
-        # sends calls only to SERVING replicas, so it could not ask one that
-        # is not (the answer would be UNAVAILABLE instead of NOT_SERVING).
-        args = dict(self._channel_args)
-        if args["service_config"] is None:
-            args["service_config"] = channel.default_service_config(health_checking=False)
-        self._health_channel = channel.create_channel(self.target, **args)
-        return self._health_channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString)
-
-    def attend_stream(self, requests, timeout=None):
+    def attend_stream(self, requests, timeout: Optional[float] = None) -> List[AttendResult]:
         """Sends every request (each a dict of attend() keyword arguments, or
         an AttendRequest) on one AttendStream; returns the AttendResults in
         order. On an error raises AttnError whose .responses holds the
         results received before it."""
-        messages = [r if isinstance(r, attention_pb2.AttendRequest) else attend_request(**r)
-                    for r in requests]
+        messages = _stream_requests(requests)
         results = []
         try:
-            for response in self._stub.AttendStream(iter(messages),
-                                                     timeout=self._timeout(timeout)):
+            for response in self._stub.AttendStream(iter(messages), **self._call_args(timeout)):
                 results.append(_attend_result(response))
         except grpc.RpcError as error:
-            raise AttnError(error.code(), error.details(), responses=results) from None
+            raise _rpc_error(error, responses=results) from None
         return results
