@@ -4,7 +4,9 @@ errors as AttnError, streams, and the request building on its own.
 
 Run by CTest with ATTN_PYTHON, PYTHONPATH=<build>/python and ATTND_PATH."""
 
+import asyncio
 import glob
+import inspect
 import json
 import os
 import sys
@@ -14,6 +16,7 @@ import grpc
 import numpy as np
 
 import attnserve
+import attnserve.aio
 from attnserve import client as attn_client
 from attnserve.v1 import attention_pb2
 
@@ -230,6 +233,53 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(len(caught.exception.responses), 2)
         np.testing.assert_allclose(caught.exception.responses[1].out[0, 0, 0], [2, 0],
                                    atol=1e-6)
+
+
+class _AwaitEach:
+    """attnserve.aio.Client behind the sync client's face: each method call
+    runs its coroutine to completion on the facade's own event loop, so the
+    whole ServerTest suite runs again through the asyncio client."""
+
+    def __init__(self, address, **options):
+        self._loop = asyncio.new_event_loop()
+
+        async def make():
+            return attnserve.aio.Client(address, **options)
+        self._client = self._loop.run_until_complete(make())
+
+    def __getattr__(self, name):
+        method = getattr(self._client, name)
+        return lambda *args, **kwargs: self._loop.run_until_complete(method(*args, **kwargs))
+
+    def close(self):
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
+
+
+class AioServerTest(ServerTest):
+    """ServerTest's every case through attnserve.aio.Client."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = AttndProcess()
+        cls.client = _AwaitEach(cls.server.address, timeout=60.0)
+
+
+class AioApiTest(unittest.TestCase):
+    """attnserve.aio.Client has Client's public methods, as coroutines with the
+    same parameters, and the same constructor."""
+
+    def test_same_methods_and_arguments_as_coroutines(self):
+        public = [name for name in dir(attnserve.Client) if not name.startswith("_")]
+        self.assertLessEqual({"attend", "encode", "list_methods", "health", "attend_stream",
+                              "close"}, set(public))
+        for name in public:
+            with self.subTest(method=name):
+                sync, aio = getattr(attnserve.Client, name), getattr(attnserve.aio.Client, name)
+                self.assertTrue(inspect.iscoroutinefunction(aio))
+                self.assertEqual(inspect.signature(aio), inspect.signature(sync))
+        self.assertEqual(inspect.signature(attnserve.aio.Client),
+                         inspect.signature(attnserve.Client))
 
 
 if __name__ == "__main__":
