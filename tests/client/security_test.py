@@ -253,6 +253,30 @@ class AttnCliTest(SecurityTestCase):
         self.assertNotIn("bad token", result.stderr)
 
 
+class HelpTextTest(unittest.TestCase):
+    """attn --help and attn bench --help list the security flags they take."""
+
+    def help_text(self, *command):
+        result = subprocess.run([ATTN, *command, "--help"], capture_output=True, text=True,
+                                timeout=30, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return result.stdout
+
+    def test_attn_help(self):
+        text = self.help_text()
+        for flag in ("--tls", "--cacert=PATH", "--cert=PATH --key=PATH", "--cname=NAME",
+                     "--server_name", "--token=TOKEN", "--token_file=PATH", "ATTN_TOKEN"):
+            self.assertIn(flag, text)
+
+    def test_attn_bench_help(self):
+        text = self.help_text("bench")
+        for flag in ("--insecure", "--cacert=PATH", "--cert=PATH", "--key=PATH", "--cname=NAME",
+                     "--skipTLS", "-m, --metadata=JSON", "-M, --metadata-file=PATH", "ATTN_TOKEN",
+                     "uses TLS unless --insecure"):
+            self.assertIn(flag, text)
+        self.assertNotIn("plaintext is the only transport", text)
+
+
 class AttnBenchTest(SecurityTestCase):
     """`attn bench` with ghz's --cacert --cert --key --cname --skipTLS
     --insecure -m/-M, and ATTN_TOKEN."""
