@@ -16,7 +16,7 @@ PACKAGES=(
   # libdnnl-dev only recommends the OpenCL headers, and we skip recommends)
   libdnnl-dev ocl-icd-opencl-dev
   # utilities
-  libabsl-dev nlohmann-json3-dev prometheus-cpp-dev
+  libabsl-dev nlohmann-json3-dev prometheus-cpp-dev libcivetweb-dev
   # attn plot: Cairo (PNG and SVG) and a font for its text
   libcairo2-dev fonts-dejavu-core
   # TLS checks and token digests (libcrypto); the openssl CLI makes test certificates

@@ -94,8 +94,9 @@ absl::string_view BearerToken(absl::string_view authorization) {
 }
 
 absl::StatusOr<std::shared_ptr<TokenAuthenticator>> TokenAuthenticator::Create(
-    const std::string& path, Metrics* metrics) {
-  std::shared_ptr<TokenAuthenticator> authenticator(new TokenAuthenticator(path, metrics));
+    const std::string& path, Metrics* metrics, std::string flag) {
+  std::shared_ptr<TokenAuthenticator> authenticator(
+      new TokenAuthenticator(path, metrics, std::move(flag)));
   absl::StatusOr<std::vector<TokenDigest>> digests = authenticator->Read();
   if (!digests.ok()) return digests.status();
   absl::MutexLock lock(&authenticator->mu_);
@@ -107,18 +108,17 @@ absl::StatusOr<std::vector<TokenDigest>> TokenAuthenticator::Read() const {
   std::ifstream in(path_, std::ios::binary);
   if (!in) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--auth_tokens_file: cannot read '", path_, "': ", std::strerror(errno)));
+        absl::StrCat(flag_, ": cannot read '", path_, "': ", std::strerror(errno)));
   }
   std::ostringstream text;
   text << in.rdbuf();
   if (in.bad()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--auth_tokens_file: cannot read '", path_, "'"));
+    return absl::InvalidArgumentError(absl::StrCat(flag_, ": cannot read '", path_, "'"));
   }
   absl::StatusOr<std::vector<TokenDigest>> digests = ParseTokensFile(text.str());
   if (!digests.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--auth_tokens_file: '", path_, "' ", digests.status().message()));
+        absl::StrCat(flag_, ": '", path_, "' ", digests.status().message()));
   }
   return digests;
 }

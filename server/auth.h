@@ -56,8 +56,9 @@ class TokenAuthenticator : public grpc::AuthMetadataProcessor {
   // Reads `path` (errors as ParseTokensFile, and INVALID_ARGUMENT naming
   // --auth_tokens_file when it cannot be read). `metrics` (may be null)
   // counts rejected calls; it must outlive this object.
-  static absl::StatusOr<std::shared_ptr<TokenAuthenticator>> Create(const std::string& path,
-                                                                    Metrics* metrics);
+  // `flag` names the file in errors.
+  static absl::StatusOr<std::shared_ptr<TokenAuthenticator>> Create(
+      const std::string& path, Metrics* metrics, std::string flag = "--auth_tokens_file");
 
   // Re-reads the file. On success the new set applies to every later call;
   // on failure the previous set stays and the error (which names the file
@@ -77,12 +78,13 @@ class TokenAuthenticator : public grpc::AuthMetadataProcessor {
                        OutputMetadata* response_metadata) override;
 
  private:
-  TokenAuthenticator(std::string path, Metrics* metrics)
-      : path_(std::move(path)), metrics_(metrics) {}
+  TokenAuthenticator(std::string path, Metrics* metrics, std::string flag)
+      : path_(std::move(path)), flag_(std::move(flag)), metrics_(metrics) {}
 
   absl::StatusOr<std::vector<TokenDigest>> Read() const;
 
   const std::string path_;
+  const std::string flag_;
   Metrics* const metrics_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const std::vector<TokenDigest>> digests_ ABSL_GUARDED_BY(mu_);

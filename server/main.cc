@@ -80,6 +80,8 @@ ABSL_FLAG(std::string, auth_tokens_file, "",
           "bearer tokens required of every call but health: one per line, or sha256:<64 hex> "
           "of one; # comments; re-read on SIGHUP");
 ABSL_FLAG(bool, reflection, true, "serve gRPC server reflection (needs a token when tokens are on)");
+ABSL_FLAG(std::string, metrics_token_file, "",
+          "bearer tokens a scrape must send (format of --auth_tokens_file; re-read on SIGHUP)");
 ABSL_FLAG(bool, insecure, false,
           "allow plaintext gRPC on an --address that is not loopback (else attnd refuses)");
 
@@ -120,6 +122,7 @@ int main(int argc, char** argv) {
   options.tls.reload_interval_s = absl::GetFlag(FLAGS_tls_reload_interval_s);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.metrics_token_file = absl::GetFlag(FLAGS_metrics_token_file);
   options.reflection = absl::GetFlag(FLAGS_reflection);
   options.batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   const int64_t delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);

@@ -63,46 +63,6 @@ absl::StatusOr<HostPort> SplitAddress(absl::string_view address) {
 
 std::string ErrnoText(int error) { return std::strerror(error); }
 
-// Connects to host:port and hangs up at once; a wildcard host means loopback.
-void Knock(std::string host, int port) {
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  if (host == "0.0.0.0") host = "127.0.0.1";
-  if (host == "::") host = "::1";
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return;
-  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) continue;
-    const bool connected = connect(fd, a->ai_addr, a->ai_addrlen) == 0;
-    close(fd);
-    if (connected) break;
-  }
-  freeaddrinfo(found);
-}
-
-// Stops the metrics listener without waiting out CivetWeb: its listening
-// thread sees the stop only when its poll() returns, which with no scrape
-// coming takes up to SOCKET_TIMEOUT_QUANTUM (2 s in civetweb 1.15; about 1 s
-// added to every exit). A connection to the port wakes the poll at once, so
-// knock until the stop has gone through (a knock accepted just before the
-// stop costs a worker one read of a closed connection).
-void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, const std::string& host, int port) {
-  if (exposer == nullptr) return;
-  std::atomic<bool> stopped{false};
-  std::thread stopper([&exposer, &stopped] {
-    exposer.reset();
-    stopped.store(true);
-  });
-  const absl::Time give_up = absl::Now() + absl::Seconds(5);
-  while (!stopped.load() && absl::Now() < give_up) {
-    Knock(host, port);
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  stopper.join();
-}
-
 // --reflection=false: linking gRPC's reflection library registers its
 // plugin with every ServerBuilder (a static initializer), so it is taken out
 // of this builder's plugins instead of never being added.
@@ -219,20 +179,17 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   }
   std::unique_ptr<AttnServer> server(new AttnServer(options, std::move(tensors)));
   if (!options.metrics_address.empty()) {
-    // civetweb (under prometheus::Exposer) throws when it cannot listen.
-    try {
-      server->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_address, 2);
-      server->metrics_host_ = SplitAddress(options.metrics_address)->host;
-    } catch (const std::exception& e) {
+    absl::StatusOr<std::unique_ptr<MetricsListener>> listener = MetricsListener::Start(
+        MetricsListenerOptions{options.metrics_address, options.metrics_token_file},
+        server->registry_);
+    if (!listener.ok()) {
       // Nothing ran yet; the destructor has only the batcher to stop.
       absl::MutexLock lock(&server->shutdown_mu_);
       server->shut_down_ = true;
-      return absl::UnavailableError(absl::StrCat("--metrics_address=", options.metrics_address,
-                                                 ": could not listen (", e.what(), ")"));
+      return listener.status();
     }
-    server->exposer_->RegisterCollectable(server->registry_, "/metrics");
-    const std::vector<int> ports = server->exposer_->GetListeningPorts();
-    server->metrics_port_ = ports.empty() ? 0 : ports.front();
+    server->metrics_listener_ = *std::move(listener);
+    server->metrics_port_ = server->metrics_listener_->port();
   }
   if (!options.auth_tokens_file.empty()) {
     absl::StatusOr<std::shared_ptr<TokenAuthenticator>> authenticator =
@@ -297,6 +254,14 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
 }
 
 void AttnServer::ReloadAuthTokens() {
+  if (metrics_listener_ != nullptr && metrics_listener_->has_tokens()) {
+    const absl::Status reloaded = metrics_listener_->ReloadTokens();
+    std::fprintf(
+        stderr, "attnd: SIGHUP: %s\n",
+        reloaded.ok()
+            ? "--metrics_token_file reloaded"
+            : absl::StrCat("keeping the previous metrics tokens: ", reloaded.message()).c_str());
+  }
   if (authenticator_ == nullptr) {
     std::fprintf(stderr, "attnd: SIGHUP: no --auth_tokens_file to reload\n");
     return;
@@ -343,7 +308,7 @@ void AttnServer::EnterLameDuck() {
 AttnServer::~AttnServer() {
   Shutdown(absl::ZeroDuration());
   batcher_->Stop();
-  StopExposer(std::move(exposer_), metrics_host_, metrics_port_);
+  metrics_listener_.reset();
 }
 
 void AttnServer::Shutdown(absl::Duration grace) {

@@ -13,7 +13,6 @@
 #define ATTNSERVE_SERVER_SERVER_H_
 
 #include <grpcpp/grpcpp.h>
-#include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
 #include <cstdint>
@@ -29,8 +28,9 @@
 #include "server/attention_service.h"
 #include "server/auth.h"
 #include "server/batcher.h"
-#include "server/tensor_store.h"
 #include "server/metrics.h"
+#include "server/metrics_http.h"
+#include "server/tensor_store.h"
 #include "server/tls.h"
 
 namespace attnserve::server {
@@ -56,6 +56,8 @@ struct ServerOptions {
   // format); port 0 picks a free port (see AttnServer::metrics_port); empty
   // serves no metrics.
   std::string metrics_address = "127.0.0.1:9464";
+  // Bearer tokens required of scrapes (server/metrics_http.h); empty: none.
+  std::string metrics_token_file;
   // TLS / mutual TLS on `address` (server/tls.h); plaintext when not enabled.
   TlsOptions tls;
   // Bearer tokens required of every call but health (server/auth.h); empty:
@@ -134,7 +136,7 @@ class AttnServer {
   std::unique_ptr<TensorStore> tensors_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Metrics> metrics_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsListener> metrics_listener_;
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<AttentionServiceImpl> service_;
   std::unique_ptr<CertificateReloader> certificates_;  // null without TLS
@@ -143,7 +145,6 @@ class AttnServer {
   int port_ = 0;
   std::string address_;
   int metrics_port_ = 0;
-  std::string metrics_host_;  // as in options.metrics_address
   const int warmup_iterations_;
   const int compute_threads_;
 
