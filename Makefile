@@ -6,7 +6,8 @@ JOBS       ?= $(shell nproc)
 ADDRESS    ?= 127.0.0.1:50051
 ATTND_FLAGS ?=
 
-.PHONY: all deps configure build run test bench perf-doc loadtest package figures clean
+.PHONY: all deps configure build run test test-image test-netns test-asan test-tsan fuzz \
+	bench perf-doc loadtest package figures clean
 
 all: build
 
@@ -23,8 +24,34 @@ build: configure
 run: build
 	$(BUILD_DIR)/bin/attnd --address=$(ADDRESS) $(ATTND_FLAGS)
 
+# The slow suites (labels image, netns, fuzz) are left to their own targets.
 test: build
-	ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) --timeout 300
+	ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) --timeout 300 -LE '^(image|netns|fuzz)$$'
+
+test-image: build
+	ctest --test-dir $(BUILD_DIR) --output-on-failure --timeout 1800 -L '^image$$'
+
+test-netns: build
+	ctest --test-dir $(BUILD_DIR) --output-on-failure --timeout 900 -L '^netns$$'
+
+# Sanitizer and fuzz builds (CMakePresets.json), each in its own directory
+# (build-asan/, build-tsan/, build-fuzz/): the whole suite under ASan +
+# UBSan; the server, client and end-to-end tests under TSan; each fuzz
+# target for FUZZ_SECONDS after replaying its regression inputs.
+FUZZ_SECONDS ?= 60
+test-asan test-tsan: test-%:
+	@scripts/install-deps.sh --sanitizers
+	@mkdir -p build-$* && cmake --preset $* > build-$*/configure.log 2>&1 \
+	  || { cat build-$*/configure.log; exit 1; }
+	cmake --build --preset $* -j$(JOBS)
+	ctest --preset $* -j$(JOBS)
+
+fuzz:
+	@scripts/install-deps.sh --sanitizers
+	@mkdir -p build-fuzz && cmake --preset fuzz -DATTN_FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	  > build-fuzz/configure.log 2>&1 || { cat build-fuzz/configure.log; exit 1; }
+	cmake --build --preset fuzz -j$(JOBS)
+	ctest --preset fuzz -j$(JOBS)
 
 # `make bench` also writes $(BENCH_JSON); `make perf-doc` turns that into
 # the attention_bench section of docs/PERFORMANCE.md (with the S=16384 memory
@@ -53,4 +80,4 @@ figures: build
 	scripts/figures.sh $(BUILD_DIR) docs/figures
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) build-dev build-asan build-tsan build-fuzz

@@ -70,8 +70,9 @@ class PerfTableTest(unittest.TestCase):
         self.assertGreater(attention, 0)
         self.assertLessEqual(prepare + attention, 1.05 * call)
         # S=128 learned: 201 MFLOP of projections against 33.5 MFLOP of
-        # attention, so the input side dominates.
-        self.assertGreater(prepare, attention)
+        # attention. Which phase takes longer is a measurement, stated in
+        # PERFORMANCE.md from a quiet machine; here, on a busy one, either
+        # phase may lose its core, so only the work is checked.
         self.assertGreater(attn_gflops, 0)
         self.assertGreater(proj_gflops, 0)
         self.assertGreater(proj_ceiling, 0)

@@ -3,8 +3,11 @@
 # Idempotent and quiet when everything is present; the one list of packages
 # that the Makefile, CI and the Dockerfile all use.
 #
-#   scripts/install-deps.sh            build + test dependencies
-#   scripts/install-deps.sh --check    exit 1 (listing them) if any is missing
+#   scripts/install-deps.sh                 build + test dependencies
+#   scripts/install-deps.sh --sanitizers    also the sanitizer and fuzz builds
+#                                           (make test-asan, test-tsan, fuzz)
+#   scripts/install-deps.sh --check [--sanitizers]
+#                                           exit 1 (listing them) if any is missing
 set -euo pipefail
 
 PACKAGES=(
@@ -41,6 +44,21 @@ if ! command -v kubectl >/dev/null; then
   PACKAGES+=(kubernetes-client)
 fi
 
+# The sanitizer and fuzz builds (CMakePresets.json): Clang 14 with its
+# runtimes (ASan, UBSan, TSan and libFuzzer are all in libclang-rt-14-dev),
+# and LLVM's OpenMP, whose Archer tool (libarcher.so) tells TSan about the
+# kernels' OpenMP synchronisation.
+SANITIZER_PACKAGES=(clang-14 libclang-rt-14-dev libomp-14-dev)
+
+check_only=false
+for arg in "$@"; do
+  case "$arg" in
+    --check) check_only=true ;;
+    --sanitizers) PACKAGES+=("${SANITIZER_PACKAGES[@]}") ;;
+    *) echo "install-deps: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
@@ -51,7 +69,7 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
-if [ "${1:-}" = "--check" ]; then
+if $check_only; then
   echo "missing packages: ${missing[*]}" >&2
   exit 1
 fi

@@ -287,8 +287,7 @@ absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
 }
 
 RelativeTable::RelativeTable(const float* table, int64_t count, int64_t width)
-    : count_(count),
-      width_(width),
+    : width_(width),
       panels_(static_cast<size_t>(simd::RoundUpToPanel(count) * width), 0.0f) {
   const int64_t whole = count / simd::kPanel * simd::kPanel;
   for (int64_t n = 0; n < whole; n += simd::kPanel) {

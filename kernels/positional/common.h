@@ -120,7 +120,7 @@ class RelativeTable {
                 int64_t ldo) const;
 
  private:
-  const int64_t count_, width_;
+  const int64_t width_;
   std::vector<float> panels_;
 };
 
