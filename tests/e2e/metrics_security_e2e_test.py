@@ -3,8 +3,9 @@ slow and half-open connections (finding 7: 8 connections sending half their
 headers blocked scrapes for about a minute) no longer block a scrape, and a
 connection trickling its headers is cut at the request timeout;
 --metrics_token_file (401 without the bearer token, SIGHUP reload); start-up
-refusal of a token file that cannot be read. (No HTTPS: see
-server/metrics_http.h.)
+refusal of a token file that cannot be read; HTTPS through
+deploy/haproxy/metrics-tls.cfg (attnd's CivetWeb cannot serve HTTPS: see
+server/metrics_http.h).
 
 Run by CTest with PYTHONPATH=<build>/python and ATTND_PATH."""
 
@@ -12,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,11 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attnd_process import AttndProcess, attnd_path  # pylint: disable=wrong-import-position
+from pki import Pki  # pylint: disable=wrong-import-position
+
+HAPROXY = os.environ.get("HAPROXY_PATH", "/usr/sbin/haproxy")
+SOURCE_DIR = os.environ.get("ATTN_SOURCE_DIR",
+                            os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 TOKEN = "scrape-token-55d1e0"
 NEW_TOKEN = "scrape-token-rotated-0c4f"
@@ -30,13 +37,19 @@ NEW_TOKEN = "scrape-token-rotated-0c4f"
 REQUEST_TIMEOUT_S = 3.0
 
 
-def scrape(url, token=None, timeout=10):
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(url, token=None, timeout=10, context=None):
     """(status, body) of GET url."""
     request = urllib.request.Request(url)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
@@ -165,6 +178,43 @@ class MetricsSecurityTest(unittest.TestCase):
             log = f.read()
         self.assertNotIn(TOKEN, log)
         self.assertNotIn(NEW_TOKEN, log)
+
+    def test_https_through_the_haproxy_config(self):
+        if not os.access(HAPROXY, os.X_OK):
+            self.skipTest(f"no haproxy at {HAPROXY}")
+        ca = Pki(self.tmp).ca("ca")
+        cert, key = ca.issue("metrics", serial=31)
+        pem = os.path.join(self.tmp, "metrics_cert_and_key.pem")
+        with open(pem, "wb") as out:
+            for path in (cert, key):
+                with open(path, "rb") as f:
+                    out.write(f.read())
+        with AttndProcess([f"--metrics_token_file={self.tokens}",
+                           "--warmup_iterations=0"]) as server:
+            port = free_port()
+            env = dict(os.environ, METRICS_TLS_BIND=f"127.0.0.1:{port}", METRICS_TLS_PEM=pem,
+                       ATTND_METRICS=f"127.0.0.1:{server.metrics_port}")
+            config = os.path.join(SOURCE_DIR, "deploy", "haproxy", "metrics-tls.cfg")
+            with subprocess.Popen([HAPROXY, "-f", config, "-db"], env=env) as proxy:
+                try:
+                    context = ssl.create_default_context(cafile=ca.cert)
+                    url = f"https://localhost:{port}/metrics"
+                    deadline = time.monotonic() + 20
+                    while True:
+                        try:
+                            status, body = scrape(url, TOKEN, context=context)
+                            break
+                        except (urllib.error.URLError, ConnectionError) as error:
+                            self.assertIsNone(proxy.poll(), "haproxy exited")
+                            self.assertLess(time.monotonic(), deadline, str(error))
+                            time.sleep(0.1)
+                    self.assertEqual(status, 200)
+                    self.assertIn("attnserve_build_info", body)
+                    # attnd's token check still applies behind the proxy.
+                    self.assertEqual(scrape(url, None, context=context)[0], 401)
+                finally:
+                    proxy.terminate()
+                    proxy.wait(timeout=10)
 
     def test_startup_refusals(self):
         def run(*flags):
