@@ -170,10 +170,40 @@ absl::StatusOr<ChannelSecurity> LoadChannelSecurity(const SecurityOptions& optio
   return security;
 }
 
-grpc::ChannelArguments DefaultChannelArguments(int max_message_bytes) {
+std::string DefaultServiceConfig(bool health_checking) {
+  // gRFC A6 (retries) and A17 (client-side health checking). Only UNAVAILABLE
+  // is retried: it says nothing was computed; any other code is the answer.
+  constexpr absl::string_view kConfig = R"json({
+  "loadBalancingConfig": [{"round_robin": {}}],%s
+  "methodConfig": [{
+    "name": [
+      {"service": "attnserve.v1.AttentionService", "method": "Attend"},
+      {"service": "attnserve.v1.AttentionService", "method": "Encode"},
+      {"service": "attnserve.v1.AttentionService", "method": "ListMethods"},
+      {"service": "grpc.health.v1.Health", "method": "Check"}],
+    "retryPolicy": {
+      "maxAttempts": 5,
+      "initialBackoff": "0.1s",
+      "maxBackoff": "1s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]}}]})json";
+  const size_t at = kConfig.find("%s");
+  return absl::StrCat(kConfig.substr(0, at),
+                      health_checking ? "\n  \"healthCheckConfig\": {\"serviceName\": \"\"}," : "",
+                      kConfig.substr(at + 2));
+}
+
+grpc::ChannelArguments DefaultChannelArguments(int max_message_bytes,
+                                               const std::string& service_config) {
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(max_message_bytes);
   args.SetMaxReceiveMessageSize(max_message_bytes);
+  // A connection that died without a FIN (a replica's host gone) is noticed
+  // within 40 s instead of at the next call's deadline.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 1);
+  if (!service_config.empty()) args.SetServiceConfigJSON(service_config);
   return args;
 }
 

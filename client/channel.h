@@ -9,6 +9,13 @@
 //   grpc::ClientContext context;
 //   security->Apply(context);   // before every call: "authorization: Bearer <token>"
 //
+// The defaults every client applies to a target unless its caller overrides
+// them (docs/api.md "Idempotency and retries"; the Python twin is
+// client/python/attnserve/channel.py): DefaultServiceConfig's round_robin,
+// retries of UNAVAILABLE for the idempotent RPCs and client-side health
+// checking, and keepalive (DefaultChannelArguments); the per-call deadline is
+// the caller's (ClientOptions::default_deadline, attn --timeout).
+//
 // The token is sent as call metadata, so it also travels over plaintext (attnd
 // allows plaintext only on loopback unless started with --insecure); over a
 // network, use TLS so that it is not readable on the wire.
@@ -92,9 +99,25 @@ class ChannelSecurity {
 // message never quotes the token).
 absl::StatusOr<ChannelSecurity> LoadChannelSecurity(const SecurityOptions& options);
 
+// attnserve's default service config, as JSON: `round_robin` over every
+// address of the target; retries of UNAVAILABLE (a replica in lame duck or
+// draining, a connection lost before the answer) for the idempotent Attend,
+// Encode, ListMethods and grpc.health.v1.Health/Check, at most 5 attempts
+// with backoff from 0.1 s doubling to 1 s (AttendStream is not retried); and,
+// when `health_checking`, client-side health checking: a replica whose
+// grpc.health.v1 status is not SERVING gets no new calls (one whose Watch
+// answers UNIMPLEMENTED, such as HAProxy with deploy/haproxy/haproxy.cfg, is
+// taken as healthy). Without it for health checks themselves: a channel that
+// picks only SERVING replicas cannot ask one that is not.
+std::string DefaultServiceConfig(bool health_checking = true);
+
 // The channel arguments every attnserve client starts from: send and receive
-// limits of `max_message_bytes`.
-grpc::ChannelArguments DefaultChannelArguments(int max_message_bytes);
+// limits of `max_message_bytes`; keepalive pings every 30 s while calls are
+// open, the connection failed after 10 s without an answer (attnd accepts
+// pings every >= 10 s); retries on; and `service_config` ("" = none, i.e.
+// gRPC's own pick_first without retries).
+grpc::ChannelArguments DefaultChannelArguments(
+    int max_message_bytes, const std::string& service_config = DefaultServiceConfig());
 
 // A channel to `target` (a gRPC target: "host:port", "dns:///host:port",
 // "unix:/path", ...) with `security` and `args` (plus the TLS name override,

@@ -11,7 +11,7 @@
 //   attn plot encode|attend|curve [FILE|-] --output=PATH.png|PATH.svg [--data=PATH.json]
 //                                    a picture of a response (plot_command.h)
 //
-// Common flags: --address=HOST:PORT (default 127.0.0.1:50051), --timeout=SECONDS
+// Common flags: --address=TARGET (default 127.0.0.1:50051), --timeout=SECONDS
 // (default 30), and the transport's security (channel.h): plaintext unless
 // --tls, --cacert, --cert/--key or --cname; a token from --token, --token_file
 // or ATTN_TOKEN. Flags may come before or after the subcommand, as
@@ -43,6 +43,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "attnserve/v1/attention.pb.h"
 #include "client/channel.h"
@@ -89,8 +90,14 @@ commands:
                               plotted numbers as JSON
 
 flags:
-  --address=HOST:PORT         server address (default 127.0.0.1:50051)
+  --address=TARGET            server: a gRPC target, host:port (default
+                              127.0.0.1:50051), dns:///host:port or
+                              ipv4:A:PORT,B:PORT (several replicas)
   --timeout=SECONDS           deadline of each call (default 30)
+  --service_config=JSON       the channel's gRPC service config instead of the
+                              default (round_robin, retries of UNAVAILABLE for
+                              the idempotent calls, client-side health checking;
+                              docs/api.md); "" for none (pick_first, no retries)
   --help                      this text
 
 security (plaintext unless one of the TLS flags is given):
@@ -111,6 +118,7 @@ struct Args {
   std::string address = "127.0.0.1:50051";
   double timeout_seconds = 30;
   SecurityOptions security;
+  std::optional<std::string> service_config;  // unset: the SDK's default
   std::string service;
   std::string output;  // plot: the picture
   std::string data;    // plot: the plotted numbers
@@ -178,8 +186,9 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
     }
     std::string value;
     bool matched = false;
-    for (absl::string_view name : {"address", "timeout", "service", "output", "data", "cacert",
-                                   "cert", "key", "cname", "server_name", "token", "token_file"}) {
+    for (absl::string_view name :
+         {"address", "timeout", "service", "output", "data", "service_config", "cacert", "cert",
+          "key", "cname", "server_name", "token", "token_file"}) {
       std::optional<bool> taken = take_value(i, arg, name, value);
       if (!taken.has_value()) return absl::StrCat("--", name, " needs a value");
       if (!*taken) continue;
@@ -198,6 +207,8 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
         args.data = value;
       } else if (name == "service") {
         args.service = value;
+      } else if (name == "service_config") {
+        args.service_config = value;
       } else if (value.empty()) {
         return absl::StrCat("--", name, " must not be empty");
       } else if (name == "cacert") {
@@ -532,6 +543,7 @@ int Main(int argc, char** argv) {
   ClientOptions options;
   options.default_deadline = absl::Seconds(args.timeout_seconds);
   options.security = args.security;
+  options.service_config = args.service_config;
   // Checked here too, so that errors name the flags rather than the SDK's fields.
   absl::StatusOr<ChannelSecurity> security = LoadChannelSecurity(args.security);
   if (!security.ok()) {
@@ -544,7 +556,12 @@ int Main(int argc, char** argv) {
                           .message());
   }
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(args.address, options);
-  if (!client.ok()) return UsageError(client.status().message());
+  if (!client.ok()) {
+    absl::string_view message = client.status().message();
+    return absl::ConsumePrefix(&message, "options.service_config")
+               ? UsageError(absl::StrCat("--service_config", message))
+               : UsageError(message);
+  }
   if (command == "health") return RunHealth(**client, args);
   if (command == "methods") return RunMethods(**client, args);
   if (command == "encode") return RunEncode(**client, args);

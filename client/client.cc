@@ -184,20 +184,38 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target
     }
     return RenameOptionFields(security.status(), names);
   }
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
-      CreateChannel(target, *security, DefaultChannelArguments(options.max_message_bytes));
+  const std::string service_config = options.service_config.value_or(DefaultServiceConfig());
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = CreateChannel(
+      target, *security, DefaultChannelArguments(options.max_message_bytes, service_config));
+  if (!channel.ok() && options.service_config.has_value() &&
+      CreateChannel(target, *security, DefaultChannelArguments(options.max_message_bytes, ""))
+          .ok()) {
+    // gRPC reports a service config it cannot use as a broken channel too.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options.service_config: not a service config gRPC accepts: ",
+        options.service_config->substr(0, 200)));
+  }
   if (!channel.ok()) return channel.status();
-  return std::unique_ptr<Client>(
-      new Client(std::move(options), *std::move(security), *std::move(channel)));
+  // Both channels connect lazily: the second only if Health is called.
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> health_channel = CreateChannel(
+      target, *security,
+      DefaultChannelArguments(options.max_message_bytes,
+                              options.service_config.value_or(
+                                  DefaultServiceConfig(/*health_checking=*/false))));
+  if (!health_channel.ok()) return health_channel.status();
+  return std::unique_ptr<Client>(new Client(std::move(options), *std::move(security),
+                                            *std::move(channel), *std::move(health_channel)));
 }
 
 Client::Client(ClientOptions options, ChannelSecurity security,
-               std::shared_ptr<grpc::Channel> channel)
+               std::shared_ptr<grpc::Channel> channel,
+               std::shared_ptr<grpc::Channel> health_channel)
     : options_(std::move(options)),
       security_(std::move(security)),
       channel_(std::move(channel)),
+      health_channel_(std::move(health_channel)),
       stub_(attnserve::v1::AttentionService::NewStub(channel_)),
-      health_stub_(grpc::health::v1::Health::NewStub(channel_)) {}
+      health_stub_(grpc::health::v1::Health::NewStub(health_channel_)) {}
 
 std::unique_ptr<grpc::ClientContext> Client::NewContext() const {
   auto context = std::make_unique<grpc::ClientContext>();

@@ -35,6 +35,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,10 @@ struct ClientOptions {
   // Transport security and the bearer token (channel.h); plaintext and, unless
   // ATTN_TOKEN is set, no token by default.
   SecurityOptions security;
+  // The channel's service config (JSON): unset = DefaultServiceConfig()
+  // (channel.h: round_robin, retries of UNAVAILABLE for the idempotent RPCs,
+  // client-side health checking); "" = none (gRPC's pick_first, no retries).
+  std::optional<std::string> service_config;
 };
 
 enum class TensorEncoding {
@@ -93,8 +98,11 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 class Client {
  public:
   // A client of the server at `target` (a gRPC target: "host:port",
-  // "dns:///host:port", "unix:/path", ...) with options.security (plaintext
-  // by default). Connects lazily, on the first call; so fails only on a
+  // "dns:///host:port", "ipv4:10.0.0.1:50051,10.0.0.2:50051", "unix:/path",
+  // ...) with options.security (plaintext by default) and, unless
+  // options.service_config says otherwise, the defaults of channel.h
+  // (round_robin over the target's addresses, retries of UNAVAILABLE for the
+  // idempotent RPCs, client-side health checking, keepalive). Connects lazily, on the first call; so fails only on a
   // malformed target or option (INVALID_ARGUMENT) or a certificate or token
   // file that cannot be read (NOT_FOUND), never because the server is down.
   static absl::StatusOr<std::unique_ptr<Client>> Create(const std::string& target,
@@ -127,7 +135,8 @@ class Client {
   StreamResult AttendStream(const std::vector<attnserve::v1::AttendRequest>& requests);
 
  private:
-  Client(ClientOptions options, ChannelSecurity security, std::shared_ptr<grpc::Channel> channel);
+  Client(ClientOptions options, ChannelSecurity security, std::shared_ptr<grpc::Channel> channel,
+         std::shared_ptr<grpc::Channel> health_channel);
 
   // A fresh context for one call, with the default deadline and the token set.
   std::unique_ptr<grpc::ClientContext> NewContext() const;
@@ -135,6 +144,9 @@ class Client {
   const ClientOptions options_;
   const ChannelSecurity security_;
   const std::shared_ptr<grpc::Channel> channel_;
+  // Health checks go on a channel without client-side health checking (see
+  // DefaultServiceConfig), so that a NOT_SERVING server is reported as such.
+  const std::shared_ptr<grpc::Channel> health_channel_;
   // Generated stubs are thread-safe.
   const std::unique_ptr<attnserve::v1::AttentionService::Stub> stub_;
   const std::unique_ptr<grpc::health::v1::Health::Stub> health_stub_;

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,6 +113,18 @@ class BenchTest(AttnCliTestCase):
                          (300, 8, 1))
         self.assertEqual(options["data"], GOOD)
         self.assert_consistent(report)
+
+    def test_any_grpc_target_with_the_default_service_config(self):
+        # ipv4:<nothing listens>,<attnd>: the clients' round_robin skips the
+        # dead address (gRPC's own pick_first would try it first).
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        result = self.bench("-O", "json", "--call", ATTEND, "-d", json.dumps(GOOD), "-n", "40",
+                            "-c", "4", address=f"ipv4:{dead},{self.server.address}")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        report = json.loads(result.stdout)
+        self.assertEqual(report["statusCodeDistribution"], {"OK": 40})
 
     def test_failed_calls_are_counted_by_grpc_go_code_name_and_message(self):
         # An array of requests is sent in turn: half of the calls fail.

@@ -6,6 +6,7 @@ Run by CTest with ATTN_PYTHON and the environment ATTN_PATH, ATTND_PATH."""
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import unittest
@@ -144,6 +145,25 @@ class CliTest(AttnCliTestCase):
         result = self.run_attn("health", address="127.0.0.1:1")
         self.assertEqual(result.returncode, 1)
         self.assertTrue(result.stderr.startswith("attn: UNAVAILABLE: "), result.stderr)
+
+    def test_any_grpc_target_with_the_default_service_config(self):
+        # ipv4:<nothing listens>,<attnd>: round_robin skips the dead address
+        # (gRPC's own pick_first would try it first).
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        for target in (f"ipv4:{dead},{self.server.address}", f"dns:///{self.server.address}"):
+            result = self.run_attn("attend", "-", stdin=json.dumps(example()), address=target)
+            self.assertEqual(result.returncode, 0, f"{target}: {result.stderr}")
+            self.assert_example_response(result.stdout)
+            result = self.run_attn("health", address=target)
+            self.assertEqual(result.stdout.strip(), "SERVING", f"{target}: {result.stderr}")
+        # --service_config replaces the default; "" means none.
+        result = self.run_attn("methods", "--service_config=")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        result = self.run_attn("methods", "--service_config={bad")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--service_config: not a service config gRPC accepts", result.stderr)
 
     def test_usage_errors_are_exit_2(self):
         cases = {

@@ -163,13 +163,21 @@ class Replica:
         self.process = subprocess.Popen(command, stderr=self.log, stdout=self.log)
         deadline = time.monotonic() + WAIT_S
         # The port file is written once attnd reports SERVING.
-        while not (os.path.exists(port_file) and open(port_file).read().endswith("\n")):
+        while not self._ready(port_file):
             if self.process.poll() is not None:
                 raise AssertionError(f"attnd {self.index + 1} exited {self.process.returncode} at "
                                      f"start-up; log {self.log.name}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"attnd {self.index + 1} not SERVING in {WAIT_S} s")
             time.sleep(0.02)
+
+    @staticmethod
+    def _ready(port_file):
+        try:
+            with open(port_file, encoding="ascii") as f:
+                return f.read().endswith("\n")
+        except OSError:
+            return False
 
     def terminate(self):
         """SIGTERM; waits for the exit (lame duck + drain), which must be 0."""
@@ -235,7 +243,8 @@ class LoadRun:
             time.sleep(0.05)
 
     def finish(self):
-        open(self.stop_file, "w").close()
+        with open(self.stop_file, "w", encoding="ascii"):
+            pass
         self.process.wait(timeout=WAIT_S)
         self.log.close()
         with open(self.out, encoding="utf-8") as f:
