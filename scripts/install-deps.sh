@@ -31,6 +31,8 @@ PACKAGES=(
   # deploy/ tests: the load balancer of deploy/haproxy/haproxy.cfg (loopback only);
   # the Kubernetes API models and YAML for deploy/k8s and the other deploy/ files
   haproxy python3-kubernetes python3-yaml
+  # the netns scale-out test (make test-netns): `ip netns`, veth and bridges
+  iproute2
   # Python SDK and its tests (Debian's interpreter: /usr/bin/python3)
   python3 python3-grpcio python3-protobuf python3-numpy
   # the wheel of client/python, built offline and installed into a venv by its test
