@@ -3,16 +3,13 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "server/file_text.h"
 
 namespace attnserve::server {
 namespace {
@@ -105,17 +102,9 @@ absl::StatusOr<std::shared_ptr<TokenAuthenticator>> TokenAuthenticator::Create(
 }
 
 absl::StatusOr<std::vector<TokenDigest>> TokenAuthenticator::Read() const {
-  std::ifstream in(path_, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag_, ": cannot read '", path_, "': ", std::strerror(errno)));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    return absl::InvalidArgumentError(absl::StrCat(flag_, ": cannot read '", path_, "'"));
-  }
-  absl::StatusOr<std::vector<TokenDigest>> digests = ParseTokensFile(text.str());
+  absl::StatusOr<std::string> text = ReadFileText(path_, flag_);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<std::vector<TokenDigest>> digests = ParseTokensFile(*text);
   if (!digests.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(flag_, ": '", path_, "' ", digests.status().message()));

@@ -18,9 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "kernels/status_macros.h"
+#include "server/file_text.h"
 
 namespace attnserve::server {
 namespace {
@@ -52,20 +51,6 @@ using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyDeleter>;
 
 BioPtr MemoryBio(const std::string& text) {
   return BioPtr(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": cannot read '", path, "': ", std::strerror(errno)));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read '", path, "'"));
-  }
-  return text.str();
 }
 
 // The PEM certificates in `pem`, in order (no password callbacks: a
@@ -176,8 +161,8 @@ bool IsLoopbackHost(absl::string_view host) {
 
 absl::StatusOr<CertificateSet> ReadCertificateSet(const TlsOptions& options) {
   CertificateSet set;
-  ATTN_ASSIGN_OR_RETURN(set.cert_chain, ReadFile(options.cert_file, "--tls_cert_file"));
-  ATTN_ASSIGN_OR_RETURN(set.private_key, ReadFile(options.key_file, "--tls_key_file"));
+  ATTN_ASSIGN_OR_RETURN(set.cert_chain, ReadFileText(options.cert_file, "--tls_cert_file"));
+  ATTN_ASSIGN_OR_RETURN(set.private_key, ReadFileText(options.key_file, "--tls_key_file"));
   std::vector<X509Ptr> chain = ParseCertificates(set.cert_chain);
   if (chain.empty()) {
     return absl::InvalidArgumentError(
@@ -199,7 +184,8 @@ absl::StatusOr<CertificateSet> ReadCertificateSet(const TlsOptions& options) {
                      options.cert_file, "'"));
   }
   if (!options.client_ca_file.empty()) {
-    ATTN_ASSIGN_OR_RETURN(set.client_ca, ReadFile(options.client_ca_file, "--tls_client_ca_file"));
+    ATTN_ASSIGN_OR_RETURN(set.client_ca,
+                          ReadFileText(options.client_ca_file, "--tls_client_ca_file"));
     if (ParseCertificates(set.client_ca).empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--tls_client_ca_file: '", options.client_ca_file, "' holds no PEM certificate"));

@@ -160,6 +160,32 @@ class TlsTest(unittest.TestCase):
         self.assertEqual(text.count("is not the private key"), 1, text)  # logged once
         self.assertNotIn("PRIVATE KEY", text)  # no file contents in the log
 
+    def test_client_ca_rotation(self):
+        directory = tempfile.mkdtemp(dir=self.tmp)
+        client_ca = os.path.join(directory, "client_ca.pem")
+        shutil.copy(self.ca.cert, client_ca)
+        with AttndProcess([f"--tls_cert_file={self.server_cert}",
+                           f"--tls_key_file={self.server_key}",
+                           f"--tls_client_ca_file={client_ca}",
+                           "--tls_reload_interval_s=1"]) as server:
+            target = f"localhost:{server.port}"
+            self.assertIn("none", list_methods(target, self.credentials(self.client_cert)))
+            with self.assertRaises(grpc.RpcError):
+                list_methods(target, self.credentials(self.stranger_cert))
+            # Trust the other CA from now on (a bundle of both, as in a CA rotation).
+            replace_in_place(client_ca, read(self.ca.cert) + read(self.other_ca.cert))
+            deadline = time.monotonic() + ROTATION_DEADLINE_S
+            while True:
+                try:
+                    self.assertIn("none",
+                                  list_methods(target, self.credentials(self.stranger_cert)))
+                    break
+                except grpc.RpcError:
+                    self.assertLess(time.monotonic(), deadline,
+                                    "a client of the added CA is still refused")
+                    time.sleep(0.2)
+            self.assertIn("none", list_methods(target, self.credentials(self.client_cert)))
+
     def test_rotation_by_symlink_swap(self):
         # The layout of a Kubernetes Secret volume: tls.crt -> ..data/tls.crt,
         # ..data -> ..<timestamp>/, and an update swaps ..data atomically.
