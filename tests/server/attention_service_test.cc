@@ -308,6 +308,8 @@ TEST(AttnServerTest, UnbindableAddressIsUnavailable) {
   ServerOptions options;
   options.address = "192.0.2.1:0";  // TEST-NET-1: not an address of this host.
   options.metrics_address = "127.0.0.1:0";
+  // Past the plaintext-on-loopback rule, so that binding itself is tried.
+  options.insecure = true;
   absl::StatusOr<std::unique_ptr<AttnServer>> server = AttnServer::Start(options);
   EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(server.status().message()), HasSubstr("--address=192.0.2.1:0"));
