@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc)
 ADDRESS    ?= 127.0.0.1:50051
 ATTND_FLAGS ?=
 
-.PHONY: all deps configure build run test test-image test-netns test-asan test-tsan fuzz \
+.PHONY: all deps configure build run test image test-image test-netns test-asan test-tsan fuzz \
 	bench perf-doc loadtest package figures clean
 
 all: build
@@ -28,7 +28,15 @@ run: build
 test: build
 	ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) --timeout 300 -LE '^(image|netns|fuzz)$$'
 
+# The container image (scripts/image.sh): Docker when an engine answers, else
+# buildah on local debian:12 bases. IMAGE names it (default attnserve:latest).
+image:
+	scripts/image.sh
+
+# tests/deploy/image_test.py: the image built as `make image` does and run by
+# podman (needs root; about 23 minutes on a machine with nothing cached).
 test-image: build
+	@scripts/install-deps.sh --image
 	ctest --test-dir $(BUILD_DIR) --output-on-failure --timeout 1800 -L '^image$$'
 
 test-netns: build
