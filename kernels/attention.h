@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -126,8 +127,14 @@ struct ComputeOptions {
   // Largest element count of any one output or intermediate tensor; above it
   // the call fails with RESOURCE_EXHAUSTED before allocating.
   int64_t max_elements = int64_t{1} << 28;
-  // Polled between rows (plain) or blocks of query rows (fast); once true
-  // the call stops with CANCELLED.
+  // Largest total size of the call's result tensors (Attend: out and probs;
+  // Encode: every output), in bytes at 4 per float32 value; above it the
+  // call fails with RESOURCE_EXHAUSTED before any compute. The server sets
+  // it to what one response message can carry (--max_message_bytes).
+  int64_t max_result_bytes = std::numeric_limits<int64_t>::max();
+  // Polled between rows (plain) or blocks of query rows (fast), and between
+  // rows or runs of rows of every encode and projection loop; once true the
+  // call stops with CANCELLED.
   const std::atomic<bool>* cancelled = nullptr;
   // The caller vouches that every input's values match its shape (every
   // dimension >= 1) and are finite, having checked them while writing them

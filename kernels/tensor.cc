@@ -29,7 +29,13 @@ absl::StatusOr<Tensor> Tensor::Create(std::vector<int64_t> shape, std::vector<fl
 }
 
 std::string ShapeToString(absl::Span<const int64_t> shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+  // A caller can send a shape of millions of dimensions; an error message
+  // quotes a short prefix of it (a status larger than a client's metadata
+  // limit would hide the error itself).
+  constexpr size_t kMaxDims = 8;
+  if (shape.size() <= kMaxDims) return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+  return absl::StrCat("[", absl::StrJoin(shape.subspan(0, kMaxDims), ","), ",... (",
+                      shape.size(), " dimensions)]");
 }
 
 absl::StatusOr<int64_t> CheckedElementCount(absl::Span<const int64_t> shape,

@@ -47,7 +47,9 @@ class Tensor {
   std::vector<float> data_;
 };
 
-// "[2,3,7,16]".
+// "[2,3,7,16]"; past 8 dimensions only the first 8 and the count,
+// "[1,1,1,1,1,1,1,1,... (1000 dimensions)]" (shapes come from callers, and
+// error messages quote them).
 std::string ShapeToString(absl::Span<const int64_t> shape);
 
 // The element count of `shape`: INVALID_ARGUMENT naming `field` when a

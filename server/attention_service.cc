@@ -16,6 +16,7 @@
 #include "kernels/attention.h"
 #include "server/convert.h"
 #include "server/status_util.h"
+#include "server/wire.h"
 
 #ifndef ATTN_VERSION
 #define ATTN_VERSION "0.0.0"
@@ -68,19 +69,24 @@ int64_t EstimatedWork(const v1::AttendRequest& request) {
 }
 
 // What the metrics record about one request from arrival to answer; counts
-// it in attnserve_inflight_requests while it lives.
+// it in attnserve_inflight_requests while it lives, which is until its
+// response has been sent (or the call is gone), not only until it is
+// answered: a response a client does not read still holds memory.
 class RequestRecord {
  public:
+  // `request` as parsed (empty when its body did not parse); `request_bytes`
+  // its size on the wire.
   template <typename Request>
-  RequestRecord(Metrics* metrics, Rpc rpc, const Request& request)
+  RequestRecord(Metrics* metrics, Rpc rpc, const Request& request, int64_t request_bytes)
       : metrics_(metrics),
         rpc_(rpc),
         method_(MethodLabelIndex(MethodKindOf(request.method()))),
         items_(BatchItems(request)),
-        request_bytes_(static_cast<int64_t>(request.ByteSizeLong())),
+        request_bytes_(request_bytes),
         start_(absl::Now()) {
     metrics_->inflight_requests().Increment();
   }
+  ~RequestRecord() { metrics_->inflight_requests().Decrement(); }
   RequestRecord(const RequestRecord&) = delete;
   RequestRecord& operator=(const RequestRecord&) = delete;
 
@@ -92,7 +98,6 @@ class RequestRecord {
   void Done(const absl::Status& status, int64_t response_bytes) {
     metrics_->RecordRequest(rpc_, method_, status.code(), absl::Now() - start_, request_bytes_,
                             status.ok() ? response_bytes : 0);
-    metrics_->inflight_requests().Decrement();
   }
 
  private:
@@ -262,22 +267,46 @@ class EncodeJob : public BatchRequest {
   std::optional<kernels::EncodeArgs> args_;
 };
 
-// A unary call (Job: AttendJob or EncodeJob). Owns itself: deleted in
-// OnDone, which gRPC calls only after Finish, so the batcher may use it (and
-// the request and response, which gRPC keeps alive as long) until Done.
+// Serializes `*response` into `*reply` when the pending responses have room
+// for it (then `*reserved` holds its size, to release once sent), and frees
+// the message either way: the bytes on the wire are the only copy kept.
+template <typename Response>
+absl::Status SerializeResponse(Response* response, PendingResponses* pending,
+                               grpc::ByteBuffer* reply, int64_t* reserved) {
+  const int64_t size = static_cast<int64_t>(response->ByteSizeLong());
+  absl::Status status = pending->Reserve(size);
+  if (status.ok()) {
+    *reserved = size;
+    status = SerializeBody(*response, reply);
+  }
+  // Clear would keep the repeated fields' capacity.
+  Response().Swap(response);
+  return status;
+}
+
+// A unary call (Job: AttendJob or EncodeJob) on the message bytes. Owns
+// itself: deleted in OnDone, which gRPC calls only after Finish and once the
+// response is sent (or the call is gone), so the batcher may use it until
+// Done, and its response counts as in flight and pending until sent.
 template <typename Job, typename Request, typename Response>
 class UnaryCall final : public grpc::ServerUnaryReactor, public Job {
  public:
   UnaryCall(grpc::CallbackServerContext* context, Batcher* batcher, Metrics* metrics,
-            DrainGate* gate, Rpc rpc, const TensorStore* tensors, const Request* request,
-            Response* response)
+            DrainGate* gate, PendingResponses* pending, Rpc rpc, const TensorStore* tensors,
+            const grpc::ByteBuffer* body, grpc::ByteBuffer* reply)
       : Job(tensors),
         batcher_(batcher),
         metrics_(metrics),
         gate_(gate),
-        record_(metrics, rpc, *request),
-        response_(response) {
-    this->SetMessages(request, response);
+        pending_(pending),
+        reply_(reply),
+        parsed_(ParseBody(*body, &request_)),
+        record_(metrics, rpc, request_, static_cast<int64_t>(body->Length())) {
+    this->SetMessages(&request_, &response_);
+    if (!parsed_.ok()) {
+      Answer(parsed_);
+      return;
+    }
     if (!gate_->Enter(/*new_call=*/true)) {
       metrics_->RecordDrop(DropReason::kShutdown);
       Answer(Draining());
@@ -296,34 +325,55 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public Job {
     gate->Leave();
   }
   void OnCancel() override { batcher_->Cancel(this); }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (reserved_ > 0) pending_->Release(reserved_);
+    delete this;
+  }
 
  private:
-  void Answer(const absl::Status& status) {
-    record_.Done(status, status.ok() ? static_cast<int64_t>(response_->ByteSizeLong()) : 0);
+  void Answer(absl::Status status) {
+    int64_t sent = 0;
+    if (status.ok()) {
+      status = SerializeResponse(&response_, pending_, reply_, &reserved_);
+      sent = reserved_;
+    }
+    record_.Done(status, sent);
     Finish(ToGrpcStatus(status));
   }
 
   Batcher* const batcher_;
   Metrics* const metrics_;
   DrainGate* const gate_;
+  PendingResponses* const pending_;
+  grpc::ByteBuffer* const reply_;
+  Request request_;
+  Response response_;
+  // Declared after request_: initialised by parsing into it.
+  const absl::Status parsed_;
   RequestRecord record_;
-  const Response* const response_;
+  int64_t reserved_ = 0;  // of pending_, until OnDone
 };
 
 // AttendStream: read one request, queue it for the batcher (where it batches
 // with other streams' and unary calls' requests), write its response, then
 // read the next. Owns itself (deleted in OnDone). At most one of a read, a
-// queued or computing request and a write is outstanding at any time, so
-// request_ and response_ are never touched concurrently, responses come in
-// request order, and nothing touches the reactor after Finish.
-class AttendStreamReactor final
-    : public grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse>,
-      public AttendJob {
+// queued or computing request and a write is outstanding at any time (one
+// message in flight per stream: a client that does not read its responses
+// stops the stream at one pending response), so request_ and response_ are
+// never touched concurrently, responses come in request order, and nothing
+// touches the reactor after Finish. A message that does not parse ends the
+// stream with INVALID_ARGUMENT after the responses before it.
+class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
+                                  public AttendJob {
  public:
   AttendStreamReactor(grpc::CallbackServerContext* context, Batcher* batcher, Metrics* metrics,
-                      DrainGate* gate, const TensorStore* tensors)
-      : AttendJob(tensors), context_(context), batcher_(batcher), metrics_(metrics), gate_(gate) {
+                      DrainGate* gate, PendingResponses* pending, const TensorStore* tensors)
+      : AttendJob(tensors),
+        context_(context),
+        batcher_(batcher),
+        metrics_(metrics),
+        gate_(gate),
+        pending_(pending) {
     SetMessages(&request_, &response_);
     // A new stream while draining is refused; its later messages are not.
     if (!gate_->Enter(/*new_call=*/true)) {
@@ -334,7 +384,7 @@ class AttendStreamReactor final
     gate_->Leave();
     gate_->StreamOpened();
     opened_ = true;
-    StartRead(&request_);
+    StartRead(&body_);
   }
 
   void OnReadDone(bool ok) override {
@@ -344,7 +394,14 @@ class AttendStreamReactor final
       Finish(grpc::Status::OK);
       return;
     }
-    record_.emplace(metrics_, Rpc::kAttendStream, request_);
+    const absl::Status parsed = ParseBody(body_, &request_);
+    record_.emplace(metrics_, Rpc::kAttendStream, request_, static_cast<int64_t>(body_.Length()));
+    body_.Clear();
+    if (!parsed.ok()) {
+      record_->Done(parsed, 0);
+      Finish(ToGrpcStatus(parsed));
+      return;
+    }
     gate_->Enter(/*new_call=*/false);
     absl::Status queued = batcher_->Enqueue(this, TraitsOf(*context_, record_->method()));
     if (!queued.ok()) Done(queued);
@@ -353,39 +410,59 @@ class AttendStreamReactor final
   // The current message's answer: its response is written, or its error
   // ends the stream.
   void Done(const absl::Status& status) override {
-    record_->Done(status, status.ok() ? static_cast<int64_t>(response_.ByteSizeLong()) : 0);
+    absl::Status answer = status;
+    int64_t sent = 0;
+    if (answer.ok()) {
+      answer = SerializeResponse(&response_, pending_, &reply_, &reserved_);
+      sent = reserved_;
+    }
+    record_->Done(answer, sent);
     // After Finish (or a write that fails), OnDone may delete `this`.
     DrainGate* const gate = gate_;
-    if (status.ok()) {
-      StartWrite(&response_);
+    if (answer.ok()) {
+      StartWrite(&reply_);
     } else {
-      Finish(ToGrpcStatus(status));
+      Finish(ToGrpcStatus(answer));
     }
     gate->Leave();
   }
 
   void OnWriteDone(bool ok) override {
+    // Sent (or never to be): no longer pending, no longer in flight.
+    ReleaseReply();
+    record_.reset();
     if (!ok) {
       Finish(ToGrpcStatus(
           absl::CancelledError("AttendStream: writing a response failed; the stream is broken")));
       return;
     }
     request_.Clear();
-    StartRead(&request_);
+    StartRead(&body_);
   }
 
   void OnCancel() override { batcher_->Cancel(this); }
   void OnDone() override {
+    ReleaseReply();
     if (opened_) gate_->StreamClosed();
     delete this;
   }
 
  private:
+  void ReleaseReply() {
+    if (reserved_ > 0) pending_->Release(reserved_);
+    reserved_ = 0;
+    reply_.Clear();
+  }
+
   bool opened_ = false;
   grpc::CallbackServerContext* const context_;
   Batcher* const batcher_;
   Metrics* const metrics_;
   DrainGate* const gate_;
+  PendingResponses* const pending_;
+  grpc::ByteBuffer body_;
+  grpc::ByteBuffer reply_;
+  int64_t reserved_ = 0;  // of pending_, for reply_
   v1::AttendRequest request_;
   v1::AttendResponse response_;
   // The message being served: arrival, label and sizes for the metrics.
@@ -420,35 +497,42 @@ AttentionServiceImpl::AttentionServiceImpl(Batcher* batcher, Metrics* metrics,
     : batcher_(batcher),
       metrics_(metrics),
       options_(options),
+      pending_(options.max_pending_response_bytes),
       methods_(BuildListMethods(options)) {}
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Encode(grpc::CallbackServerContext* context,
-                                                       const v1::EncodeRequest* request,
-                                                       v1::EncodeResponse* response) {
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
   return new UnaryCall<EncodeJob, v1::EncodeRequest, v1::EncodeResponse>(
-      context, batcher_, metrics_, &gate_, Rpc::kEncode, options_.tensors, request, response);
+      context, batcher_, metrics_, &gate_, &pending_, Rpc::kEncode, options_.tensors, request,
+      response);
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attend(grpc::CallbackServerContext* context,
-                                                       const v1::AttendRequest* request,
-                                                       v1::AttendResponse* response) {
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
   return new UnaryCall<AttendJob, v1::AttendRequest, v1::AttendResponse>(
-      context, batcher_, metrics_, &gate_, Rpc::kAttend, options_.tensors, request, response);
+      context, batcher_, metrics_, &gate_, &pending_, Rpc::kAttend, options_.tensors, request,
+      response);
 }
 
-grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse>* AttentionServiceImpl::AttendStream(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::AttendStream(
     grpc::CallbackServerContext* context) {
-  return new AttendStreamReactor(context, batcher_, metrics_, &gate_, options_.tensors);
+  return new AttendStreamReactor(context, batcher_, metrics_, &gate_, &pending_,
+                                 options_.tensors);
 }
 
-grpc::ServerUnaryReactor* AttentionServiceImpl::ListMethods(
-    grpc::CallbackServerContext* context, const v1::ListMethodsRequest* /*request*/,
-    v1::ListMethodsResponse* response) {
-  RequestRecord record(metrics_, Rpc::kListMethods, v1::AttendRequest());
-  *response = methods_;
-  record.Done(absl::OkStatus(), static_cast<int64_t>(response->ByteSizeLong()));
+grpc::ServerUnaryReactor* AttentionServiceImpl::ListMethods(grpc::CallbackServerContext* context,
+                                                            const grpc::ByteBuffer* request,
+                                                            grpc::ByteBuffer* response) {
+  v1::ListMethodsRequest parsed;
+  absl::Status status = ParseBody(*request, &parsed);
+  RequestRecord record(metrics_, Rpc::kListMethods, v1::AttendRequest(),
+                       static_cast<int64_t>(request->Length()));
+  if (status.ok()) status = SerializeBody(methods_, response);
+  record.Done(status, static_cast<int64_t>(methods_.ByteSizeLong()));
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 

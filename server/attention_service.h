@@ -1,5 +1,10 @@
 // AttentionServiceImpl: the attnserve.v1.AttentionService RPC handlers, on
-// gRPC's callback API.
+// gRPC's callback API, as raw methods: each handler gets the message bytes
+// and parses them itself (server/wire.h), so a body that is not the
+// method's message is answered INVALID_ARGUMENT and counted like any other
+// request (gRPC's generated handler answered it with an empty status and
+// nothing counted), and each response is serialized here, its size known
+// before it is handed to gRPC.
 //
 // Handlers never compute on gRPC's threads: each Attend or Encode request
 // (and each message of an AttendStream) is queued on the Batcher
@@ -11,7 +16,12 @@
 // unanswered by compute, or stops a computing one once nothing else needs
 // its kernels. AttendStream keeps one message in flight, so its responses
 // come in request order and every response before a failing message is
-// written before the stream ends with that message's status.
+// written before the stream ends with that message's status (a message
+// that does not parse included).
+//
+// A response counts in attnserve_inflight_requests until gRPC has sent it,
+// and its bytes count against --max_pending_response_bytes meanwhile
+// (server/pending_responses.h): a client that does not read cannot pin more.
 //
 // Thread-safety: the handlers are called concurrently by gRPC; the service
 // holds only immutable state after construction.
@@ -19,6 +29,7 @@
 #define ATTNSERVE_SERVER_ATTENTION_SERVICE_H_
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/byte_buffer.h>
 
 #include <atomic>
 #include <cstdint>
@@ -30,6 +41,7 @@
 #include "server/batcher.h"
 #include "server/tensor_store.h"
 #include "server/metrics.h"
+#include "server/pending_responses.h"
 
 namespace attnserve::server {
 
@@ -42,6 +54,9 @@ struct ServiceOptions {
   // The tensors requests may name in `ref` (--tensor_dir); null: none. Not
   // owned; must outlive the service.
   const TensorStore* tensors = nullptr;
+  // Bytes of responses handed to gRPC but not yet taken by their clients
+  // above which a new response is refused (server/pending_responses.h).
+  int64_t max_pending_response_bytes = int64_t{512} << 20;
 };
 
 // Admission of requests, for draining: counts the requests being served and,
@@ -79,7 +94,14 @@ class DrainGate {
   std::atomic<int64_t> open_streams_{0};
 };
 
-class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
+// Every method of the service as a raw callback method (ByteBuffer in and out).
+using RawAttentionService = v1::AttentionService::WithRawCallbackMethod_Attend<
+    v1::AttentionService::WithRawCallbackMethod_Encode<
+        v1::AttentionService::WithRawCallbackMethod_AttendStream<
+            v1::AttentionService::WithRawCallbackMethod_ListMethods<
+                v1::AttentionService::Service>>>>;
+
+class AttentionServiceImpl final : public RawAttentionService {
  public:
   // `batcher` and `metrics` are not owned; the batcher must keep running
   // until every call has finished (shut the grpc::Server down first, then
@@ -87,25 +109,28 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   AttentionServiceImpl(Batcher* batcher, Metrics* metrics, const ServiceOptions& options);
 
   // The generated bases also declare the synchronous overloads; keep them
-  // visible (-Woverloaded-virtual). gRPC calls only the callback ones below.
-  using v1::AttentionService::CallbackService::Attend;
-  using v1::AttentionService::CallbackService::AttendStream;
-  using v1::AttentionService::CallbackService::Encode;
-  using v1::AttentionService::CallbackService::ListMethods;
+  // visible (-Woverloaded-virtual). gRPC calls only the raw ones below.
+  using RawAttentionService::Attend;
+  using RawAttentionService::AttendStream;
+  using RawAttentionService::Encode;
+  using RawAttentionService::ListMethods;
 
+  // `request`: the body of an EncodeRequest; `response`: an EncodeResponse's.
   grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* context,
-                                   const v1::EncodeRequest* request,
-                                   v1::EncodeResponse* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  // AttendRequest in, AttendResponse out.
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
-                                   const v1::AttendRequest* request,
-                                   v1::AttendResponse* response) override;
-  grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse>* AttendStream(
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  // AttendRequest messages in, AttendResponse messages out.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttendStream(
       grpc::CallbackServerContext* context) override;
   // Answered inline (no compute): the methods, their parameters, the limits
   // and the server's name and version.
   grpc::ServerUnaryReactor* ListMethods(grpc::CallbackServerContext* context,
-                                        const v1::ListMethodsRequest* request,
-                                        v1::ListMethodsResponse* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
 
   // Shutdown's first step: new Attend, Encode and AttendStream calls are
   // answered UNAVAILABLE ("draining") from now on, while accepted requests
@@ -123,6 +148,7 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   Metrics* const metrics_;
   DrainGate gate_;
   const ServiceOptions options_;
+  PendingResponses pending_;
   // Built once: DescribeMethods does not change while the process runs.
   const v1::ListMethodsResponse methods_;
 };

@@ -78,8 +78,8 @@ bool Compatible(const Part& a, const Part& b) {
   return true;
 }
 
-// The per-request limit scaled to a batch: the kernels' outputs and
-// intermediates grow linearly with B, so the batch passes exactly when each
+// A per-request limit (elements or result bytes) scaled to a batch: the
+// kernels' outputs and intermediates grow linearly with B, so the batch passes exactly when each
 // request (B <= max_b) would pass alone.
 int64_t BatchElementLimit(int64_t per_request, int64_t total_b, int64_t max_b) {
   const long double scaled =
@@ -380,7 +380,8 @@ void Batcher::RunAlone(BatchRequest* request, int threads, bool prepared) {
   }
   kernels::ComputeOptions options;
   options.threads = threads;
-  options.max_elements = options_.max_elements;
+  options.max_elements = std::min(options_.max_elements, options_.max_result_bytes / 4);
+  options.max_result_bytes = options_.max_result_bytes;
   options.cancelled = &request->cancelled_;
   options.inputs_checked = true;  // by Prepare
   const absl::Time start = absl::Now();
@@ -537,7 +538,9 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
         static_cast<int>(std::min<int64_t>(threads, 1 + (work - 1) / options_.work_per_thread));
     kernels::ComputeOptions options;
     options.threads = chunk_threads;
-    options.max_elements = BatchElementLimit(options_.max_elements, total_b, max_b);
+    options.max_elements = BatchElementLimit(
+        std::min(options_.max_elements, options_.max_result_bytes / 4), total_b, max_b);
+    options.max_result_bytes = BatchElementLimit(options_.max_result_bytes, total_b, max_b);
     // A chunk of one stops as soon as its caller cancels.
     options.cancelled = members.size() == 1 ? &members.front()->request->cancelled_
                                             : &state.all_cancelled;

@@ -31,6 +31,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <list>
 #include <memory>
 #include <string>
@@ -77,6 +78,11 @@ struct BatcherOptions {
   size_t merge_chunk_bytes = 0;
   // Per request, in float32 elements (the --max_elements flag).
   int64_t max_elements = int64_t{1} << 28;
+  // Per request: the bytes of result tensors one response can carry
+  // (server/limits.h ResultBudgetBytes of --max_message_bytes). A request
+  // whose result would be larger is refused before compute, and no
+  // intermediate tensor may be larger either (kernels::ComputeOptions).
+  int64_t max_result_bytes = std::numeric_limits<int64_t>::max();
 };
 
 // INVALID_ARGUMENT naming the flag and its rule when `options` cannot be used.

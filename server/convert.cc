@@ -15,6 +15,7 @@
 #include "absl/types/span.h"
 #include "kernels/status_macros.h"
 #include "kernels/tensor.h"
+#include "server/status_util.h"
 
 namespace attnserve::server {
 namespace {
@@ -106,8 +107,9 @@ absl::StatusOr<DeferredTensor> CheckRef(const v1::Tensor& tensor, absl::string_v
                                         const TensorStore* tensors) {
   const StoredTensor* stored = tensors == nullptr ? nullptr : tensors->Find(tensor.ref());
   if (stored == nullptr) {
-    return absl::NotFoundError(absl::StrCat(field, ".ref: no tensor named '", tensor.ref(),
-                                            "' is loaded on this server"));
+    return absl::NotFoundError(absl::StrCat(field, ".ref: no tensor named ",
+                                            QuoteCallerText(tensor.ref()),
+                                            " is loaded on this server"));
   }
   const std::vector<int64_t>& shape = stored->tensor.shape();
   // An empty shape takes the stored one; a given one must agree, so that a
@@ -115,15 +117,15 @@ absl::StatusOr<DeferredTensor> CheckRef(const v1::Tensor& tensor, absl::string_v
   if (tensor.shape_size() > 0 && !std::equal(tensor.shape().begin(), tensor.shape().end(),
                                              shape.begin(), shape.end())) {
     return absl::InvalidArgumentError(
-        absl::StrCat(field, ".shape: must be empty or equal the shape of ref '", tensor.ref(),
-                     "' ", kernels::ShapeToString(shape), ", got ",
+        absl::StrCat(field, ".shape: must be empty or equal the shape of ref ",
+                     QuoteCallerText(tensor.ref()), " ", kernels::ShapeToString(shape), ", got ",
                      kernels::ShapeToString(tensor.shape())));
   }
   // Files may hold scalars and empty tensors; the wire cannot.
   const absl::StatusOr<int64_t> count = kernels::CheckedElementCount(shape, field);
   if (!count.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(field, ".ref: tensor '", tensor.ref(), "' has shape ",
+        absl::StrCat(field, ".ref: tensor ", QuoteCallerText(tensor.ref()), " has shape ",
                      kernels::ShapeToString(shape),
                      "; a request tensor needs at least one dimension, each >= 1"));
   }
@@ -322,9 +324,9 @@ absl::Status DeferredTensor::AppendTo(std::vector<float>& out) const {
   if (bad < 0) return absl::OkStatus();
   const float value = out[begin + static_cast<size_t>(bad)];
   if (stored != nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".ref: value ", bad, " of '",
-                                                   message->ref(), "' must be finite, got ",
-                                                   value));
+    return absl::InvalidArgumentError(absl::StrCat(field, ".ref: value ", bad, " of ",
+                                                   QuoteCallerText(message->ref()),
+                                                   " must be finite, got ", value));
   }
   if (message->data_size() > 0) {
     return absl::InvalidArgumentError(

@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/memory_trim.h"
 #include "server/server.h"
 
 namespace {
@@ -65,6 +66,18 @@ ABSL_FLAG(double, lame_duck_s, 5,
           "on SIGTERM/SIGINT: seconds of lame duck first (health NOT_SERVING, new calls "
           "UNAVAILABLE, accepted calls go on) so that clients and load balancers move away before "
           "the drain; 0: none");
+ABSL_FLAG(int64_t, max_pending_response_bytes, int64_t{512} << 20,
+          "bytes of responses sent but not yet read by their clients above which a new "
+          "response is refused with RESOURCE_EXHAUSTED (slow readers cannot pin more memory)");
+ABSL_FLAG(int32_t, max_concurrent_streams, 128, "calls one client connection may have open");
+ABSL_FLAG(double, keepalive_time_s, 60,
+          "ping a connection idle this long; close it when the ping goes unanswered for "
+          "--keepalive_timeout_s");
+ABSL_FLAG(double, keepalive_timeout_s, 20, "see --keepalive_time_s");
+ABSL_FLAG(double, max_connection_idle_s, 300,
+          "close (GOAWAY) a connection without calls for this long");
+ABSL_FLAG(int64_t, transport_memory_bytes, int64_t{1} << 30,
+          "memory gRPC's transport may use for all connections (a resource quota); 0: none");
 ABSL_FLAG(double, shutdown_grace_s, 30,
           "on SIGTERM/SIGINT, after the lame duck: seconds to let accepted calls finish before "
           "cancelling them (>= 0)");
@@ -88,9 +101,14 @@ ABSL_FLAG(bool, insecure, false,
 int main(int argc, char** argv) {
   // Batches allocate and free megabyte tensors at a high rate: keep freed
   // memory in the heap instead of returning it to the kernel (mmap/munmap
-  // and page faults were a fifth of the server's CPU under load).
+  // and page faults were a fifth of the server's CPU under load); the
+  // IdleTrimmer below gives it back once a burst is over.
   mallopt(M_MMAP_THRESHOLD, 256 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  // Free memory at the top of a heap is returned beyond 16 MiB: a thread's
+  // arena is at most 64 MiB, and malloc_trim (the IdleTrimmer below) does
+  // not shrink an arena's top, only free chunks inside it; at 1 GiB a burst
+  // left every arena's top resident for good (issue 12, finding 8).
+  mallopt(M_TRIM_THRESHOLD, 16 << 20);
   // Debian's Abseil checks every Mutex acquisition for lock-order cycles.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage("attnd: multi-head attention with positional encodings over gRPC");
@@ -144,6 +162,13 @@ int main(int argc, char** argv) {
   options.batching.max_queue_size = static_cast<size_t>(max_queue_size);
   options.batching.batch_threads = absl::GetFlag(FLAGS_batch_threads);
   options.warmup_iterations = absl::GetFlag(FLAGS_warmup_iterations);
+  options.max_pending_response_bytes = absl::GetFlag(FLAGS_max_pending_response_bytes);
+  options.connection.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  options.connection.keepalive_time = absl::Seconds(absl::GetFlag(FLAGS_keepalive_time_s));
+  options.connection.keepalive_timeout = absl::Seconds(absl::GetFlag(FLAGS_keepalive_timeout_s));
+  options.connection.max_connection_idle =
+      absl::Seconds(absl::GetFlag(FLAGS_max_connection_idle_s));
+  options.connection.transport_memory_bytes = absl::GetFlag(FLAGS_transport_memory_bytes);
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
   if (!(grace_s >= 0) || grace_s > 1e6) {
     std::fprintf(stderr, "attnd: --shutdown_grace_s: must be in 0..1e6 seconds, got %g\n", grace_s);
@@ -200,6 +225,9 @@ int main(int argc, char** argv) {
                    ? "(none)"
                    : ("port " + std::to_string((*server)->metrics_port())).c_str());
 
+  // Memory back to the kernel after bursts (server/memory_trim.h).
+  attnserve::server::IdleTrimmer trimmer(
+      [&server] { return (*server)->metrics().inflight_requests().Value(); });
   std::thread signal_thread([&server, &signals, grace, lame_duck] {
     int signal_number = 0;
     // SIGHUP re-reads --auth_tokens_file; SIGTERM and SIGINT stop.

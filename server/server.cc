@@ -26,6 +26,7 @@
 #include "grpc/health/v1/health.pb.h"
 #include "kernels/attention.h"
 #include "kernels/status_macros.h"
+#include "server/limits.h"
 
 #ifndef ATTN_VERSION
 #define ATTN_VERSION "0.0.0"
@@ -77,6 +78,7 @@ BatcherOptions BatcherOf(const ServerOptions& options) {
   BatcherOptions batching = options.batching;
   batching.compute_threads = options.threads;
   batching.max_elements = options.max_elements;
+  batching.max_result_bytes = ResultBudgetBytes(options.max_message_bytes);
   return batching;
 }
 
@@ -134,6 +136,11 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
         " (not loopback) could be read off the network: add TLS (--tls_cert_file, "
         "--tls_key_file) or bind loopback behind a TLS-terminating proxy"));
   }
+  ATTN_RETURN_IF_ERROR(ValidateConnectionLimits(options.connection));
+  if (options.max_pending_response_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_pending_response_bytes: must be >= 1, got ", options.max_pending_response_bytes));
+  }
   if (options.warmup_iterations < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--warmup_iterations: must be >= 0, got ", options.warmup_iterations));
@@ -148,7 +155,8 @@ AttnServer::AttnServer(const ServerOptions& options, std::unique_ptr<TensorStore
       batcher_(std::make_unique<Batcher>(BatcherOf(options), metrics_.get())),
       service_(std::make_unique<AttentionServiceImpl>(
           batcher_.get(), metrics_.get(),
-          ServiceOptions{options.max_elements, options.max_message_bytes, tensors_.get()})),
+          ServiceOptions{options.max_elements, options.max_message_bytes, tensors_.get(),
+                         options.max_pending_response_bytes})),
       warmup_iterations_(options.warmup_iterations),
       compute_threads_(options.threads) {}
 
@@ -224,6 +232,7 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  ApplyConnectionLimits(options.connection, &builder);
   builder.RegisterService(server->service_.get());
   if (!options.reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   server->server_ = builder.BuildAndStart();

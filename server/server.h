@@ -28,6 +28,7 @@
 #include "server/attention_service.h"
 #include "server/auth.h"
 #include "server/batcher.h"
+#include "server/limits.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
 #include "server/tensor_store.h"
@@ -68,6 +69,11 @@ struct ServerOptions {
   // Allows plaintext on an address that is not loopback (--insecure);
   // without it, such an address without TLS is refused before binding.
   bool insecure = false;
+  // Bytes of responses sent but not yet read by their clients above which a
+  // new response is refused (server/pending_responses.h); >= 1.
+  int64_t max_pending_response_bytes = int64_t{512} << 20;
+  // The listener's per-connection limits (server/limits.h).
+  ConnectionLimits connection;
 };
 
 // INVALID_ARGUMENT naming the flag (--threads, ...) and its rule when
@@ -99,6 +105,8 @@ class AttnServer {
   int metrics_port() const { return metrics_port_; }
   // The registry behind /metrics (tests read counters from it).
   prometheus::Registry& registry() { return *registry_; }
+  // The metrics recorded into it (attnserve_inflight_requests for the idle trimmer).
+  Metrics& metrics() { return *metrics_; }
 
   // Runs the kernels options.warmup_iterations times on a small request
   // (OpenMP's threads, the allocator and the caches start up here rather than

@@ -2,6 +2,9 @@
 
 #include <string>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
 namespace attnserve::server {
 namespace {
 
@@ -35,9 +38,21 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
 
 }  // namespace
 
+std::string QuoteCallerText(absl::string_view text) {
+  if (text.size() <= kMaxQuotedBytes) return absl::StrCat("'", absl::CHexEscape(text), "'");
+  return absl::StrCat("'", absl::CHexEscape(text.substr(0, kMaxQuotedBytes)), "'... (",
+                      text.size(), " bytes)");
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()));
+  absl::string_view message = status.message();
+  if (message.size() <= kMaxStatusMessageBytes) {
+    return grpc::Status(ToGrpcCode(status.code()), std::string(message));
+  }
+  return grpc::Status(ToGrpcCode(status.code()),
+                      absl::StrCat(message.substr(0, kMaxStatusMessageBytes),
+                                   "... (message truncated)"));
 }
 
 }  // namespace attnserve::server

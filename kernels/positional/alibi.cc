@@ -121,7 +121,7 @@ class Alibi final : public PositionalMethod {
     ATTN_ASSIGN_OR_RETURN(const int64_t offset,
                           ResolveQueryOffset(args.query_offset, args.sq, args.sk));
     const int64_t heads = args.num_heads, sq = args.sq, sk = args.sk;
-    ATTN_RETURN_IF_ERROR(CheckOutputSize({heads, sq, sk}, "bias", options));
+    ATTN_RETURN_IF_ERROR(CheckResultSize({{"bias", {heads, sq, sk}}, {"slopes", {heads}}}, options));
     const std::vector<double> slopes = AlibiSlopes(heads);
     Tensor slopes_out({heads});
     Tensor bias({heads, sq, sk});
@@ -129,6 +129,7 @@ class Alibi final : public PositionalMethod {
     for (int64_t h = 0; h < heads; ++h) {
       slopes_out.data()[h] = static_cast<float>(slopes[h]);
       for (int64_t i = 0; i < sq; ++i) {
+        ATTN_RETURN_IF_ERROR(CheckCancelled(options));
         for (int64_t j = 0; j < sk; ++j) {
           out[(h * sq + i) * sk + j] = static_cast<float>(Bias(slopes[h], offset + i, j));
         }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -44,6 +46,15 @@ absl::StatusOr<int64_t> ResolveQueryOffset(std::optional<int64_t> query_offset, 
   return sk - sq;
 }
 
+absl::StatusOr<int64_t> ResolveOffset(int64_t offset) {
+  if (offset < 0 || offset > kMaxQueryOffset) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "offset: must be in 0 .. 2^53 = ", kMaxQueryOffset, " (positions stay exact), got ",
+        offset));
+  }
+  return offset;
+}
+
 absl::StatusOr<double> ResolvePositive(std::optional<double> value, double fallback,
                                        absl::string_view name) {
   if (!value.has_value()) return fallback;
@@ -84,9 +95,62 @@ absl::Status CheckOutputSize(std::initializer_list<int64_t> shape, absl::string_
   if (count < 0 || count > options.max_elements) {
     return absl::ResourceExhaustedError(absl::StrCat(
         what, ": ", ShapeToString(std::vector<int64_t>(shape)), " is more than the ",
-        options.max_elements, " elements this server allows per tensor (--max_elements)"));
+        options.max_elements,
+        " elements this server allows per tensor (--max_elements, and no more than a response "
+        "can carry: --max_message_bytes / 4)"));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckResultSize(std::initializer_list<ResultTensor> tensors,
+                             const ComputeOptions& options) {
+  const auto count_of = [](const std::vector<int64_t>& shape) {
+    int64_t count = 1;
+    for (int64_t d : shape) {
+      if (d < 0 || __builtin_mul_overflow(count, d, &count)) {
+        return std::numeric_limits<int64_t>::max();
+      }
+    }
+    return count;
+  };
+  // The whole response first: what cannot be sent is the clearer reason.
+  int64_t total = 0;
+  std::string listed;
+  for (const ResultTensor& t : tensors) {
+    const int64_t count = count_of(t.shape);
+    total = count > std::numeric_limits<int64_t>::max() - total
+                ? std::numeric_limits<int64_t>::max()
+                : total + count;
+    absl::StrAppend(&listed, listed.empty() ? "" : " + ", t.name, " ", ShapeToString(t.shape));
+  }
+  if (total > options.max_result_bytes / 4) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        listed, ": the response would carry ", total, " float32 values (",
+        total > std::numeric_limits<int64_t>::max() / 4 ? absl::StrCat("4*", total)
+                                                         : absl::StrCat(total * 4),
+        " bytes), more than the ", options.max_result_bytes,
+        " bytes a response may hold (--max_message_bytes); refused before compute"));
+  }
+  for (const ResultTensor& t : tensors) {
+    if (count_of(t.shape) > options.max_elements) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(t.name, ": ", ShapeToString(t.shape), " is more than the ",
+                       options.max_elements,
+                       " elements this server allows per tensor (--max_elements); refused "
+                       "before compute"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool IsCancelled(const ComputeOptions& options) {
+  return options.cancelled != nullptr && options.cancelled->load(std::memory_order_relaxed);
+}
+
+absl::Status CheckCancelled(const ComputeOptions& options) {
+  if (!IsCancelled(options)) return absl::OkStatus();
+  return absl::CancelledError("request: cancelled (by the client, its deadline or server "
+                              "shutdown) while computing");
 }
 
 absl::Status ExpectPositive(int64_t value, absl::string_view name) {
@@ -114,6 +178,13 @@ absl::Status CheckFiniteValues(const Tensor& tensor, absl::string_view name) {
   return absl::OkStatus();
 }
 
+absl::Status CheckAttendResult(int64_t batch, int64_t heads, int64_t sq, int64_t sk, int64_t dv,
+                               bool return_probs, const ComputeOptions& options) {
+  if (!return_probs) return CheckResultSize({{"out", {batch, heads, sq, dv}}}, options);
+  return CheckResultSize({{"out", {batch, heads, sq, dv}}, {"probs", {batch, heads, sq, sk}}},
+                         options);
+}
+
 absl::StatusOr<AttentionProblem> TakeQkvProblem(AttendArgs& args, const ComputeOptions& options) {
   Tensor& q = args.inputs.at("q");
   Tensor& k = args.inputs.at("k");
@@ -137,7 +208,7 @@ absl::StatusOr<AttentionProblem> TakeQkvProblem(AttendArgs& args, const ComputeO
     return absl::InvalidArgumentError(absl::StrCat("num_heads: must be 0 (unset) or H=", heads,
                                                    " of q, got ", args.num_heads));
   }
-  ATTN_RETURN_IF_ERROR(CheckOutputSize({batch, heads, sq, dv}, "out", options));
+  ATTN_RETURN_IF_ERROR(CheckAttendResult(batch, heads, sq, sk, dv, args.return_probs, options));
 
   AttentionProblem problem;
   ATTN_ASSIGN_OR_RETURN(problem.scale, ResolveScale(args.scale, d));
@@ -202,7 +273,8 @@ absl::StatusOr<ProjectionGeometry> CheckProjectionInputs(const AttendArgs& args,
   ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sq, g.d}, "q (projected)", options));
   ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sk, g.d}, "k (projected)", options));
   ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sk, g.dv}, "v (projected)", options));
-  ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sq, g.dv}, "out", options));
+  ATTN_RETURN_IF_ERROR(
+      CheckAttendResult(g.batch, g.heads, g.sq, g.sk, g.dv, args.return_probs, options));
   ATTN_RETURN_IF_ERROR(ResolveScale(args.scale, g.d).status());
   ATTN_ASSIGN_OR_RETURN(g.query_offset, ResolveQueryOffset(args.query_offset, g.sq, g.sk));
   return g;

@@ -33,6 +33,10 @@ inline constexpr int64_t kMaxQueryOffset = int64_t{1} << 53;
 absl::StatusOr<int64_t> ResolveQueryOffset(std::optional<int64_t> query_offset, int64_t sq,
                                            int64_t sk);
 
+// Encode's offset (the position of row 0): must be in 0 .. kMaxQueryOffset,
+// so that offset + s is exact in double and cannot overflow int64.
+absl::StatusOr<int64_t> ResolveOffset(int64_t offset);
+
 // A finite value > 0 (NaN, inf, 0, negative are rejected); unset -> fallback.
 absl::StatusOr<double> ResolvePositive(std::optional<double> value, double fallback,
                                        absl::string_view name);
@@ -51,6 +55,29 @@ absl::Status ExpectDim(const Tensor& t, absl::string_view name, int axis, int64_
 // options.max_elements; `what` names the tensor.
 absl::Status CheckOutputSize(std::initializer_list<int64_t> shape, absl::string_view what,
                              const ComputeOptions& options);
+
+// One tensor of a call's result, for CheckResultSize.
+struct ResultTensor {
+  absl::string_view name;
+  std::vector<int64_t> shape;
+};
+
+// Before any compute: RESOURCE_EXHAUSTED when one of `tensors` is above
+// options.max_elements (as CheckOutputSize), or all of them together hold
+// more than options.max_result_bytes (4 bytes per value: what a response
+// message carries of them, raw_data or packed repeated float alike).
+absl::Status CheckResultSize(std::initializer_list<ResultTensor> tensors,
+                             const ComputeOptions& options);
+
+// CheckResultSize for Attend's out [B,H,Sq,Dv] and, with return_probs,
+// probs [B,H,Sq,Sk]: before any projection or other compute.
+absl::Status CheckAttendResult(int64_t batch, int64_t heads, int64_t sq, int64_t sk, int64_t dv,
+                               bool return_probs, const ComputeOptions& options);
+
+// CANCELLED once options.cancelled is set (the kernels poll it between rows
+// or blocks), else OK.
+bool IsCancelled(const ComputeOptions& options);
+absl::Status CheckCancelled(const ComputeOptions& options);
 
 // For the methods on per-head q, k, v: validates their shapes and num_heads,
 // resolves scale and query_offset, and moves q, k, v into the problem.

@@ -252,11 +252,12 @@ class DaTransformer final : public PositionalMethod {
     ATTN_ASSIGN_OR_RETURN(const int64_t offset,
                           ResolveQueryOffset(args.query_offset, args.sq, args.sk));
     const int64_t heads = dist_w.dim(0), sq = args.sq, sk = args.sk;
-    ATTN_RETURN_IF_ERROR(CheckOutputSize({heads, sq, sk}, "coeff", options));
+    ATTN_RETURN_IF_ERROR(CheckResultSize({{"coeff", {heads, sq, sk}}}, options));
     Tensor coeff({heads, sq, sk});
     float* out = coeff.data();
     for (int64_t h = 0; h < heads; ++h) {
       for (int64_t i = 0; i < sq; ++i) {
+        ATTN_RETURN_IF_ERROR(CheckCancelled(options));
         for (int64_t j = 0; j < sk; ++j) {
           const double distance = static_cast<double>(std::llabs(offset + i - j));
           out[(h * sq + i) * sk + j] =

@@ -83,14 +83,18 @@ class Learned final : public PositionalMethod {
   std::vector<InputSpec> encode_inputs() const override { return {{"x"}, {"table"}}; }
 
   absl::StatusOr<TensorMap> Encode(EncodeArgs& args,
-                                   const ComputeOptions& /*options*/) const override {
+                                   const ComputeOptions& options) const override {
     Tensor& x = args.inputs.at("x");
     const Tensor& table = args.inputs.at("table");
     ATTN_RETURN_IF_ERROR(ExpectRank(x, "x", 3, "[B,S,d_model]"));
     const int64_t batch = x.dim(0), seq = x.dim(1), d_model = x.dim(2);
     ATTN_RETURN_IF_ERROR(CheckTable(table, d_model));
+    // Above 2^53 an offset is INVALID_ARGUMENT as for every method; below 0
+    // it is a position outside the table (OUT_OF_RANGE, api.md).
+    if (args.offset > kMaxQueryOffset) ATTN_RETURN_IF_ERROR(ResolveOffset(args.offset).status());
     ATTN_RETURN_IF_ERROR(CheckPositions(args.offset, seq, table.dim(0), "offset",
                                         absl::StrCat("the S=", seq, " rows of x")));
+    ATTN_RETURN_IF_ERROR(CheckResultSize({{"y", x.shape()}}, options));
     const float* rows = table.data() + args.offset * d_model;
     float* y = x.data();
     for (int64_t b = 0; b < batch; ++b) {

@@ -274,6 +274,8 @@ void RotateByPosition(const RopeConfig& config, const std::vector<RotationTarget
                 std::vector<float> sn(static_cast<size_t>(kAnchorRows * 2 * half));
                 const bool half_layout = config.layout == RopeLayout::kHalf;
                 for (int64_t run = begin; run < end; ++run) {
+                  // The caller's Encode reports the cancellation.
+                  if (IsCancelled(options)) return;
                   const auto [p0, p1] = runs[static_cast<size_t>(run)];
                   steps.FillRun(p0, p1, cosines.data(), sines.data());
                   ExpandRun(config, cosines.data(), sines.data(), p1 - p0, c.data(), sn.data());
@@ -415,11 +417,11 @@ class Rope final : public PositionalMethod {
     Tensor& x = args.inputs.at("x");
     ATTN_RETURN_IF_ERROR(ExpectRank(x, "x", 4, "[B,H,S,D]"));
     ATTN_ASSIGN_OR_RETURN(const RopeConfig config, MakeConfig(args.params, x.dim(3)));
-    if (args.offset < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("offset: must be >= 0, got ", args.offset));
-    }
-    RotateByPosition(config, {{x.data(), args.offset, x.dim(2)}}, x.dim(0) * x.dim(1), x.dim(3),
+    ATTN_ASSIGN_OR_RETURN(const int64_t offset, ResolveOffset(args.offset));
+    ATTN_RETURN_IF_ERROR(CheckResultSize({{"y", x.shape()}}, options));
+    RotateByPosition(config, {{x.data(), offset, x.dim(2)}}, x.dim(0) * x.dim(1), x.dim(3),
                      options);
+    ATTN_RETURN_IF_ERROR(CheckCancelled(options));
     TensorMap outputs;
     outputs["y"] = std::move(x);
     return outputs;

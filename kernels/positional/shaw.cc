@@ -26,9 +26,11 @@ absl::StatusOr<int64_t> ResolveK(const MethodParams& params) {
     return absl::InvalidArgumentError("max_relative_position: required (K >= 0), not set");
   }
   const int64_t k = *params.max_relative_position;
-  if (k < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_relative_position: must be >= 0, got ", k));
+  // Above 2^53, 2K+1 (rel_k's rows) and the relative positions are no longer
+  // exact, and 2K+1 could overflow int64.
+  if (k < 0 || k > kMaxQueryOffset) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_relative_position: must be in 0 .. 2^53 = ", kMaxQueryOffset, ", got ", k));
   }
   return k;
 }
@@ -264,10 +266,12 @@ class Shaw final : public PositionalMethod {
         rel_k, "rel_k", 0, 2 * k + 1,
         absl::StrCat("[2K+1=", 2 * k + 1, ",D] for max_relative_position=", k)));
     const int64_t sq = args.sq, sk = args.sk, d = rel_k.dim(1);
-    ATTN_RETURN_IF_ERROR(CheckOutputSize({sq, sk, d}, "rel_k_gathered", options));
+    ATTN_RETURN_IF_ERROR(
+        CheckResultSize({{"rel_index", {sq, sk}}, {"rel_k_gathered", {sq, sk, d}}}, options));
     Tensor index({sq, sk});
     Tensor gathered({sq, sk, d});
     for (int64_t i = 0; i < sq; ++i) {
+      ATTN_RETURN_IF_ERROR(CheckCancelled(options));
       for (int64_t j = 0; j < sk; ++j) {
         const int64_t idx = ShawIndex(offset + i, j, k);
         index.data()[i * sk + j] = static_cast<float>(idx);

@@ -127,13 +127,12 @@ class Sinusoidal final : public PositionalMethod {
     ATTN_ASSIGN_OR_RETURN(const double base, ResolvePositive(args.params.base, kDefaultBase, "base"));
     Tensor& x = args.inputs.at("x");
     ATTN_RETURN_IF_ERROR(ExpectRank(x, "x", 3, "[B,S,d_model]"));
-    if (args.offset < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("offset: must be >= 0, got ", args.offset));
-    }
+    ATTN_ASSIGN_OR_RETURN(const int64_t offset, ResolveOffset(args.offset));
     const int64_t batch = x.dim(0), seq = x.dim(1), d_model = x.dim(2);
-    ATTN_RETURN_IF_ERROR(CheckOutputSize({seq, d_model}, "table", options));
-    std::vector<float> table =
-        SinusoidTable(static_cast<double>(args.offset), seq, d_model, base);
+    ATTN_RETURN_IF_ERROR(
+        CheckResultSize({{"y", x.shape()}, {"table", {seq, d_model}}}, options));
+    std::vector<float> table = SinusoidTable(static_cast<double>(offset), seq, d_model, base);
+    ATTN_RETURN_IF_ERROR(CheckCancelled(options));
     float* y = x.data();
     for (int64_t b = 0; b < batch; ++b) {
       for (int64_t n = 0; n < seq * d_model; ++n) y[b * seq * d_model + n] += table[n];

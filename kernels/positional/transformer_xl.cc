@@ -71,6 +71,7 @@ void ProjectSinusoids(const std::vector<double>& distances, const Tensor& w_r, d
     std::vector<double> sinusoid(static_cast<size_t>(d_rel));
     std::vector<double> acc(static_cast<size_t>(d));
     for (int64_t n = begin; n < end; ++n) {
+      if (IsCancelled(options)) return;  // Encode reports it.
       TransformerXlSinusoid(distances[n], d_rel, base, sinusoid.data());
       for (int64_t h = 0; h < heads; ++h) {
         std::fill(acc.begin(), acc.end(), 0.0);
@@ -338,11 +339,19 @@ class TransformerXl final : public PositionalMethod {
     const auto w_r = args.inputs.find("w_r");
     if (w_r != args.inputs.end()) ATTN_RETURN_IF_ERROR(CheckWr(w_r->second, d_rel, 0, 0));
     const int64_t count = distances_in.dim(0);
-    ATTN_RETURN_IF_ERROR(CheckOutputSize({count, d_rel}, "rel_table", options));
+    if (w_r == args.inputs.end()) {
+      ATTN_RETURN_IF_ERROR(CheckResultSize({{"rel_table", {count, d_rel}}}, options));
+    } else {
+      ATTN_RETURN_IF_ERROR(CheckResultSize(
+          {{"rel_table", {count, d_rel}},
+           {"rel_proj", {w_r->second.dim(0), count, w_r->second.dim(2)}}},
+          options));
+    }
     std::vector<double> distances(distances_in.values().begin(), distances_in.values().end());
     Tensor table({count, d_rel});
     std::vector<double> row(static_cast<size_t>(d_rel));
     for (int64_t n = 0; n < count; ++n) {
+      ATTN_RETURN_IF_ERROR(CheckCancelled(options));
       TransformerXlSinusoid(distances[n], d_rel, base, row.data());
       for (int64_t c = 0; c < d_rel; ++c) table.data()[n * d_rel + c] = static_cast<float>(row[c]);
     }
@@ -353,6 +362,7 @@ class TransformerXl final : public PositionalMethod {
       ATTN_RETURN_IF_ERROR(CheckOutputSize({heads, count, d}, "rel_proj", options));
       Tensor proj({heads, count, d});
       ProjectSinusoids(distances, w_r->second, base, options, proj.data());
+      ATTN_RETURN_IF_ERROR(CheckCancelled(options));
       outputs["rel_proj"] = std::move(proj);
     }
     return outputs;

@@ -275,13 +275,16 @@ TEST(BatchingTest, ExpiredAndCancelledRequestsNeverReachAKernel) {
   canceller.join();
   EXPECT_EQ(cancelled.error_code(), grpc::StatusCode::CANCELLED);
 
-  // gRPC reports the server's side asynchronously; give it a moment.
+  // gRPC reports the server's side asynchronously; give it a moment. (A
+  // call leaves attnserve_inflight_requests when gRPC is done with it, a
+  // little after its answer.)
   std::string text;
   for (int attempt = 0; attempt < 50; ++attempt) {
     text = Scrape(**server);
     if (Counter(text, R"(attnserve_dropped_requests_total{reason="cancelled"})") +
-            Counter(text, R"(attnserve_dropped_requests_total{reason="deadline"})") >=
-        4) {
+                Counter(text, R"(attnserve_dropped_requests_total{reason="deadline"})") >=
+            4 &&
+        MetricValue(text, "attnserve_inflight_requests") == 0.0) {
       break;
     }
     absl::SleepFor(absl::Milliseconds(20));

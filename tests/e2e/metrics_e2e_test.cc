@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -58,7 +60,15 @@ TEST(MetricsTest, CountersMoveByExactlyWhatWasSent) {
   ASSERT_TRUE(stream.status.ok()) << stream.status;
   ASSERT_TRUE((*client)->ListMethods().ok());
 
+  // A call leaves attnserve_inflight_requests once gRPC has sent its
+  // response, which may be just after the client has read it.
   absl::StatusOr<std::string> text = HttpGet((*server)->metrics_port());
+  for (int attempt = 0; attempt < 100 && text.ok() &&
+                        MetricValue(*text, "attnserve_inflight_requests") != 0.0;
+       ++attempt) {
+    absl::SleepFor(absl::Milliseconds(20));
+    text = HttpGet((*server)->metrics_port());
+  }
   ASSERT_TRUE(text.ok()) << text.status();
   EXPECT_THAT(
       MetricValue(*text, R"(attnserve_requests_total{rpc="Attend",method="none",code="OK"})"),
