@@ -107,7 +107,12 @@ int main(int argc, char** argv) {
   // Free memory at the top of a heap is returned beyond 16 MiB: a thread's
   // arena is at most 64 MiB, and malloc_trim (the IdleTrimmer below) does
   // not shrink an arena's top, only free chunks inside it; at 1 GiB a burst
-  // left every arena's top resident for good (issue 12, finding 8).
+  // left every arena's top resident for good (issue 12, finding 8). The
+  // cost, measured on the shared two cores (load ~12, noisy): none seen for
+  // requests with tensors of 2 MiB (Encode rope [1,8,1024,64]: 3.7 vs
+  // 3.2-4.8 ms of server CPU a request), but 2-3x the server CPU for 16 MiB
+  // tensors ([1,8,8192,64]: 330-360 vs 87-160 ms), whose frees now return
+  // and refault the arena's top; MALLOC_ARENA_MAX=1 with 1 GiB cost ~35%.
   mallopt(M_TRIM_THRESHOLD, 16 << 20);
   // Debian's Abseil checks every Mutex acquisition for lock-order cycles.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
