@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/fast_attention.h"
-#include "kernels/micro_kernels.h"
 #include "kernels/plain_attention.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
@@ -64,7 +63,7 @@ absl::Status CheckInputValues(const TensorMap& inputs, bool scan_qkv) {
 }
 
 absl::Status CheckFiniteOutput(const Tensor& out) {
-  if (!simd::AllFinite(out.data(), out.size())) {
+  if (!AllFinite(out.data(), out.size())) {
     return absl::InvalidArgumentError(
         "q, k, scale: the scores overflow float32 (an output is not finite); scale the "
         "inputs down");

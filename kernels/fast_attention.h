@@ -1,10 +1,12 @@
 // The fast attention engine: tiled, fused, FlashAttention-style (Dao et al.
-// 2022, "FlashAttention", Algorithm 1) on AVX2 + FMA.
+// 2022, "FlashAttention", Algorithm 1), built once per ISA (AVX-512, AVX2 +
+// FMA, a portable baseline: kernels/isa.h chooses at start-up; the body is
+// kernels/simd/engine.h).
 //
 // Work is split over (batch, head, block of 96 query rows), handed to the
 // threads in runs of consecutive blocks. Each block streams over tiles of
-// 256 keys: scores = Q_blk K_tile^T on the 6x16 micro-kernels of
-// micro_kernels.h (K and V packed once per head and thread), the method's
+// 256 keys: scores = Q_blk K_tile^T on the register-tiled micro-kernels
+// of kernels/simd/micro_kernels.h (12x32 on AVX-512, 6x16 on AVX2) (K and V packed once per head and thread), the method's
 // ScoreModifier on the tile (scale-only methods instead get queries scaled
 // once per block; Shaw prepares per-block products in BeginQueryBlock;
 // Transformer-XL's position term rides in the same product as query and key
@@ -12,7 +14,7 @@
 // packed and as a block's queries are copied), then an online softmax
 // (running max and sum per row, the accumulator rescaled when the max grows) and
 // acc += P V_tile. Under causal masking, tiles wholly after a block's last
-// position are never computed, and on the diagonal tiles each 6-row group
+// position are never computed, and on the diagonal tiles each row group
 // stops at its own last position. Memory beyond the inputs and output: the
 // packed head per thread (Sk x (D + features + Dv) floats) plus O(block)
 // tiles; no [Sq, Sk] matrix exists unless probs are requested, in which

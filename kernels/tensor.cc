@@ -3,7 +3,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kernels/micro_kernels.h"
+#include "kernels/isa.h"
 
 namespace attnserve::kernels {
 
@@ -57,6 +57,6 @@ absl::StatusOr<int64_t> CheckedElementCount(absl::Span<const int64_t> shape,
   return count;
 }
 
-bool AllFinite(const float* values, int64_t n) { return simd::AllFinite(values, n); }
+bool AllFinite(const float* values, int64_t n) { return Kernels().all_finite(values, n); }
 
 }  // namespace attnserve::kernels

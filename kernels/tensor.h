@@ -58,7 +58,7 @@ absl::StatusOr<int64_t> CheckedElementCount(absl::Span<const int64_t> shape,
                                             absl::string_view field);
 
 // Whether values[0..n) are all finite (no NaN, no infinity): the kernels'
-// vectorised scan (AVX2), for callers built without it, e.g. the server's
+// vectorised scan for the active ISA (kernels/isa.h), e.g. for the server's
 // decode.
 bool AllFinite(const float* values, int64_t n);
 

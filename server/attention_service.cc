@@ -11,9 +11,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "kernels/attention.h"
+#include "kernels/isa.h"
 #include "server/convert.h"
 #include "server/status_util.h"
 #include "server/wire.h"
@@ -471,8 +473,11 @@ class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffe
 
 v1::ListMethodsResponse BuildListMethods(const ServiceOptions& options) {
   v1::ListMethodsResponse response;
+  const absl::string_view isa = kernels::IsaName(kernels::ActiveIsa());
   FillListMethodsResponse(kernels::DescribeMethods(), options.max_message_bytes,
-                          options.max_elements, kServerName, &response);
+                          options.max_elements, absl::StrCat(kServerName, " (isa ", isa, ")"),
+                          &response);
+  response.set_isa(std::string(isa));
   if (options.tensors != nullptr) AddLoadedTensors(*options.tensors, &response);
   return response;
 }

@@ -13,11 +13,13 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage_config.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "kernels/isa.h"
 #include "server/memory_trim.h"
 #include "server/server.h"
 
@@ -78,6 +80,9 @@ ABSL_FLAG(double, max_connection_idle_s, 300,
           "close (GOAWAY) a connection without calls for this long");
 ABSL_FLAG(int64_t, transport_memory_bytes, int64_t{1} << 30,
           "memory gRPC's transport may use for all connections (a resource quota); 0: none");
+ABSL_FLAG(std::string, max_isa, "",
+          "cap on the kernels' instruction set: avx512, avx2 or baseline (a cap above the CPU's "
+          "best gives its best); empty: the environment's ATTN_MAX_ISA, else the CPU's best");
 ABSL_FLAG(double, shutdown_grace_s, 30,
           "on SIGTERM/SIGINT, after the lame duck: seconds to let accepted calls finish before "
           "cancelling them (>= 0)");
@@ -117,6 +122,15 @@ int main(int argc, char** argv) {
   // Debian's Abseil checks every Mutex acquisition for lock-order cycles.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage("attnd: multi-head attention with positional encodings over gRPC");
+  absl::FlagsUsageConfig usage_config;
+  usage_config.version_string = [] {  // --version: after the flags are parsed
+    auto isa = attnserve::kernels::ChooseIsa(absl::GetFlag(FLAGS_max_isa));
+    return "attnd " ATTN_VERSION " (isa " +
+           (isa.ok() ? std::string(attnserve::kernels::IsaName(*isa))
+                     : std::string(isa.status().message())) +
+           ")\n";
+  };
+  absl::SetFlagsUsageConfig(usage_config);
   const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() > 1) {
     std::fprintf(stderr, "attnd: unexpected argument '%s' (every setting is a --flag)\n", args[1]);
@@ -131,6 +145,14 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // Fixed before any kernel runs (the warm-up is the first).
+  const absl::StatusOr<attnserve::kernels::Isa> isa =
+      attnserve::kernels::ChooseIsa(absl::GetFlag(FLAGS_max_isa));
+  if (!isa.ok()) {
+    std::fprintf(stderr, "attnd: %s\n", std::string(isa.status().message()).c_str());
+    return 1;
+  }
 
   attnserve::server::ServerOptions options;
   options.address = absl::GetFlag(FLAGS_address);
@@ -221,14 +243,15 @@ int main(int argc, char** argv) {
   if (!options.tls.enabled() && options.insecure) {
     std::fprintf(stderr, "attnd: --insecure: plaintext gRPC, readable by anyone on the path\n");
   }
-  std::fprintf(stderr, "attnd listening on %s (%s), metrics on %s\n",
+  std::fprintf(stderr, "attnd listening on %s (%s), metrics on %s, isa %s\n",
                (*server)->address().c_str(),
                !options.tls.enabled()                ? "plaintext"
                : options.tls.client_ca_file.empty() ? "TLS"
                                                      : "mutual TLS",
                options.metrics_address.empty()
                    ? "(none)"
-                   : ("port " + std::to_string((*server)->metrics_port())).c_str());
+                   : ("port " + std::to_string((*server)->metrics_port())).c_str(),
+               std::string(attnserve::kernels::IsaName(*isa)).c_str());
 
   // Memory back to the kernel after bursts (server/memory_trim.h).
   attnserve::server::IdleTrimmer trimmer(

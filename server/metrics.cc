@@ -3,6 +3,8 @@
 #include <string>
 #include <utility>
 
+#include "kernels/isa.h"
+
 namespace attnserve::server {
 namespace {
 
@@ -135,7 +137,8 @@ Metrics::Metrics(prometheus::Registry& registry, absl::string_view version)
       .Name("attnserve_build_info")
       .Help("Always 1; the labels say which attnd this is")
       .Register(registry)
-      .Add({{"version", std::string(version)}})
+      .Add({{"version", std::string(version)},
+            {"isa", std::string(kernels::IsaName(kernels::ActiveIsa()))}})
       .Set(1);
   for (int rpc = 0; rpc < kNumRpcs; ++rpc) {
     const std::string name(RpcName(static_cast<Rpc>(rpc)));

@@ -58,7 +58,8 @@ int MethodLabelIndex(std::optional<kernels::MethodKind> kind);
 class Metrics {
  public:
   // Registers every family on `registry`, which must outlive this object.
-  // `version` becomes the version label of attnserve_build_info.
+  // `version` becomes the version label of attnserve_build_info, the
+  // kernels' ISA (kernels/isa.h: fixed by now) its isa label.
   Metrics(prometheus::Registry& registry, absl::string_view version);
 
   Metrics(const Metrics&) = delete;

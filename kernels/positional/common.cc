@@ -8,7 +8,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/micro_kernels.h"
+#include "kernels/isa.h"
+#include "kernels/simd/panels.h"
 #include "kernels/onednn_matmul.h"
 #include "kernels/parallel.h"
 #include "kernels/status_macros.h"
@@ -168,7 +169,7 @@ int ThreadsFor(double work, const ComputeOptions& options) {
 
 absl::Status CheckFiniteValues(const Tensor& tensor, absl::string_view name) {
   const float* data = tensor.data();
-  if (simd::AllFinite(data, tensor.size())) return absl::OkStatus();
+  if (AllFinite(data, tensor.size())) return absl::OkStatus();
   for (int64_t n = 0; n < tensor.size(); ++n) {
     if (!std::isfinite(data[n])) {
       return absl::InvalidArgumentError(
@@ -363,7 +364,8 @@ RelativeTable::RelativeTable(const float* table, int64_t count, int64_t width)
       panels_(static_cast<size_t>(simd::RoundUpToPanel(count) * width), 0.0f) {
   const int64_t whole = count / simd::kPanel * simd::kPanel;
   for (int64_t n = 0; n < whole; n += simd::kPanel) {
-    simd::TransposeIntoPanel(table + n * width, width, width, panels_.data() + n * width);
+    Kernels().transpose_into_panel(table + n * width, width, width, panels_.data() + n * width,
+                                    1.0f);
   }
   for (int64_t n = whole; n < count; ++n) {  // The last, partial panel.
     float* panel = panels_.data() + whole * width;
@@ -384,8 +386,8 @@ int64_t RelativeTable::MaxLd(int64_t span) { return simd::RoundUpToPanel(span) +
 
 void RelativeTable::Multiply(const Window& w, int64_t rows, const float* a, int64_t lda,
                              float* out, int64_t ldo) const {
-  simd::Gemm<false>(rows, w.ld, width_, a, lda, panels_.data() + w.base * width_,
-                    width_ * simd::kPanel, out, ldo);
+  Kernels().gemm(false, rows, w.ld, width_, a, lda, panels_.data() + w.base * width_,
+                 width_ * simd::kPanel, out, ldo);
 }
 
 void ScaledDotProduct::ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const {

@@ -125,7 +125,7 @@ class ScaledDotProduct : public ScoreModifier {
 // Products of query-side rows with the rows of a table, for a window of
 // table rows: Shaw's q_i . rel_k[t] over relative positions, and
 // Transformer-XL's W_r[h] (q_i + v). The table is packed once
-// (transposed into 16-row panels for the AVX2 micro-kernel); const methods
+// (transposed into 16-row panels for the engine's micro-kernel); const methods
 // are thread-safe.
 class RelativeTable {
  public:

@@ -7,8 +7,6 @@
 //   x'[a] = x[a] cos(phi_n) - x[b] sin(phi_n)
 //   x'[b] = x[b] cos(phi_n) + x[a] sin(phi_n)
 // Dims r .. D-1 pass unchanged (partial rotary). Values are not rotated.
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -16,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/isa.h"
 #include "kernels/parallel.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
@@ -88,44 +87,13 @@ absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d) {
 //   out[e] = in[e] * C[e] + in[partner(e)] * S[e],
 // C[a] = C[b] = cos(phi_n), S[a] = -sin(phi_n), S[b] = sin(phi_n) for pair
 // n = (a, b): (2n, 2n+1) interleaved, (n, n + half) in the half layout. One
-// rounding order everywhere (the product with S, then a fused multiply-add),
-// so every path that turns a row gives the same bits. In place (in == out)
-// or not; dims past 2 * half are left alone.
-inline float TurnValue(float x, float c, float partner, float s) {
-  return std::fma(x, c, partner * s);
-}
-
-inline __m256 TurnVector(__m256 x, const float* c, __m256 partner, const float* s) {
-  return _mm256_fmadd_ps(x, _mm256_loadu_ps(c), _mm256_mul_ps(partner, _mm256_loadu_ps(s)));
-}
-
+// rounding order everywhere (the product with S, then a fused multiply-add
+// where the ISA has one: kernels/simd/micro_kernels.h's TurnRow), so every
+// path that turns a row gives the same bits. In place (in == out) or not;
+// dims past 2 * half are left alone.
 void TurnRow(const float* c, const float* s, int64_t half, bool half_layout, const float* in,
              float* out) {
-  int64_t n = 0;
-  if (half_layout) {
-    // Both halves of a chunk are read before either is written.
-    for (; n + 8 <= half; n += 8) {
-      const __m256 xa = _mm256_loadu_ps(in + n), xb = _mm256_loadu_ps(in + half + n);
-      _mm256_storeu_ps(out + n, TurnVector(xa, c + n, xb, s + n));
-      _mm256_storeu_ps(out + half + n, TurnVector(xb, c + half + n, xa, s + half + n));
-    }
-    for (; n < half; ++n) {
-      const float xa = in[n], xb = in[half + n];
-      out[n] = TurnValue(xa, c[n], xb, s[n]);
-      out[half + n] = TurnValue(xb, c[half + n], xa, s[half + n]);
-    }
-    return;
-  }
-  // Four pairs a vector; a pair's partner is the next lane (or the one before).
-  for (; 2 * n + 8 <= 2 * half; n += 4) {
-    const __m256 x = _mm256_loadu_ps(in + 2 * n);
-    _mm256_storeu_ps(out + 2 * n, TurnVector(x, c + 2 * n, _mm256_permute_ps(x, 0xB1), s + 2 * n));
-  }
-  for (; n < half; ++n) {
-    const float xa = in[2 * n], xb = in[2 * n + 1];
-    out[2 * n] = TurnValue(xa, c[2 * n], xb, s[2 * n]);
-    out[2 * n + 1] = TurnValue(xb, c[2 * n + 1], xa, s[2 * n + 1]);
-  }
+  Kernels().turn_row(c, s, half, half_layout, in, out);
 }
 
 // Runs of positions share the work of their cosines and sines: sincos of

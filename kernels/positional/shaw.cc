@@ -12,7 +12,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/micro_kernels.h"
+#include "kernels/isa.h"
+#include "kernels/simd/panels.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
 #include "kernels/positional/tables.h"
@@ -51,6 +52,10 @@ absl::Status CheckRelTable(const Tensor& table, absl::string_view name, int64_t 
 // [rows x <= 2K+1] product on the micro-kernel); each tile then gathers from
 // it: a run of bucket 0, the diagonal band, a run of bucket 2K. The value
 // term adds the probability mass of each bucket times rel_v[t].
+// Query rows per group of BeginQueryBlock's and the value term's products:
+// each group works over only the relative positions its rows meet.
+constexpr int64_t kGroupRows = 6;
+
 class ShawModifier final : public ScoreModifier {
  public:
   ShawModifier(const AttentionProblem& p, int64_t max_relative_position, const Tensor& rel_k,
@@ -65,7 +70,7 @@ class ShawModifier final : public ScoreModifier {
         k_(max_relative_position),
         rel_k_(rel_k.data(), 2 * max_relative_position + 1, p.d),
         rel_v_panels_(static_cast<size_t>((2 * k_ + 1) * simd::RoundUpToPanel(dv_))) {
-    simd::PackColumnPanels(rel_v.data(), dv_, 2 * k_ + 1, dv_, rel_v_panels_.data());
+    Kernels().pack_column_panels(rel_v.data(), dv_, 2 * k_ + 1, dv_, rel_v_panels_.data());
   }
 
   // [rows x window] for q . rel_k, then [rows x buckets] for a tile's masses.
@@ -74,14 +79,14 @@ class ShawModifier final : public ScoreModifier {
     return rows * (RelativeTable::MaxLd(span) + span);
   }
 
-  // Row group by row group (the micro-kernel's 6 rows), each over only the
+  // Row group by row group (kGroupRows), each over only the
   // buckets its rows meet: at small S most rows of a block meet far fewer
   // than the block's (at S=128, K=64 a group's rows span 70 to 129 of them).
   void BeginQueryBlock(const ScoreTile& block) const override {
     const RelativeTable::Window w = WindowOf(block);
     const float* q = q_.Row(block.b * heads_ + block.h, block.i0);
-    for (int64_t r0 = 0; r0 < block.rows; r0 += simd::kRows) {
-      const int64_t group = std::min<int64_t>(simd::kRows, block.rows - r0);
+    for (int64_t r0 = 0; r0 < block.rows; r0 += kGroupRows) {
+      const int64_t group = std::min<int64_t>(kGroupRows, block.rows - r0);
       const RelativeTable::Window g = GroupWindow(block, r0, group);
       rel_k_.Multiply(g, group, q + r0 * q_.stride(), q_.stride(),
                       block.scratch + r0 * w.ld + (g.base - w.base), w.ld);
@@ -134,33 +139,32 @@ class ShawModifier final : public ScoreModifier {
       const float* p = weights + r * ldw;
       float* m = mass + r * buckets;  // m[t - first]
       if (runs.band_begin > 0) {
-        m[0 - first] += static_cast<float>(simd::SumInDouble(p, runs.band_begin));
+        m[0 - first] += static_cast<float>(Kernels().sum_in_double(p, runs.band_begin));
       }
       for (int64_t c = runs.band_begin; c < runs.band_end; ++c) {
         m[runs.first_band_index + c - runs.band_begin - first] = p[c];
       }
       if (runs.band_end < cols) {
         m[2 * k_ - first] +=
-            static_cast<float>(simd::SumInDouble(p + runs.band_end, cols - runs.band_end));
+            static_cast<float>(Kernels().sum_in_double(p + runs.band_end, cols - runs.band_end));
       }
     }
     // acc += M rel_v group by group, each over only the buckets its rows
     // meet with visible keys (the rest of its rows of M are zero).
     const int64_t panels = simd::RoundUpToPanel(dv_) / simd::kPanel;
-    for (int64_t r0 = 0; r0 < tile.rows; r0 += simd::kRows) {
-      const int group = static_cast<int>(std::min<int64_t>(simd::kRows, tile.rows - r0));
+    for (int64_t r0 = 0; r0 < tile.rows; r0 += kGroupRows) {
+      const int64_t group = std::min<int64_t>(kGroupRows, tile.rows - r0);
       // A group whose last row sees no key is wholly masked.
       if (tile.VisibleCols(r0 + group - 1, query_offset_, causal_) == 0) continue;
       const int64_t group_first =
           ShawIndex(query_offset_ + tile.i0 + r0 + group - 1, tile.j0, k_);
       const int64_t group_last = LastBucket(tile, r0);
-      for (int64_t t = 0; t < panels; ++t) {
-        simd::MicroKernelRows<true>(
-            group, group_last - group_first + 1, mass + r0 * buckets + (group_first - first),
-            buckets,
-            rel_v_panels_.data() + (t * (2 * k_ + 1) + group_first) * simd::kPanel,
-            acc + r0 * lda + t * simd::kPanel, lda);
-      }
+      // Every panel of rel_v in one call: panel t of the window at
+      // rel_v_panels_ + (t * (2K + 1) + group_first) * 16.
+      Kernels().gemm(true, group, panels * simd::kPanel, group_last - group_first + 1,
+                     mass + r0 * buckets + (group_first - first), buckets,
+                     rel_v_panels_.data() + group_first * simd::kPanel,
+                     (2 * k_ + 1) * simd::kPanel, acc + r0 * lda, lda);
     }
   }
 

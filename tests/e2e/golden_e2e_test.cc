@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "client/client.h"
 #include "gtest/gtest.h"
+#include "kernels/isa.h"
 #include "tests/testing/golden.h"
 #include "tests/testing/golden_kernels.h"
 #include "tests/testing/golden_proto.h"
@@ -83,6 +84,18 @@ INSTANTIATE_TEST_SUITE_P(
       return GoldenTestName(std::get<0>(param.param)) + "_" +
              EncodingName(std::get<1>(param.param));
     });
+
+// The attnd under test runs on the ISA this process would choose: the
+// CPU's best under the same ATTN_MAX_ISA (CTest runs this binary once per
+// ISA), so the golden cases above ran on that ISA's kernels.
+TEST(GoldenServerTest, ServesOnTheIsaTheEnvironmentCaps) {
+  auto response = Server::client().ListMethods();
+  ASSERT_TRUE(response.ok()) << response.status();
+  const std::string isa(kernels::IsaName(kernels::ActiveIsa()));
+  EXPECT_EQ(response->isa(), isa);
+  EXPECT_NE(response->server().find("(isa " + isa + ")"), std::string::npos)
+      << response->server();
+}
 
 std::vector<GoldenCase> AttendCases(bool errors) {
   std::vector<GoldenCase> cases;

@@ -12,6 +12,7 @@
 #include "client/client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/isa.h"
 #include "tests/testing/metrics_scrape.h"
 #include "tests/testing/server_process.h"
 
@@ -100,7 +101,10 @@ TEST(MetricsTest, CountersMoveByExactlyWhatWasSent) {
   EXPECT_THAT(MetricValue(*text, "attnserve_queue_depth"), Optional(0.0));
   EXPECT_THAT(MetricValue(*text, "attnserve_inflight_requests"), Optional(0.0));
   EXPECT_EQ(MetricSum(*text, "attnserve_dropped_requests_total"), 0.0);
-  EXPECT_THAT(*text, HasSubstr("attnserve_build_info{version=\""));
+  // Labels in name order: the kernels' ISA, then the version.
+  EXPECT_THAT(*text, HasSubstr("attnserve_build_info{isa=\"" +
+                               std::string(kernels::IsaName(kernels::ActiveIsa())) +
+                               "\",version=\""));
 }
 
 TEST(MetricsTest, PromtoolFindsNothingToReport) {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "kernels/isa.h"
 #include "server/server.h"
 #include "tests/server/proto_tensors.h"
 
@@ -233,7 +234,9 @@ TEST_F(AttentionServiceTest, ListMethods) {
                                  "alibi", "da_transformer"));
   EXPECT_EQ(response.limits().max_message_bytes(), 1 << 20);
   EXPECT_EQ(response.limits().max_elements(), 1000);
-  EXPECT_EQ(response.server(), "attnd 0.1.0");
+  const std::string isa(kernels::IsaName(kernels::ActiveIsa()));
+  EXPECT_EQ(response.server(), "attnd 0.1.0 (isa " + isa + ")");
+  EXPECT_EQ(response.isa(), isa);
 }
 
 TEST_F(AttentionServiceTest, HealthIsServing) {

@@ -1,0 +1,51 @@
+// The per-ISA code and its entry table, for the ISA of the including
+// translation unit: ATTN_ISA_LEVEL (2 AVX-512, 1 AVX2 + FMA, 0 baseline) and
+// ATTN_ISA_NAMESPACE (its namespace) are defined, the target region is open
+// and kernels/simd/target_prelude.h is included. Defines
+// attnserve::kernels::ATTN_ISA_NAMESPACE::kKernels.
+#if !defined(ATTN_ISA_LEVEL) || !defined(ATTN_ISA_NAMESPACE)
+#error "kernels/simd/target_body.h is for the per-ISA translation units only"
+#endif
+
+namespace attnserve::kernels::ATTN_ISA_NAMESPACE {
+// Internal linkage: each ISA's inline functions and templates stay its own
+// (a shared name would let the linker keep one ISA's copy for all).
+namespace {
+
+#include "kernels/simd/micro_kernels.h"
+#include "kernels/simd/engine.h"
+
+bool AllFinite(const float* x, int64_t n) { return simd::AllFinite(x, n); }
+
+double SumInDouble(const float* x, int64_t n) { return simd::SumInDouble(x, n); }
+
+void Gemm(bool accumulate, int64_t m, int64_t n_pad, int64_t k, const float* a, int64_t lda,
+          const float* b, int64_t panel_stride, float* c, int64_t ldc) {
+  if (accumulate) {
+    simd::Gemm<true>(m, n_pad, k, a, lda, b, panel_stride, c, ldc);
+  } else {
+    simd::Gemm<false>(m, n_pad, k, a, lda, b, panel_stride, c, ldc);
+  }
+}
+
+void PackColumnPanels(const float* src, int64_t ld, int64_t rows, int64_t cols, float* dst) {
+  simd::PackColumnPanels(src, ld, rows, cols, dst);
+}
+
+void TransposeIntoPanel(const float* src, int64_t lds, int64_t width, float* panel,
+                        float scale) {
+  simd::TransposeIntoPanel(src, lds, width, panel, scale);
+}
+
+void TurnRow(const float* c, const float* s, int64_t half, bool half_layout, const float* in,
+             float* out) {
+  simd::TurnRow(c, s, half, half_layout, in, out);
+}
+
+}  // namespace
+
+extern const IsaKernels kKernels;
+const IsaKernels kKernels = {static_cast<Isa>(ATTN_ISA_LEVEL), RunFastAttention, AllFinite,
+                             SumInDouble, Gemm, PackColumnPanels, TransposeIntoPanel, TurnRow};
+
+}  // namespace attnserve::kernels::ATTN_ISA_NAMESPACE
