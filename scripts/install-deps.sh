@@ -38,6 +38,8 @@ TEST_PACKAGES=(
   openssl fonts-dejavu-core
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
+  # attnd under emulated older CPUs (scripts/qemu-isa-check.sh: Nehalem, Haswell)
+  qemu-user
   # metrics tests: promtool and a real Prometheus server (loopback only)
   prometheus
   # deploy/ tests: the load balancer of deploy/haproxy/haproxy.cfg (loopback only);
