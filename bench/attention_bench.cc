@@ -18,6 +18,7 @@
 
 #include "benchmark/benchmark.h"
 #include "kernels/attention.h"
+#include "kernels/isa.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "tests/testing/heap_peak.h"
 
@@ -355,6 +356,10 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("malloc", attnd_malloc ? "attnd (mallopt as server/main.cc)"
                                                      : "glibc defaults");
+  // Every row of a run is on this ISA (ATTN_MAX_ISA caps it; oneDNN's
+  // ceiling follows ONEDNN_MAX_CPU_ISA, which the caller sets to match).
+  const attnserve::kernels::Isa isa = attnserve::kernels::ActiveIsa();
+  benchmark::AddCustomContext("isa", std::string(attnserve::kernels::IsaName(isa)));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

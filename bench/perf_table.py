@@ -290,6 +290,8 @@ def main():
       f"load average at start {', '.join(f'{x:.2f}' for x in context.get('load_avg', []))}")
     if context.get("malloc"):
         w(f"malloc: {context['malloc']}")
+    if context.get("isa"):
+        w(f"kernels' ISA (every row): {context['isa']}")
     w("lscpu:")
     for line in lscpu_summary():
         w("  " + line)
