@@ -13,7 +13,8 @@ by `podman healthcheck run`, one Attend of every method (deploy/ghz's
 requests) answered as the host's attnd answers it, /metrics counting them,
 attnd running as uid 10001.
 StopTest: `podman stop` (SIGTERM) drains and the container exits 0 before
-podman's 10 s timeout.
+podman's 10 s timeout; in the lame duck after SIGTERM the image's health check
+fails (attn health: NOT_SERVING, exit 1).
 BadConfigurationTest: a port already taken and an unreadable --tensor_dir
 each stop the container with a non-zero status and a message naming the flag.
 
@@ -294,6 +295,25 @@ class StopTest(unittest.TestCase):
             self.assertLess(elapsed, STOP_TIMEOUT_S, logs)
             self.assertIn("attnd: signal 15", logs)
             self.assertIn("attnd: stopped", logs)
+        finally:
+            container.remove()
+
+    def test_health_check_fails_in_the_lame_duck(self):
+        # A long lame duck, so that the check surely runs inside it.
+        container, port, _ = serving_container(extra_args=["--lame_duck_s=60"])
+        try:
+            podman("kill", "--signal", "TERM", container.name)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            with Client(f"127.0.0.1:{port}", timeout=2.0) as client:
+                while client.health():
+                    self.assertLess(time.monotonic(), deadline, "still SERVING after SIGTERM")
+                    time.sleep(0.1)
+            result = podman("healthcheck", "run", container.name, check=False)
+            self.assertNotEqual(result.returncode, 0, result.stdout + result.stderr)
+            health = json.loads(podman("inspect", "--format", "{{json .State.Health}}",
+                                       container.name).stdout)
+            self.assertEqual(health["Log"][-1]["ExitCode"], 1, health)
+            self.assertIn("NOT_SERVING", health["Log"][-1]["Output"], health)
         finally:
             container.remove()
 
