@@ -25,7 +25,9 @@ BUILD_PACKAGES=(
   # libdnnl-dev only recommends the OpenCL headers, and we skip recommends)
   libdnnl-dev ocl-icd-opencl-dev
   # utilities
-  libabsl-dev nlohmann-json3-dev prometheus-cpp-dev libcivetweb-dev
+  libabsl-dev nlohmann-json3-dev prometheus-cpp-dev
+  # the /metrics listener, HTTP and HTTPS (GnuTLS)
+  libmicrohttpd-dev
   # attn plot: Cairo (PNG and SVG)
   libcairo2-dev
   # TLS checks and token digests (libcrypto)
@@ -66,8 +68,8 @@ fi
 # stage installs only these. A new library linked into attnd or attn goes here,
 # or the image breaks (tests/deploy/image_test.py runs both binaries in it).
 RUNTIME_PACKAGES=(
-  libabsl20220623 libc-ares2 libcairo2 libcivetweb1 libdnnl2 libgomp1 libgrpc++1.51
-  libgrpc29 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libprotobuf32 libre2-9
+  libabsl20220623 libc-ares2 libcairo2 libdnnl2 libgomp1 libgrpc++1.51
+  libgrpc29 libmicrohttpd12 libprometheus-cpp-core1.0 libprotobuf32 libre2-9
   libssl3 libstdc++6 ocl-icd-libopencl1 zlib1g
 )
 

@@ -100,6 +100,11 @@ ABSL_FLAG(std::string, auth_tokens_file, "",
 ABSL_FLAG(bool, reflection, true, "serve gRPC server reflection (needs a token when tokens are on)");
 ABSL_FLAG(std::string, metrics_token_file, "",
           "bearer tokens a scrape must send (format of --auth_tokens_file; re-read on SIGHUP)");
+ABSL_FLAG(std::string, metrics_tls_cert_file, "",
+          "PEM certificate chain (leaf first): the metrics listener serves HTTPS; needs "
+          "--metrics_tls_key_file; read once at start (not rotated: restart for a new one)");
+ABSL_FLAG(std::string, metrics_tls_key_file, "",
+          "PEM private key of --metrics_tls_cert_file; read once at start");
 ABSL_FLAG(bool, insecure, false,
           "allow plaintext gRPC on an --address that is not loopback (else attnd refuses)");
 
@@ -168,6 +173,8 @@ int main(int argc, char** argv) {
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   options.metrics_token_file = absl::GetFlag(FLAGS_metrics_token_file);
+  options.metrics_tls_cert_file = absl::GetFlag(FLAGS_metrics_tls_cert_file);
+  options.metrics_tls_key_file = absl::GetFlag(FLAGS_metrics_tls_key_file);
   options.reflection = absl::GetFlag(FLAGS_reflection);
   options.batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   const int64_t delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
@@ -250,7 +257,9 @@ int main(int argc, char** argv) {
                                                      : "mutual TLS",
                options.metrics_address.empty()
                    ? "(none)"
-                   : ("port " + std::to_string((*server)->metrics_port())).c_str(),
+                   : ("port " + std::to_string((*server)->metrics_port()) +
+                      (options.metrics_tls_cert_file.empty() ? "" : " (HTTPS)"))
+                         .c_str(),
                std::string(attnserve::kernels::IsaName(*isa)).c_str());
 
   // Memory back to the kernel after bursts (server/memory_trim.h).

@@ -106,6 +106,11 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
           options.metrics_address, "'"));
     }
   }
+  if (options.metrics_tls_cert_file.empty() != options.metrics_tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--metrics_tls_cert_file and --metrics_tls_key_file: give both (HTTPS metrics) or "
+        "neither (plain HTTP)");
+  }
   if (options.threads < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--threads: must be >= 1, got ", options.threads));
@@ -182,7 +187,8 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   std::unique_ptr<AttnServer> server(new AttnServer(options, std::move(tensors)));
   if (!options.metrics_address.empty()) {
     absl::StatusOr<std::unique_ptr<MetricsListener>> listener = MetricsListener::Start(
-        MetricsListenerOptions{options.metrics_address, options.metrics_token_file},
+        MetricsListenerOptions{options.metrics_address, options.metrics_token_file,
+                               options.metrics_tls_cert_file, options.metrics_tls_key_file},
         server->registry_);
     if (!listener.ok()) {
       // Nothing ran yet; the destructor has only the batcher to stop.

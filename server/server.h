@@ -59,6 +59,10 @@ struct ServerOptions {
   std::string metrics_address = "127.0.0.1:9464";
   // Bearer tokens required of scrapes (server/metrics_http.h); empty: none.
   std::string metrics_token_file;
+  // PEM certificate chain and key: the metrics listener serves HTTPS. Both
+  // or neither; read once at start.
+  std::string metrics_tls_cert_file;
+  std::string metrics_tls_key_file;
   // TLS / mutual TLS on `address` (server/tls.h); plaintext when not enabled.
   TlsOptions tls;
   // Bearer tokens required of every call but health (server/auth.h); empty:

@@ -159,14 +159,15 @@ bool IsLoopbackHost(absl::string_view host) {
   return false;
 }
 
-absl::StatusOr<CertificateSet> ReadCertificateSet(const TlsOptions& options) {
+absl::StatusOr<CertificateSet> ReadCertificateSet(const TlsOptions& options,
+                                                  const TlsFlagNames& flags) {
   CertificateSet set;
-  ATTN_ASSIGN_OR_RETURN(set.cert_chain, ReadFileText(options.cert_file, "--tls_cert_file"));
-  ATTN_ASSIGN_OR_RETURN(set.private_key, ReadFileText(options.key_file, "--tls_key_file"));
+  ATTN_ASSIGN_OR_RETURN(set.cert_chain, ReadFileText(options.cert_file, flags.cert));
+  ATTN_ASSIGN_OR_RETURN(set.private_key, ReadFileText(options.key_file, flags.key));
   std::vector<X509Ptr> chain = ParseCertificates(set.cert_chain);
   if (chain.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--tls_cert_file: '", options.cert_file, "' holds no PEM certificate"));
+        absl::StrCat(flags.cert, ": '", options.cert_file, "' holds no PEM certificate"));
   }
   BioPtr key_bio = MemoryBio(set.private_key);
   PkeyPtr key(key_bio == nullptr
@@ -174,21 +175,19 @@ absl::StatusOr<CertificateSet> ReadCertificateSet(const TlsOptions& options) {
                   : PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
   if (key == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--tls_key_file: '", options.key_file,
+        absl::StrCat(flags.key, ": '", options.key_file,
                      "' holds no PEM private key (an encrypted key is not supported)"));
   }
   if (X509_check_private_key(chain.front().get(), key.get()) != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--tls_key_file: '", options.key_file,
-                     "' is not the private key of the first certificate in --tls_cert_file '",
-                     options.cert_file, "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        flags.key, ": '", options.key_file, "' is not the private key of the first certificate in ",
+        flags.cert, " '", options.cert_file, "'"));
   }
   if (!options.client_ca_file.empty()) {
-    ATTN_ASSIGN_OR_RETURN(set.client_ca,
-                          ReadFileText(options.client_ca_file, "--tls_client_ca_file"));
+    ATTN_ASSIGN_OR_RETURN(set.client_ca, ReadFileText(options.client_ca_file, flags.client_ca));
     if (ParseCertificates(set.client_ca).empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--tls_client_ca_file: '", options.client_ca_file, "' holds no PEM certificate"));
+      return absl::InvalidArgumentError(absl::StrCat(flags.client_ca, ": '", options.client_ca_file,
+                                                     "' holds no PEM certificate"));
     }
   }
   return set;

@@ -62,11 +62,20 @@ struct CertificateSet {
   std::string client_ca;  // empty without --tls_client_ca_file
 };
 
+// The flags ReadCertificateSet's errors name (the metrics listener's TLS
+// files have flags of their own).
+struct TlsFlagNames {
+  absl::string_view cert = "--tls_cert_file";
+  absl::string_view key = "--tls_key_file";
+  absl::string_view client_ca = "--tls_client_ca_file";
+};
+
 // Reads the files named by `options` and checks them as one set. Errors:
 // INVALID_ARGUMENT naming the flag of the file that cannot be read or
 // parsed, or saying that the key does not match the certificate. The error
 // text never quotes file contents.
-absl::StatusOr<CertificateSet> ReadCertificateSet(const TlsOptions& options);
+absl::StatusOr<CertificateSet> ReadCertificateSet(const TlsOptions& options,
+                                                  const TlsFlagNames& flags = {});
 
 class CertificateReloader {
  public:
