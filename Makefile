@@ -58,7 +58,7 @@ fuzz:
 	@scripts/install-deps.sh --sanitizers
 	@mkdir -p build-fuzz && cmake --preset fuzz -DATTN_FUZZ_SECONDS=$(FUZZ_SECONDS) \
 	  > build-fuzz/configure.log 2>&1 || { cat build-fuzz/configure.log; exit 1; }
-	cmake --build --preset fuzz -j$(JOBS)
+	cmake --build --preset fuzz -j$(JOBS) --target fuzzers
 	ctest --preset fuzz -j$(JOBS)
 
 # `make bench` also writes $(BENCH_JSON); `make perf-doc` turns that into
