@@ -154,7 +154,11 @@ inline V LoadFirst(const float* p, int64_t count, float fill) {
 inline void StoreFirst(float* p, int64_t count, V v) {
   for (int64_t i = 0; i < count; ++i) p[i] = v[i];
 }
+#if defined(__clang__)
+inline V SwapPairs(V x) { return __builtin_shufflevector(x, x, 1, 0, 3, 2); }
+#else
 inline V SwapPairs(V x) { return __builtin_shuffle(x, VInt{1, 0, 3, 2}); }
+#endif
 inline float ReduceMax(V v) {
   const float a = v[0] > v[1] ? v[0] : v[1], b = v[2] > v[3] ? v[2] : v[3];
   return a > b ? a : b;
