@@ -14,6 +14,8 @@ import tempfile
 import time
 import unittest
 
+from checked_run import run
+
 import numpy as np
 
 import attnserve
@@ -31,13 +33,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(command, timeout=600):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                            check=False)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result.stdout
 
 
 class DebInImageTest(unittest.TestCase):

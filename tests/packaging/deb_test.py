@@ -13,16 +13,12 @@ import subprocess
 import tempfile
 import unittest
 
+from checked_run import run
+
 BUILD_DIR = os.environ["ATTN_BUILD_DIR"]
 VERSION = os.environ["ATTN_VERSION"]
 
 
-def run(command, **kwargs):
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result
 
 
 class DebTest(unittest.TestCase):
@@ -31,7 +27,7 @@ class DebTest(unittest.TestCase):
         cls.work = tempfile.mkdtemp(prefix="attn_deb_")
         run(["cpack", "-G", "DEB", "--config", os.path.join(BUILD_DIR, "CPackConfig.cmake"),
              "-B", cls.work])
-        arch = run(["dpkg", "--print-architecture"]).stdout.strip()
+        arch = run(["dpkg", "--print-architecture"]).strip()
         cls.deb = os.path.join(cls.work, f"attnserve_{VERSION}_{arch}.deb")
         cls.root = os.path.join(cls.work, "root")
         run(["dpkg-deb", "-x", cls.deb, cls.root])
@@ -48,19 +44,19 @@ class DebTest(unittest.TestCase):
         return shlex.split(shlex.split(line.split("=", 1)[1])[0])
 
     def field(self, name):
-        return run(["dpkg-deb", "-f", self.deb, name]).stdout.strip()
+        return run(["dpkg-deb", "-f", self.deb, name]).strip()
 
     def test_control_fields(self):
         self.assertEqual(self.field("Package"), "attnserve")
         self.assertEqual(self.field("Version"), VERSION)
-        self.assertEqual(self.field("Architecture"), run(["dpkg", "--print-architecture"]).stdout.strip())
+        self.assertEqual(self.field("Architecture"), run(["dpkg", "--print-architecture"]).strip())
         control = os.path.join(self.work, "control")
         run(["dpkg-deb", "-e", self.deb, control])
         with open(os.path.join(control, "conffiles"), encoding="utf-8") as f:
             self.assertEqual(f.read().split(), ["/etc/default/attnd"])
 
     def test_contents_are_the_binaries_unit_and_flags_file(self):
-        listing = run(["dpkg-deb", "-c", self.deb]).stdout
+        listing = run(["dpkg-deb", "-c", self.deb])
         files = sorted(line.split()[-1] for line in listing.splitlines()
                        if not line.startswith("d"))
         self.assertEqual(files, ["./etc/default/attnd", "./usr/bin/attn", "./usr/bin/attnd",
@@ -73,15 +69,15 @@ class DebTest(unittest.TestCase):
             # The binary's own DT_NEEDED entries (their dependencies are
             # their packages' business), located where the loader finds them.
             needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]",
-                                run(["readelf", "-d", path]).stdout)
+                                run(["readelf", "-d", path]))
             self.assertGreater(len(needed), 5)
-            located = dict(re.findall(r"^\s*(\S+) => (/\S+)", run(["ldd", path]).stdout, re.M))
+            located = dict(re.findall(r"^\s*(\S+) => (/\S+)", run(["ldd", path]), re.M))
             for name in needed:
                 library = os.path.realpath(located[name])
                 owner = subprocess.run(["dpkg", "-S", library], capture_output=True, text=True)
-                if owner.returncode != 0:  # usrmerge: dpkg knows the /lib spelling
-                    owner = run(["dpkg", "-S", library.replace("/usr/lib/", "/lib/", 1)])
-                package = owner.stdout.split(":")[0]
+                owner = owner.stdout if owner.returncode == 0 else run(
+                    ["dpkg", "-S", library.replace("/usr/lib/", "/lib/", 1)])  # usrmerge
+                package = owner.split(":")[0]
                 self.assertIn(package, depends, f"{binary} loads {library} from {package}")
 
     def unit_root(self):

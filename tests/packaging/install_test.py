@@ -11,6 +11,8 @@ import sys
 import tempfile
 import unittest
 
+from checked_run import run
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "client"))
 from attnd_process import AttndProcess  # noqa: E402
 
@@ -18,12 +20,6 @@ BUILD_DIR = os.environ["ATTN_BUILD_DIR"]
 SOURCE_DIR = os.environ["ATTN_SOURCE_DIR"]
 
 
-def run(command, **kwargs):
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result.stdout
 
 
 def expected_alibi_row():

@@ -11,6 +11,8 @@ import sys
 import tempfile
 import textwrap
 import unittest
+
+from checked_run import run
 import zipfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "client"))
@@ -41,12 +43,6 @@ CLIENT_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run(command, **kwargs):
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result.stdout
 
 
 class WheelTest(unittest.TestCase):
