@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/isa.h"
 #include "tests/kernels/random_args.h"
 #include "tests/testing/reference.h"
 
@@ -464,7 +465,10 @@ TEST(AttentionTest, TimingsSplitTheCallIntoItsPhases) {
     EXPECT_GT(t.prepare_seconds, 0) << Name(method);
     EXPECT_GT(t.engine_seconds, 0) << Name(method);
     EXPECT_LE(t.check_seconds + t.prepare_seconds + t.engine_seconds, wall) << Name(method);
-    if (method == MethodKind::kLearned) {
+    // The projections run in oneDNN at the CPU's best ISA; on the baseline
+    // path (ATTN_MAX_ISA=baseline: SSE2, no FMA) the engine is about 5x
+    // slower and the two are of one size, so the order holds only above it.
+    if (method == MethodKind::kLearned && kernels::ActiveIsa() != kernels::Isa::kBaseline) {
       // The fastest of a few calls each (one call's phase can lose its core
       // on a loaded machine).
       double prepare = t.prepare_seconds, engine = t.engine_seconds;
