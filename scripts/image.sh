@@ -10,8 +10,15 @@ IMAGE=${IMAGE:-attnserve:latest}
 VERSION=$(sed -n 's/^project(attnserve VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE=$(git remote get-url origin 2>/dev/null || echo unknown)
+# The revision labels go on the command line too: buildah's layer cache does
+# not key the Dockerfile's LABEL step on the ARG values, so a commit that
+# changes no copied file got the previous commit's revision label.
 args=(--build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION"
-      --build-arg "SOURCE=$SOURCE" -t "$IMAGE" -t "${IMAGE%%:*}:$VERSION" .)
+      --build-arg "SOURCE=$SOURCE"
+      --label "org.opencontainers.image.version=$VERSION"
+      --label "org.opencontainers.image.revision=$REVISION"
+      --label "org.opencontainers.image.source=$SOURCE"
+      -t "$IMAGE" -t "${IMAGE%%:*}:$VERSION" .)
 
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   echo "image: docker build" >&2
