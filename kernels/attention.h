@@ -50,7 +50,7 @@ absl::string_view MethodName(MethodKind kind);
 std::optional<MethodKind> MethodFromName(absl::string_view name);
 
 enum class RopeLayout { kInterleaved, kHalf };
-enum class RopeScaling { kNone, kLinear, kNtk };
+enum class RopeScaling { kNone, kLinear, kNtk, kYarn, kLlama3, kDynamicNtk };
 
 // The scalar parameters of every method; each method reads its own (see its
 // file under positional/). An unset optional means the spec's default.
@@ -60,12 +60,18 @@ struct MethodParams {
   RopeScaling rope_scaling = RopeScaling::kNone;
   std::optional<double> scaling_factor;          // rope; when set, > 0
   std::optional<int64_t> rotary_dim;             // rope; unset: D
+  // rope's yarn, llama3 and dynamic_ntk scalings (attention-variants.md 7);
+  // unset: the spec's defaults (original_max_position has none: required).
+  std::optional<int64_t> original_max_position;
+  std::optional<double> beta_fast, beta_slow, attention_factor;  // yarn
+  std::optional<double> low_freq_factor, high_freq_factor;       // llama3
   int64_t d_rel = 0;                             // transformer_xl; required
   std::optional<int64_t> max_relative_position;  // shaw; required
 };
 
 // Tensors by their spec names: q, k, v, x_q, x_kv, w_q, w_k, w_v, x, table,
-// distances, pos_bias_u, pos_bias_v, w_r, rel_k, rel_v, dist_w, dist_v.
+// distances, pos_bias_u, pos_bias_v, w_r, rel_k, rel_v, dist_w, dist_v,
+// slopes (ALiBi's custom slopes, attention-variants.md 7).
 using TensorMap = std::map<std::string, Tensor, std::less<>>;
 
 struct AttendArgs {
@@ -77,6 +83,13 @@ struct AttendArgs {
   std::optional<double> scale;          // unset: 1/sqrt(D)
   std::optional<int64_t> query_offset;  // unset: Sk - Sq
   bool return_probs = false;
+  // attention-variants.md 1-5. q/k/v methods: H_kv is k.shape[1] and
+  // num_kv_heads is 0 or equal to it; absolute methods: H_kv of w_k, w_v
+  // (0: num_heads).
+  int64_t num_kv_heads = 0;
+  std::vector<int64_t> kv_lengths;  // empty: every key valid; else B lengths
+  std::optional<int64_t> window;    // sliding window W >= 1
+  std::optional<double> softcap;    // finite c > 0
 };
 
 // Where one Attend call's wall-clock time went, in seconds (steady_clock;

@@ -28,6 +28,9 @@ std::string RandomCase::Describe() const {
         case kernels::RopeScaling::kNone: break;
         case kernels::RopeScaling::kLinear: absl::StrAppend(&text, " linear"); break;
         case kernels::RopeScaling::kNtk: absl::StrAppend(&text, " ntk"); break;
+        case kernels::RopeScaling::kYarn: absl::StrAppend(&text, " yarn"); break;
+        case kernels::RopeScaling::kLlama3: absl::StrAppend(&text, " llama3"); break;
+        case kernels::RopeScaling::kDynamicNtk: absl::StrAppend(&text, " dynamic_ntk"); break;
       }
       if (params.scaling_factor) absl::StrAppend(&text, " factor=", *params.scaling_factor);
       if (params.rotary_dim) absl::StrAppend(&text, " rotary_dim=", *params.rotary_dim);

@@ -226,6 +226,10 @@ Rope MakeRope(const kernels::MethodParams& params, int64_t d) {
     case kernels::RopeScaling::kNtk:
       rope.base *= std::pow(factor, static_cast<double>(rope.r) / static_cast<double>(rope.r - 2));
       break;
+    case kernels::RopeScaling::kYarn:
+    case kernels::RopeScaling::kLlama3:
+    case kernels::RopeScaling::kDynamicNtk:
+      break;  // attention-variants.md 7: not emulated here yet.
   }
   return rope;
 }

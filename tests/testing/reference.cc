@@ -146,6 +146,10 @@ absl::StatusOr<RopeSetup> MakeRopeSetup(const kernels::MethodParams& params, int
       if (s.r == 2) return Invalid("rotary_dim: NTK scaling is undefined for rotary_dim = 2");
       s.base = *base * std::pow(*factor, static_cast<double>(s.r) / static_cast<double>(s.r - 2));
       break;
+    case kernels::RopeScaling::kYarn:
+    case kernels::RopeScaling::kLlama3:
+    case kernels::RopeScaling::kDynamicNtk:
+      return Invalid("scaling: the reference has no yarn, llama3 or dynamic_ntk yet");
   }
   return s;
 }
