@@ -238,11 +238,15 @@ absl::StatusOr<kernels::RopeScaling> ToRopeScaling(v1::RopeScaling scaling) {
     case v1::ROPE_SCALING_NONE: return kernels::RopeScaling::kNone;
     case v1::ROPE_SCALING_LINEAR: return kernels::RopeScaling::kLinear;
     case v1::ROPE_SCALING_NTK: return kernels::RopeScaling::kNtk;
+    case v1::ROPE_SCALING_YARN: return kernels::RopeScaling::kYarn;
+    case v1::ROPE_SCALING_LLAMA3: return kernels::RopeScaling::kLlama3;
+    case v1::ROPE_SCALING_DYNAMIC_NTK: return kernels::RopeScaling::kDynamicNtk;
     default: break;  // proto3 enums are open: any int32 can arrive.
   }
   return absl::InvalidArgumentError(
       absl::StrCat("method.rope.scaling: unknown value ", static_cast<int>(scaling),
-                   " (known: 0 unspecified, 1 none, 2 linear, 3 ntk)"));
+                   " (known: 0 unspecified, 1 none, 2 linear, 3 ntk, 4 yarn, 5 llama3, "
+                   "6 dynamic_ntk)"));
 }
 
 // The method, its scalar parameters and its tensors (into `inputs`).
@@ -269,6 +273,14 @@ absl::Status ConvertMethod(const v1::PositionalMethod& method, kernels::MethodKi
       if (m.has_base()) params->base = m.base();
       if (m.has_scaling_factor()) params->scaling_factor = m.scaling_factor();
       if (m.has_rotary_dim()) params->rotary_dim = m.rotary_dim();
+      if (m.has_original_max_position()) {
+        params->original_max_position = m.original_max_position();
+      }
+      if (m.has_beta_fast()) params->beta_fast = m.beta_fast();
+      if (m.has_beta_slow()) params->beta_slow = m.beta_slow();
+      if (m.has_attention_factor()) params->attention_factor = m.attention_factor();
+      if (m.has_low_freq_factor()) params->low_freq_factor = m.low_freq_factor();
+      if (m.has_high_freq_factor()) params->high_freq_factor = m.high_freq_factor();
       return absl::OkStatus();
     }
     case v1::PositionalMethod::kTransformerXl: {
@@ -289,7 +301,11 @@ absl::Status ConvertMethod(const v1::PositionalMethod& method, kernels::MethodKi
       ATTN_RETURN_IF_ERROR(inputs->Add("rel_k", m.has_rel_k(), m.rel_k()));
       return inputs->Add("rel_v", m.has_rel_v(), m.rel_v());
     }
-    case v1::PositionalMethod::kAlibi: *kind = kernels::MethodKind::kAlibi; return absl::OkStatus();
+    case v1::PositionalMethod::kAlibi: {
+      *kind = kernels::MethodKind::kAlibi;
+      const v1::Alibi& m = method.alibi();
+      return inputs->Add("slopes", m.has_slopes(), m.slopes());
+    }
     case v1::PositionalMethod::kDaTransformer: {
       *kind = kernels::MethodKind::kDaTransformer;
       const v1::DaTransformer& m = method.da_transformer();

@@ -5,6 +5,9 @@
 //   else P = 2^floor(log2 H): m_1..m_P = 2^(-8h/P), then m_{P+j} = 2^(-8(2j-1)/(2P))
 //   score(i, j) = scale * (q_i . k_j) - m_h * |q_pos(i) - k_pos(j)|   (bias not scaled)
 // Non-causal uses the symmetric |i - j| (EXTENSION, positional-methods.md 2.7).
+// Custom slopes (attention-variants.md 7): the optional input `slopes` [H],
+// one per query head, any finite value (zero and negative included), in
+// place of get_slopes.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -35,6 +38,30 @@ std::vector<double> AlibiSlopes(int64_t heads) {
 }
 
 namespace {
+
+// The slopes of a call with `heads` query heads: the input `slopes` when
+// sent ([H], finite: Attend and Encode checked its values unless the caller
+// vouched for them), else get_slopes.
+absl::StatusOr<std::vector<double>> ResolveSlopes(const TensorMap& inputs, int64_t heads) {
+  const auto it = inputs.find("slopes");
+  if (it == inputs.end()) return AlibiSlopes(heads);
+  const Tensor& slopes = it->second;
+  if (slopes.rank() != 1 || slopes.dim(0) != heads) {
+    return absl::InvalidArgumentError(absl::StrCat("slopes: must be [H=", heads,
+                                                   "] (one per query head), got shape ",
+                                                   ShapeToString(slopes.shape())));
+  }
+  std::vector<double> values(slopes.values().begin(), slopes.values().end());
+  for (size_t h = 0; h < values.size(); ++h) {
+    // Also when the caller vouched for the inputs: a slope outside float's
+    // finite range would make every logit of its head NaN or infinite.
+    if (!std::isfinite(values[h])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("slopes.data[", h, "]: must be finite, got ", values[h]));
+    }
+  }
+  return values;
+}
 
 // -m_h * |q_pos - k_pos|, in double.
 inline double Bias(double slope, int64_t q_pos, int64_t k_pos) {
@@ -93,25 +120,32 @@ class Alibi final : public PositionalMethod {
             {"sq", "int", "", ">= 1", {"encode"}},
             {"sk", "int", "", ">= 1", {"encode"}},
             {"query_offset", "int", "sk - sq", ">= 0", {"encode"}},
+            {"slopes", "tensor", "get_slopes(H)",
+             "[H], one per query head, finite (zero and negative allowed); encode returns the "
+             "slopes used",
+             {"encode", "attend"}},
             {"q", "tensor", "", "[B,H,Sq,D]", {"attend"}},
             {"k", "tensor", "", "[B,H,Sk,D]", {"attend"}},
             {"v", "tensor", "", "[B,H,Sk,Dv]", {"attend"}}};
   }
   bool keeps_qkv_values() const override { return true; }
-  std::vector<InputSpec> attend_inputs() const override { return {{"q"}, {"k"}, {"v"}}; }
+  std::vector<InputSpec> attend_inputs() const override {
+    return {{"q"}, {"k"}, {"v"}, {"slopes", false}};
+  }
 
   absl::StatusOr<PreparedAttention> PrepareAttend(AttendArgs& args,
                                                   const ComputeOptions& options) const override {
     PreparedAttention prepared;
     ATTN_ASSIGN_OR_RETURN(prepared.problem, TakeQkvProblem(args, options));
     const AttentionProblem& p = prepared.problem;
+    ATTN_ASSIGN_OR_RETURN(std::vector<double> slopes, ResolveSlopes(args.inputs, p.heads));
     prepared.modifier =
-        std::make_unique<AlibiModifier>(p.scale, p.query_offset, p.causal, AlibiSlopes(p.heads));
+        std::make_unique<AlibiModifier>(p.scale, p.query_offset, p.causal, std::move(slopes));
     return prepared;
   }
 
   bool has_encode() const override { return true; }
-  std::vector<InputSpec> encode_inputs() const override { return {}; }
+  std::vector<InputSpec> encode_inputs() const override { return {{"slopes", false}}; }
 
   absl::StatusOr<TensorMap> Encode(EncodeArgs& args,
                                    const ComputeOptions& options) const override {
@@ -122,7 +156,7 @@ class Alibi final : public PositionalMethod {
                           ResolveQueryOffset(args.query_offset, args.sq, args.sk));
     const int64_t heads = args.num_heads, sq = args.sq, sk = args.sk;
     ATTN_RETURN_IF_ERROR(CheckResultSize({{"bias", {heads, sq, sk}}, {"slopes", {heads}}}, options));
-    const std::vector<double> slopes = AlibiSlopes(heads);
+    ATTN_ASSIGN_OR_RETURN(const std::vector<double> slopes, ResolveSlopes(args.inputs, heads));
     Tensor slopes_out({heads});
     Tensor bias({heads, sq, sk});
     float* out = bias.data();

@@ -7,6 +7,16 @@
 //   x'[a] = x[a] cos(phi_n) - x[b] sin(phi_n)
 //   x'[b] = x[b] cos(phi_n) + x[a] sin(phi_n)
 // Dims r .. D-1 pass unchanged (partial rotary). Values are not rotated.
+// Context-extension scalings (attention-variants.md 7; the names and
+// defaults of Hugging Face transformers' modeling_rope_utils.py):
+//   llama3 (Llama 3.1): per pair, f_n kept below wavelength L0/high, f_n / s
+//     above L0/low, a linear blend in between;
+//   yarn (Peng et al. 2023, "YaRN", section 3.2 "NTK-by-parts" and 3.4's
+//     attention scaling): f_n blended with f_n / s by a ramp over the pairs
+//     between the correction dims of beta_fast and beta_slow, and cos, sin
+//     multiplied by attention_factor (default 0.1 ln(s) + 1, eq. 22);
+//   dynamic_ntk: the NTK base from the call's length L when L > L0:
+//     base' = base * (s L / L0 - (s - 1))^(r/(r-2)).
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -22,19 +32,73 @@
 #include "kernels/status_macros.h"
 
 namespace attnserve::kernels {
+namespace {
+constexpr double kTwoPi = 2 * 3.14159265358979323846;  // Python's 2 * math.pi
+}  // namespace
+
+void RopeFrequencies(const RopeConfig& config, double* out) {
+  const int64_t r = config.rotary_dim;
+  const double s = config.scaling_factor;
+  const double exponent = static_cast<double>(r) / static_cast<double>(r - 2);
+  double base = config.base;
+  if (config.scaling == RopeScaling::kNtk) base *= std::pow(s, exponent);
+  const double l0 = static_cast<double>(config.original_max_position);
+  if (config.scaling == RopeScaling::kDynamicNtk && config.length > config.original_max_position) {
+    base *= std::pow(s * static_cast<double>(config.length) / l0 - (s - 1), exponent);
+  }
+  // YaRN's correction range: the pair index at which a wavelength fits n
+  // times into L0, c(n) = r ln(L0 / (2 pi n)) / (2 ln base), widened to whole
+  // dims and kept in 0 .. r-1 (in double: no integer conversion of a value
+  // that may be huge when base is near 1).
+  double lo = 0, span = 1;
+  if (config.scaling == RopeScaling::kYarn) {
+    const auto correction = [&](double rotations) {
+      return static_cast<double>(r) * std::log(l0 / (kTwoPi * rotations)) /
+             (2 * std::log(base));
+    };
+    lo = std::max(std::floor(correction(config.beta_fast)), 0.0);
+    const double hi =
+        std::min(std::ceil(correction(config.beta_slow)), static_cast<double>(r - 1));
+    span = lo == hi ? (hi + 0.001) - lo : hi - lo;
+  }
+  for (int64_t n = 0; n < r / 2; ++n) {
+    const double f = std::pow(base, -static_cast<double>(2 * n) / static_cast<double>(r));
+    switch (config.scaling) {
+      case RopeScaling::kLlama3: {
+        const double wavelength = kTwoPi / f;
+        if (wavelength < l0 / config.high_freq_factor) {
+          out[n] = f;
+        } else if (wavelength > l0 / config.low_freq_factor) {
+          out[n] = f / s;
+        } else {
+          const double a = (l0 / wavelength - config.low_freq_factor) /
+                           (config.high_freq_factor - config.low_freq_factor);
+          out[n] = (1 - a) * f / s + a * f;
+        }
+        break;
+      }
+      case RopeScaling::kYarn: {
+        const double ramp = std::clamp((static_cast<double>(n) - lo) / span, 0.0, 1.0);
+        const double e = 1 - ramp;  // The share of the unscaled frequency.
+        out[n] = (f / s) * (1 - e) + f * e;
+        break;
+      }
+      case RopeScaling::kNone:
+      case RopeScaling::kLinear:  // The position is divided instead (RopeAngles).
+      case RopeScaling::kNtk:
+      case RopeScaling::kDynamicNtk: out[n] = f; break;
+    }
+  }
+}
 
 void RopeAngles(const RopeConfig& config, double position, double* out) {
-  const int64_t r = config.rotary_dim;
-  double base = config.base;
-  if (config.scaling == RopeScaling::kNtk) {
-    base *= std::pow(config.scaling_factor,
-                     static_cast<double>(r) / static_cast<double>(r - 2));
-  }
   if (config.scaling == RopeScaling::kLinear) position /= config.scaling_factor;
-  for (int64_t n = 0; n < r / 2; ++n) {
-    const double theta = std::pow(base, -static_cast<double>(2 * n) / static_cast<double>(r));
-    out[n] = position * theta;
-  }
+  RopeFrequencies(config, out);
+  for (int64_t n = 0; n < config.rotary_dim / 2; ++n) out[n] *= position;
+}
+
+double RopeMagnitude(const RopeConfig& config) {
+  return config.scaling == RopeScaling::kYarn ? config.attention_factor : 1.0;
 }
 
 namespace {
@@ -52,11 +116,92 @@ inline void PairOf(const RopeConfig& config, int64_t n, int64_t* a, int64_t* b) 
   }
 }
 
-// Validates the parameters for head size d and fills the config.
-absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d) {
+absl::string_view ScalingName(RopeScaling scaling) {
+  switch (scaling) {
+    case RopeScaling::kNone: return "none";
+    case RopeScaling::kLinear: return "linear";
+    case RopeScaling::kNtk: return "ntk";
+    case RopeScaling::kYarn: return "yarn";
+    case RopeScaling::kLlama3: return "llama3";
+    case RopeScaling::kDynamicNtk: return "dynamic_ntk";
+  }
+  return "unknown";
+}
+
+// The parameters of yarn, llama3 and dynamic_ntk (attention-variants.md 7);
+// a scaling's unused ones are ignored, as api.md ignores unused scalars.
+absl::Status ResolveContextExtension(const MethodParams& params, RopeConfig& config) {
+  const RopeScaling scaling = config.scaling;
+  if (scaling != RopeScaling::kYarn && scaling != RopeScaling::kLlama3 &&
+      scaling != RopeScaling::kDynamicNtk) {
+    return absl::OkStatus();
+  }
+  const absl::string_view name = ScalingName(scaling);
+  if (!params.original_max_position.has_value() || *params.original_max_position < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "original_max_position: required by the ", name,
+        " scaling (the pre-trained context length L0), must be >= 1, ",
+        params.original_max_position.has_value()
+            ? absl::StrCat("got ", *params.original_max_position)
+            : std::string("not set")));
+  }
+  config.original_max_position = *params.original_max_position;
+  // ResolvePositive already refused NaN, infinities and values <= 0.
+  if (config.scaling_factor < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("scaling_factor: must be >= 1 with the ", name,
+                                                   " scaling, got ", config.scaling_factor));
+  }
+  switch (scaling) {
+    case RopeScaling::kYarn: {
+      ATTN_ASSIGN_OR_RETURN(config.beta_fast,
+                            ResolvePositive(params.beta_fast, 32.0, "beta_fast"));
+      ATTN_ASSIGN_OR_RETURN(config.beta_slow,
+                            ResolvePositive(params.beta_slow, 1.0, "beta_slow"));
+      ATTN_ASSIGN_OR_RETURN(
+          config.attention_factor,
+          ResolvePositive(params.attention_factor, 0.1 * std::log(config.scaling_factor) + 1,
+                          "attention_factor"));
+      // The correction range divides by ln(base).
+      if (config.base == 1) {
+        return absl::InvalidArgumentError(
+            "base: the yarn scaling needs base != 1 (its correction range divides by ln(base))");
+      }
+      break;
+    }
+    case RopeScaling::kLlama3: {
+      ATTN_ASSIGN_OR_RETURN(config.low_freq_factor,
+                            ResolvePositive(params.low_freq_factor, 1.0, "low_freq_factor"));
+      ATTN_ASSIGN_OR_RETURN(config.high_freq_factor,
+                            ResolvePositive(params.high_freq_factor, 4.0, "high_freq_factor"));
+      if (!(config.low_freq_factor < config.high_freq_factor)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "high_freq_factor: must be > low_freq_factor=", config.low_freq_factor, ", got ",
+            config.high_freq_factor));
+      }
+      break;
+    }
+    case RopeScaling::kDynamicNtk:
+      if (config.rotary_dim == 2) {
+        return absl::InvalidArgumentError(
+            "rotary_dim: the dynamic_ntk scaling needs rotary_dim > 2 (base' has the exponent "
+            "r/(r-2))");
+      }
+      break;
+    case RopeScaling::kNone:
+    case RopeScaling::kLinear:
+    case RopeScaling::kNtk: break;
+  }
+  return absl::OkStatus();
+}
+
+// Validates the parameters for head size d and fills the config; `length`
+// is the call's L of dynamic_ntk (Attend: max(Sk, query_offset + Sq),
+// Encode: offset + S).
+absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d, int64_t length) {
   RopeConfig config;
   config.layout = params.rope_layout;
   config.scaling = params.rope_scaling;
+  config.length = length;
   ATTN_ASSIGN_OR_RETURN(config.base, ResolvePositive(params.base, kDefaultBase, "base"));
   // api.md: scaling_factor, when set, must be > 0 even if scaling is none.
   ATTN_ASSIGN_OR_RETURN(config.scaling_factor,
@@ -80,6 +225,7 @@ absl::StatusOr<RopeConfig> MakeConfig(const MethodParams& params, int64_t d) {
     return absl::InvalidArgumentError(
         "rotary_dim: NTK scaling needs rotary_dim > 2 (base * s^(r/(r-2)) is undefined at r=2)");
   }
+  ATTN_RETURN_IF_ERROR(ResolveContextExtension(params, config));
   return config;
 }
 
@@ -109,15 +255,13 @@ class RopeSteps {
       : half_(config.rotary_dim / 2),
         linear_(config.scaling == RopeScaling::kLinear),
         scaling_factor_(config.scaling_factor),
+        magnitude_(RopeMagnitude(config)),
         thetas_(static_cast<size_t>(half_)),
         step_cos_(static_cast<size_t>(half_)),
         step_sin_(static_cast<size_t>(half_)) {
-    // theta_n once (RopeAngles at position 1 gives them, NTK included);
-    // linear scaling divides the position, so a step of one position turns
-    // by theta_n / s.
-    RopeConfig unscaled = config;
-    if (linear_) unscaled.scaling = RopeScaling::kNone;
-    RopeAngles(unscaled, 1.0, thetas_.data());
+    // f'_n once (every scaling's frequencies); linear scaling divides the
+    // position, so a step of one position turns by theta_n / s.
+    RopeFrequencies(config, thetas_.data());
     for (int64_t n = 0; n < half_; ++n) {
       ::sincos(linear_ ? thetas_[n] / scaling_factor_ : thetas_[n], &step_sin_[n], &step_cos_[n]);
     }
@@ -136,8 +280,10 @@ class RopeSteps {
       }
       for (int64_t s = 0; s < p1 - p0; ++s) {
         for (int64_t n = 0; n < pairs; ++n) {
-          cosines[s * half_ + n0 + n] = static_cast<float>(cosine[n]);
-          sines[s * half_ + n0 + n] = static_cast<float>(sine[n]);
+          // YaRN's attention_factor (1 otherwise: the same bits) in double,
+          // then one rounding to float.
+          cosines[s * half_ + n0 + n] = static_cast<float>(cosine[n] * magnitude_);
+          sines[s * half_ + n0 + n] = static_cast<float>(sine[n] * magnitude_);
           const double next_sine = sine[n] * step_cos_[n0 + n] + cosine[n] * step_sin_[n0 + n];
           cosine[n] = cosine[n] * step_cos_[n0 + n] - sine[n] * step_sin_[n0 + n];
           sine[n] = next_sine;
@@ -152,6 +298,7 @@ class RopeSteps {
   const int64_t half_;
   const bool linear_;
   const double scaling_factor_;
+  const double magnitude_;  // RopeMagnitude: cos and sin are multiplied by it.
   std::vector<double> thetas_, step_cos_, step_sin_;
 };
 
@@ -339,15 +486,31 @@ class Rope final : public PositionalMethod {
   MethodKind kind() const override { return MethodKind::kRope; }
   absl::string_view description() const override {
     return "Rotary position embedding on q and k (Su et al. 2021), interleaved or half layout, "
-           "partial rotary_dim, linear (position interpolation) or NTK-aware scaling.";
+           "partial rotary_dim, linear (position interpolation), NTK-aware, YaRN, Llama 3 or "
+           "dynamic NTK scaling.";
   }
   std::vector<ParameterInfo> parameters() const override {
     return {{"layout", "enum", "interleaved", "interleaved | half", {"encode", "attend"}},
-            {"base", "double", "10000", "finite, > 0", {"encode", "attend"}},
-            {"scaling", "enum", "none", "none | linear | ntk", {"encode", "attend"}},
-            {"scaling_factor", "double", "1", "finite, > 0 (checked even when scaling = none)",
+            {"base", "double", "10000", "finite, > 0; != 1 with yarn", {"encode", "attend"}},
+            {"scaling", "enum", "none", "none | linear | ntk | yarn | llama3 | dynamic_ntk",
              {"encode", "attend"}},
-            {"rotary_dim", "int", "D", "even, 2 <= rotary_dim <= D; > 2 with ntk",
+            {"scaling_factor", "double", "1",
+             "finite, > 0 (checked even when scaling = none); >= 1 with yarn, llama3, "
+             "dynamic_ntk",
+             {"encode", "attend"}},
+            {"rotary_dim", "int", "D", "even, 2 <= rotary_dim <= D; > 2 with ntk, dynamic_ntk",
+             {"encode", "attend"}},
+            {"original_max_position", "int", "",
+             "L0, the pre-trained context length: required (>= 1) by yarn, llama3, dynamic_ntk; "
+             "dynamic_ntk rescales the base when max(Sk, query_offset + Sq) (encode: offset + S) "
+             "> L0",
+             {"encode", "attend"}},
+            {"beta_fast", "double", "32", "yarn: finite, > 0", {"encode", "attend"}},
+            {"beta_slow", "double", "1", "yarn: finite, > 0", {"encode", "attend"}},
+            {"attention_factor", "double", "0.1*ln(scaling_factor)+1",
+             "yarn: finite, > 0; multiplies cos and sin of the rotated dims", {"encode", "attend"}},
+            {"low_freq_factor", "double", "1", "llama3: finite, > 0", {"encode", "attend"}},
+            {"high_freq_factor", "double", "4", "llama3: finite, > low_freq_factor",
              {"encode", "attend"}},
             {"offset", "int", "0", ">= 0; position of row 0", {"encode"}},
             {"x", "tensor", "", "[B,H,S,D]", {"encode"}},
@@ -365,7 +528,10 @@ class Rope final : public PositionalMethod {
     PreparedAttention prepared;
     ATTN_ASSIGN_OR_RETURN(prepared.problem, TakeQkvProblem(args, options));
     AttentionProblem& p = prepared.problem;
-    ATTN_ASSIGN_OR_RETURN(const RopeConfig config, MakeConfig(args.params, p.d));
+    // dynamic_ntk's L: the longest position range of the call (both ends
+    // are at most 2^53 + S: no overflow).
+    const int64_t length = std::max(p.sk, p.query_offset + p.sq);
+    ATTN_ASSIGN_OR_RETURN(const RopeConfig config, MakeConfig(args.params, p.d, length));
     if (options.engine == Engine::kFast) {
       prepared.modifier = std::make_unique<RopeModifier>(p, config, options);
       return prepared;
@@ -384,12 +550,20 @@ class Rope final : public PositionalMethod {
                                    const ComputeOptions& options) const override {
     Tensor& x = args.inputs.at("x");
     ATTN_RETURN_IF_ERROR(ExpectRank(x, "x", 4, "[B,H,S,D]"));
-    ATTN_ASSIGN_OR_RETURN(const RopeConfig config, MakeConfig(args.params, x.dim(3)));
     ATTN_ASSIGN_OR_RETURN(const int64_t offset, ResolveOffset(args.offset));
+    ATTN_ASSIGN_OR_RETURN(const RopeConfig config,
+                          MakeConfig(args.params, x.dim(3), offset + x.dim(2)));
     ATTN_RETURN_IF_ERROR(CheckResultSize({{"y", x.shape()}}, options));
     RotateByPosition(config, {{x.data(), offset, x.dim(2)}}, x.dim(0) * x.dim(1), x.dim(3),
                      options);
     ATTN_RETURN_IF_ERROR(CheckCancelled(options));
+    // Attend checks its output; Encode's y can leave float32 too (x near
+    // its limit turned by 45 degrees, a huge attention_factor).
+    if (!AllFinite(x.data(), x.size())) {
+      return absl::InvalidArgumentError(
+          "x, attention_factor: the rotated values overflow float32 (y is not finite); scale "
+          "the inputs down");
+    }
     TensorMap outputs;
     outputs["y"] = std::move(x);
     return outputs;

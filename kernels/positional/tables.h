@@ -18,22 +18,40 @@ namespace attnserve::kernels {
 // sin/cos; an odd d_model ends in a lone sine. out has d_model entries.
 void SinusoidRow(double position, int64_t d_model, double base, double* out);
 
-// rope.cc, 2.4: the rotation angle phi_n of pair n (n < rotary_dim / 2) at
-// `position`, after linear or NTK scaling. Parameters are already validated.
+// rope.cc, 2.4 and attention-variants.md 7: the rotation angle phi_n of
+// pair n (n < rotary_dim / 2) at `position`, after the configured scaling.
+// Parameters are already validated (MakeConfig in rope.cc).
 struct RopeConfig {
   RopeLayout layout = RopeLayout::kInterleaved;
   double base = 10000;
   RopeScaling scaling = RopeScaling::kNone;
   double scaling_factor = 1;
   int64_t rotary_dim = 0;
+  // yarn, llama3, dynamic_ntk: L0 (>= 1) and the resolved defaults.
+  int64_t original_max_position = 0;
+  double beta_fast = 32, beta_slow = 1;
+  double attention_factor = 1;  // yarn: 0.1 * ln(s) + 1 unless set
+  double low_freq_factor = 1, high_freq_factor = 4;
+  // dynamic_ntk: the call's length L (Attend: max(Sk, query_offset + Sq);
+  // Encode: offset + S), which chooses base'.
+  int64_t length = 0;
 };
+// The frequency f'_n of each pair, n = 0 .. rotary_dim/2 - 1, written to out:
+// the angle of pair n at position p is p * f'_n (p / s * f_n for linear
+// scaling, whose position is divided). NTK and dynamic NTK change the base;
+// llama3 and yarn blend f_n and f_n / s per pair.
+void RopeFrequencies(const RopeConfig& config, double* out);
 // phi_n for n = 0 .. rotary_dim/2 - 1, written to out.
 void RopeAngles(const RopeConfig& config, double position, double* out);
+// The factor on cos and sin of every rotated pair: yarn's attention_factor,
+// 1 for every other scaling.
+double RopeMagnitude(const RopeConfig& config);
 
 // transformer_xl.cc, 2.5: R(r), d_rel entries: all sines, then all cosines.
 void TransformerXlSinusoid(double r, int64_t d_rel, double base, double* out);
 
-// alibi.cc, 2.7: the slopes m_1 .. m_H of the public get_slopes.
+// alibi.cc, 2.7: the slopes m_1 .. m_H of the public get_slopes (the default
+// when a call sends no `slopes`, attention-variants.md 7).
 std::vector<double> AlibiSlopes(int64_t heads);
 
 // da_transformer.cc, 2.8: Rhat = (1 + exp(v)) / (1 + exp(v - w * distance)),

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -214,6 +215,61 @@ TEST(ConvertTest, UnknownEnumValuesAreInvalidAndNamed) {
   args = ToAttendArgs(request, ConvertLimits{});
   EXPECT_EQ(args.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(args.status().message(), HasSubstr("method.rope.scaling: unknown value -3"));
+}
+
+// attention-variants.md 8: Rope fields 6-11 and the new scalings reach
+// MethodParams; Alibi.slopes becomes the kernel input "slopes".
+TEST(ConvertTest, RopeScalingsAndTheirParametersAreMapped) {
+  v1::AttendRequest request = AlibiRequest();
+  v1::Rope* rope = request.mutable_method()->mutable_rope();
+  const std::pair<v1::RopeScaling, kernels::RopeScaling> scalings[] = {
+      {v1::ROPE_SCALING_YARN, kernels::RopeScaling::kYarn},
+      {v1::ROPE_SCALING_LLAMA3, kernels::RopeScaling::kLlama3},
+      {v1::ROPE_SCALING_DYNAMIC_NTK, kernels::RopeScaling::kDynamicNtk}};
+  for (const auto& [wire, kernel] : scalings) {
+    rope->set_scaling(wire);
+    absl::StatusOr<kernels::AttendArgs> args = ToAttendArgs(request, ConvertLimits{});
+    ASSERT_TRUE(args.ok()) << args.status();
+    EXPECT_EQ(args->params.rope_scaling, kernel);
+    EXPECT_FALSE(args->params.original_max_position.has_value());
+    EXPECT_FALSE(args->params.beta_fast.has_value());
+    EXPECT_FALSE(args->params.high_freq_factor.has_value());
+  }
+  rope->set_original_max_position(4096);
+  rope->set_beta_fast(16);
+  rope->set_beta_slow(0.5);
+  rope->set_attention_factor(1.25);
+  rope->set_low_freq_factor(2);
+  rope->set_high_freq_factor(8);
+  absl::StatusOr<kernels::AttendArgs> args = ToAttendArgs(request, ConvertLimits{});
+  ASSERT_TRUE(args.ok()) << args.status();
+  EXPECT_EQ(args->params.original_max_position, 4096);
+  EXPECT_EQ(args->params.beta_fast, 16);
+  EXPECT_EQ(args->params.beta_slow, 0.5);
+  EXPECT_EQ(args->params.attention_factor, 1.25);
+  EXPECT_EQ(args->params.low_freq_factor, 2);
+  EXPECT_EQ(args->params.high_freq_factor, 8);
+  rope->set_scaling(static_cast<v1::RopeScaling>(7));
+  args = ToAttendArgs(request, ConvertLimits{});
+  EXPECT_EQ(args.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(args.status().message(), HasSubstr("6 dynamic_ntk"));
+}
+
+TEST(ConvertTest, AlibiSlopesBecomeTheSlopesInput) {
+  v1::AttendRequest request = AlibiRequest();
+  absl::StatusOr<kernels::AttendArgs> args = ToAttendArgs(request, ConvertLimits{});
+  ASSERT_TRUE(args.ok()) << args.status();
+  EXPECT_EQ(args->inputs.count("slopes"), 0u);
+  *request.mutable_method()->mutable_alibi()->mutable_slopes() = DataTensor({1}, {-0.5f});
+  args = ToAttendArgs(request, ConvertLimits{});
+  ASSERT_TRUE(args.ok()) << args.status();
+  ASSERT_EQ(args->inputs.count("slopes"), 1u);
+  EXPECT_THAT(args->inputs.at("slopes").values(), ElementsAre(-0.5f));
+  *request.mutable_method()->mutable_alibi()->mutable_slopes() =
+      DataTensor({1}, {std::numeric_limits<float>::infinity()});
+  args = ToAttendArgs(request, ConvertLimits{});
+  EXPECT_EQ(args.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(args.status().message(), HasSubstr("slopes"));
 }
 
 TEST(ConvertTest, MethodNotSetIsInvalid) {
