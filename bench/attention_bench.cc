@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -19,6 +22,7 @@
 #include "benchmark/benchmark.h"
 #include "kernels/attention.h"
 #include "kernels/isa.h"
+#include "kernels/onednn_isa.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "tests/testing/heap_peak.h"
 
@@ -102,27 +106,29 @@ double ProjectionFlops(int64_t s) {
   return 3 * 2.0 * static_cast<double>(s) * d_model * d_model;
 }
 
-// One plain dnnl::matmul [m,k]x[k,n], fp32, row-major, on `threads` OpenMP
-// threads: [S,64]x[64,S] is the QK^T shape, [S,S]x[S,64] the PV shape,
+// One plain dnnl::matmul [batch,m,k]x[batch,k,n] (batch 1: [m,k]x[k,n]),
+// fp32, row-major, on `threads` OpenMP threads: [8,S,64]x[8,64,S] is the
+// QK^T shape of a call with all heads batched, [8,S,S]x[8,S,64] the PV one,
 // [S,512]x[512,512] one input projection of the absolute methods. The
 // primitive is created (and JIT-compiled) up front; Run() executes it once
 // and returns the seconds it took.
 class MatmulCeiling {
  public:
-  MatmulCeiling(int64_t m, int64_t k, int64_t n, int threads)
-      : threads_(threads), m_(m), k_(k), n_(n) {
+  MatmulCeiling(int64_t batch, int64_t m, int64_t k, int64_t n, int threads)
+      : threads_(threads), batch_(batch), m_(m), k_(k), n_(n) {
     ThreadScope scope(threads_);
     using tag = dnnl::memory::format_tag;
     using dt = dnnl::memory::data_type;
-    const dnnl::memory::desc a_md({m_, k_}, dt::f32, tag::ab);
-    const dnnl::memory::desc b_md({k_, n_}, dt::f32, tag::ab);
-    const dnnl::memory::desc c_md({m_, n_}, dt::f32, tag::ab);
+    const dnnl::memory::desc a_md({batch_, m_, k_}, dt::f32, tag::abc);
+    const dnnl::memory::desc b_md({batch_, k_, n_}, dt::f32, tag::abc);
+    const dnnl::memory::desc c_md({batch_, m_, n_}, dt::f32, tag::abc);
     const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine_);
     impl_ = pd.impl_info_str();
-    std::mt19937 rng(7);
-    a_ = Random({m_, k_}, rng);
-    b_ = Random({k_, n_}, rng);
-    c_ = Tensor({m_, n_});
+    // Values in [-1, 1) from a cheap generator: the PV operand at S=4096 is
+    // 128 M floats, too many to draw from a normal distribution per size.
+    a_ = Filled({batch_, m_, k_});
+    b_ = Filled({batch_, k_, n_});
+    c_ = Tensor({batch_, m_, n_});
     args_ = {{DNNL_ARG_SRC, dnnl::memory(a_md, engine_, a_.data())},
              {DNNL_ARG_WEIGHTS, dnnl::memory(b_md, engine_, b_.data())},
              {DNNL_ARG_DST, dnnl::memory(c_md, engine_, c_.data())}};
@@ -132,7 +138,9 @@ class MatmulCeiling {
   // oneDNN's implementation name; one starting "ref" is not a ceiling.
   const std::string& impl() const { return impl_; }
   bool IsReference() const { return impl_.rfind("ref", 0) == 0; }
-  double Flops() const { return 2.0 * static_cast<double>(m_ * k_) * static_cast<double>(n_); }
+  double Flops() const {
+    return 2.0 * static_cast<double>(batch_ * m_ * k_) * static_cast<double>(n_);
+  }
 
   double Run() {
     ThreadScope scope(threads_);
@@ -155,8 +163,18 @@ class MatmulCeiling {
     int saved_;
   };
 
+  static Tensor Filled(std::vector<int64_t> shape) {
+    Tensor t(std::move(shape));
+    uint32_t state = 12345;
+    for (float& x : t.values()) {
+      state = state * 1664525u + 1013904223u;
+      x = static_cast<float>(state >> 8) * (2.0f / 16777216.0f) - 1.0f;
+    }
+    return t;
+  }
+
   int threads_;
-  int64_t m_, k_, n_;
+  int64_t batch_, m_, k_, n_;
   dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream_{engine_};
   dnnl::matmul matmul_;
@@ -165,15 +183,66 @@ class MatmulCeiling {
   std::string impl_;
 };
 
+// The issue's ceiling for a call of B=1, H=8, D=64 at S: oneDNN at the
+// engine's ISA (main() caps it) on the call's own shapes with all heads
+// batched, [8,S,64]x[8,64,S] and [8,S,S]x[8,S,64]; the better of the two
+// rates. The PV operand is 8*S*S floats (512 MiB at S=4096), so one pair is
+// kept, for the S and threads of the rows being run (the grid runs them in
+// order), and measured at S <= 4096 only.
+class BatchedCeiling {
+ public:
+  static constexpr int64_t kMaxS = 4096;
+
+  static BatchedCeiling& For(int64_t s, int threads) {
+    static std::unique_ptr<BatchedCeiling> kept;
+    if (kept == nullptr || kept->s_ != s || kept->threads_ != threads) {
+      kept.reset();  // The old pair's memory first.
+      kept.reset(new BatchedCeiling(s, threads));
+    }
+    return *kept;
+  }
+
+  // Runs both once; adds their times.
+  void Run() {
+    qk_seconds_ += qk_.Run();
+    pv_seconds_ += pv_.Run();
+    ++runs_;
+  }
+  void Reset() { qk_seconds_ = pv_seconds_ = 0, runs_ = 0; }
+
+  double QkFlopsPerSecond() const { return Rate(qk_, qk_seconds_); }
+  double PvFlopsPerSecond() const { return Rate(pv_, pv_seconds_); }
+  double Best() const { return std::max(QkFlopsPerSecond(), PvFlopsPerSecond()); }
+  const MatmulCeiling& qk() const { return qk_; }
+
+ private:
+  BatchedCeiling(int64_t s, int threads)
+      : s_(s),
+        threads_(threads),
+        qk_(kHeads, s, kDim, s, threads),
+        pv_(kHeads, s, s, kDim, threads) {}
+
+  double Rate(const MatmulCeiling& m, double seconds) const {
+    return seconds > 0 ? m.Flops() * static_cast<double>(runs_) / seconds : 0;
+  }
+
+  int64_t s_;
+  int threads_;
+  MatmulCeiling qk_, pv_;
+  double qk_seconds_ = 0, pv_seconds_ = 0;
+  int64_t runs_ = 0;
+};
+
 // range(0): method index, range(1): S, range(2): causal, range(3): threads.
 // Each iteration times one Attend on a fresh copy of the inputs (the copy is
 // untimed: Attend consumes them, RoPE rotates in place). extra_bytes is the
 // peak heap the call adds beyond its inputs and output (heap_peak.h), the
 // largest over the iterations. With `ceiling`, each iteration also runs the
-// [S,64]x[64,S] ceiling matmul once, untimed by the framework, so the
-// ceiling_FLOP/s counter is measured interleaved with the calls, under the
-// same load (the machine is shared; a ceiling measured minutes earlier can
-// be off by several times). The phases of AttendResult::timings give the
+// batched ceiling (BatchedCeiling: both shapes once; above its S, the
+// single-head [S,64]x[64,S] matmul, and ceiling_batched says 0), untimed by
+// the framework, so the ceiling_FLOP/s counter (the better shape's rate) is
+// measured interleaved with the calls, under the same load (the machine is
+// shared; a ceiling measured minutes earlier can be off by several times). The phases of AttendResult::timings give the
 // attention part on its own (attn_FLOP/s, attn_ms: the engine), the input
 // side (prepare_ms) and the input and output checks (check_ms); for the
 // absolute methods each iteration also runs one [S,512]x[512,512] matmul,
@@ -189,11 +258,19 @@ void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
   options.engine = engine;
   options.threads = threads;
   std::optional<MatmulCeiling> matmul, projection;
+  BatchedCeiling* batched = nullptr;
   double ceiling_seconds = 0, projection_seconds = 0;
   int64_t ceiling_runs = 0;
   try {
-    if (ceiling) matmul.emplace(s, kDim, s, threads);
-    if (ceiling && IsAbsolute(kind)) projection.emplace(s, kHeads * kDim, kHeads * kDim, threads);
+    if (ceiling && s <= BatchedCeiling::kMaxS) {
+      batched = &BatchedCeiling::For(s, threads);
+      batched->Reset();
+    } else if (ceiling) {
+      matmul.emplace(1, s, kDim, s, threads);
+    }
+    if (ceiling && IsAbsolute(kind)) {
+      projection.emplace(1, s, kHeads * kDim, kHeads * kDim, threads);
+    }
   } catch (const dnnl::error& e) {
     state.SkipWithError(e.what());
     return;
@@ -202,7 +279,10 @@ void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
   double check_seconds = 0, prepare_seconds = 0, engine_seconds = 0;
   for (auto _ : state) {
     state.PauseTiming();
-    if (matmul) {
+    if (batched != nullptr) {
+      batched->Run();
+      ++ceiling_runs;
+    } else if (matmul) {
       ceiling_seconds += matmul->Run();
       ++ceiling_runs;
     }
@@ -228,10 +308,20 @@ void RunAttend(benchmark::State& state, Engine engine, bool ceiling) {
                          benchmark::Counter::kIs1000);
   state.counters["extra_bytes"] = benchmark::Counter(
       static_cast<double>(extra_bytes), benchmark::Counter::kDefaults, benchmark::Counter::kIs1024);
+  if (batched != nullptr && ceiling_runs > 0) {
+    state.counters["ceiling_FLOP/s"] = benchmark::Counter(
+        batched->Best(), benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
+    state.counters["ceiling_qk_FLOP/s"] = benchmark::Counter(
+        batched->QkFlopsPerSecond(), benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
+    state.counters["ceiling_pv_FLOP/s"] = benchmark::Counter(
+        batched->PvFlopsPerSecond(), benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
+    state.counters["ceiling_batched"] = 1;
+  }
   if (matmul && ceiling_seconds > 0) {
     state.counters["ceiling_FLOP/s"] =
         benchmark::Counter(matmul->Flops() * static_cast<double>(ceiling_runs) / ceiling_seconds,
                            benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
+    state.counters["ceiling_batched"] = 0;
   }
   const double calls = static_cast<double>(state.iterations());
   if (calls == 0 || engine_seconds <= 0) return;
@@ -258,13 +348,15 @@ void BM_FastAttend(benchmark::State& state) { RunAttend(state, Engine::kFast, tr
 void BM_PlainAttend(benchmark::State& state) { RunAttend(state, Engine::kPlain, false); }
 
 // The ceiling on its own, both shapes. range(0): S, range(1): threads,
-// range(2): 0 for [S,64]x[64,S], 1 for [S,S]x[S,64]. The label is oneDNN's
-// implementation name; a reference (non-JIT) one is an error.
-void BM_MatmulCeiling(benchmark::State& state) {
+// range(2): 0 for QK^T ([S,64]x[64,S]), 1 for PV ([S,S]x[S,64]); `batch`
+// heads at once. The label is oneDNN's implementation name; a reference
+// (non-JIT) one is an error.
+void RunCeiling(benchmark::State& state, int64_t batch) {
   try {
     const int64_t s = state.range(0);
     const bool pv = state.range(2) != 0;
-    MatmulCeiling matmul(s, pv ? s : kDim, pv ? kDim : s, static_cast<int>(state.range(1)));
+    MatmulCeiling matmul(batch, s, pv ? s : kDim, pv ? kDim : s,
+                         static_cast<int>(state.range(1)));
     if (matmul.IsReference()) {
       state.SkipWithError(("oneDNN picked a reference matmul: " + matmul.impl()).c_str());
       return;
@@ -278,18 +370,24 @@ void BM_MatmulCeiling(benchmark::State& state) {
   }
 }
 
+// One head: the ceiling of issue 3's tables.
+void BM_MatmulCeiling(benchmark::State& state) { RunCeiling(state, 1); }
+
+// All 8 heads batched: issue 13's ceiling (the better of the two shapes).
+void BM_BatchedCeiling(benchmark::State& state) { RunCeiling(state, kHeads); }
+
 // The issue's grid: S in {128, 512, 2048, 8192}, causal and not, 1 and 2
-// threads; plus S = 1024 (causal and not) and 4096 (non-causal) on 2
-// threads, where the targets are stated.
+// threads; plus S = 1024 and 4096 on 2 threads, where the targets are
+// stated. S-major, so consecutive rows share one BatchedCeiling.
 void FastGrid(benchmark::internal::Benchmark* b) {
-  for (int64_t method = 0; method < 8; ++method) {
-    for (int64_t s : {128, 512, 2048, 8192}) {
+  for (int64_t s : {128, 512, 1024, 2048, 4096, 8192}) {
+    const bool both_thread_counts = s != 1024 && s != 4096;
+    for (int64_t threads : {1, 2}) {
+      if (threads == 1 && !both_thread_counts) continue;
       for (int64_t causal : {0, 1}) {
-        for (int64_t threads : {1, 2}) b->Args({method, s, causal, threads});
+        for (int64_t method = 0; method < 8; ++method) b->Args({method, s, causal, threads});
       }
     }
-    for (int64_t causal : {0, 1}) b->Args({method, 1024, causal, 2});
-    b->Args({method, 4096, 0, 2});
   }
 }
 
@@ -301,9 +399,24 @@ void CeilingGrid(benchmark::internal::Benchmark* b) {
   }
 }
 
+// Up to BatchedCeiling::kMaxS (the PV operand's size).
+void BatchedCeilingGrid(benchmark::internal::Benchmark* b) {
+  for (int64_t s : {512, 1024, 2048, 4096}) {
+    for (int64_t threads : {1, 2}) {
+      for (int64_t pv : {0, 1}) b->Args({s, threads, pv});
+    }
+  }
+}
+
 BENCHMARK(BM_MatmulCeiling)
     ->ArgNames({"S", "threads", "pv"})
     ->Apply(CeilingGrid)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+BENCHMARK(BM_BatchedCeiling)
+    ->ArgNames({"S", "threads", "pv"})
+    ->Apply(BatchedCeilingGrid)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
@@ -356,10 +469,28 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("malloc", attnd_malloc ? "attnd (mallopt as server/main.cc)"
                                                      : "glibc defaults");
-  // Every row of a run is on this ISA (ATTN_MAX_ISA caps it; oneDNN's
-  // ceiling follows ONEDNN_MAX_CPU_ISA, which the caller sets to match).
-  const attnserve::kernels::Isa isa = attnserve::kernels::ActiveIsa();
-  benchmark::AddCustomContext("isa", std::string(attnserve::kernels::IsaName(isa)));
+  // Every row of a run is on this ISA (ATTN_MAX_ISA caps it), and so is
+  // oneDNN's ceiling (capped to match unless ONEDNN_MAX_CPU_ISA is set).
+  namespace k = attnserve::kernels;
+  const auto wanted = k::MaxIsaFromEnvironment();
+  if (!wanted.ok()) {
+    std::fprintf(stderr, "attention_bench: %s\n", wanted.status().ToString().c_str());
+    return 2;
+  }
+  const k::Isa isa = k::ActiveIsa();
+  if (wanted->has_value() && **wanted != isa) {
+    // make bench asks for every ISA; a CPU without this one has no table.
+    std::fprintf(stderr, "attention_bench: ATTN_MAX_ISA=%s but this CPU's best is %s: nothing run\n",
+                 std::string(k::IsaName(**wanted)).c_str(), std::string(k::IsaName(isa)).c_str());
+    return 0;
+  }
+  const absl::Status capped = k::CapOneDnnIsa(isa);
+  if (!capped.ok()) {
+    std::fprintf(stderr, "attention_bench: %s\n", capped.ToString().c_str());
+    return 2;
+  }
+  benchmark::AddCustomContext("isa", std::string(k::IsaName(isa)));
+  benchmark::AddCustomContext("onednn_isa", k::OneDnnIsaName());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -22,14 +22,11 @@ import sys
 
 METHODS = ["none", "sinusoidal", "learned", "rope", "transformer_xl", "shaw",
            "alibi", "da_transformer"]
-FAST_TARGET_METHODS = {"none", "alibi", "rope"}
 # Their targets are on the attention part: the three d_model x d_model input
 # projections come before it and are not attention.
 ABSOLUTE_METHODS = ["sinusoidal", "learned"]
 D_MODEL = 512
 MIB = 1 << 20
-# The issue's PyTorch 1.13 naive figures on this machine (not installed here).
-PYTORCH_MS = {1024: 98.0, 4096: 1700.0}
 
 # Name parts Google Benchmark adds for per-benchmark settings, not arguments.
 RUN_SETTINGS = {"iterations", "repeats", "min_time", "min_warmup_time"}
@@ -72,6 +69,7 @@ def load_runs(path):
             "flops": bench.get("FLOP/s"),
             "extra_bytes": bench.get("extra_bytes"),
             "ceiling_flops": bench.get("ceiling_FLOP/s"),
+            "ceiling_batched": bench.get("ceiling_batched"),
             # The phases of each call (AttendResult::timings): the engine
             # alone ("attention part") and the method's input side.
             "attn_flops": bench.get("attn_FLOP/s"),
@@ -166,13 +164,13 @@ def write_absolute_section(w, fast, ceiling_of):
     measured = [(c, r) for c, r in measured if r and r.get("attn_ms") is not None]
     if not measured:
         return
-    w("### sinusoidal and learned: attention part and projections")
+    w("#### sinusoidal and learned: attention part and projections")
     w("")
     w("The same runs as the table above, split by `AttendResult::timings`: **prepare ms** is "
       "the input side (P added to x_q and x_kv, then the three [S,512]x[512,512] projections "
       "on oneDNN), **attention ms** the engine alone. **attention % of ceiling** is the "
       "issue's criterion for these two methods (attention FLOPs / attention time, against the "
-      "same interleaved [S,64]x[64,S] ceiling); **call %** is the whole call against it. "
+      "same interleaved ceiling); **call %** is the whole call against it. "
       "**proj GFLOP/s** = the projections' 6·S·512² FLOPs / prepare time; **proj ceiling** "
       "is one plain `dnnl::matmul` [S,512]x[512,512] run interleaved with the calls.")
     w("")
@@ -234,15 +232,26 @@ def write_absolute_section(w, fast, ceiling_of):
         w("")
 
 
+ISSUE13_TARGETS = [  # (methods, share of the batched ceiling), S >= 1024, non-causal, 2 threads
+    (("none", "alibi", "rope"), 0.75),
+    (("shaw", "da_transformer", "sinusoidal", "learned"), 0.65),
+    (("transformer_xl",), 0.55),
+]
+COMMAND = (
+    "make bench && make perf-doc   # i.e. for isa in avx512 avx2 baseline: "
+    "ATTN_MAX_ISA=$isa build/bin/attention_bench --benchmark_filter=<the ISA's grid, Makefile> "
+    "--benchmark_repetitions=3 --benchmark_report_aggregates_only=true "
+    "--benchmark_out=build/bench-$isa.json --benchmark_out_format=json; then "
+    "/usr/bin/python3 bench/perf_table.py build/bench-avx512.json build/bench-avx2.json "
+    "build/bench-baseline.json --memory-log build/memory_test.log --update docs/PERFORMANCE.md")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("json", help="attention_bench --benchmark_out JSON")
-    parser.add_argument("--command", default=(
-        "make bench && make perf-doc   # i.e. build/bin/attention_bench "
-        "--benchmark_repetitions=3 --benchmark_report_aggregates_only=true "
-        "--benchmark_out=build/bench.json --benchmark_out_format=json; "
-        "/usr/bin/python3 bench/perf_table.py build/bench.json --memory-log build/memory_test.log "
-        "--update docs/PERFORMANCE.md"))
+    parser.add_argument("json", nargs="+",
+                        help="attention_bench --benchmark_out JSON, one per ISA (missing files, "
+                        "e.g. an ISA the CPU lacks, are skipped)")
+    parser.add_argument("--command", default=COMMAND)
     parser.add_argument("--update", metavar="MARKDOWN",
                         help="write the section into this file (replacing the previous "
                         "generated section, keeping the rest) instead of stdout")
@@ -251,47 +260,33 @@ def main():
     parser.add_argument("--note", action="append", default=[],
                         help="a paragraph to add under the machine section")
     opts = parser.parse_args()
-    context, runs = load_runs(opts.json)
-
-    def run(family, **args):
-        return runs.get(key(family, **args))
-
-    def plain(method, s, causal, threads):
-        for family in ("BM_PlainAttend", "BM_PlainAttendOnce"):
-            r = run(family, method=method, S=s, causal=causal, threads=threads)
-            if r and "ms" in r:
-                return r
-        return None
-
-    def ceiling(s, threads, pv=0):
-        r = run("BM_MatmulCeiling", S=s, threads=threads, pv=pv)
-        return r if r and "ms" in r else None
-
-    def ceiling_of(r, s, threads):
-        """FLOP/s of the ceiling for run r: the one interleaved with its calls,
-        else the stand-alone BM_MatmulCeiling of the same S and threads."""
-        if r.get("ceiling_flops"):
-            return r["ceiling_flops"]
-        c = ceiling(s, threads)
-        return c and c["flops"]
+    loaded = []
+    for path in opts.json:
+        try:
+            loaded.append(load_runs(path))
+        except FileNotFoundError:
+            continue
+    if not loaded:
+        sys.exit("perf_table.py: none of the JSON files exists")
+    memory = parse_memory_log(opts.memory_log) if opts.memory_log else []
 
     out = []
     w = out.append
     w("## Attention kernels: `attention_bench`")
     w("")
-    w("Generated by `bench/perf_table.py` from one run of `build/bin/attention_bench`; "
-      "do not edit this section by hand, regenerate it (command below).")
+    w("Generated by `bench/perf_table.py` from one run of `build/bin/attention_bench` per "
+      "instruction set; do not edit this section by hand, regenerate it (command below).")
     w("")
     w("### Machine and run")
     w("")
     w("```")
-    w(f"host {context.get('host_name')}, run {context.get('date')}, "
-      f"{context.get('num_cpus')} CPUs at {context.get('mhz_per_cpu')} MHz, "
-      f"load average at start {', '.join(f'{x:.2f}' for x in context.get('load_avg', []))}")
-    if context.get("malloc"):
-        w(f"malloc: {context['malloc']}")
-    if context.get("isa"):
-        w(f"kernels' ISA (every row): {context['isa']}")
+    for context, _ in loaded:
+        w(f"isa {context.get('isa', '?')} (oneDNN {context.get('onednn_isa', '?')}): "
+          f"host {context.get('host_name')}, run {context.get('date')}, "
+          f"{context.get('num_cpus')} CPUs at {context.get('mhz_per_cpu')} MHz, "
+          f"load average at start {', '.join(f'{x:.2f}' for x in context.get('load_avg', []))}")
+    if loaded[0][0].get("malloc"):
+        w(f"malloc: {loaded[0][0]['malloc']}")
     w("lscpu:")
     for line in lscpu_summary():
         w("  " + line)
@@ -306,201 +301,53 @@ def main():
     w(opts.command)
     w("```")
     w("")
-    repetitions = sorted(r.get("repetitions", 1) for k, r in runs.items()
+    runs0 = loaded[0][1]
+    repetitions = sorted(r.get("repetitions", 1) for k, r in runs0.items()
                          if k[0] == "BM_FastAttend" and "ms" in r)
-    plain_sizes = sorted({dict(k[1])["S"] for k in runs
-                          if k[0].startswith("BM_PlainAttend") and "ms" in runs[k]})
     w("Shape: B=1, H=8, D=Dv=64, Sq=Sk=S, float32; the inputs of `bench/attention_bench.cc` "
       "(MakeArgs: q, k, v ~ N(0, 1); Shaw K=64; Transformer-XL d_rel=64; the absolute "
       "methods project d_model=512 inputs). Times are wall-clock medians of "
       f"{repetitions[len(repetitions) // 2] if repetitions else '-'} repetitions "
-      "(ms per call; each repetition runs as many calls as fit in 0.5 s). The plain engine "
-      + (f"ran at S={', '.join(str(x) for x in plain_sizes)} (one call per configuration at "
-         "S=2048, where it takes seconds)." if plain_sizes else "was not run."))
+      "(ms per call; each repetition runs as many calls as fit in 0.5 s).")
     w("")
     w("- **GFLOP/s** = 4·H·D·(unmasked query-key pairs) / time: QK^T and PV only, the same "
       "count for every method (Shaw's relative terms, Transformer-XL's position term and the "
       "absolute methods' input projections are extra work not counted). Causal counts "
-      "S(S+1)/2 pairs.")
-    w("- **ceiling GFLOP/s**: one plain `dnnl::matmul` [S,64]x[64,S] fp32 on the same "
-      "threads, executed once per timed call, between the calls (untimed for the call), "
-      "so both see the same load; **% of ceiling** = GFLOP/s / ceiling GFLOP/s. The "
-      "stand-alone ceiling table below was measured at the start of the run.")
-    w("- **speed-up** = plain engine time / fast engine time, same configuration, same run.")
+      "S(S+1)/2 pairs. For sinusoidal and learned the tables give the attention part "
+      "(the engine's time, `AttendResult::timings`), the issue's criterion for them.")
+    w("- **ceiling GFLOP/s** (issue 13's): oneDNN `matmul` at the same ISA (capped with "
+      "`dnnl::set_max_cpu_isa` to match the engine's: avx512 -> avx512_core, avx2 -> avx2, "
+      "baseline -> sse41) on the call's own shapes with all heads batched, "
+      "[8,S,64]x[8,64,S] and [8,S,S]x[8,S,64], each executed once per timed call between "
+      "the calls (untimed for the call, so both see the same load); the better of the two "
+      "rates. Up to S=4096 (the PV operand is 8·S² floats); a value marked * is the "
+      "single-head [S,64]x[64,S] one. **% of ceiling** = GFLOP/s / ceiling GFLOP/s, "
+      "same row. **causal/non-causal** = causal time / non-causal time, same S and threads.")
     w("- **extra MiB** = peak heap the call adds beyond its inputs and output, measured by "
-      "malloc interposition (`tests/testing/heap_peak.h`: every malloc/free of every thread; "
-      "thread stacks not counted), largest over the timed calls.")
+      "malloc interposition (`tests/testing/heap_peak.h`), largest over the timed calls.")
     w("")
-
-    # Ceiling table.
-    w("### Ceiling: one dnnl::matmul")
-    w("")
-    w("| S | threads | [S,64]x[64,S] GFLOP/s | [S,S]x[S,64] GFLOP/s | oneDNN implementation |")
-    w("|---:|---:|---:|---:|---|")
-    sizes = sorted({dict(k[1]).get("S") for k in runs if k[0] == "BM_MatmulCeiling"})
-    for s in sizes:
-        for threads in (1, 2):
-            qk, pv = ceiling(s, threads, 0), ceiling(s, threads, 1)
-            if not qk and not pv:
-                continue
-            w(f"| {s} | {threads} | {fmt(qk and qk['flops'] / 1e9)} | "
-              f"{fmt(pv and pv['flops'] / 1e9)} | {(qk or pv)['label']} |")
-    w("")
-
-    # Main table.
-    w("### Every method")
-    w("")
-    w("| method | S | causal | threads | fast ms | GFLOP/s | ceiling GFLOP/s | % of ceiling | "
-      "plain ms | speed-up | extra MiB |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    fast_keys = sorted((dict(k[1]) for k in runs if k[0] == "BM_FastAttend"),
-                       key=lambda a: (a["method"], a["S"], a["causal"], a["threads"]))
-    for a in fast_keys:
-        r = run("BM_FastAttend", **a)
-        name = METHODS[a["method"]]
-        if "error" in r:
-            w(f"| {name} | {a['S']} | {a['causal']} | {a['threads']} | error: {r['error']} "
-              "| | | | | | |")
-            continue
-        c = ceiling_of(r, a["S"], a["threads"])
-        p = plain(a["method"], a["S"], a["causal"], a["threads"])
-        gflops = r["flops"] / 1e9
-        w(f"| {name} | {a['S']} | {a['causal']} | {a['threads']} | {fmt(r['ms'], 2)} | "
-          f"{fmt(gflops)} | {fmt(c and c / 1e9)} | {fmt(c and 100 * r['flops'] / c, 0)} | "
-          f"{fmt(p and p['ms'], 2)} | {fmt(p and p['ms'] / r['ms'])} | "
-          f"{fmt(r['extra_bytes'] / MIB, 2)} |")
-    w("")
-
-    # Targets.
-    w("### Targets of the issue")
-    w("")
-    w("Measured at 2 threads, non-causal unless stated, from the table above.")
-    w("")
-    w("| target | measured | met |")
-    w("|---|---|---|")
-
-    def fast(method, s, causal=0, threads=2):
-        r = run("BM_FastAttend", method=METHODS.index(method), S=s, causal=causal,
-                threads=threads)
-        return r if r and "ms" in r else None
-
-    def verdict(ok):
-        return "yes" if ok else "**no**"
-
-    def attention_part(r):
-        """FLOP/s and ms of the engine alone for the absolute methods (their
-        criterion), of the whole call for the others."""
-        return (r.get("attn_flops") or r["flops"], r.get("attn_ms") or r["ms"])
-
-    big = [s for s in (1024, 2048, 4096, 8192)]
-    rows, whole_rows = [], []
-    for method in METHODS:
-        for s in big:
-            r = fast(method, s)
-            c = r and ceiling_of(r, s, 2)
-            if r and c:
-                flops = attention_part(r)[0] if method in ABSOLUTE_METHODS else r["flops"]
-                rows.append((method, s, flops / 1e9, flops / c))
-                whole_rows.append((method, s, r["flops"] / 1e9, r["flops"] / c))
-    strong = [x for x in rows if x[0] in FAST_TARGET_METHODS]
-    if strong:
-        worst_g = min(strong, key=lambda x: x[2])
-        worst_f = min(strong, key=lambda x: x[3])
-        w(f"| none/alibi/rope, S>=1024: >= 110 GFLOP/s | lowest {worst_g[2]:.1f} "
-          f"({worst_g[0]}, S={worst_g[1]}) | {verdict(worst_g[2] >= 110)} |")
-        w(f"| none/alibi/rope, S>=1024: >= 75% of the ceiling | lowest {100 * worst_f[3]:.0f}% "
-          f"({worst_f[0]}, S={worst_f[1]}) | {verdict(worst_f[3] >= 0.75)} |")
-    for s, torch_ms in sorted(PYTORCH_MS.items()):
-        times = [(m, fast(m, s)) for m in sorted(FAST_TARGET_METHODS)]
-        times = [(m, r["ms"]) for m, r in times if r]
-        if not times:
-            continue
-        slowest = max(times, key=lambda x: x[1])
-        need = " (target: >= 4x)" if s == 4096 else ""
-        w(f"| none/alibi/rope, S={s}: vs PyTorch 1.13 naive {torch_ms:g} ms (issue's figure){need} "
-          f"| slowest {slowest[1]:.1f} ms ({slowest[0]}): {torch_ms / slowest[1]:.1f}x "
-          f"| {verdict(torch_ms / slowest[1] >= 4) if s == 4096 else 'n/a'} |")
-    others = [x for x in rows if x[0] not in FAST_TARGET_METHODS]
-    if others:
-        worst = min(others, key=lambda x: x[3])
-        w(f"| other five methods (sinusoidal, learned: attention part), S>=1024: >= 60% of the "
-          f"ceiling | lowest {100 * worst[3]:.0f}% ({worst[0]}, S={worst[1]}) "
-          f"| {verdict(worst[3] >= 0.60)} |")
-    absolute_whole = [x for x in whole_rows if x[0] in ABSOLUTE_METHODS]
-    if absolute_whole:
-        worst = min(absolute_whole, key=lambda x: x[3])
-        w(f"| the same for sinusoidal, learned as whole calls (incl. their three projections, "
-          f"not counted as FLOPs) | lowest {100 * worst[3]:.0f}% ({worst[0]}, S={worst[1]}) "
-          f"| {verdict(worst[3] >= 0.60)} |")
-    # The issue states the causal target at every S; the small sizes get
-    # their own row (fixed per-row and per-call costs weigh most there).
-    for sizes_judged in ((1024, 2048, 4096, 8192), (128, 512)):
-        ratios, whole_ratios = [], []
-        for method in METHODS:
-            for s in sizes_judged:
-                for threads in (1, 2):
-                    nc, ca = fast(method, s, 0, threads), fast(method, s, 1, threads)
-                    if not (nc and ca):
-                        continue
-                    if method in ABSOLUTE_METHODS:
-                        ratios.append((attention_part(ca)[1] / attention_part(nc)[1], method, s,
-                                       threads))
-                        whole_ratios.append((ca["ms"] / nc["ms"], method, s, threads))
-                    else:
-                        ratios.append((ca["ms"] / nc["ms"], method, s, threads))
-        if ratios:
-            worst = max(ratios)
-            middle = sorted(r[0] for r in ratios)[len(ratios) // 2]
-            within = sum(r[0] <= 0.6 for r in ratios)
-            sizes = ", ".join(str(x) for x in sorted({r[2] for r in ratios}))
-            w(f"| causal <= 0.6x non-causal time (S={sizes}; every thread count measured; "
-              f"sinusoidal, learned: attention part) | highest {worst[0]:.2f}x ({worst[1]}, "
-              f"S={worst[2]}, "
-              f"{worst[3]} threads); median {middle:.2f}x; {within} of {len(ratios)} within "
-              f"| {verdict(worst[0] <= 0.6)} |")
-        if whole_ratios:
-            worst = max(whole_ratios)
-            w(f"| the same for sinusoidal, learned as whole calls (their projections do not "
-              f"depend on the mask) | highest {worst[0]:.2f}x ({worst[1]}, S={worst[2]}, "
-              f"{worst[3]} threads) | {verdict(worst[0] <= 0.6)} |")
-    extras = [(r["extra_bytes"], METHODS[dict(k[1])["method"]], dict(k[1])["S"])
-              for k, r in runs.items() if k[0] == "BM_FastAttend" and "ms" in r]
-    if extras:
-        worst = max(extras)
-        w(f"| < 64 MiB extra memory (bench, S<=8192, H=8) | largest {worst[0] / MIB:.2f} MiB "
-          f"({worst[1]}, S={worst[2]}) | {verdict(worst[0] < 64 * MIB)} |")
-    memory = parse_memory_log(opts.memory_log) if opts.memory_log else []
-    if memory:
-        worst = max(memory, key=lambda x: x[1])
-        w(f"| < 64 MiB extra memory at S=16384, every method (B=1 H=1 D=64, "
-          f"FastEngineMemoryTest) | largest {worst[1]:.2f} MiB ({worst[0]}) "
-          f"| {verdict(worst[1] < 64)} |")
-    else:
-        w("| < 64 MiB extra memory at S=16384, every method | not measured in this run "
-          "(pass --memory-log) | n/a |")
-    for threads in (1, 2):
-        small = [(fast(m, 128, 0, threads), m) for m in METHODS]
-        small = [(r["ms"], m) for r, m in small if r]
-        if small:
-            worst = max(small)
-            met = verdict(worst[0] <= 0.5) if threads == 2 else "n/a (1 thread, for reference)"
-            w(f"| B=1 H=8 S=128 <= 0.5 ms per call ({threads} thread{'s' if threads > 1 else ''}, "
-              f"every method, whole call) | slowest {worst[0]:.3f} ms ({worst[1]}) | {met} |")
-    small = [(fast(m, 128), m) for m in METHODS]
-    small = [(attention_part(r)[1] if m in ABSOLUTE_METHODS else r["ms"], m)
-             for r, m in small if r]
-    if small:
-        worst = max(small)
-        w(f"| B=1 H=8 S=128 <= 0.5 ms per call (2 threads; sinusoidal, learned: attention part) "
-          f"| slowest {worst[0]:.3f} ms ({worst[1]}) | {verdict(worst[0] <= 0.5)} |")
-    w("")
-    write_absolute_section(w, fast, ceiling_of)
+    summary = []
+    for context, runs in loaded:
+        render_isa(w, context, runs, memory, summary)
+    if len(summary) > 1:
+        w("### Targets, every ISA")
+        w("")
+        w("| target | " + " | ".join(isa for isa, _ in summary) + " |")
+        w("|---|" + "---|" * len(summary) + "")
+        names = []
+        for _, rows in summary:
+            names += [name for name, _ in rows if name not in names]
+        for name in names:
+            w(f"| {name} | " + " | ".join(dict(rows).get(name, "-") for _, rows in summary) +
+              " |")
+        w("")
     if memory:
         w("### Memory at S=16384")
         w("")
         w("`build/bin/kernels_fast_engine_test --gtest_filter='*Memory*'` (B=1, H=1, "
-          "S=16384, D=64, 2 threads, probs not requested): peak heap growth during one "
-          "Attend call minus its output, inputs allocated before the measurement starts.")
+          "S=16384, D=64, 2 threads, probs not requested; the CPU's best ISA): peak heap growth "
+          "during one Attend call minus its output, inputs allocated before the measurement "
+          "starts.")
         w("")
         w("| method | extra MiB | output MiB |")
         w("|---|---:|---:|")
@@ -511,6 +358,179 @@ def main():
         update_document(opts.update, section)
     else:
         sys.stdout.write(section)
+
+
+def render_isa(w, context, runs, memory, summary):
+    """One ISA's tables (one JSON): ceilings, every row, the targets. Appends
+    (isa, [(target, short verdict)]) to `summary`."""
+    isa = context.get("isa", "?")
+    judged = isa != "baseline"  # The issue: the baseline's speed is reported, no target.
+
+    def run(family, **args):
+        return runs.get(key(family, **args))
+
+    def plain(method, s, causal, threads):
+        for family in ("BM_PlainAttend", "BM_PlainAttendOnce"):
+            r = run(family, method=method, S=s, causal=causal, threads=threads)
+            if r and "ms" in r:
+                return r
+        return None
+
+    def ceiling(family, s, threads, pv=0):
+        r = run(family, S=s, threads=threads, pv=pv)
+        return r if r and "ms" in r else None
+
+    def ceiling_of(r, s, threads):
+        """FLOP/s of the ceiling for run r: the one interleaved with its calls,
+        else the stand-alone batched (else single-head) one of the same S and
+        threads, the better shape."""
+        if r.get("ceiling_flops"):
+            return r["ceiling_flops"]
+        for family in ("BM_BatchedCeiling", "BM_MatmulCeiling"):
+            best = [c["flops"] for c in (ceiling(family, s, threads, 0),
+                                         ceiling(family, s, threads, 1)) if c]
+            if best:
+                return max(best)
+        return None
+
+    def fast(method, s, causal=0, threads=2):
+        r = run("BM_FastAttend", method=METHODS.index(method), S=s, causal=causal,
+                threads=threads)
+        return r if r and "ms" in r else None
+
+    def attention_part(method, r):
+        """FLOP/s and ms of the engine alone for the absolute methods (their
+        criterion), of the whole call for the others."""
+        if method in ABSOLUTE_METHODS:
+            return (r.get("attn_flops") or r["flops"], r.get("attn_ms") or r["ms"])
+        return (r["flops"], r["ms"])
+
+    def verdict(ok):
+        if not judged:
+            return "n/a (reported only)"
+        return "yes" if ok else "**no**"
+
+    w(f"### ISA {isa} (oneDNN {context.get('onednn_isa', '?')})")
+    w("")
+    for family, title, shapes in (
+            ("BM_BatchedCeiling", "Ceiling: dnnl::matmul, 8 heads batched",
+             "[8,S,64]x[8,64,S] GFLOP/s | [8,S,S]x[8,S,64] GFLOP/s"),
+            ("BM_MatmulCeiling", "Ceiling: dnnl::matmul, one head",
+             "[S,64]x[64,S] GFLOP/s | [S,S]x[S,64] GFLOP/s")):
+        sizes = sorted({dict(k[1]).get("S") for k in runs if k[0] == family})
+        if not sizes:
+            continue
+        w(f"#### {title} (stand-alone, at the start of the run)")
+        w("")
+        w(f"| S | threads | {shapes} | oneDNN implementation |")
+        w("|---:|---:|---:|---:|---|")
+        for s in sizes:
+            for threads in (1, 2):
+                qk, pv = ceiling(family, s, threads, 0), ceiling(family, s, threads, 1)
+                if not qk and not pv:
+                    continue
+                w(f"| {s} | {threads} | {fmt(qk and qk['flops'] / 1e9)} | "
+                  f"{fmt(pv and pv['flops'] / 1e9)} | {(qk or pv)['label']} |")
+        w("")
+
+    w("#### Every row")
+    w("")
+    w("| method | S | causal | threads | fast ms | GFLOP/s | ceiling GFLOP/s | % of ceiling | "
+      "plain ms | speed-up | extra MiB | causal/non-causal |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    fast_keys = sorted((dict(k[1]) for k in runs if k[0] == "BM_FastAttend"),
+                       key=lambda a: (a["method"], a["S"], a["causal"], a["threads"]))
+    for a in fast_keys:
+        r = run("BM_FastAttend", **a)
+        name = METHODS[a["method"]]
+        if "error" in r:
+            w(f"| {name} | {a['S']} | {a['causal']} | {a['threads']} | error: {r['error']} "
+              "| | | | | | | |")
+            continue
+        c = ceiling_of(r, a["S"], a["threads"])
+        mark = "*" if r.get("ceiling_batched") == 0 else ""
+        p = plain(a["method"], a["S"], a["causal"], a["threads"])
+        flops, ms = attention_part(name, r)
+        ratio = "-"
+        if a["causal"]:
+            nc = fast(name, a["S"], 0, a["threads"])
+            if nc:
+                ratio = f"{ms / attention_part(name, nc)[1]:.2f}"
+        w(f"| {name} | {a['S']} | {a['causal']} | {a['threads']} | {fmt(r['ms'], 2)} | "
+          f"{fmt(flops / 1e9)} | {fmt(c and c / 1e9)}{mark} | {fmt(c and 100 * flops / c, 0)} | "
+          f"{fmt(p and p['ms'], 2)} | {fmt(p and p['ms'] / r['ms'])} | "
+          f"{fmt(r['extra_bytes'] / MIB, 2)} | {ratio} |")
+    w("")
+
+    w(f"#### Targets of issue 13 ({isa})")
+    w("")
+    w("2 threads, from the table above; sinusoidal and learned by their attention part." +
+      ("" if judged else " The baseline path has no speed target: reported only."))
+    w("")
+    w("| target | measured | met |")
+    w("|---|---|---|")
+    short = []
+    for methods, share in ISSUE13_TARGETS:
+        rows = []
+        for method in methods:
+            for s in (1024, 2048, 4096, 8192):
+                r = fast(method, s)
+                c = r and ceiling_of(r, s, 2)
+                if r and c:
+                    rows.append((attention_part(method, r)[0] / c, method, s))
+        if not rows:
+            continue
+        worst = min(rows)
+        within = sum(x[0] >= share for x in rows)
+        name = f"{'/'.join(methods)}, S>=1024, non-causal: >= {100 * share:.0f}% of the ceiling"
+        w(f"| {name} | lowest {100 * worst[0]:.0f}% ({worst[1]}, S={worst[2]}); {within} of "
+          f"{len(rows)} within | {verdict(worst[0] >= share)} |")
+        short.append((name, f"{100 * worst[0]:.0f}% ({worst[1]} S={worst[2]}), "
+                      f"{verdict(worst[0] >= share)}"))
+    for sizes_judged, label in (((512, 1024, 2048, 4096, 8192), "S>=512"), ((128,), "S=128")):
+        ratios = []
+        for method in METHODS:
+            if method == "transformer_xl":
+                continue
+            for s in sizes_judged:
+                for threads in (1, 2):
+                    nc, ca = fast(method, s, 0, threads), fast(method, s, 1, threads)
+                    if nc and ca:
+                        ratios.append((attention_part(method, ca)[1] /
+                                       attention_part(method, nc)[1], method, s, threads))
+        if not ratios:
+            continue
+        worst = max(ratios)
+        middle = sorted(r[0] for r in ratios)[len(ratios) // 2]
+        within = sum(r[0] <= 0.6 for r in ratios)
+        name = f"causal <= 0.6x non-causal, {label}, all but transformer_xl"
+        w(f"| {name} | highest {worst[0]:.2f}x ({worst[1]}, S={worst[2]}, {worst[3]} "
+          f"thread{'s' if worst[3] > 1 else ''}); median {middle:.2f}x; {within} of "
+          f"{len(ratios)} within | {verdict(worst[0] <= 0.6)} |")
+        short.append((name, f"{worst[0]:.2f}x ({worst[1]} S={worst[2]}), "
+                      f"{verdict(worst[0] <= 0.6)}"))
+    extras = [(r["extra_bytes"], METHODS[dict(k[1])["method"]], dict(k[1])["S"])
+              for k, r in runs.items() if k[0] == "BM_FastAttend" and "ms" in r]
+    if extras:
+        worst = max(extras)
+        w(f"| < 64 MiB extra memory (this bench, H=8) | largest {worst[0] / MIB:.2f} MiB "
+          f"({worst[1]}, S={worst[2]}) | {'yes' if worst[0] < 64 * MIB else '**no**'} |")
+    if memory:
+        worst = max(memory, key=lambda x: x[1])
+        w(f"| < 64 MiB extra memory at S=16384, every method (B=1 H=1 D=64, "
+          f"FastEngineMemoryTest, the CPU's best ISA) | largest {worst[1]:.2f} MiB "
+          f"({worst[0]}) | {'yes' if worst[1] < 64 else '**no**'} |")
+    for threads in (1, 2):
+        small = [(fast(m, 128, 0, threads), m) for m in METHODS]
+        small = [(r["ms"], m) for r, m in small if r]
+        if small:
+            worst = max(small)
+            w(f"| issue 3: B=1 H=8 S=128 <= 0.5 ms per call ({threads} "
+              f"thread{'s' if threads > 1 else ''}, whole call) | slowest {worst[0]:.3f} ms "
+              f"({worst[1]}) | {verdict(worst[0] <= 0.5) if threads == 2 else 'n/a'} |")
+    w("")
+    summary.append((isa, short))
+    write_absolute_section(w, fast, ceiling_of)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ import tempfile
 import unittest
 
 BENCH, SCRIPT = sys.argv[1], sys.argv[2]
-# One fast, one plain and the ceiling, at the smallest size, and learned (an
-# absolute method, split into its phases): a few seconds.
+# One fast, one plain and the ceilings, at the smallest sizes, and learned
+# (an absolute method, split into its phases): a few seconds.
 FILTER = ("BM_(FastAttend|PlainAttend)/method:[06]/S:128/causal:0/threads:1/"
           "|BM_FastAttend/method:2/S:128/causal:0/threads:1/"
-          "|BM_MatmulCeiling/S:128/threads:1/pv:0")
+          "|BM_MatmulCeiling/S:128/threads:1/pv:0|BM_BatchedCeiling/S:512/threads:1/pv:1")
 
 
 class PerfTableTest(unittest.TestCase):
@@ -46,15 +46,18 @@ class PerfTableTest(unittest.TestCase):
         self.assertLess(text.index("BEGIN attention_bench"), text.index("## Hand-written"))
         for method in ("none", "alibi"):
             row = re.search(rf"^\| {method} \| 128 \| 0 \| 1 \| ([\d.]+) \| ([\d.]+) \| "
-                            r"([\d.]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+                            r"([\d.]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| - \|$",
                             text, re.M)
             self.assertIsNotNone(row, f"no measured row for {method}:\n{text}")
             fast_ms, gflops, _, _, plain_ms, speedup, _ = map(float, row.groups())
             self.assertGreater(fast_ms, 0)
             self.assertGreater(gflops, 0)
             self.assertAlmostEqual(speedup, plain_ms / fast_ms, delta=0.06 * speedup + 0.1)
-        # The stand-alone ceiling row, with oneDNN's (non-reference) implementation.
+        # The stand-alone ceiling rows, with oneDNN's (non-reference) implementation.
         self.assertRegex(text, re.compile(r"^\| 128 \| 1 \| [\d.]+ \| - \| (?!ref)\S+ \|$", re.M))
+        self.assertRegex(text, re.compile(r"^\| 512 \| 1 \| - \| [\d.]+ \| (?!ref)\S+ \|$", re.M))
+        self.assertIn("### ISA ", text)
+        self.assertIn("#### Targets of issue 13", text)
 
     def test_learned_is_split_into_projections_and_attention(self):
         path = os.path.join(self.dir.name, "absolute.md")

@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "kernels/isa.h"
+#include "kernels/onednn_isa.h"
 #include "server/memory_trim.h"
 #include "server/server.h"
 
@@ -81,8 +82,9 @@ ABSL_FLAG(double, max_connection_idle_s, 300,
 ABSL_FLAG(int64_t, transport_memory_bytes, int64_t{1} << 30,
           "memory gRPC's transport may use for all connections (a resource quota); 0: none");
 ABSL_FLAG(std::string, max_isa, "",
-          "cap on the kernels' instruction set: avx512, avx2 or baseline (a cap above the CPU's "
-          "best gives its best); empty: the environment's ATTN_MAX_ISA, else the CPU's best");
+          "cap on the instruction set: avx512, avx2 or baseline (a cap above the CPU's best "
+          "gives its best); caps oneDNN's too unless ONEDNN_MAX_CPU_ISA is set; empty: the "
+          "environment's ATTN_MAX_ISA, else the CPU's best");
 ABSL_FLAG(double, shutdown_grace_s, 30,
           "on SIGTERM/SIGINT, after the lame duck: seconds to let accepted calls finish before "
           "cancelling them (>= 0)");
@@ -157,6 +159,18 @@ int main(int argc, char** argv) {
   if (!isa.ok()) {
     std::fprintf(stderr, "attnd: %s\n", std::string(isa.status().message()).c_str());
     return 1;
+  }
+  // An explicit cap holds for the whole server: oneDNN's projections too
+  // run no instruction above it (--max_isa=avx2 on an AVX-512 host behaves
+  // as on an AVX2 one). ONEDNN_MAX_CPU_ISA, when set, still decides oneDNN.
+  const auto cap_from_environment = attnserve::kernels::MaxIsaFromEnvironment();
+  if (!absl::GetFlag(FLAGS_max_isa).empty() ||
+      (cap_from_environment.ok() && cap_from_environment->has_value())) {
+    const absl::Status capped = attnserve::kernels::CapOneDnnIsa(*isa);
+    if (!capped.ok()) {
+      std::fprintf(stderr, "attnd: %s\n", std::string(capped.message()).c_str());
+      return 1;
+    }
   }
 
   attnserve::server::ServerOptions options;
@@ -250,7 +264,7 @@ int main(int argc, char** argv) {
   if (!options.tls.enabled() && options.insecure) {
     std::fprintf(stderr, "attnd: --insecure: plaintext gRPC, readable by anyone on the path\n");
   }
-  std::fprintf(stderr, "attnd listening on %s (%s), metrics on %s, isa %s\n",
+  std::fprintf(stderr, "attnd listening on %s (%s), metrics on %s, isa %s (oneDNN %s)\n",
                (*server)->address().c_str(),
                !options.tls.enabled()                ? "plaintext"
                : options.tls.client_ca_file.empty() ? "TLS"
@@ -260,7 +274,8 @@ int main(int argc, char** argv) {
                    : ("port " + std::to_string((*server)->metrics_port()) +
                       (options.metrics_tls_cert_file.empty() ? "" : " (HTTPS)"))
                          .c_str(),
-               std::string(attnserve::kernels::IsaName(*isa)).c_str());
+               std::string(attnserve::kernels::IsaName(*isa)).c_str(),
+               attnserve::kernels::OneDnnIsaName().c_str());
 
   // Memory back to the kernel after bursts (server/memory_trim.h).
   attnserve::server::IdleTrimmer trimmer(
