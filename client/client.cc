@@ -24,6 +24,15 @@ void AppendFloatLe(float value, std::string& out) {
   }
 }
 
+void AppendBits16Le(uint16_t bits, std::string& out) {
+  out.push_back(static_cast<char>(bits & 0xff));
+  out.push_back(static_cast<char>(bits >> 8));
+}
+
+uint16_t ReadBits16Le(const unsigned char* bytes) {
+  return static_cast<uint16_t>(bytes[0] | (bytes[1] << 8));
+}
+
 float ReadFloatLe(const unsigned char* bytes) {
   uint32_t bits = 0;
   for (int i = 0; i < 4; ++i) bits |= static_cast<uint32_t>(bytes[i]) << (8 * i);
@@ -34,6 +43,74 @@ float ReadFloatLe(const unsigned char* bytes) {
 
 std::string ShapeString(const attnserve::v1::Tensor& tensor) {
   return absl::StrCat("[", absl::StrJoin(tensor.shape(), ","), "]");
+}
+
+bool Is16Bit(attnserve::v1::DataType dtype) {
+  return dtype == attnserve::v1::DTYPE_FLOAT16 || dtype == attnserve::v1::DTYPE_BFLOAT16;
+}
+
+// The bytes of one raw_data element, or an error naming tensor.dtype.
+absl::StatusOr<size_t> ElementBytes(const attnserve::v1::Tensor& tensor) {
+  switch (tensor.dtype()) {
+    case attnserve::v1::DTYPE_UNSPECIFIED:
+    case attnserve::v1::DTYPE_FLOAT32:
+      return 4;
+    case attnserve::v1::DTYPE_FLOAT16:
+    case attnserve::v1::DTYPE_BFLOAT16:
+      return 2;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor.dtype: unknown DataType ", static_cast<int>(tensor.dtype())));
+  }
+}
+
+// Checks what TensorValues and TensorBits16 share; returns product(shape).
+absl::StatusOr<int64_t> CheckedCount(const attnserve::v1::Tensor& tensor) {
+  if (!tensor.ref().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor.ref: a ref (\"", tensor.ref(), "\") holds no values on the client"));
+  }
+  if (tensor.data_size() > 0 && !tensor.raw_data().empty()) {
+    return absl::InvalidArgumentError("tensor: exactly one of data and raw_data may be set");
+  }
+  absl::StatusOr<size_t> element_bytes = ElementBytes(tensor);
+  if (!element_bytes.ok()) return element_bytes.status();
+  if (tensor.raw_data().empty() && Is16Bit(tensor.dtype())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor.dtype: ", attnserve::v1::DataType_Name(tensor.dtype()),
+                     " describes raw_data only; data is always float32"));
+  }
+  // Every dimension >= 1 and the product fits in int64 (then also in size_t
+  // here, since the values are in memory already or the counts mismatch).
+  int64_t count = 1;
+  for (int64_t dim : tensor.shape()) {
+    if (dim < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor.shape: every dimension must be >= 1, got ", ShapeString(tensor)));
+    }
+    if (count > std::numeric_limits<int64_t>::max() / dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor.shape: element count overflows int64: ", ShapeString(tensor)));
+    }
+    count *= dim;
+  }
+  const std::string& raw = tensor.raw_data();
+  if (!raw.empty()) {
+    const auto size = static_cast<int64_t>(*element_bytes);
+    if (raw.size() % *element_bytes != 0 ||
+        static_cast<int64_t>(raw.size() / *element_bytes) != count) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor.raw_data: expected ", size, " * product(shape ", ShapeString(tensor), ") = ",
+          count <= std::numeric_limits<int64_t>::max() / size ? absl::StrCat(size * count)
+                                                              : "overflow",
+          " bytes (", attnserve::v1::DataType_Name(tensor.dtype()), "), got ", raw.size()));
+    }
+  } else if (tensor.data_size() != count) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor.data: expected product(shape ",
+                                                   ShapeString(tensor), ") = ", count,
+                                                   " values, got ", tensor.data_size()));
+  }
+  return count;
 }
 
 }  // namespace
@@ -52,8 +129,46 @@ attnserve::v1::Tensor MakeTensor(absl::Span<const int64_t> shape, absl::Span<con
       for (float value : values) AppendFloatLe(value, *raw);
       break;
     }
+    case TensorEncoding::kRawFloat16:
+    case TensorEncoding::kRawBfloat16: {
+      const bool half = encoding == TensorEncoding::kRawFloat16;
+      tensor.set_dtype(half ? attnserve::v1::DTYPE_FLOAT16 : attnserve::v1::DTYPE_BFLOAT16);
+      std::string* raw = tensor.mutable_raw_data();
+      raw->reserve(values.size() * 2);
+      for (float value : values) {
+        AppendBits16Le(half ? Float32ToFloat16Bits(value) : Float32ToBfloat16Bits(value), *raw);
+      }
+      break;
+    }
   }
   return tensor;
+}
+
+absl::StatusOr<attnserve::v1::Tensor> MakeTensor16(absl::Span<const int64_t> shape,
+                                                   absl::Span<const uint16_t> bits,
+                                                   attnserve::v1::DataType dtype) {
+  if (!Is16Bit(dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dtype: MakeTensor16 takes DTYPE_FLOAT16 or DTYPE_BFLOAT16, got ",
+                     attnserve::v1::DataType_IsValid(dtype) ? attnserve::v1::DataType_Name(dtype)
+                                                            : absl::StrCat(dtype)));
+  }
+  attnserve::v1::Tensor tensor;
+  tensor.mutable_shape()->Add(shape.begin(), shape.end());
+  tensor.set_dtype(dtype);
+  std::string* raw = tensor.mutable_raw_data();
+  raw->reserve(bits.size() * 2);
+  for (uint16_t value : bits) AppendBits16Le(value, *raw);
+  return tensor;
+}
+
+absl::StatusOr<attnserve::v1::Tensor> RecodeTensor(const attnserve::v1::Tensor& tensor,
+                                                   TensorEncoding encoding) {
+  if (!tensor.ref().empty()) return tensor;
+  absl::StatusOr<std::vector<float>> values = TensorValues(tensor);
+  if (!values.ok()) return values.status();
+  return MakeTensor(std::vector<int64_t>(tensor.shape().begin(), tensor.shape().end()), *values,
+                    encoding);
 }
 
 attnserve::v1::Tensor MakeRefTensor(absl::string_view ref, absl::Span<const int64_t> shape) {
@@ -64,46 +179,43 @@ attnserve::v1::Tensor MakeRefTensor(absl::string_view ref, absl::Span<const int6
 }
 
 absl::StatusOr<std::vector<float>> TensorValues(const attnserve::v1::Tensor& tensor) {
-  if (!tensor.ref().empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor.ref: a ref (\"", tensor.ref(), "\") holds no values on the client"));
+  absl::StatusOr<int64_t> count = CheckedCount(tensor);
+  if (!count.ok()) return count.status();
+  if (tensor.raw_data().empty()) {
+    return std::vector<float>(tensor.data().begin(), tensor.data().end());
   }
-  if (tensor.data_size() > 0 && !tensor.raw_data().empty()) {
-    return absl::InvalidArgumentError("tensor: exactly one of data and raw_data may be set");
+  std::vector<float> values(static_cast<size_t>(*count));
+  const auto* bytes = reinterpret_cast<const unsigned char*>(tensor.raw_data().data());
+  switch (tensor.dtype()) {
+    case attnserve::v1::DTYPE_FLOAT16:
+      for (size_t i = 0; i < values.size(); ++i) {
+        values[i] = Float16BitsToFloat32(ReadBits16Le(bytes + 2 * i));
+      }
+      break;
+    case attnserve::v1::DTYPE_BFLOAT16:
+      for (size_t i = 0; i < values.size(); ++i) {
+        values[i] = Bfloat16BitsToFloat32(ReadBits16Le(bytes + 2 * i));
+      }
+      break;
+    default:  // float32 (CheckedCount refused unknown types)
+      for (size_t i = 0; i < values.size(); ++i) values[i] = ReadFloatLe(bytes + 4 * i);
+      break;
   }
-  // Every dimension >= 1 and the product fits in int64 (then also in size_t
-  // here, since the values are in memory already or the counts mismatch).
-  int64_t count = 1;
-  for (int64_t dim : tensor.shape()) {
-    if (dim < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor.shape: every dimension must be >= 1, got ", ShapeString(tensor)));
-    }
-    if (count > std::numeric_limits<int64_t>::max() / dim) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor.shape: element count overflows int64: ", ShapeString(tensor)));
-    }
-    count *= dim;
+  return values;
+}
+
+absl::StatusOr<std::vector<uint16_t>> TensorBits16(const attnserve::v1::Tensor& tensor) {
+  absl::StatusOr<int64_t> count = CheckedCount(tensor);
+  if (!count.ok()) return count.status();
+  if (!Is16Bit(tensor.dtype())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor.dtype: 16-bit values need DTYPE_FLOAT16 or DTYPE_BFLOAT16 raw_data, got ",
+        attnserve::v1::DataType_Name(tensor.dtype())));
   }
-  if (!tensor.raw_data().empty()) {
-    const std::string& raw = tensor.raw_data();
-    if (raw.size() % 4 != 0 || static_cast<int64_t>(raw.size() / 4) != count) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor.raw_data: expected 4 * product(shape ", ShapeString(tensor), ") = ",
-          count <= std::numeric_limits<int64_t>::max() / 4 ? absl::StrCat(4 * count) : "overflow",
-          " bytes, got ", raw.size()));
-    }
-    std::vector<float> values(raw.size() / 4);
-    const auto* bytes = reinterpret_cast<const unsigned char*>(raw.data());
-    for (size_t i = 0; i < values.size(); ++i) values[i] = ReadFloatLe(bytes + 4 * i);
-    return values;
-  }
-  if (tensor.data_size() != count) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor.data: expected product(shape ",
-                                                   ShapeString(tensor), ") = ", count,
-                                                   " values, got ", tensor.data_size()));
-  }
-  return std::vector<float>(tensor.data().begin(), tensor.data().end());
+  std::vector<uint16_t> bits(static_cast<size_t>(*count));
+  const auto* bytes = reinterpret_cast<const unsigned char*>(tensor.raw_data().data());
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = ReadBits16Le(bytes + 2 * i);
+  return bits;
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {

@@ -3,8 +3,8 @@
 // returns absl::Status instead of grpc::Status.
 //
 // Thread-safety: a Client is thread-safe; any number of threads may call any
-// of its methods at once (each call has its own ClientContext). MakeTensor and
-// TensorValues are pure functions.
+// of its methods at once (each call has its own ClientContext). MakeTensor,
+// TensorValues and the other tensor helpers are pure functions.
 //
 // Errors: every RPC returns the server's status with the same-named
 // absl::StatusCode and the server's message (see FromGrpcStatus); a call that
@@ -23,6 +23,18 @@
 //   *request.mutable_q() = MakeTensor({1, 1, 2, 2}, {1, 0, 0, 1});
 //   ...
 //   absl::StatusOr<attnserve::v1::AttendResponse> response = (*client)->Attend(request);
+//
+//   // Grouped-query attention (32 query heads over 8 key/value heads), a
+//   // sliding window, float16 in and out (attention-variants.md): the new
+//   // parameters are the request's fields.
+//   *request.mutable_q() = MakeTensor({1, 32, s, 64}, q, TensorEncoding::kRawFloat16);
+//   *request.mutable_k() = MakeTensor({1, 8, s, 64}, k, TensorEncoding::kRawFloat16);
+//   *request.mutable_v() = MakeTensor({1, 8, s, 64}, v, TensorEncoding::kRawFloat16);
+//   request.set_causal(true);
+//   request.set_window(512);                                // also kv_lengths, softcap
+//   request.set_raw_output(true);                           // 16-bit output needs raw_output
+//   request.set_output_dtype(attnserve::v1::DTYPE_FLOAT16);
+//   std::vector<float> out = *TensorValues((*client)->Attend(request)->out());
 //
 //   ClientOptions options;                       // TLS, mutual TLS and a token
 //   options.security.ca_file = "ca.pem";
@@ -47,6 +59,7 @@
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "attnserve/v1/attention.pb.h"
 #include "client/channel.h"
+#include "client/dtype.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/support/status.h"
@@ -68,29 +81,56 @@ struct ClientOptions {
   std::optional<std::string> service_config;
 };
 
+// How a request tensor travels (attention-variants.md 6). The 16-bit ones
+// halve the bytes of a call; the server widens them exactly to float32, so
+// the result is that of the rounded values (all computation stays float32).
 enum class TensorEncoding {
-  kData,     // Tensor.data: repeated float (JSON-friendly).
-  kRawData,  // Tensor.raw_data: little-endian float32 bytes (fast path).
+  kData,         // Tensor.data: repeated float (JSON-friendly).
+  kRawData,      // Tensor.raw_data: little-endian float32 bytes (fast path).
+  kRawFloat16,   // raw_data of IEEE binary16 (dtype DTYPE_FLOAT16), 2 bytes an element.
+  kRawBfloat16,  // raw_data of bfloat16 (dtype DTYPE_BFLOAT16), 2 bytes an element.
 };
 
 // A request tensor of `shape` holding `values` (row-major, C order), in
-// `encoding`. Does not check that values.size() == product(shape): the server
-// rejects a mismatch with INVALID_ARGUMENT naming the field.
+// `encoding`; the 16-bit encodings round each value to nearest, ties to even
+// (dtype.h: beyond the format's range it becomes infinity, which the server
+// refuses as INVALID_ARGUMENT naming the element). Does not check that
+// values.size() == product(shape): the server rejects a mismatch with
+// INVALID_ARGUMENT naming the field.
 attnserve::v1::Tensor MakeTensor(absl::Span<const int64_t> shape, absl::Span<const float> values,
                                  TensorEncoding encoding = TensorEncoding::kData);
+
+// A request tensor of 16-bit values given as their bit patterns (row-major;
+// dtype.h converts), sent as they are: `dtype` is DTYPE_FLOAT16 or
+// DTYPE_BFLOAT16 (any other is INVALID_ARGUMENT naming dtype).
+absl::StatusOr<attnserve::v1::Tensor> MakeTensor16(absl::Span<const int64_t> shape,
+                                                   absl::Span<const uint16_t> bits,
+                                                   attnserve::v1::DataType dtype);
+
+// The same values in `encoding` (e.g. a response's float32 tensor re-sent as
+// float16, or a proto-JSON request's data tensors as 16-bit raw_data);
+// errors as TensorValues'. A ref is returned unchanged.
+absl::StatusOr<attnserve::v1::Tensor> RecodeTensor(const attnserve::v1::Tensor& tensor,
+                                                   TensorEncoding encoding);
 
 // A request tensor naming one the server loaded at start-up (attnd
 // --tensor_dir): `ref` is "<file stem>/<tensor name>", as ListMethods lists
 // them. `shape` may stay empty (the stored shape is used) or state the
 // expected one, which the server then checks. An unknown ref is NOT_FOUND.
-attnserve::v1::Tensor MakeRefTensor(absl::string_view ref,
-                                    absl::Span<const int64_t> shape = {});
+attnserve::v1::Tensor MakeRefTensor(absl::string_view ref, absl::Span<const int64_t> shape = {});
 
-// The values (row-major) of a tensor given as data or raw_data.
-// INVALID_ARGUMENT if it holds a ref, sets both data and raw_data, has a
-// dimension < 1, or the count (for raw_data: the byte length / 4) does not
-// match product(shape).
+// The values (row-major) of a tensor given as data or raw_data, float32 or
+// 16-bit (Tensor.dtype; widened exactly, so a response with output_dtype
+// float16 reads back as the float16 values). INVALID_ARGUMENT if it holds a
+// ref, sets both data and raw_data, has a 16-bit dtype on data (or an
+// unknown dtype), has a dimension < 1, or the count (for raw_data: the byte
+// length / the element size) does not match product(shape).
 absl::StatusOr<std::vector<float>> TensorValues(const attnserve::v1::Tensor& tensor);
+
+// The bit patterns (row-major) of a tensor whose raw_data holds 16-bit
+// values (dtype DTYPE_FLOAT16 or DTYPE_BFLOAT16): the response's values
+// exactly as sent. INVALID_ARGUMENT for any other tensor, and as TensorValues.
+absl::StatusOr<std::vector<uint16_t>> TensorBits16(const attnserve::v1::Tensor& tensor);
 
 // The absl::Status with the same-named code and the same message as `status`.
 absl::Status FromGrpcStatus(const grpc::Status& status);
@@ -102,9 +142,9 @@ class Client {
   // ...) with options.security (plaintext by default) and, unless
   // options.service_config says otherwise, the defaults of channel.h
   // (round_robin over the target's addresses, retries of UNAVAILABLE for the
-  // idempotent RPCs, client-side health checking, keepalive). Connects lazily, on the first call; so fails only on a
-  // malformed target or option (INVALID_ARGUMENT) or a certificate or token
-  // file that cannot be read (NOT_FOUND), never because the server is down.
+  // idempotent RPCs, client-side health checking, keepalive). Connects lazily, on the first call;
+  // so fails only on a malformed target or option (INVALID_ARGUMENT) or a certificate or token file
+  // that cannot be read (NOT_FOUND), never because the server is down.
   static absl::StatusOr<std::unique_ptr<Client>> Create(const std::string& target,
                                                         ClientOptions options = {});
 

@@ -125,6 +125,132 @@ class RequestBuildingTest(unittest.TestCase):
         # raw_data is little-endian float32: 1.0 = 0x3f800000.
         self.assertEqual(attnserve.to_tensor([1.0]).raw_data, b"\x00\x00\x80\x3f")
 
+    def test_new_attend_fields_and_rope_scaling_params(self):
+        q = np.zeros((2, 4, 3, 8), np.float32)
+        kv = np.zeros((2, 2, 5, 8), np.float32)
+        request = attn_client.attend_request(
+            method="rope", q=q, k=kv, v=kv, num_kv_heads=2, kv_lengths=np.array([5, 3]),
+            window=4, softcap=30.0, scaling="yarn", scaling_factor=4.0, original_max_position=64,
+            beta_fast=16, beta_slow=2, attention_factor=1.1)
+        self.assertEqual(request.num_kv_heads, 2)
+        self.assertEqual(list(request.kv_lengths), [5, 3])
+        self.assertEqual((request.window, request.softcap), (4, 30.0))
+        rope = request.method.rope
+        self.assertEqual(rope.scaling, attention_pb2.ROPE_SCALING_YARN)
+        self.assertEqual((rope.original_max_position, rope.beta_fast, rope.beta_slow,
+                          rope.attention_factor), (64, 16.0, 2.0, 1.1))
+        self.assertFalse(rope.HasField("low_freq_factor"))
+        self.assertEqual(request.output_dtype, attention_pb2.DTYPE_UNSPECIFIED)
+        # Unset: the fields stay absent (their meaning before issue 14).
+        request = attn_client.attend_request(method="none", q=q, k=kv, v=kv)
+        self.assertFalse(request.HasField("window") or request.HasField("softcap"))
+        self.assertEqual((request.num_kv_heads, len(request.kv_lengths)), (0, 0))
+        request = attn_client.attend_request(method="rope", scaling="llama3",
+                                             low_freq_factor=1, high_freq_factor=4)
+        self.assertEqual(request.method.rope.scaling, attention_pb2.ROPE_SCALING_LLAMA3)
+        self.assertEqual(attn_client.attend_request(method="rope", scaling="dynamic_ntk")
+                         .method.rope.scaling, attention_pb2.ROPE_SCALING_DYNAMIC_NTK)
+        slopes = np.array([0.5, -0.25, 0.0], np.float32)
+        request = attn_client.attend_request(method="alibi", slopes=slopes)
+        np.testing.assert_array_equal(attnserve.from_tensor(request.method.alibi.slopes), slopes)
+        with self.assertRaises(TypeError):
+            attn_client.attend_request(method="none", window=2.5)
+        with self.assertRaises(ValueError):
+            attn_client.attend_request(method="none", output_dtype="float8")
+
+    def test_float16_tensors_go_as_16_bit_raw_data(self):
+        values = np.array([[1.0, 0.1], [-65520.0, 3.5 * 2.0**-24]], np.float32)
+        for source in (values, values.astype(np.float64)):
+            tensor = attnserve.to_tensor(source, dtype="float16")
+            self.assertEqual(tensor.dtype, attention_pb2.DTYPE_FLOAT16)
+            self.assertEqual(list(tensor.shape), [2, 2])
+            # 0x3c00, 0x2e66 (0.1 rounded), 0xfc00 (a tie rounded to even: -inf),
+            # 0x0004 (3.5 subnormal units, a tie rounded to even: 4).
+            self.assertEqual(tensor.raw_data, bytes.fromhex("003c662e00fc0400"))
+        with np.errstate(over="ignore"):
+            half = values.astype(np.float16)
+        for raw in (True, False):  # 16-bit tensors are raw_data whatever `raw` says
+            tensor = attnserve.to_tensor(half, raw=raw)
+            self.assertEqual(tensor.dtype, attention_pb2.DTYPE_FLOAT16)
+            self.assertEqual(len(tensor.raw_data), 8)
+            self.assertEqual(len(tensor.data), 0)
+        back = attnserve.from_tensor(tensor)
+        self.assertEqual(back.dtype, np.float16)
+        np.testing.assert_array_equal(back.view(np.uint16), half.view(np.uint16))
+        # The array's own dtype wins unless one is given: float32 on request.
+        tensor = attnserve.to_tensor(half, dtype="float32")
+        self.assertEqual((tensor.dtype, len(tensor.raw_data)), (attention_pb2.DTYPE_UNSPECIFIED, 16))
+        # uint16 arrays with a 16-bit dtype are bit patterns, sent as given.
+        tensor = attnserve.to_tensor(np.array([0x7BFF, 0x0001], np.uint16), dtype=np.float16)
+        self.assertEqual(tensor.raw_data, bytes.fromhex("ff7b0100"))
+        np.testing.assert_array_equal(attnserve.from_tensor(tensor),
+                                      np.array([65504.0, 2.0**-24], np.float16))
+
+    def test_bfloat16_rounds_to_nearest_even_and_keeps_nan(self):
+        cases = {1.0: 0x3F80, 0.1: 0x3DCD, -3.0: 0xC040,
+                 1 + 2.0**-8: 0x3F80,                  # tie, down to even
+                 1 + 3 * 2.0**-8: 0x3F82,              # tie, up to even
+                 float(np.finfo(np.float32).max): 0x7F80,  # overflow: inf
+                 float("-inf"): 0xFF80, -0.0: 0x8000}
+        values = np.array(list(cases), np.float32)
+        bits = attnserve.float32_to_bfloat16_bits(values)
+        self.assertEqual(bits.dtype, np.uint16)
+        self.assertEqual([int(b) for b in bits], list(cases.values()))
+        nan_bits = attnserve.float32_to_bfloat16_bits(
+            np.array([0x7F800001, 0xFFC00000], np.uint32).view(np.float32))
+        self.assertTrue(np.isnan(attnserve.bfloat16_bits_to_float32(nan_bits)).all())
+        self.assertEqual(int(nan_bits[1]) & 0x8000, 0x8000)
+        # Widening is exact: the float32 whose top half the bits are.
+        np.testing.assert_array_equal(
+            attnserve.bfloat16_bits_to_float32(np.array([0x3DCD], np.uint16)).view(np.uint32),
+            np.array([0x3DCD0000], np.uint32))
+        # Without ml_dtypes, bfloat16 goes as uint16 bit patterns with a dtype.
+        tensor = attnserve.to_tensor(bits.reshape(2, 4), dtype="bfloat16")
+        self.assertEqual(tensor.dtype, attention_pb2.DTYPE_BFLOAT16)
+        self.assertEqual(list(tensor.shape), [2, 4])
+        self.assertEqual(tensor.raw_data, bits.astype("<u2").tobytes())
+        self.assertEqual(attnserve.to_tensor(values, dtype="bfloat16").raw_data, tensor.raw_data)
+        back = attnserve.from_tensor(tensor)
+        if attnserve.BFLOAT16 is None:
+            self.assertEqual(back.dtype, np.uint16)
+            np.testing.assert_array_equal(back.ravel(), bits)
+        else:
+            self.assertEqual(back.dtype, attnserve.BFLOAT16)
+            np.testing.assert_array_equal(back.view(np.uint16).ravel(), bits)
+
+    @unittest.skipIf(attnserve.BFLOAT16 is None, "ml_dtypes is not installed")
+    def test_ml_dtypes_bfloat16_arrays(self):
+        values = np.array([1.0, 0.1, 1 + 3 * 2.0**-8, -3.0], np.float32)
+        array = values.astype(attnserve.BFLOAT16)
+        tensor = attnserve.to_tensor(array)
+        self.assertEqual(tensor.dtype, attention_pb2.DTYPE_BFLOAT16)
+        # ml_dtypes' rounding and ours agree.
+        self.assertEqual(tensor.raw_data,
+                         attnserve.float32_to_bfloat16_bits(values).astype("<u2").tobytes())
+
+    def test_input_and_output_dtype_apply_to_every_tensor(self):
+        q = np.ones((1, 2, 3, 4), np.float32)
+        request = attn_client.attend_request(method="shaw", q=q, k=q, v=q, rel_k=np.ones((3, 4)),
+                                             rel_v=np.ones((3, 4)), max_relative_position=1,
+                                             input_dtype="bfloat16", output_dtype="float16")
+        for tensor in (request.q, request.k, request.v, request.method.shaw.rel_k):
+            self.assertEqual(tensor.dtype, attention_pb2.DTYPE_BFLOAT16)
+            self.assertEqual(len(tensor.raw_data), 2 * int(np.prod(tensor.shape)))
+        self.assertEqual(request.output_dtype, attention_pb2.DTYPE_FLOAT16)
+        self.assertTrue(request.raw_output)
+        request = attn_client.encode_request("sinusoidal", x=np.ones((1, 2, 4), np.float16),
+                                             output_dtype="DTYPE_BFLOAT16")
+        self.assertEqual(request.x.dtype, attention_pb2.DTYPE_FLOAT16)
+        self.assertEqual(request.output_dtype, attention_pb2.DTYPE_BFLOAT16)
+
+    def test_from_tensor_rejects_a_16_bit_dtype_on_data_and_bad_lengths(self):
+        with self.assertRaisesRegex(ValueError, "tensor.dtype"):
+            attnserve.from_tensor(attention_pb2.Tensor(shape=[1], data=[1.0],
+                                                       dtype=attention_pb2.DTYPE_FLOAT16))
+        with self.assertRaisesRegex(ValueError, r"tensor.raw_data: expected 2 \* product"):
+            attnserve.from_tensor(attention_pb2.Tensor(shape=[3], raw_data=b"\0" * 4,
+                                                       dtype=attention_pb2.DTYPE_BFLOAT16))
+
     def test_from_tensor_rejects_a_count_mismatch(self):
         with self.assertRaises(ValueError):
             attnserve.from_tensor(attention_pb2.Tensor(shape=[2, 2], raw_data=b"\0" * 12))

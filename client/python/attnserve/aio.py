@@ -61,23 +61,28 @@ class Client(_ClientBase):
                      w_q=None, w_k=None, w_v=None, num_heads: Optional[int] = None,
                      causal: bool = False, scale: Optional[float] = None,
                      query_offset: Optional[int] = None, return_probs: bool = False,
-                     raw: bool = True, timeout: Optional[float] = None,
+                     raw: bool = True, num_kv_heads: Optional[int] = None, kv_lengths=None,
+                     window: Optional[int] = None, softcap: Optional[float] = None,
+                     input_dtype=None, output_dtype=None, timeout: Optional[float] = None,
                      **method_params) -> AttendResult:
         """attnserve.Client.attend, awaited."""
         request = attend_request(method, q, k, v, x_q=x_q, x_kv=x_kv, w_q=w_q, w_k=w_k, w_v=w_v,
                                  num_heads=num_heads, causal=causal, scale=scale,
                                  query_offset=query_offset, return_probs=return_probs, raw=raw,
-                                 **method_params)
+                                 num_kv_heads=num_kv_heads, kv_lengths=kv_lengths, window=window,
+                                 softcap=softcap, input_dtype=input_dtype,
+                                 output_dtype=output_dtype, **method_params)
         return _attend_result(await self._call(self._stub.Attend, request, timeout))
 
     async def encode(self, method: str, x=None, *, offset: Optional[int] = None, distances=None,
                      sq: Optional[int] = None, sk: Optional[int] = None,
                      query_offset: Optional[int] = None, num_heads: Optional[int] = None,
-                     raw: bool = True, timeout: Optional[float] = None,
-                     **method_params) -> Dict[str, np.ndarray]:
+                     raw: bool = True, input_dtype=None, output_dtype=None,
+                     timeout: Optional[float] = None, **method_params) -> Dict[str, np.ndarray]:
         """attnserve.Client.encode, awaited."""
         request = encode_request(method, x, offset=offset, distances=distances, sq=sq, sk=sk,
                                  query_offset=query_offset, num_heads=num_heads, raw=raw,
+                                 input_dtype=input_dtype, output_dtype=output_dtype,
                                  **method_params)
         return _encode_result(await self._call(self._stub.Encode, request, timeout))
 

@@ -20,6 +20,29 @@ Enum parameters take the short name ("half", "ntk"), the full name
 (the server's default). A tensor argument may be anything np.asarray accepts
 (converted to float32, C order), an attention_pb2.Tensor, or a str naming a
 tensor the server loaded at start-up (a ref).
+
+16-bit transport (docs/attention-variants.md 6): a NumPy float16 array goes
+as DTYPE_FLOAT16 raw_data (2 bytes an element, half the bytes), an
+ml_dtypes.bfloat16 array (when ml_dtypes is installed) as DTYPE_BFLOAT16;
+`input_dtype="float16"` or `"bfloat16"` sends every tensor argument so
+(float arrays rounded to nearest, ties to even, after the usual float32
+conversion; uint16 arrays taken as the bit patterns of that type, which is
+how bfloat16 goes without ml_dtypes). to_tensor(value, dtype=...) does the
+same for one tensor. 16-bit tensors always travel as raw_data, also with
+raw=False. `output_dtype="float16"` returns np.float16 arrays (exactly what
+the server rounded); `"bfloat16"` returns ml_dtypes.bfloat16 arrays when
+ml_dtypes is importable, else np.uint16 arrays of the bfloat16 bit patterns
+(bfloat16_bits_to_float32 widens them). Both need raw=True (the default).
+
+    client.attend(method="none", q=q16, k=k16, v=v16, output_dtype="float16").out  # np.float16
+    client.attend(method="rope", q=q, k=k, v=v, input_dtype="bfloat16", ...)
+
+Grouped-query attention, padding, windows and soft-capping
+(attention-variants.md 1-5) are attend's keyword arguments num_kv_heads,
+kv_lengths, window and softcap; RoPE's scalings (scaling="yarn", "llama3",
+"dynamic_ntk" with original_max_position, beta_fast, beta_slow,
+attention_factor, low_freq_factor, high_freq_factor) and ALiBi's custom
+`slopes` tensor are method parameters like the others.
 """
 
 import collections
@@ -34,12 +57,21 @@ from attnserve import channel
 from attnserve.v1 import attention_pb2
 from attnserve.v1 import attention_pb2_grpc
 
+try:  # optional: NumPy's bfloat16 dtype
+    import ml_dtypes as _ml_dtypes
+    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:
+    BFLOAT16 = None
+
 __all__ = [
     "AttendResult",
     "AttnError",
+    "BFLOAT16",
     "Client",
     "attend_request",
+    "bfloat16_bits_to_float32",
     "encode_request",
+    "float32_to_bfloat16_bits",
     "from_tensor",
     "to_tensor",
 ]
@@ -65,16 +97,87 @@ class AttnError(Exception):
         self.responses = list(responses or [])
 
 
-def to_tensor(value, raw=True):
-    """An attention_pb2.Tensor from an array-like (float32, C order; raw_data
-    when `raw`, else data), a Tensor (copied) or a str (a ref)."""
+_DTYPE_NAMES = {attention_pb2.DTYPE_UNSPECIFIED: "float32", attention_pb2.DTYPE_FLOAT32: "float32",
+                attention_pb2.DTYPE_FLOAT16: "float16", attention_pb2.DTYPE_BFLOAT16: "bfloat16"}
+
+
+def _data_type(value, field):
+    """A DataType number from "float16", "DTYPE_BFLOAT16", 2, np.float16,
+    ml_dtypes.bfloat16 ...; None stays None."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, int, np.integer)):
+        try:
+            value = np.dtype(value).name  # np.float16 -> "float16", bfloat16 -> "bfloat16"
+        except TypeError:
+            pass
+    return _enum_number(attention_pb2.DataType.DESCRIPTOR, field, value)
+
+
+def float32_to_bfloat16_bits(values):
+    """The bfloat16 bit patterns (np.uint16, same shape) of `values` as
+    float32, rounded to nearest, ties to even; beyond bfloat16's range
+    infinity, NaN a quiet NaN (as the C++ SDK's client/dtype.h)."""
+    array = np.ascontiguousarray(np.asarray(values, dtype=np.float32))
+    bits = array.view(np.uint32)
+    with np.errstate(over="ignore"):  # NaN's bits may wrap; they are replaced below
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
+    rounded = np.where(np.isnan(array), (bits >> 16) | np.uint32(0x40), rounded)
+    return np.asarray(rounded, dtype=np.uint16).reshape(array.shape)
+
+
+def bfloat16_bits_to_float32(bits):
+    """The float32 values (exact) of bfloat16 bit patterns (uint16 array)."""
+    array = np.ascontiguousarray(np.asarray(bits, dtype=np.uint16))
+    return (array.astype(np.uint32) << 16).view(np.float32)
+
+
+def _float32(value):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+
+
+def _bits16(array, dtype):
+    """The uint16 bit patterns of `array` in DataType `dtype` (16-bit)."""
+    if array.dtype == np.uint16:
+        return array  # already bit patterns of `dtype`
+    if dtype == attention_pb2.DTYPE_FLOAT16:
+        if array.dtype != np.float16:
+            # NumPy's float32 -> float16 rounds to nearest even and overflows
+            # to inf (which the server then refuses by element).
+            with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+                array = _float32(array).astype(np.float16)
+        return array.view(np.uint16)
+    if BFLOAT16 is not None and array.dtype == BFLOAT16:
+        return array.view(np.uint16)
+    return float32_to_bfloat16_bits(_float32(array))
+
+
+def to_tensor(value, raw=True, dtype=None):
+    """An attention_pb2.Tensor from an array-like, a Tensor (copied) or a str
+    (a ref). `dtype` (None, "float32", "float16", "bfloat16", a DataType or a
+    NumPy dtype) is the wire type; None means the array's own: float16 and
+    ml_dtypes.bfloat16 arrays go as those, anything else as float32. 16-bit
+    tensors are raw_data with Tensor.dtype set (a uint16 array then holds the
+    bit patterns); float32 ones are raw_data when `raw`, else data."""
     if isinstance(value, attention_pb2.Tensor):
         tensor = attention_pb2.Tensor()
         tensor.CopyFrom(value)
         return tensor
     if isinstance(value, str):
         return attention_pb2.Tensor(ref=value)
-    array = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+    array = np.asarray(value)
+    wire = _data_type(dtype, "dtype")
+    if wire is None:
+        if array.dtype == np.float16:
+            wire = attention_pb2.DTYPE_FLOAT16
+        elif BFLOAT16 is not None and array.dtype == BFLOAT16:
+            wire = attention_pb2.DTYPE_BFLOAT16
+    if wire in (attention_pb2.DTYPE_FLOAT16, attention_pb2.DTYPE_BFLOAT16):
+        bits = np.ascontiguousarray(_bits16(array, wire))
+        return attention_pb2.Tensor(shape=list(array.shape), dtype=wire,
+                                    raw_data=bits.astype("<u2", copy=False).tobytes(order="C"))
+    array = _float32(array)
     tensor = attention_pb2.Tensor(shape=list(array.shape))
     if raw:
         tensor.raw_data = array.astype("<f4", copy=False).tobytes(order="C")
@@ -84,20 +187,37 @@ def to_tensor(value, raw=True):
 
 
 def from_tensor(tensor):
-    """The float32 ndarray (shape restored) of a Tensor given as data or
-    raw_data. ValueError for a ref or a count that does not match the shape."""
+    """The ndarray (shape restored) of a Tensor given as data or raw_data:
+    np.float32; for DTYPE_FLOAT16 raw_data np.float16; for DTYPE_BFLOAT16
+    ml_dtypes.bfloat16 (BFLOAT16) when ml_dtypes is importable, else np.uint16
+    bit patterns (bfloat16_bits_to_float32 widens them). ValueError for a
+    ref, a 16-bit dtype on data, or a count that does not match the shape."""
     if tensor.ref:
         raise ValueError(f"tensor.ref: a ref ({tensor.ref!r}) holds no values on the client")
+    name = _DTYPE_NAMES.get(tensor.dtype)
+    if name is None:
+        raise ValueError(f"tensor.dtype: unknown DataType {tensor.dtype}")
     shape = tuple(int(d) for d in tensor.shape)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if tensor.raw_data:
         if len(tensor.data):
             raise ValueError("tensor: exactly one of data and raw_data may be set")
-        if len(tensor.raw_data) != 4 * count:
-            raise ValueError(f"tensor.raw_data: expected 4 * product(shape {list(shape)}) = "
-                             f"{4 * count} bytes, got {len(tensor.raw_data)}")
-        values = np.frombuffer(tensor.raw_data, dtype="<f4").astype(np.float32)
+        size = 4 if name == "float32" else 2
+        if len(tensor.raw_data) != size * count:
+            raise ValueError(f"tensor.raw_data: expected {size} * product(shape {list(shape)}) = "
+                             f"{size * count} bytes ({name}), got {len(tensor.raw_data)}")
+        if name == "float32":
+            values = np.frombuffer(tensor.raw_data, dtype="<f4").astype(np.float32)
+        elif name == "float16":
+            values = np.frombuffer(tensor.raw_data, dtype="<f2").astype(np.float16)
+        else:
+            values = np.frombuffer(tensor.raw_data, dtype="<u2").astype(np.uint16)
+            if BFLOAT16 is not None:
+                values = values.view(BFLOAT16)
     else:
+        if name != "float32":
+            raise ValueError(f"tensor.dtype: {attention_pb2.DataType.Name(tensor.dtype)} "
+                             "describes raw_data only; data is always float32")
         if len(tensor.data) != count:
             raise ValueError(f"tensor.data: expected product(shape {list(shape)}) = {count} "
                              f"values, got {len(tensor.data)}")
@@ -134,7 +254,7 @@ def _scalar(field, name, value):
     return value
 
 
-def _set_method(method, name, params, raw):
+def _set_method(method, name, params, raw, dtype=None):
     """Fills PositionalMethod `method` with kind `name` and its `params`."""
     name = _METHOD_ALIASES.get(name, name)
     oneof = method.DESCRIPTOR.oneofs_by_name["kind"]
@@ -152,43 +272,66 @@ def _set_method(method, name, params, raw):
             accepted = ", ".join(fields) or "none"
             raise TypeError(f"method {name!r} has no parameter {key!r} (it takes: {accepted})")
         if field.message_type is not None:
-            getattr(sub, key).CopyFrom(to_tensor(value, raw))
+            getattr(sub, key).CopyFrom(to_tensor(value, raw, dtype))
         elif field.enum_type is not None:
             setattr(sub, key, _enum_number(field.enum_type, f"{name}.{key}", value))
         else:
             setattr(sub, key, _scalar(field, f"{name}.{key}", value))
 
 
+def _integer(name, value):
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise TypeError(f"{name}: expected an integer, got {value!r}")
+    return int(value)
+
+
 def attend_request(method="none", q=None, k=None, v=None, *, x_q=None, x_kv=None, w_q=None,
                    w_k=None, w_v=None, num_heads=None, causal=False, scale=None,
-                   query_offset=None, return_probs=False, raw=True, **method_params):
+                   query_offset=None, return_probs=False, raw=True, num_kv_heads=None,
+                   kv_lengths=None, window=None, softcap=None, input_dtype=None,
+                   output_dtype=None, **method_params):
     """The AttendRequest that Client.attend sends (see there)."""
     request = attention_pb2.AttendRequest(causal=bool(causal), return_probs=bool(return_probs),
                                           raw_output=bool(raw))
-    _set_method(request.method, method, method_params, raw)
+    dtype = _data_type(input_dtype, "input_dtype")
+    _set_method(request.method, method, method_params, raw, dtype)
     tensors = {"q": q, "k": k, "v": v, "x_q": x_q, "x_kv": x_kv, "w_q": w_q, "w_k": w_k,
                "w_v": w_v}
     for name, value in tensors.items():
         if value is not None:
-            getattr(request, name).CopyFrom(to_tensor(value, raw))
+            getattr(request, name).CopyFrom(to_tensor(value, raw, dtype))
     if num_heads is not None:
-        request.num_heads = int(num_heads)
+        request.num_heads = _integer("num_heads", num_heads)
     if scale is not None:
         request.scale = float(scale)
     if query_offset is not None:
-        request.query_offset = int(query_offset)
+        request.query_offset = _integer("query_offset", query_offset)
+    if num_kv_heads is not None:
+        request.num_kv_heads = _integer("num_kv_heads", num_kv_heads)
+    if kv_lengths is not None:
+        request.kv_lengths.extend(_integer("kv_lengths", n) for n in np.ravel(kv_lengths))
+    if window is not None:
+        request.window = _integer("window", window)
+    if softcap is not None:
+        request.softcap = float(softcap)
+    if output_dtype is not None:
+        request.output_dtype = _data_type(output_dtype, "output_dtype")
     return request
 
 
 def encode_request(method, x=None, *, offset=None, distances=None, sq=None, sk=None,
-                   query_offset=None, num_heads=None, raw=True, **method_params):
+                   query_offset=None, num_heads=None, raw=True, input_dtype=None,
+                   output_dtype=None, **method_params):
     """The EncodeRequest that Client.encode sends (see there)."""
     request = attention_pb2.EncodeRequest(raw_output=bool(raw))
-    _set_method(request.method, method, method_params, raw)
+    dtype = _data_type(input_dtype, "input_dtype")
+    _set_method(request.method, method, method_params, raw, dtype)
     if x is not None:
-        request.x.CopyFrom(to_tensor(x, raw))
+        request.x.CopyFrom(to_tensor(x, raw, dtype))
     if distances is not None:
-        request.distances.CopyFrom(to_tensor(distances, raw))
+        request.distances.CopyFrom(to_tensor(distances, raw, dtype))
+    if output_dtype is not None:
+        request.output_dtype = _data_type(output_dtype, "output_dtype")
     for name, value in (("offset", offset), ("sq", sq), ("sk", sk), ("num_heads", num_heads)):
         if value is not None:
             setattr(request, name, int(value))
@@ -333,27 +476,39 @@ class Client(_ClientBase):
                w_q=None, w_k=None, w_v=None, num_heads: Optional[int] = None,
                causal: bool = False, scale: Optional[float] = None,
                query_offset: Optional[int] = None, return_probs: bool = False, raw: bool = True,
-               timeout: Optional[float] = None, **method_params) -> AttendResult:
-        """Multi-head attention: q [B,H,Sq,D], k [B,H,Sk,D], v [B,H,Sk,Dv] (or
-        x_q, x_kv, w_q, w_k, w_v and num_heads for sinusoidal and learned).
-        None leaves scale (1/sqrt(D)), query_offset (Sk - Sq) and num_heads
-        unset. raw: send and receive raw_data (else repeated float).
+               num_kv_heads: Optional[int] = None, kv_lengths=None,
+               window: Optional[int] = None, softcap: Optional[float] = None,
+               input_dtype=None, output_dtype=None, timeout: Optional[float] = None,
+               **method_params) -> AttendResult:
+        """Multi-head attention: q [B,H,Sq,D], k [B,H_kv,Sk,D], v [B,H_kv,Sk,Dv]
+        with H % H_kv == 0 (grouped-query; or x_q, x_kv, w_q, w_k, w_v,
+        num_heads and num_kv_heads for sinusoidal and learned).
+        None leaves scale (1/sqrt(D)), query_offset (Sk - Sq), num_heads,
+        num_kv_heads, window and softcap unset. kv_lengths: B valid key counts
+        (right padding); window: a sliding window W >= 1 (causal: the W most
+        recent keys; else |p - j| < W); softcap: logits become c*tanh(l/c).
+        raw: send and receive raw_data (else repeated float). input_dtype,
+        output_dtype: 16-bit transport (see the module's doc).
         Returns AttendResult(out [B,H,Sq,Dv], probs [B,H,Sq,Sk] or None)."""
         request = attend_request(method, q, k, v, x_q=x_q, x_kv=x_kv, w_q=w_q, w_k=w_k, w_v=w_v,
                                  num_heads=num_heads, causal=causal, scale=scale,
                                  query_offset=query_offset, return_probs=return_probs, raw=raw,
-                                 **method_params)
+                                 num_kv_heads=num_kv_heads, kv_lengths=kv_lengths, window=window,
+                                 softcap=softcap, input_dtype=input_dtype,
+                                 output_dtype=output_dtype, **method_params)
         return _attend_result(self._call(self._stub.Attend, request, timeout))
 
     def encode(self, method: str, x=None, *, offset: Optional[int] = None, distances=None,
                sq: Optional[int] = None, sk: Optional[int] = None,
                query_offset: Optional[int] = None, num_heads: Optional[int] = None,
-               raw: bool = True, timeout: Optional[float] = None,
-               **method_params) -> Dict[str, np.ndarray]:
+               raw: bool = True, input_dtype=None, output_dtype=None,
+               timeout: Optional[float] = None, **method_params) -> Dict[str, np.ndarray]:
         """A positional encoding on its own. Returns {output name: ndarray}
-        with the names of positional-methods.md 3.2 (y, table, bias, ...)."""
+        with the names of positional-methods.md 3.2 (y, table, bias, ...);
+        input_dtype, output_dtype as attend's."""
         request = encode_request(method, x, offset=offset, distances=distances, sq=sq, sk=sk,
                                  query_offset=query_offset, num_heads=num_heads, raw=raw,
+                                 input_dtype=input_dtype, output_dtype=output_dtype,
                                  **method_params)
         return _encode_result(self._call(self._stub.Encode, request, timeout))
 
