@@ -21,6 +21,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/testing/golden.h"
 #include "tests/testing/golden_proto.h"
+#include "tests/testing/half_float.h"
 
 namespace attnserve::fuzz {
 namespace {
@@ -42,29 +43,6 @@ void Write(const fs::path& path, const std::string& bytes, size_t limit = max_le
   ++written;
 }
 
-// float32 -> IEEE binary16, rounding to nearest even; the golden inputs are
-// small normal values, but overflow and subnormals are handled anyway.
-uint16_t ToHalf(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, 4);
-  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
-  const float magnitude = std::fabs(value);
-  if (std::isnan(value)) return static_cast<uint16_t>(sign | 0x7e00u);
-  if (magnitude >= 65520.0f) return static_cast<uint16_t>(sign | 0x7c00u);
-  if (magnitude < 6.103515625e-05f) {  // subnormal: a multiple of 2^-24
-    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(magnitude * 16777216.0f)));
-  }
-  int exponent;
-  const float fraction = std::frexp(magnitude, &exponent);  // [0.5, 1)
-  uint32_t mantissa = static_cast<uint32_t>(std::nearbyint((fraction * 2 - 1) * 1024));
-  int biased = exponent - 1 + 15;
-  if (mantissa == 1024) {
-    mantissa = 0;
-    ++biased;
-  }
-  return static_cast<uint16_t>(sign | (biased << 10) | mantissa);
-}
-
 uint16_t ToBFloat16(float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, 4);
@@ -82,7 +60,7 @@ std::string Safetensors(const GoldenCase& c, const std::string& dtype) {
       if (dtype == "F32") {
         data.append(reinterpret_cast<const char*>(&f), 4);
       } else {
-        const uint16_t h = dtype == "F16" ? ToHalf(f) : ToBFloat16(f);
+        const uint16_t h = dtype == "F16" ? testing::FloatToHalfBits(f) : ToBFloat16(f);
         data.push_back(static_cast<char>(h & 0xff));
         data.push_back(static_cast<char>(h >> 8));
       }

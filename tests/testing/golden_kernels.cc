@@ -6,12 +6,6 @@
 
 namespace attnserve::testing {
 
-absl::StatusCode ExpectedCode(const GoldenCase& c) {
-  if (c.expect_error == "invalid_argument") return absl::StatusCode::kInvalidArgument;
-  if (c.expect_error == "out_of_range") return absl::StatusCode::kOutOfRange;
-  return absl::StatusCode::kOk;
-}
-
 absl::StatusOr<kernels::MethodParams> ToMethodParams(const GoldenCase& c) {
   kernels::MethodParams p;
   p.base = c.Double("base");
@@ -31,12 +25,24 @@ absl::StatusOr<kernels::MethodParams> ToMethodParams(const GoldenCase& c) {
       p.rope_scaling = kernels::RopeScaling::kLinear;
     } else if (*scaling == "ntk") {
       p.rope_scaling = kernels::RopeScaling::kNtk;
+    } else if (*scaling == "yarn") {
+      p.rope_scaling = kernels::RopeScaling::kYarn;
+    } else if (*scaling == "llama3") {
+      p.rope_scaling = kernels::RopeScaling::kLlama3;
+    } else if (*scaling == "dynamic_ntk") {
+      p.rope_scaling = kernels::RopeScaling::kDynamicNtk;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("scaling: unknown value ", *scaling));
     }
   }
   p.scaling_factor = c.Double("scaling_factor");
   p.rotary_dim = c.Int("rotary_dim");
+  p.original_max_position = c.Int("original_max_position");
+  p.beta_fast = c.Double("beta_fast");
+  p.beta_slow = c.Double("beta_slow");
+  p.attention_factor = c.Double("attention_factor");
+  p.low_freq_factor = c.Double("low_freq_factor");
+  p.high_freq_factor = c.Double("high_freq_factor");
   p.d_rel = c.Int("d_rel").value_or(0);
   p.max_relative_position = c.Int("max_relative_position");
   return p;
@@ -69,6 +75,13 @@ absl::Status FillCommon(const GoldenCase& c, Args* args) {
   return absl::OkStatus();
 }
 
+bool IsSessionRule(const std::vector<std::string>& fields) {
+  for (const std::string& f : fields) {
+    if (f == "max_len" || f == "truncate.length") return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const GoldenCase& c) {
@@ -79,6 +92,10 @@ absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const GoldenCase& c) {
   args.scale = c.Double("scale");
   args.query_offset = c.Int("query_offset");
   args.return_probs = c.expected.count("probs") > 0;
+  args.num_kv_heads = c.Int("num_kv_heads").value_or(0);
+  args.kv_lengths = c.IntList("kv_lengths").value_or(std::vector<int64_t>{});
+  args.window = c.Int("window");
+  args.softcap = c.Double("softcap");
   return args;
 }
 
@@ -93,6 +110,29 @@ absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const GoldenCase& c) {
   return args;
 }
 
+std::string KernelSkipReason(const GoldenCase& c) {
+  auto tensors = [&](const GoldenTensors& inputs) -> std::string {
+    for (const auto& [name, t] : inputs) {
+      if (t.wire_data && t.dtype != GoldenDtype::kFloat32) {
+        return absl::StrCat(name, ": a 16-bit dtype on data (a wire rule)");
+      }
+      if (!t.RawLengthMatches()) return absl::StrCat(name, ": raw_data length (a wire rule)");
+      if (t.raw_bytes && t.dtype != GoldenDtype::kFloat32) {
+        return absl::StrCat(name, ": 16-bit raw_data (decoded by the server)");
+      }
+    }
+    return "";
+  };
+  if (std::string reason = tensors(c.inputs); !reason.empty()) return reason;
+  for (const GoldenStep& s : c.steps) {
+    if (std::string reason = tensors(s.inputs); !reason.empty()) return reason;
+  }
+  if (c.RawOutputForbidden() && c.OutputDtype() != GoldenDtype::kFloat32) {
+    return "output_dtype without raw_output (a wire rule)";
+  }
+  return "";
+}
+
 namespace {
 
 std::string CompareOutputs(const GoldenCase& c, const kernels::TensorMap& got) {
@@ -103,8 +143,8 @@ std::string CompareOutputs(const GoldenCase& c, const kernels::TensorMap& got) {
       absl::StrAppend(&failures, name, ": missing from the result\n");
       continue;
     }
-    const std::string diff = CompareTensor(name, expected, it->second.shape(),
-                                           it->second.values(), c.rtol, c.atol);
+    const std::string diff =
+        CompareTensor(name, expected, it->second.shape(), it->second.values(), c.rtol, c.atol);
     if (!diff.empty()) absl::StrAppend(&failures, diff, "\n");
   }
   for (const auto& [name, tensor] : got) {
@@ -116,9 +156,21 @@ std::string CompareOutputs(const GoldenCase& c, const kernels::TensorMap& got) {
 }
 
 std::string CheckError(const GoldenCase& c, const absl::Status& status) {
-  if (status.code() == ExpectedCode(c)) return "";
-  return absl::StrCat("expected ", c.expect_error.empty() ? "success" : c.expect_error,
-                      ", got ", status.ToString());
+  return CheckExpectedError(c, status.code(), status.message());
+}
+
+std::string RunDecode(const GoldenCase& c, const kernels::ComputeOptions& options) {
+  std::string failures;
+  for (size_t n = 0; n < c.steps.size(); ++n) {
+    const GoldenStep& step = c.steps[n];
+    if (step.kind != "step") continue;
+    if (!step.expect_error.empty() && IsSessionRule(step.expect_field)) continue;
+    auto attend = DecodeStepAsAttendCase(c, n);
+    if (!attend.ok()) return std::string(attend.status().message());
+    const std::string diff = RunGoldenThroughKernels(*attend, options);
+    if (!diff.empty()) absl::StrAppend(&failures, "steps[", n, "]: ", diff, "\n");
+  }
+  return failures;
 }
 
 }  // namespace
@@ -141,6 +193,7 @@ std::string RunGoldenThroughKernels(const GoldenCase& c, const kernels::ComputeO
     if (!result.ok() || !c.expect_error.empty()) return CheckError(c, result.status());
     return CompareOutputs(c, result->outputs);
   }
+  if (c.op == "decode") return RunDecode(c, options);
   return absl::StrCat("unknown op ", c.op);
 }
 
