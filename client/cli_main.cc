@@ -11,6 +11,13 @@
 //   attn plot encode|attend|curve [FILE|-] --output=PATH.png|PATH.svg [--data=PATH.json]
 //                                    a picture of a response (plot_command.h)
 //
+// Request flags of attend, encode and plot (attention-variants.md) set fields
+// over the JSON's: --num_kv_heads, --kv_lengths, --window, --softcap (attend),
+// --input_dtype (every value tensor sent as float16/bfloat16 raw_data) and
+// --output_dtype (the response's type; 16-bit sets raw_output). A 16-bit
+// response tensor is printed with its values, widened exactly, in data and
+// its dtype kept.
+//
 // Common flags: --address=TARGET (default 127.0.0.1:50051), --timeout=SECONDS
 // (default 30), and the transport's security (channel.h): plaintext unless
 // --tls, --cacert, --cert/--key or --cname; a token from --token, --token_file
@@ -29,12 +36,16 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -42,6 +53,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
@@ -51,6 +63,7 @@
 #include "client/load_tool.h"
 #include "client/plot.h"
 #include "client/plot_command.h"
+#include "google/protobuf/message.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace attnserve::client {
@@ -89,6 +102,18 @@ commands:
                               curve takes an Encode request); --data writes the
                               plotted numbers as JSON
 
+request flags (attend, encode, plot; over the request JSON's fields):
+  --num_kv_heads=N            attend: key/value heads (grouped-query attention)
+  --kv_lengths=L1,L2,...      attend: valid keys per batch element (right padding)
+  --window=W                  attend: sliding window, W >= 1
+  --softcap=C                 attend: logits become C * tanh(logit / C)
+  --input_dtype=TYPE          float32, float16 or bfloat16: send every value
+                              tensor of the request as this type (rounded to
+                              nearest, ties to even)
+  --output_dtype=TYPE         float32, float16 or bfloat16: the response's type
+                              (16-bit sets raw_output); 16-bit tensors are
+                              printed as their values in data, with dtype
+
 flags:
   --address=TARGET            server: a gRPC target, host:port (default
                               127.0.0.1:50051), dns:///host:port or
@@ -122,6 +147,8 @@ struct Args {
   std::string service;
   std::string output;  // plot: the picture
   std::string data;    // plot: the plotted numbers
+  // Request flags, as given (checked by RequestFlags).
+  std::map<std::string, std::string> request_flags;
   bool stream = false;
   bool help = false;
   std::vector<std::string> positional;  // command, then its arguments
@@ -143,6 +170,11 @@ int RpcError(const absl::Status& status) {
   PrintError(absl::StatusCodeToString(status.code()), status.message());
   return kExitRpcError;
 }
+
+// The request flags and whether they apply to attend only.
+const std::map<std::string, bool> kRequestFlags = {{"num_kv_heads", true}, {"kv_lengths", true},
+                                                   {"window", true},       {"softcap", true},
+                                                   {"input_dtype", false}, {"output_dtype", false}};
 
 // Parses argv into `args`; an error message on failure.
 std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
@@ -188,7 +220,8 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
     bool matched = false;
     for (absl::string_view name :
          {"address", "timeout", "service", "output", "data", "service_config", "cacert", "cert",
-          "key", "cname", "server_name", "token", "token_file"}) {
+          "key", "cname", "server_name", "token", "token_file", "num_kv_heads", "kv_lengths",
+          "window", "softcap", "input_dtype", "output_dtype"}) {
       std::optional<bool> taken = take_value(i, arg, name, value);
       if (!taken.has_value()) return absl::StrCat("--", name, " needs a value");
       if (!*taken) continue;
@@ -209,6 +242,8 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
         args.service = value;
       } else if (name == "service_config") {
         args.service_config = value;
+      } else if (kRequestFlags.count(std::string(name)) > 0) {
+        args.request_flags[std::string(name)] = value;
       } else if (value.empty()) {
         return absl::StrCat("--", name, " must not be empty");
       } else if (name == "cacert") {
@@ -337,6 +372,149 @@ std::string ToJson(const Message& message, bool pretty) {
   return json;
 }
 
+// The request flags, parsed and checked (usage errors name the flag).
+struct RequestFlags {
+  std::optional<int32_t> num_kv_heads;
+  std::optional<std::vector<int64_t>> kv_lengths;
+  std::optional<int64_t> window;
+  std::optional<double> softcap;
+  std::optional<TensorEncoding> input_encoding;
+  std::optional<attnserve::v1::DataType> output_dtype;
+};
+
+absl::StatusOr<attnserve::v1::DataType> ParseDataType(absl::string_view flag,
+                                                      absl::string_view text) {
+  if (text == "float32") return attnserve::v1::DTYPE_FLOAT32;
+  if (text == "float16") return attnserve::v1::DTYPE_FLOAT16;
+  if (text == "bfloat16") return attnserve::v1::DTYPE_BFLOAT16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", flag, " must be float32, float16 or bfloat16, got \"", text, "\""));
+}
+
+absl::StatusOr<RequestFlags> ParseRequestFlags(const Args& args) {
+  RequestFlags flags;
+  const std::string& command = args.positional.empty() ? "" : args.positional[0];
+  for (const auto& [name, text] : args.request_flags) {
+    // `command` is the kind of a plot's request ("curve": an Encode) when
+    // called from ReadRequest, and "plot" from Main's early check.
+    if (command != "attend" && command != "encode" && command != "plot" && command != "curve") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " applies to attend, encode and plot only"));
+    }
+    if (kRequestFlags.at(name) && (command == "encode" || command == "curve")) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " applies to attend only"));
+    }
+    const auto bad = [&name = name, &text = text](absl::string_view rule) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " must be ", rule, ", got \"", text, "\""));
+    };
+    if (name == "num_kv_heads") {
+      int32_t value = 0;
+      if (!absl::SimpleAtoi(text, &value) || value < 0) return bad("an integer >= 0");
+      flags.num_kv_heads = value;
+    } else if (name == "kv_lengths") {
+      std::vector<int64_t> lengths;
+      for (absl::string_view piece : absl::StrSplit(text, ',')) {
+        int64_t value = 0;
+        if (!absl::SimpleAtoi(piece, &value)) return bad("comma-separated integers");
+        lengths.push_back(value);
+      }
+      flags.kv_lengths = std::move(lengths);
+    } else if (name == "window") {
+      int64_t value = 0;
+      if (!absl::SimpleAtoi(text, &value)) return bad("an integer");
+      flags.window = value;
+    } else if (name == "softcap") {
+      double value = 0;
+      if (!absl::SimpleAtod(text, &value)) return bad("a number");
+      flags.softcap = value;
+    } else {
+      absl::StatusOr<attnserve::v1::DataType> dtype = ParseDataType(name, text);
+      if (!dtype.ok()) return dtype.status();
+      if (name == "output_dtype") {
+        flags.output_dtype = *dtype;
+      } else {
+        flags.input_encoding = *dtype == attnserve::v1::DTYPE_FLOAT16 ? TensorEncoding::kRawFloat16
+                               : *dtype == attnserve::v1::DTYPE_BFLOAT16
+                                   ? TensorEncoding::kRawBfloat16
+                                   : TensorEncoding::kRawData;
+      }
+    }
+  }
+  return flags;
+}
+
+// Calls `visit` on every Tensor in `message`, nested messages and map values
+// included (the method's tensors, an EncodeResponse's outputs).
+absl::Status ForEachTensor(google::protobuf::Message& message,
+                           const std::function<absl::Status(attnserve::v1::Tensor&)>& visit) {
+  const google::protobuf::Reflection* reflection = message.GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  reflection->ListFields(message, &fields);
+  for (const google::protobuf::FieldDescriptor* field : fields) {
+    if (field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    const int count = field->is_repeated() ? reflection->FieldSize(message, field) : 1;
+    for (int i = 0; i < count; ++i) {
+      google::protobuf::Message* child =
+          field->is_repeated() ? reflection->MutableRepeatedMessage(&message, field, i)
+                               : reflection->MutableMessage(&message, field);
+      auto* tensor = dynamic_cast<attnserve::v1::Tensor*>(child);
+      absl::Status status = tensor != nullptr ? visit(*tensor) : ForEachTensor(*child, visit);
+      if (!status.ok()) {
+        return absl::Status(status.code(), absl::StrCat(field->name(), ".", status.message()));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The flags' fields over `request`'s (AttendRequest or EncodeRequest).
+template <typename Request>
+absl::Status ApplyRequestFlags(const RequestFlags& flags, Request& request) {
+  if constexpr (std::is_same_v<Request, attnserve::v1::AttendRequest>) {
+    if (flags.num_kv_heads) request.set_num_kv_heads(*flags.num_kv_heads);
+    if (flags.kv_lengths) {
+      request.mutable_kv_lengths()->Assign(flags.kv_lengths->begin(), flags.kv_lengths->end());
+    }
+    if (flags.window) request.set_window(*flags.window);
+    if (flags.softcap) request.set_softcap(*flags.softcap);
+  }
+  if (flags.output_dtype) {
+    request.set_output_dtype(*flags.output_dtype);
+    if (*flags.output_dtype != attnserve::v1::DTYPE_FLOAT32) request.set_raw_output(true);
+  }
+  if (!flags.input_encoding) return absl::OkStatus();
+  // A tensor's errors read as the server's would: "q.raw_data: ...".
+  return ForEachTensor(request, [&flags](attnserve::v1::Tensor& tensor) -> absl::Status {
+    absl::StatusOr<attnserve::v1::Tensor> recoded = RecodeTensor(tensor, *flags.input_encoding);
+    if (!recoded.ok()) {
+      absl::string_view message = recoded.status().message();
+      absl::ConsumePrefix(&message, "tensor.");
+      return absl::InvalidArgumentError(message);
+    }
+    tensor = *std::move(recoded);
+    return absl::OkStatus();
+  });
+}
+
+// A response's 16-bit tensors as data (their values widened, exactly) with
+// dtype kept, so that the printed JSON shows numbers instead of base64.
+template <typename Response>
+Response Printable(Response response) {
+  (void)ForEachTensor(response, [](attnserve::v1::Tensor& tensor) {
+    if (tensor.dtype() != attnserve::v1::DTYPE_FLOAT16 &&
+        tensor.dtype() != attnserve::v1::DTYPE_BFLOAT16) {
+      return absl::OkStatus();
+    }
+    absl::StatusOr<std::vector<float>> values = TensorValues(tensor);
+    if (!values.ok()) return absl::OkStatus();  // printed as received
+    tensor.clear_raw_data();
+    tensor.mutable_data()->Assign(values->begin(), values->end());
+    return absl::OkStatus();
+  });
+  return response;
+}
+
 // The single FILE argument of encode/attend ("" = stdin).
 absl::StatusOr<std::string> InputPath(const Args& args) {
   if (args.positional.size() > 2) {
@@ -357,6 +535,13 @@ absl::StatusOr<Request> ReadRequest(const Args& args) {
   if (!status.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("request JSON (", path->empty() ? "-" : *path, "): ", status.message()));
+  }
+  absl::StatusOr<RequestFlags> flags = ParseRequestFlags(args);
+  if (!flags.ok()) return flags.status();
+  status = ApplyRequestFlags(*flags, request);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request (", path->empty() ? "-" : *path, "): ", status.message()));
   }
   return request;
 }
@@ -383,7 +568,7 @@ int RunEncode(Client& client, const Args& args) {
   if (!request.ok()) return UsageError(request.status().message());
   absl::StatusOr<attnserve::v1::EncodeResponse> response = client.Encode(*request);
   if (!response.ok()) return RpcError(response.status());
-  std::cout << ToJson(*response, /*pretty=*/true) << std::endl;
+  std::cout << ToJson(Printable(*std::move(response)), /*pretty=*/true) << std::endl;
   return kExitOk;
 }
 
@@ -393,7 +578,7 @@ int RunAttend(Client& client, const Args& args) {
   if (!request.ok()) return UsageError(request.status().message());
   absl::StatusOr<attnserve::v1::AttendResponse> response = client.Attend(*request);
   if (!response.ok()) return RpcError(response.status());
-  std::cout << ToJson(*response, /*pretty=*/true) << std::endl;
+  std::cout << ToJson(Printable(*std::move(response)), /*pretty=*/true) << std::endl;
   return kExitOk;
 }
 
@@ -407,17 +592,20 @@ int RunAttendStream(Client& client, const Args& args) {
   if (!pieces.ok()) {
     return UsageError(absl::StrCat("requests JSON (", source, "): ", pieces.status().message()));
   }
+  absl::StatusOr<RequestFlags> flags = ParseRequestFlags(args);
+  if (!flags.ok()) return UsageError(flags.status().message());
   std::vector<attnserve::v1::AttendRequest> requests(pieces->size());
   for (size_t i = 0; i < pieces->size(); ++i) {
     absl::Status status = ParseJson((*pieces)[i], requests[i]);
+    if (status.ok()) status = ApplyRequestFlags(*flags, requests[i]);
     if (!status.ok()) {
       return UsageError(
           absl::StrCat("requests JSON (", source, ") request ", i, ": ", status.message()));
     }
   }
   Client::StreamResult result = client.AttendStream(requests);
-  for (const attnserve::v1::AttendResponse& response : result.responses) {
-    std::cout << ToJson(response, /*pretty=*/false) << "\n";
+  for (attnserve::v1::AttendResponse& response : result.responses) {
+    std::cout << ToJson(Printable(std::move(response)), /*pretty=*/false) << "\n";
   }
   std::cout.flush();
   if (!result.status.ok()) return RpcError(result.status);
@@ -539,6 +727,9 @@ int Main(int argc, char** argv) {
   }
   if ((!args.output.empty() || !args.data.empty()) && command != "plot") {
     return UsageError("--output and --data apply to plot only");
+  }
+  if (absl::StatusOr<RequestFlags> flags = ParseRequestFlags(args); !flags.ok()) {
+    return UsageError(flags.status().message());
   }
   ClientOptions options;
   options.default_deadline = absl::Seconds(args.timeout_seconds);

@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """Writes deploy/ghz/: one ghz config and one request data file per call of
 every method (Attend and Encode under each positional method, ListMethods,
-grpc.health.v1.Health/Check), the requests taken from golden vectors in
-tests/golden/ so that each is valid and its answer is known.
+grpc.health.v1.Health/Check) and the attention variants (grouped-query
+attention with a sliding window, YaRN, float16 in and out), the requests taken
+from golden vectors in tests/golden/ and tests/golden-variants/ so that each is
+valid and its answer is known.
 
 Run from the repository root after a build (it needs the generated modules):
   PYTHONPATH=build/python /usr/bin/python3 scripts/gen_ghz_configs.py
@@ -14,9 +16,10 @@ import os
 import numpy as np
 from google.protobuf import json_format
 
-from attnserve.client import attend_request, encode_request
+from attnserve.client import attend_request, encode_request, to_tensor
 
 GOLDEN_DIR = "tests/golden"
+VARIANTS_DIR = "tests/golden-variants"
 OUT_DIR = "deploy/ghz"
 ATTENTION_PROTO = "proto/attnserve/v1/attention.proto"
 HEALTH_PROTO = "proto/grpc/health/v1/health.proto"
@@ -40,15 +43,37 @@ CASES = {
     "encode_alibi": "enc_alibi_h8_s5",
     "encode_da_transformer": "enc_da_h4_s6",
 }
+# config name -> format_version 2 case (attention-variants.md 9): 16-bit
+# tensors travel as base64 raw_data with their dtype, as ghz sends bytes.
+VARIANT_CASES = {
+    "attend_yarn": "att_rope_yarn_explicit_noncausal",
+    "encode_yarn": "enc_rope_yarn_explicit_interleaved",
+}
+
+
+def input_array(tensor):
+    """A golden input as the array the client sends: float16 and bfloat16
+    inputs (values exact in their type) as 16-bit, the rest float32."""
+    values = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    dtype = tensor.get("dtype", "float32")
+    if dtype == "float32":
+        return values
+    return to_tensor(values, dtype=dtype)
 
 
 def request_from_case(case):
     params = {k: v for k, v in case["params"].items() if v is not None}
-    inputs = {k: np.asarray(t["data"], dtype=np.float32).reshape(t["shape"])
-              for k, t in case["inputs"].items()}
+    if params.get("output_dtype") == "float32":
+        del params["output_dtype"]  # the default: left unset
+    # Float32 tensors as data (readable JSON); a 16-bit output needs raw_output.
+    raw = params.get("output_dtype") is not None
+    inputs = {k: input_array(t) for k, t in case["inputs"].items()}
     if case["op"] == "attend":
-        return attend_request(method=case["method"], raw=False, **params, **inputs)
-    return encode_request(case["method"], raw=False, **params, **inputs)
+        request = attend_request(method=case["method"], raw=False, **params, **inputs)
+    else:
+        request = encode_request(case["method"], raw=False, **params, **inputs)
+    request.raw_output = raw
+    return request
 
 
 def ints_for_shapes(value):
@@ -87,8 +112,11 @@ def write_config(name, call, proto, data):
 
 def main():
     os.makedirs(os.path.join(OUT_DIR, "data"), exist_ok=True)
-    for name, case_name in CASES.items():
-        with open(os.path.join(GOLDEN_DIR, case_name + ".json"), encoding="utf-8") as f:
+    cases = [(name, os.path.join(GOLDEN_DIR, case + ".json")) for name, case in CASES.items()]
+    cases += [(name, os.path.join(VARIANTS_DIR, case + ".json"))
+              for name, case in VARIANT_CASES.items()]
+    for name, path in cases:
+        with open(path, encoding="utf-8") as f:
             case = json.load(f)
         request = request_from_case(case)
         data = ints_for_shapes(json_format.MessageToDict(request, preserving_proto_field_name=True))

@@ -117,6 +117,21 @@ class CliTest(AttnCliTestCase):
         self.assertTrue(result.stderr.startswith("attn: INVALID_ARGUMENT: "), result.stderr)
         self.assertIn("k.shape", result.stderr)
 
+    def test_variant_flag_usage_errors_are_exit_2(self):
+        cases = {
+            "attend-only flag on encode": ["encode", "--window=2", "-"],
+            "request flag on health": ["health", "--output_dtype=float16"],
+            "unknown dtype": ["attend", "--output_dtype=float8", "-"],
+            "bad lengths": ["attend", "--kv_lengths=1,x", "-"],
+            "negative kv heads": ["attend", "--num_kv_heads=-1", "-"],
+            "bad softcap": ["attend", "--softcap=big", "-"],
+        }
+        for label, args in cases.items():
+            with self.subTest(label):
+                result = self.run_attn(*args, stdin=json.dumps(EXAMPLE))
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn("--" + args[1].split("=")[0].lstrip("-"), result.stderr)
+
     def test_stream_from_a_json_array_and_json_lines(self):
         requests = [example(scale_v=float(i + 1)) for i in range(3)]
         array_file = self.write("stream.json", json.dumps(requests, indent=2))
