@@ -84,17 +84,11 @@ void RopeFrequencies(const RopeConfig& config, double* out) {
         break;
       }
       case RopeScaling::kNone:
-      case RopeScaling::kLinear:  // The position is divided instead (RopeAngles).
+      case RopeScaling::kLinear:  // The position is divided instead (RopeSteps).
       case RopeScaling::kNtk:
       case RopeScaling::kDynamicNtk: out[n] = f; break;
     }
   }
-}
-
-void RopeAngles(const RopeConfig& config, double position, double* out) {
-  if (config.scaling == RopeScaling::kLinear) position /= config.scaling_factor;
-  RopeFrequencies(config, out);
-  for (int64_t n = 0; n < config.rotary_dim / 2; ++n) out[n] *= position;
 }
 
 double RopeMagnitude(const RopeConfig& config) {
@@ -244,7 +238,7 @@ void TurnRow(const float* c, const float* s, int64_t half, bool half_layout, con
 
 // Runs of positions share the work of their cosines and sines: sincos of
 // the run's first position's exact double angle (1.6: phi_n = position' *
-// theta_n, formed as RopeAngles does), then one step by the fixed rotation
+// f'_n, position / s for linear scaling), then one step by the fixed rotation
 // theta_n per position in double (within ~1e-14 of the direct sincos, far
 // below float rounding), stored as float.
 constexpr int64_t kAnchorRows = 64;

@@ -18,9 +18,9 @@ namespace attnserve::kernels {
 // sin/cos; an odd d_model ends in a lone sine. out has d_model entries.
 void SinusoidRow(double position, int64_t d_model, double base, double* out);
 
-// rope.cc, 2.4 and attention-variants.md 7: the rotation angle phi_n of
-// pair n (n < rotary_dim / 2) at `position`, after the configured scaling.
-// Parameters are already validated (MakeConfig in rope.cc).
+// rope.cc, 2.4 and attention-variants.md 7: what sets the rotation angle
+// phi_n of pair n (n < rotary_dim / 2) at a position, after the configured
+// scaling. Parameters are already validated (MakeConfig in rope.cc).
 struct RopeConfig {
   RopeLayout layout = RopeLayout::kInterleaved;
   double base = 10000;
@@ -41,8 +41,6 @@ struct RopeConfig {
 // scaling, whose position is divided). NTK and dynamic NTK change the base;
 // llama3 and yarn blend f_n and f_n / s per pair.
 void RopeFrequencies(const RopeConfig& config, double* out);
-// phi_n for n = 0 .. rotary_dim/2 - 1, written to out.
-void RopeAngles(const RopeConfig& config, double position, double* out);
 // The factor on cos and sin of every rotated pair: yarn's attention_factor,
 // 1 for every other scaling.
 double RopeMagnitude(const RopeConfig& config);

@@ -194,18 +194,20 @@ NaiveOutputs RunPlain(const Heads& p) {
 }
 
 // 2.4: rotates row[0 .. r-1] of a row at `position`; cos and sin of the
-// double angle, rounded to float, then the rotation in float.
+// double angle (times YaRN's attention_factor), rounded to float, then the
+// rotation in float.
 struct Rope {
   bool half = false;
-  double base = 10000, position_divisor = 1;
+  double position_divisor = 1, magnitude = 1;
   int64_t r = 0;
+  std::vector<double> frequency;  // Per pair: the angle is position' * frequency.
 
   void Rotate(double position, float* row) const {
     const int64_t pairs = r / 2;
     for (int64_t n = 0; n < pairs; ++n) {
-      const double theta = std::pow(base, -2.0 * static_cast<double>(n) / static_cast<double>(r));
-      const double phi = position / position_divisor * theta;
-      const float c = static_cast<float>(std::cos(phi)), s = static_cast<float>(std::sin(phi));
+      const double phi = position / position_divisor * frequency[static_cast<size_t>(n)];
+      const float c = static_cast<float>(std::cos(phi) * magnitude);
+      const float s = static_cast<float>(std::sin(phi) * magnitude);
       const int64_t a = half ? n : 2 * n, b = half ? n + pairs : 2 * n + 1;
       const float xa = row[a], xb = row[b];
       row[a] = xa * c - xb * s;
@@ -214,29 +216,62 @@ struct Rope {
   }
 };
 
-Rope MakeRope(const kernels::MethodParams& params, int64_t d) {
+// attention-variants.md 7, written out as the spec states each scaling
+// (the spec's defaults for unset parameters); `length` is dynamic_ntk's L.
+Rope MakeRope(const kernels::MethodParams& params, int64_t d, int64_t length) {
   Rope rope;
   rope.half = params.rope_layout == kernels::RopeLayout::kHalf;
   rope.r = params.rotary_dim.value_or(d);
-  rope.base = params.base.value_or(10000.0);
-  const double factor = params.scaling_factor.value_or(1.0);
+  const double r = static_cast<double>(rope.r);
+  double base = params.base.value_or(10000.0);
+  const double s = params.scaling_factor.value_or(1.0);
+  const double l0 = static_cast<double>(params.original_max_position.value_or(1));
   switch (params.rope_scaling) {
-    case kernels::RopeScaling::kNone: break;
-    case kernels::RopeScaling::kLinear: rope.position_divisor = factor; break;
-    case kernels::RopeScaling::kNtk:
-      rope.base *= std::pow(factor, static_cast<double>(rope.r) / static_cast<double>(rope.r - 2));
-      break;
-    case kernels::RopeScaling::kYarn:
-    case kernels::RopeScaling::kLlama3:
+    case kernels::RopeScaling::kNtk: base *= std::pow(s, r / (r - 2)); break;
     case kernels::RopeScaling::kDynamicNtk:
-      break;  // attention-variants.md 7: not emulated here yet.
+      if (static_cast<double>(length) > l0) {
+        base *= std::pow(s * static_cast<double>(length) / l0 - (s - 1), r / (r - 2));
+      }
+      break;
+    case kernels::RopeScaling::kLinear: rope.position_divisor = s; break;
+    case kernels::RopeScaling::kNone:
+    case kernels::RopeScaling::kYarn:
+    case kernels::RopeScaling::kLlama3: break;
+  }
+  const double pi = 3.14159265358979323846;
+  const double low = params.low_freq_factor.value_or(1.0);
+  const double high = params.high_freq_factor.value_or(4.0);
+  // YaRN: c(n) = r ln(L0 / (2 pi n)) / (2 ln base), lo and hi clamped to dims.
+  const auto c = [&](double n) { return r * std::log(l0 / (2 * pi * n)) / (2 * std::log(base)); };
+  const double lo = std::max(std::floor(c(params.beta_fast.value_or(32.0))), 0.0);
+  double hi = std::min(std::ceil(c(params.beta_slow.value_or(1.0))), r - 1);
+  if (lo == hi) hi += 0.001;
+  for (int64_t i = 0; i < rope.r / 2; ++i) {
+    const double f = std::pow(base, -2.0 * static_cast<double>(i) / r);
+    double scaled = f;
+    if (params.rope_scaling == kernels::RopeScaling::kLlama3) {
+      const double w = 2 * pi / f;
+      if (w > l0 / low) {
+        scaled = f / s;
+      } else if (!(w < l0 / high)) {
+        const double a = (l0 / w - low) / (high - low);
+        scaled = (1 - a) * f / s + a * f;
+      }
+    } else if (params.rope_scaling == kernels::RopeScaling::kYarn) {
+      const double e = 1 - std::clamp((static_cast<double>(i) - lo) / (hi - lo), 0.0, 1.0);
+      scaled = (f / s) * (1 - e) + f * e;
+    }
+    rope.frequency.push_back(scaled);
+  }
+  if (params.rope_scaling == kernels::RopeScaling::kYarn) {
+    rope.magnitude = params.attention_factor.value_or(0.1 * std::log(s) + 1);
   }
   return rope;
 }
 
 NaiveOutputs AttendRope(const kernels::AttendArgs& args) {
   Heads p = QkvHeads(args);
-  const Rope rope = MakeRope(args.params, p.d);
+  const Rope rope = MakeRope(args.params, p.d, std::max(p.sk, p.offset + p.sq));
   for (int64_t b = 0; b < p.batch; ++b) {
     for (int64_t h = 0; h < p.heads; ++h) {
       for (int64_t i = 0; i < p.sq; ++i) {
@@ -311,7 +346,11 @@ NaiveOutputs AttendShaw(const kernels::AttendArgs& args) {
 
 NaiveOutputs AttendAlibi(const kernels::AttendArgs& args) {
   const Heads p = QkvHeads(args);
-  const std::vector<float> slopes = ToFloat(ReferenceAlibiSlopes(p.heads));
+  // attention-variants.md 7: the input slopes when sent, else get_slopes.
+  const auto sent = args.inputs.find("slopes");
+  const std::vector<float> slopes = sent != args.inputs.end()
+                                        ? sent->second.values()
+                                        : ToFloat(ReferenceAlibiSlopes(p.heads));
   return RunAttention(
       p,
       [&](int64_t, int64_t h, int64_t i, int64_t j, const float* q, const float* k) {
