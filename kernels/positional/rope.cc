@@ -49,12 +49,16 @@ void RopeFrequencies(const RopeConfig& config, double* out) {
   // YaRN's correction range: the pair index at which a wavelength fits n
   // times into L0, c(n) = r ln(L0 / (2 pi n)) / (2 ln base), widened to whole
   // dims and kept in 0 .. r-1 (in double: no integer conversion of a value
-  // that may be huge when base is near 1).
+  // that may be huge when base is near 1). A beta near 0 or near the double
+  // range makes the logarithm infinite, and the ramp then inf / inf; c held
+  // within +-1e18 gives the ramp's limit instead (every finite c that
+  // matters is far inside).
   double lo = 0, span = 1;
   if (config.scaling == RopeScaling::kYarn) {
     const auto correction = [&](double rotations) {
-      return static_cast<double>(r) * std::log(l0 / (kTwoPi * rotations)) /
-             (2 * std::log(base));
+      return std::clamp(static_cast<double>(r) * std::log(l0 / (kTwoPi * rotations)) /
+                            (2 * std::log(base)),
+                        -1e18, 1e18);
     };
     lo = std::max(std::floor(correction(config.beta_fast)), 0.0);
     const double hi =

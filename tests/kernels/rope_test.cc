@@ -506,6 +506,20 @@ TEST(RopeTest, YarnFrequenciesFollowTheRampBetweenTheCorrectionDims) {
     ExpectFrequenciesMatchHf(c);
   }
   ExpectFrequenciesMatchHf(Config(RopeScaling::kYarn, 10000, 8, 8, 512));  // Partial rotary.
+  // Betas at the ends of the double range: c(n) is infinite in the formula;
+  // the frequencies stay finite, between f_n / s and f_n.
+  for (const auto& [beta_fast, beta_slow] :
+       {std::pair<double, double>{5e-324, 1}, {1.7e308, 1}, {32, 5e-324}, {32, 1.7e308}}) {
+    kernels::RopeConfig c = Config(RopeScaling::kYarn, 10000, 3, 10, 128);
+    c.beta_fast = beta_fast;
+    c.beta_slow = beta_slow;
+    const std::vector<double> extreme = KernelFrequencies(c);
+    for (int64_t n = 0; n < 5; ++n) {
+      const double plain = std::pow(10000.0, -static_cast<double>(2 * n) / 10);
+      EXPECT_GE(extreme[n], plain / 3 * (1 - 1e-15)) << beta_fast << " " << beta_slow << " " << n;
+      EXPECT_LE(extreme[n], plain * (1 + 1e-15)) << beta_fast << " " << beta_slow << " " << n;
+    }
+  }
 }
 
 TEST(RopeTest, YarnRampWithLoEqualToHiUsesHiPlusAThousandth) {
