@@ -17,6 +17,7 @@
 #include "kernels/attention.h"
 #include "kernels/isa.h"
 #include "server/convert.h"
+#include "server/decode_call.h"
 #include "server/status_util.h"
 #include "server/wire.h"
 
@@ -498,9 +499,11 @@ void DrainGate::Drain(absl::Time deadline) {
 }
 
 AttentionServiceImpl::AttentionServiceImpl(Batcher* batcher, Metrics* metrics,
-                                           const ServiceOptions& options)
+                                           const ServiceOptions& options,
+                                           SessionRegistry* sessions)
     : batcher_(batcher),
       metrics_(metrics),
+      sessions_(sessions),
       options_(options),
       pending_(options.max_pending_response_bytes),
       methods_(BuildListMethods(options)) {}
@@ -525,6 +528,12 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImp
     grpc::CallbackServerContext* context) {
   return new AttendStreamReactor(context, batcher_, metrics_, &gate_, &pending_,
                                  options_.tensors);
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::Decode(
+    grpc::CallbackServerContext* context) {
+  return NewDecodeReactor(context, DecodeContext{batcher_, metrics_, &gate_, &pending_, sessions_,
+                                                 options_.tensors, options_.max_elements});
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::ListMethods(grpc::CallbackServerContext* context,

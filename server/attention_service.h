@@ -42,6 +42,7 @@
 #include "server/tensor_store.h"
 #include "server/metrics.h"
 #include "server/pending_responses.h"
+#include "server/sessions.h"
 
 namespace attnserve::server {
 
@@ -99,19 +100,23 @@ using RawAttentionService = v1::AttentionService::WithRawCallbackMethod_Attend<
     v1::AttentionService::WithRawCallbackMethod_Encode<
         v1::AttentionService::WithRawCallbackMethod_AttendStream<
             v1::AttentionService::WithRawCallbackMethod_ListMethods<
-                v1::AttentionService::Service>>>>;
+                v1::AttentionService::WithRawCallbackMethod_Decode<
+                    v1::AttentionService::Service>>>>>;
 
 class AttentionServiceImpl final : public RawAttentionService {
  public:
   // `batcher` and `metrics` are not owned; the batcher must keep running
   // until every call has finished (shut the grpc::Server down first, then
   // stop the batcher), and both must outlive the service.
-  AttentionServiceImpl(Batcher* batcher, Metrics* metrics, const ServiceOptions& options);
+  // `sessions` (not owned, outliving the service) serves Decode.
+  AttentionServiceImpl(Batcher* batcher, Metrics* metrics, const ServiceOptions& options,
+                       SessionRegistry* sessions);
 
   // The generated bases also declare the synchronous overloads; keep them
   // visible (-Woverloaded-virtual). gRPC calls only the raw ones below.
   using RawAttentionService::Attend;
   using RawAttentionService::AttendStream;
+  using RawAttentionService::Decode;
   using RawAttentionService::Encode;
   using RawAttentionService::ListMethods;
 
@@ -126,6 +131,10 @@ class AttentionServiceImpl final : public RawAttentionService {
   // AttendRequest messages in, AttendResponse messages out.
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttendStream(
       grpc::CallbackServerContext* context) override;
+  // DecodeRequest messages in, DecodeResponse messages out: one decode
+  // session per stream (server/decode_call.h).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Decode(
+      grpc::CallbackServerContext* context) override;
   // Answered inline (no compute): the methods, their parameters, the limits
   // and the server's name and version.
   grpc::ServerUnaryReactor* ListMethods(grpc::CallbackServerContext* context,
@@ -136,16 +145,24 @@ class AttentionServiceImpl final : public RawAttentionService {
   // answered UNAVAILABLE ("draining") from now on, while accepted requests
   // (and further messages of open streams) are served; returns once none is
   // being served or at `deadline`.
-  void Drain(absl::Time deadline) { gate_.Drain(deadline); }
+  // Decode sessions already open go on; new opens are refused too.
+  void Drain(absl::Time deadline) {
+    sessions_->Refuse();
+    gate_.Drain(deadline);
+  }
   // The lame duck (AttnServer::EnterLameDuck): new calls are refused as in
   // Drain from now on, without waiting for anything.
-  void RefuseNewCalls() { gate_.Refuse(); }
-  // AttendStream calls still open (after Drain: idle ones, between messages).
+  void RefuseNewCalls() {
+    sessions_->Refuse();
+    gate_.Refuse();
+  }
+  // AttendStream and Decode calls still open (after Drain: idle ones, between messages).
   int64_t open_streams() const { return gate_.open_streams(); }
 
  private:
   Batcher* const batcher_;
   Metrics* const metrics_;
+  SessionRegistry* const sessions_;
   DrainGate gate_;
   const ServiceOptions options_;
   PendingResponses pending_;

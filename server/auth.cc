@@ -28,7 +28,8 @@ int HexValue(char c) {
 // The attention service's RPC that `path` names, for the metrics label.
 std::optional<Rpc> RpcOfPath(absl::string_view path) {
   if (!absl::ConsumePrefix(&path, kServicePrefix)) return std::nullopt;
-  for (Rpc rpc : {Rpc::kAttend, Rpc::kAttendStream, Rpc::kEncode, Rpc::kListMethods}) {
+  for (Rpc rpc : {Rpc::kAttend, Rpc::kAttendStream, Rpc::kEncode, Rpc::kListMethods,
+                  Rpc::kDecode}) {
     if (path == RpcName(rpc)) return rpc;
   }
   return std::nullopt;

@@ -107,6 +107,13 @@ ABSL_FLAG(std::string, metrics_tls_cert_file, "",
           "--metrics_tls_key_file; read once at start (not rotated: restart for a new one)");
 ABSL_FLAG(std::string, metrics_tls_key_file, "",
           "PEM private key of --metrics_tls_cert_file; read once at start");
+ABSL_FLAG(int64_t, max_sessions, 1024, "decode sessions (Decode streams) open at once at most");
+ABSL_FLAG(int64_t, session_memory_bytes, int64_t{1} << 30,
+          "key/value cache bytes of all decode sessions together; an open reserves max_len * B * "
+          "H_kv * (D + Dv) * 4 bytes or is refused with RESOURCE_EXHAUSTED");
+ABSL_FLAG(double, session_idle_timeout_s, 300,
+          "a decode session waiting this long for its next message is ended with ABORTED; 0: "
+          "never");
 ABSL_FLAG(bool, insecure, false,
           "allow plaintext gRPC on an --address that is not loopback (else attnd refuses)");
 
@@ -217,6 +224,15 @@ int main(int argc, char** argv) {
   options.connection.max_connection_idle =
       absl::Seconds(absl::GetFlag(FLAGS_max_connection_idle_s));
   options.connection.transport_memory_bytes = absl::GetFlag(FLAGS_transport_memory_bytes);
+  options.sessions.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.sessions.memory_bytes = absl::GetFlag(FLAGS_session_memory_bytes);
+  const double idle_s = absl::GetFlag(FLAGS_session_idle_timeout_s);
+  if (!(idle_s >= 0) || idle_s > 1e9) {
+    std::fprintf(stderr, "attnd: --session_idle_timeout_s: must be in 0..1e9 seconds, got %g\n",
+                 idle_s);
+    return 1;
+  }
+  options.sessions.idle_timeout = absl::Seconds(idle_s);
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
   if (!(grace_s >= 0) || grace_s > 1e6) {
     std::fprintf(stderr, "attnd: --shutdown_grace_s: must be in 0..1e6 seconds, got %g\n", grace_s);

@@ -54,6 +54,7 @@ absl::string_view RpcName(Rpc rpc) {
     case Rpc::kAttendStream: return "AttendStream";
     case Rpc::kEncode: return "Encode";
     case Rpc::kListMethods: return "ListMethods";
+    case Rpc::kDecode: return "Decode";
   }
   return "";
 }

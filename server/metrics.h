@@ -4,7 +4,7 @@
 //
 // Names follow Prometheus conventions (base units, `_total` counters,
 // `_seconds` histograms) and every label has a small fixed set of values:
-//   rpc     Attend, AttendStream, Encode, ListMethods
+//   rpc     Attend, AttendStream, Encode, ListMethods, Decode (one per message)
 //   method  none, sinusoidal, ..., da_transformer; "" when the request named
 //           no method the server knows
 //   code    the gRPC status code name (OK, INVALID_ARGUMENT, ...)
@@ -36,8 +36,8 @@
 
 namespace attnserve::server {
 
-enum class Rpc { kAttend, kAttendStream, kEncode, kListMethods };
-inline constexpr int kNumRpcs = 4;
+enum class Rpc { kAttend, kAttendStream, kEncode, kListMethods, kDecode };
+inline constexpr int kNumRpcs = 5;
 absl::string_view RpcName(Rpc rpc);
 
 // Why a request never reached a kernel.

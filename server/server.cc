@@ -142,6 +142,7 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
         "--tls_key_file) or bind loopback behind a TLS-terminating proxy"));
   }
   ATTN_RETURN_IF_ERROR(ValidateConnectionLimits(options.connection));
+  ATTN_RETURN_IF_ERROR(ValidateSessionOptions(options.sessions));
   if (options.max_pending_response_bytes < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_pending_response_bytes: must be >= 1, got ", options.max_pending_response_bytes));
@@ -158,10 +159,12 @@ AttnServer::AttnServer(const ServerOptions& options, std::unique_ptr<TensorStore
       registry_(std::make_shared<prometheus::Registry>()),
       metrics_(std::make_unique<Metrics>(*registry_, ATTN_VERSION)),
       batcher_(std::make_unique<Batcher>(BatcherOf(options), metrics_.get())),
+      sessions_(std::make_unique<SessionRegistry>(options.sessions, *registry_)),
       service_(std::make_unique<AttentionServiceImpl>(
           batcher_.get(), metrics_.get(),
           ServiceOptions{options.max_elements, options.max_message_bytes, tensors_.get(),
-                         options.max_pending_response_bytes})),
+                         options.max_pending_response_bytes},
+          sessions_.get())),
       warmup_iterations_(options.warmup_iterations),
       compute_threads_(options.threads) {}
 

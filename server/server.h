@@ -31,6 +31,7 @@
 #include "server/limits.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
+#include "server/sessions.h"
 #include "server/tensor_store.h"
 #include "server/tls.h"
 
@@ -78,6 +79,9 @@ struct ServerOptions {
   int64_t max_pending_response_bytes = int64_t{512} << 20;
   // The listener's per-connection limits (server/limits.h).
   ConnectionLimits connection;
+  // Decode sessions: their count, cache budget and idle timeout
+  // (server/sessions.h).
+  SessionOptions sessions;
 };
 
 // INVALID_ARGUMENT naming the flag (--threads, ...) and its rule when
@@ -150,6 +154,7 @@ class AttnServer {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<MetricsListener> metrics_listener_;
   std::unique_ptr<Batcher> batcher_;
+  std::unique_ptr<SessionRegistry> sessions_;
   std::unique_ptr<AttentionServiceImpl> service_;
   std::unique_ptr<CertificateReloader> certificates_;  // null without TLS
   std::shared_ptr<TokenAuthenticator> authenticator_;  // null without tokens

@@ -1,0 +1,228 @@
+#include "kernels/decode_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "kernels/parallel.h"
+#include "kernels/positional/common.h"
+#include "kernels/status_macros.h"
+
+namespace attnserve::kernels {
+namespace {
+
+// Keys per block: a block of K (64 x D floats) stays in L1 while every query
+// row of the group reads it, and so does its block of V.
+constexpr int64_t kKeyBlock = 64;
+// Query rows (group heads x new rows) per pass over a chunk's keys.
+constexpr int64_t kRowBlock = 16;
+// The fewest keys worth a chunk of their own (a thread's share of a split).
+constexpr int64_t kMinChunkKeys = 512;
+
+// q . k over d floats, in eight independent float sums (which the compiler
+// vectorises for the baseline ISA; one running sum could not be reordered).
+inline float Dot(const float* a, const float* b, int64_t d) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t e = 0;
+  for (; e + 8 <= d; e += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += a[e + l] * b[e + l];
+  }
+  float tail = 0;
+  for (; e < d; ++e) tail += a[e] * b[e];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+
+// One query row of a task: query head h, new row i at position pos, seeing
+// keys lo .. pos.
+struct Row {
+  int64_t h = 0, pos = 0, lo = 0;
+  float slope = 0;
+  const float* q = nullptr;
+};
+
+class Logits {
+ public:
+  explicit Logits(const DecodeAttention& p)
+      : scale_(p.scale),
+        alibi_(p.slopes != nullptr),
+        softcap_(p.softcap.has_value()),
+        cap_(static_cast<float>(p.softcap.value_or(1.0))),
+        inv_cap_(static_cast<float>(1.0 / p.softcap.value_or(1.0))) {}
+
+  // The final pre-softmax value of key j for `row` from its dot product.
+  float operator()(float dot, const Row& row, int64_t j) const {
+    float l = scale_ * dot;
+    if (alibi_) l -= row.slope * static_cast<float>(row.pos - j);
+    if (softcap_) l = cap_ * std::tanh(l * inv_cap_);
+    return l;
+  }
+
+ private:
+  const float scale_;
+  const bool alibi_, softcap_;
+  const float cap_, inv_cap_;
+};
+
+Row MakeRow(const DecodeAttention& p, int64_t b, int64_t h, int64_t i) {
+  Row row;
+  row.h = h;
+  row.pos = p.length - p.n + i;
+  row.lo = p.window.has_value() ? std::max<int64_t>(0, row.pos - *p.window + 1) : 0;
+  row.slope = p.slopes != nullptr ? static_cast<float>(p.slopes[h]) : 0.0f;
+  row.q = p.q + ((b * p.heads + h) * p.n + i) * p.d;
+  return row;
+}
+
+// With probs: each row on its own, two passes over its visible keys (the
+// logits go straight into its probs row), exact normalisation.
+absl::Status RunWithProbs(const DecodeAttention& p, const ComputeOptions& options) {
+  const int64_t rows = p.batch * p.heads * p.n, group = p.heads / p.kv_heads;
+  const Logits logit(p);
+  ParallelFor(rows, options.threads, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (IsCancelled(options)) return;
+      const int64_t b = r / (p.heads * p.n), h = (r / p.n) % p.heads, i = r % p.n;
+      const Row row = MakeRow(p, b, h, i);
+      const int64_t kv = b * p.kv_heads + h / group;
+      const float* k = p.k + kv * p.max_len * p.d;
+      const float* v = p.v + kv * p.max_len * p.dv;
+      float* probs = p.probs + r * p.length;
+      float* out = p.out + r * p.dv;
+      std::fill_n(probs, p.length, 0.0f);
+      std::fill_n(out, p.dv, 0.0f);
+      float max = -std::numeric_limits<float>::infinity();
+      for (int64_t j = row.lo; j <= row.pos; ++j) {
+        probs[j] = logit(Dot(row.q, k + j * p.d, p.d), row, j);
+        max = std::max(max, probs[j]);
+      }
+      double sum = 0;
+      for (int64_t j = row.lo; j <= row.pos; ++j) {
+        probs[j] = std::exp(probs[j] - max);
+        sum += probs[j];
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      for (int64_t j = row.lo; j <= row.pos; ++j) {
+        probs[j] *= inv;
+        const float w = probs[j];
+        const float* vj = v + j * p.dv;
+        for (int64_t e = 0; e < p.dv; ++e) out[e] += w * vj[e];
+      }
+    }
+  });
+  return CheckCancelled(options);
+}
+
+}  // namespace
+
+absl::Status RunDecodeAttention(const DecodeAttention& p, const ComputeOptions& options) {
+  if (p.probs != nullptr) return RunWithProbs(p, options);
+  const int64_t group = p.heads / p.kv_heads;
+  const int64_t rows = group * p.n;  // query rows per key/value head
+  const int64_t heads = p.batch * p.kv_heads;
+  // Keys no row sees (before the window of the first new row) are skipped.
+  const int64_t first_key =
+      p.window.has_value() ? std::max<int64_t>(0, p.length - p.n - *p.window + 1) : 0;
+  const int64_t keys = p.length - first_key;
+  // Split-K only as far as the threads need work: about two tasks a thread.
+  int64_t chunks = 1;
+  if (options.threads > 1) {
+    const int64_t wanted = (2 * options.threads + heads - 1) / heads;
+    chunks = std::clamp<int64_t>(keys / kMinChunkKeys, 1, wanted);
+  }
+  const int64_t chunk_keys = (keys + chunks - 1) / chunks;
+  const int64_t tasks = heads * chunks;
+  // Per task and row: the running max, the sum and the weighted values.
+  const int64_t stride = p.dv + 2;
+  std::vector<float> partial(static_cast<size_t>(tasks * rows * stride));
+  const Logits logit(p);
+
+  ParallelFor(tasks, options.threads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Row> block_rows(kRowBlock);
+    std::vector<float> scores(static_cast<size_t>(kRowBlock * kKeyBlock));
+    for (int64_t task = begin; task < end; ++task) {
+      if (IsCancelled(options)) return;
+      const int64_t kv = task / chunks, chunk = task % chunks;
+      const int64_t b = kv / p.kv_heads, g = kv % p.kv_heads;
+      const int64_t c0 = first_key + chunk * chunk_keys;
+      const int64_t c1 = std::min(p.length, c0 + chunk_keys);
+      const float* k = p.k + kv * p.max_len * p.d;
+      const float* v = p.v + kv * p.max_len * p.dv;
+      float* part = partial.data() + task * rows * stride;
+      for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+        const int64_t count = std::min(kRowBlock, rows - r0);
+        for (int64_t r = 0; r < count; ++r) {
+          const int64_t row = r0 + r;
+          block_rows[r] = MakeRow(p, b, g * group + row / p.n, row % p.n);
+          float* state = part + row * stride;
+          state[0] = -std::numeric_limits<float>::infinity();
+          std::fill_n(state + 1, p.dv + 1, 0.0f);
+        }
+        for (int64_t j0 = c0; j0 < c1; j0 += kKeyBlock) {
+          const int64_t j1 = std::min(c1, j0 + kKeyBlock);
+          for (int64_t r = 0; r < count; ++r) {
+            const Row& row = block_rows[r];
+            const int64_t lo = std::max(row.lo, j0), hi = std::min(row.pos + 1, j1);
+            if (lo >= hi) continue;
+            float* s = scores.data() + r * kKeyBlock;
+            float block_max = -std::numeric_limits<float>::infinity();
+            for (int64_t j = lo; j < hi; ++j) {
+              const float l = logit(Dot(row.q, k + j * p.d, p.d), row, j);
+              s[j - j0] = l;
+              block_max = std::max(block_max, l);
+            }
+            float* state = part + (r0 + r) * stride;
+            float* acc = state + 2;
+            // The online softmax: rescale what was summed when the max grows.
+            if (block_max > state[0]) {
+              const float rescale = std::exp(state[0] - block_max);
+              state[1] *= rescale;
+              for (int64_t e = 0; e < p.dv; ++e) acc[e] *= rescale;
+              state[0] = block_max;
+            }
+            const float m = state[0];
+            float sum = 0;
+            for (int64_t j = lo; j < hi; ++j) {
+              const float w = std::exp(s[j - j0] - m);
+              sum += w;
+              const float* vj = v + j * p.dv;
+              for (int64_t e = 0; e < p.dv; ++e) acc[e] += w * vj[e];
+            }
+            state[1] += sum;
+          }
+        }
+      }
+    }
+  });
+  ATTN_RETURN_IF_ERROR(CheckCancelled(options));
+
+  // The merge of the chunks' partial softmaxes, row by row.
+  for (int64_t kv = 0; kv < heads; ++kv) {
+    const int64_t b = kv / p.kv_heads, g = kv % p.kv_heads;
+    for (int64_t row = 0; row < rows; ++row) {
+      const int64_t h = g * group + row / p.n, i = row % p.n;
+      float* out = p.out + ((b * p.heads + h) * p.n + i) * p.dv;
+      float max = -std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* state = partial.data() + ((kv * chunks + c) * rows + row) * stride;
+        if (state[1] > 0) max = std::max(max, state[0]);
+      }
+      std::fill_n(out, p.dv, 0.0f);
+      double sum = 0;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* state = partial.data() + ((kv * chunks + c) * rows + row) * stride;
+        if (!(state[1] > 0)) continue;
+        const float w = std::exp(state[0] - max);
+        sum += static_cast<double>(w) * state[1];
+        for (int64_t e = 0; e < p.dv; ++e) out[e] += w * state[2 + e];
+      }
+      // A row always sees its own key (causal, W >= 1), so sum > 0.
+      const float inv = sum > 0 ? static_cast<float>(1.0 / sum) : 0.0f;
+      for (int64_t e = 0; e < p.dv; ++e) out[e] *= inv;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace attnserve::kernels

@@ -1,0 +1,59 @@
+// The decode kernel: the attention of a few new query rows per head against a
+// long key/value cache, for the logits that are a scaled dot product plus at
+// most a per-head linear distance bias (none, RoPE on rotated rows, the
+// absolute methods after projection, ALiBi), with grouped-query heads, a
+// causal sliding window and logit soft-capping (attention-variants.md 1-5).
+//
+// A decode step (one query row per head, thousands of cached keys) does
+// about one multiply-add per cached value read: it is bound by memory, not
+// by compute, so the tiled engine (fast_attention.h), which packs every key
+// and value of a head per call, is the wrong shape for it. This kernel
+// reads each cached key and value once per group of query heads that share
+// it (GQA: the H / H_kv query heads of a key/value head, every new row of
+// each, read the key while it is in L1), and splits long caches into chunks
+// computed on different threads, each keeping a partial softmax (running
+// max, sum and weighted values), merged at the end (Dao et al. 2023,
+// "Flash-Decoding for long-context inference": split-K). The cache is read
+// where it lives; nothing is copied.
+//
+// Thread-safety: reentrant; RunDecodeAttention shares no state between calls.
+#ifndef ATTNSERVE_KERNELS_DECODE_ATTENTION_H_
+#define ATTNSERVE_KERNELS_DECODE_ATTENTION_H_
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "kernels/attention.h"
+
+namespace attnserve::kernels {
+
+struct DecodeAttention {
+  // The new rows' queries, [B, H, n, D], already turned or projected.
+  const float* q = nullptr;
+  // The cache, [B, H_kv, max_len, D] and [B, H_kv, max_len, Dv]; rows
+  // 0 .. length - 1 of each head are valid (the new rows included).
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t batch = 0, heads = 0, kv_heads = 0, n = 0, d = 0, dv = 0, max_len = 0;
+  // Tokens cached after the step (the new ones included): query row i sits
+  // at position length - n + i and sees keys up to it (causal).
+  int64_t length = 0;
+  float scale = 1;
+  // ALiBi: H slopes m_h, the logit gets -m_h * (p - j); null: none.
+  const double* slopes = nullptr;
+  std::optional<int64_t> window;  // W >= 1: keys p - W < j <= p
+  std::optional<double> softcap;  // c > 0: logit -> c * tanh(logit / c)
+  // Outputs: out [B, H, n, Dv]; probs [B, H, n, length] or null.
+  float* out = nullptr;
+  float* probs = nullptr;
+};
+
+// Fills problem.out (and problem.probs when set). CANCELLED when
+// options.cancelled becomes true (polled between chunks). The shapes are the
+// caller's (kernels/decode.cc checks them).
+absl::Status RunDecodeAttention(const DecodeAttention& problem, const ComputeOptions& options);
+
+}  // namespace attnserve::kernels
+
+#endif  // ATTNSERVE_KERNELS_DECODE_ATTENTION_H_
