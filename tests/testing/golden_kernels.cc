@@ -48,13 +48,13 @@ absl::StatusOr<kernels::MethodParams> ToMethodParams(const GoldenCase& c) {
   return p;
 }
 
-namespace {
-
-kernels::TensorMap ToTensors(const GoldenCase& c) {
+kernels::TensorMap ToTensors(const GoldenTensors& tensors) {
   kernels::TensorMap inputs;
-  for (const auto& [name, t] : c.inputs) inputs[name] = kernels::Tensor(t.shape, t.AsFloats());
+  for (const auto& [name, t] : tensors) inputs[name] = kernels::Tensor(t.shape, t.AsFloats());
   return inputs;
 }
+
+namespace {
 
 absl::StatusOr<kernels::MethodKind> Kind(const GoldenCase& c) {
   auto kind = kernels::MethodFromName(c.method);
@@ -71,7 +71,7 @@ absl::Status FillCommon(const GoldenCase& c, Args* args) {
   auto params = ToMethodParams(c);
   if (!params.ok()) return params.status();
   args->params = *params;
-  args->inputs = ToTensors(c);
+  args->inputs = ToTensors(c.inputs);
   return absl::OkStatus();
 }
 
@@ -108,6 +108,27 @@ absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const GoldenCase& c) {
   args.query_offset = c.Int("query_offset");
   args.num_heads = c.Int("num_heads").value_or(0);
   return args;
+}
+
+absl::StatusOr<RefDecodeOpen> ToRefDecodeOpen(const GoldenCase& c) {
+  RefDecodeOpen open;
+  auto kind = Kind(c);
+  if (!kind.ok()) return kind.status();
+  open.method = *kind;
+  auto params = ToMethodParams(c);
+  if (!params.ok()) return params.status();
+  open.params = *params;
+  open.tensors = ToTensors(c.inputs);
+  open.batch = c.Int("batch").value_or(0);
+  open.num_heads = c.Int("num_heads").value_or(0);
+  open.num_kv_heads = c.Int("num_kv_heads").value_or(0);
+  open.head_dim = c.Int("head_dim").value_or(0);
+  open.value_dim = c.Int("value_dim").value_or(0);
+  open.max_len = c.Int("max_len").value_or(0);
+  open.scale = c.Double("scale");
+  open.window = c.Int("window");
+  open.softcap = c.Double("softcap");
+  return open;
 }
 
 std::string KernelSkipReason(const GoldenCase& c) {

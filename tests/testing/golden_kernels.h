@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/attention.h"
 #include "tests/testing/golden.h"
+#include "tests/testing/reference.h"
 
 namespace attnserve::testing {
 
@@ -20,6 +21,11 @@ absl::StatusOr<kernels::MethodParams> ToMethodParams(const GoldenCase& c);
 // wire concern and ignored here (the kernels return float32).
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const GoldenCase& c);
 absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const GoldenCase& c);
+
+// A decode case's open (params and inputs) for ReferenceDecodeSession; a
+// step's inputs are ToTensors(step.inputs).
+absl::StatusOr<RefDecodeOpen> ToRefDecodeOpen(const GoldenCase& c);
+kernels::TensorMap ToTensors(const GoldenTensors& tensors);
 
 // Non-empty (the reason) when the case tests a rule of the wire that the
 // kernels' argument structs cannot express, so a kernel-level run must skip

@@ -1,5 +1,8 @@
 // A naive, double-precision reference of every positional method of
-// positional-methods.md, written from the spec alone: it shares no code with
+// positional-methods.md, with every variant of attention-variants.md (GQA,
+// kv_lengths, sliding windows, rows that see no key, softcap, the yarn,
+// llama3 and dynamic_ntk RoPE scalings, ALiBi's custom slopes) and the decode
+// sessions of decode-sessions.md, written from the specs alone: it shares no code with
 // kernels/ (only the argument structs, as plain data), so the two
 // implementations check each other. Every table, projection, dot product and
 // exp is computed in double from the float32 inputs; the full [Sq, Sk] score
@@ -7,9 +10,12 @@
 // O(B*H*Sq*Sk*D) with no blocking), not for speed.
 //
 // It also validates the spec's main rules (shapes, missing or extra inputs,
-// parameter values, query_offset, learned-table positions) with the spec's
-// status codes: INVALID_ARGUMENT, and OUT_OF_RANGE only for learned-table
-// positions, checked last. It has no size limits and no cancellation.
+// parameter values, query_offset, learned-table positions, and the variants'
+// rules) with the spec's status codes and field names: INVALID_ARGUMENT, and
+// OUT_OF_RANGE only for learned-table positions, checked last (and for a
+// decode step past max_len). It has no size limits and no cancellation.
+// 16-bit transport is not its concern: it takes float32 values (widening is
+// exact) and returns doubles.
 //
 // Also here: the comparison helpers of the differential tests and the
 // FlashAttention error rule for faster engines (STYLE.md, "Tests").
@@ -20,7 +26,9 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -39,15 +47,64 @@ struct RefTensor {
 
 using RefOutputs = std::map<std::string, RefTensor>;
 
-// Multi-head attention of positional-methods.md section 2 for args.method.
-// Outputs "out" [B,H,Sq,Dv] and "probs" [B,H,Sq,Sk] (always, whatever
-// args.return_probs says). args.inputs is only read.
+// Multi-head attention of positional-methods.md section 2 for args.method,
+// with args' variants (num_kv_heads, kv_lengths, window, softcap; k and v may
+// have H_kv heads). Outputs "out" [B,H,Sq,Dv] and "probs" [B,H,Sq,Sk]
+// (always, whatever args.return_probs says; a row that sees no key is zeros
+// in both). args.inputs is only read.
 absl::StatusOr<RefOutputs> ReferenceAttend(const kernels::AttendArgs& args);
 
 // The encode form of args.method; outputs named as in section 3.2 (y, table,
 // rel_table, rel_proj, rel_index, rel_k_gathered, slopes, bias, coeff).
-// INVALID_ARGUMENT for none (no encode form).
+// RoPE's y includes YaRN's attention_factor; ALiBi's slopes are the custom
+// ones when given. INVALID_ARGUMENT for none (no encode form).
 absl::StatusOr<RefOutputs> ReferenceEncode(const kernels::EncodeArgs& args);
+
+// A decode session's open (decode-sessions.md 1): the scalar fields of
+// DecodeOpen and its tensors (w_q, w_k, w_v for the absolute methods, and the
+// method's: table, pos_bias_u, ..., slopes), by their spec names.
+struct RefDecodeOpen {
+  kernels::MethodKind method = kernels::MethodKind::kNone;
+  kernels::MethodParams params;
+  kernels::TensorMap tensors;
+  int64_t batch = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, value_dim = 0;
+  int64_t max_len = 0;
+  std::optional<double> scale;
+  std::optional<int64_t> window;
+  std::optional<double> softcap;
+};
+
+// The session of decode-sessions.md 2, in double: it keeps the steps' raw
+// inputs (k and v, or x) and evaluates each step as the Attend it equals:
+// causal, query_offset = t, the kept history followed by the new tokens
+// (so RoPE keys are rotated at their own positions, and sinusoidal and
+// learned project each token at its position). Not thread-safe.
+class ReferenceDecodeSession {
+ public:
+  // The open's rules: INVALID_ARGUMENT naming batch, num_heads,
+  // num_kv_heads, head_dim, value_dim, max_len, window, softcap, scaling
+  // (dynamic_ntk is refused) or the tensor; OUT_OF_RANGE naming max_len for
+  // a learned table of fewer than max_len rows.
+  static absl::StatusOr<ReferenceDecodeSession> Open(RefDecodeOpen open);
+
+  // One step with `inputs` q [B,H,n,D], k [B,H_kv,n,D], v [B,H_kv,n,Dv]
+  // (or x [B,n,d_model]): "out" [B,H,n,Dv] and "probs" [B,H,n,t+n]; the new
+  // tokens are appended only on success. OUT_OF_RANGE naming max_len past
+  // the capacity; shape and value errors as Attend's.
+  absl::StatusOr<RefOutputs> Step(const kernels::TensorMap& inputs);
+  // Keeps the first `length` tokens (INVALID_ARGUMENT naming
+  // truncate.length unless 0 <= length <= Length()).
+  absl::Status Truncate(int64_t length);
+  int64_t Length() const { return length_; }
+
+ private:
+  explicit ReferenceDecodeSession(RefDecodeOpen open) : open_(std::move(open)) {}
+  bool Absolute() const;
+
+  RefDecodeOpen open_;
+  int64_t length_ = 0;
+  std::map<std::string, RefTensor> history_;  // k, v [B,H_kv,t,*] or x [B,t,d_model]
+};
 
 // The spec's position tables on their own, in double, for the unit tests.
 // 2.2: P[position, 0 .. d_model-1], interleaved sin/cos.
