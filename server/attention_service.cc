@@ -40,6 +40,14 @@ int64_t BatchItems(const v1::AttendRequest& request) {
 }
 int64_t BatchItems(const v1::EncodeRequest& request) { return BatchItems(request.x()); }
 
+// The keys a query row sees at most: Sk, or fewer under a sliding window
+// (the engine skips the blocks it hides: attention-variants.md 3).
+double VisibleKeys(const v1::AttendRequest& request, double sk) {
+  if (!request.has_window() || request.window() < 1) return sk;
+  const double window = static_cast<double>(request.window());
+  return std::min(sk, request.causal() ? window : 2 * window - 1);
+}
+
 // The estimated multiply-adds of an Attend request's kernel call, from the
 // shapes in the message (Batcher::Traits::work): the scores and the
 // weighted sum, B*H*Sq*Sk*(D+Dv), plus the projections of the absolute
@@ -59,14 +67,19 @@ int64_t EstimatedWork(const v1::AttendRequest& request) {
     const std::vector<double> x_q = dims(request.x_q(), 3), x_kv = dims(request.x_kv(), 3),
                               w_q = dims(request.w_q(), 2), w_v = dims(request.w_v(), 2);
     if (x_q.empty() || x_kv.empty() || w_q.empty() || w_v.empty()) return 0;
+    // With GQA w_k and w_v have H_kv heads (w_k [dm,H_kv*D], w_v [dm,H_kv*Dv]).
+    const std::vector<double> w_k = dims(request.w_k(), 2);
+    if (w_k.empty()) return 0;
     const double b = x_q[0], sq = x_q[1], sk = x_kv[1], dm = x_q[2], hd = w_q[1], hdv = w_v[1];
-    work = b * (sq * dm * hd + sk * dm * (hd + hdv) + sq * sk * (hd + hdv));
+    const double hdv_q = hd * hdv / std::max(w_k[1], 1.0);  // H*Dv
+    work = b *
+           (sq * dm * hd + sk * dm * (w_k[1] + hdv) + sq * VisibleKeys(request, sk) * (hd + hdv_q));
   } else {
-    // q [B,H,Sq,D], k [B,H,Sk,D], v [B,H,Sk,Dv].
+    // q [B,H,Sq,D], k [B,H_kv,Sk,D], v [B,H_kv,Sk,Dv].
     const std::vector<double> q = dims(request.q(), 4), k = dims(request.k(), 4),
                               v = dims(request.v(), 4);
     if (q.empty() || k.empty() || v.empty()) return 0;
-    work = q[0] * q[1] * q[2] * k[2] * (q[3] + v[3]);
+    work = q[0] * q[1] * q[2] * VisibleKeys(request, k[2]) * (q[3] + v[3]);
   }
   return work >= 9e18 ? int64_t{9000000000000000000} : static_cast<int64_t>(work);
 }
@@ -115,8 +128,12 @@ class RequestRecord {
 // The merge key of an Attend request (Batcher::Traits::key): everything
 // that must be equal for requests to run as one kernel call: the method with
 // its parameters and shared tensors (byte for byte), the projection weights,
-// the scalar options, and the shapes (but for B) and refs of the batched
-// tensors. Values of the batched tensors and the output encoding are left out.
+// the scalar options (num_kv_heads, window and softcap among them), and the
+// shapes (but for B) and refs of the batched tensors. Left out: the values
+// of the batched tensors and their dtype (each request's are widened into
+// its own rows of the merged inputs), kv_lengths (per batch item: the merged
+// call concatenates them along B), and the output encoding (each request's
+// rows are written in its own raw_output and output_dtype).
 std::string BatchKey(const v1::AttendRequest& request) {
   v1::AttendRequest skeleton;
   *skeleton.mutable_method() = request.method();
@@ -128,6 +145,9 @@ std::string BatchKey(const v1::AttendRequest& request) {
   if (request.has_scale()) skeleton.set_scale(request.scale());
   if (request.has_query_offset()) skeleton.set_query_offset(request.query_offset());
   skeleton.set_return_probs(request.return_probs());
+  skeleton.set_num_kv_heads(request.num_kv_heads());
+  if (request.has_window()) skeleton.set_window(request.window());
+  if (request.has_softcap()) skeleton.set_softcap(request.softcap());
   const auto batched = [](const v1::Tensor& from, v1::Tensor* to) {
     if (from.shape_size() > 1) to->mutable_shape()->Add(from.shape().begin() + 1, from.shape().end());
     to->set_ref(from.ref());
@@ -165,12 +185,14 @@ class AttendJob : public BatchRequest {
                       : ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_);
     if (!args.ok()) return args.status();
     args_ = std::move(*args);
+    // Checked by ToAttendArgs.
+    output_ = ToOutputEncoding(request_->raw_output(), request_->output_dtype()).value();
     return absl::OkStatus();
   }
   absl::Status Compute(const kernels::ComputeOptions& options) override {
     absl::StatusOr<kernels::AttendResult> result = kernels::Attend(TakeAttendArgs(), options);
     if (!result.ok()) return result.status();
-    FillAttendResponse(std::move(*result), request_->raw_output(), response_);
+    FillAttendResponse(std::move(*result), output_, response_);
     return absl::OkStatus();
   }
   kernels::AttendArgs TakeAttendArgs() override {
@@ -199,7 +221,7 @@ class AttendJob : public BatchRequest {
     return absl::OkStatus();
   }
   void Fill(const kernels::AttendResult& batch, int64_t begin, int64_t count) override {
-    FillAttendResponseRows(batch, begin, count, request_->raw_output(), response_);
+    FillAttendResponseRows(batch, begin, count, output_, response_);
   }
 
  protected:
@@ -217,6 +239,7 @@ class AttendJob : public BatchRequest {
   const v1::AttendRequest* request_ = nullptr;
   v1::AttendResponse* response_ = nullptr;
   std::optional<kernels::AttendArgs> args_;
+  OutputEncoding output_;
   // The inputs of a merged call, checked, not decoded (they point into request_).
   DeferredTensors deferred_;
 };
@@ -231,13 +254,15 @@ class EncodeJob : public BatchRequest {
         ToEncodeArgs(*request_, ConvertLimits{max_elements}, tensors_);
     if (!args.ok()) return args.status();
     args_ = std::move(*args);
+    // Checked by ToEncodeArgs.
+    output_ = ToOutputEncoding(request_->raw_output(), request_->output_dtype()).value();
     return absl::OkStatus();
   }
   absl::Status Compute(const kernels::ComputeOptions& options) override {
     absl::StatusOr<kernels::EncodeResult> result = kernels::Encode(std::move(*args_), options);
     args_.reset();
     if (!result.ok()) return result.status();
-    FillEncodeResponse(std::move(*result), request_->raw_output(), response_);
+    FillEncodeResponse(std::move(*result), output_, response_);
     return absl::OkStatus();
   }
   // Never called: an empty key is never merged.
@@ -268,6 +293,7 @@ class EncodeJob : public BatchRequest {
   const v1::EncodeRequest* request_ = nullptr;
   v1::EncodeResponse* response_ = nullptr;
   std::optional<kernels::EncodeArgs> args_;
+  OutputEncoding output_;
 };
 
 // Serializes `*response` into `*reply` when the pending responses have room

@@ -43,8 +43,19 @@ struct Part {
   size_t bytes = 0;                                  // of its batched inputs
 };
 
+// Sk of a part: from k [B,H_kv,Sk,D] or x_kv [B,Sk,d_model]; -1 when
+// neither has that rank.
+int64_t KeyLength(const Part& part) {
+  static_assert(kBatchedInputs[1] == "k" && kBatchedInputs[4] == "x_kv");
+  const std::vector<int64_t>* k = part.batched[1];
+  const std::vector<int64_t>* x_kv = part.batched[4];
+  if (k != nullptr && k->size() == 4) return (*k)[2];
+  if (x_kv != nullptr && x_kv->size() == 3) return (*x_kv)[1];
+  return -1;
+}
+
 // The part of `request` (prepared with defer_batched), or nullopt when its
-// batched inputs disagree on B.
+// batched inputs disagree on B, or its kv_lengths on B or Sk's source.
 std::optional<Part> PartOf(BatchRequest* request) {
   Part part;
   part.request = request;
@@ -59,7 +70,31 @@ std::optional<Part> PartOf(BatchRequest* request) {
     items = (*shape)[0];
   }
   part.items = std::max<int64_t>(items, 1);
+  // kv_lengths are concatenated along B with the inputs: one per item.
+  if (!part.args.kv_lengths.empty() &&
+      (static_cast<int64_t>(part.args.kv_lengths.size()) != part.items || KeyLength(part) < 1)) {
+    return std::nullopt;
+  }
   return part;
+}
+
+// The kv_lengths of a merged call over `members`: empty when none has any,
+// else each member's own, or Sk for every item of one without.
+std::vector<int64_t> MergedKvLengths(const std::vector<Part*>& members, int64_t total_b) {
+  std::vector<int64_t> merged;
+  const bool any = std::any_of(members.begin(), members.end(),
+                               [](const Part* part) { return !part->args.kv_lengths.empty(); });
+  if (!any) return merged;
+  merged.reserve(static_cast<size_t>(total_b));
+  for (const Part* part : members) {
+    const std::vector<int64_t>& own = part->args.kv_lengths;
+    if (own.empty()) {
+      merged.insert(merged.end(), static_cast<size_t>(part->items), KeyLength(*part));
+    } else {
+      merged.insert(merged.end(), own.begin(), own.end());
+    }
+  }
+  return merged;
 }
 
 // True when `b` can be concatenated with `a` along B: the same batched
@@ -516,7 +551,10 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
       total_b += part->items;
       max_b = std::max(max_b, part->items);
     }
+    // Before the first member's args are moved from.
+    std::vector<int64_t> kv_lengths = MergedKvLengths(members, total_b);
     kernels::AttendArgs args = std::move(members.front()->args);
+    args.kv_lengths = std::move(kv_lengths);
     // The kernels may work on their inputs in place: each call its own copy.
     args.inputs = last ? std::move(shared) : shared;
     for (size_t n = 0; n < merged.size(); ++n) {

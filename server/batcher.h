@@ -7,7 +7,8 @@
 // request's merge key and gathers the queued requests with the same key, in
 // arrival order, while their items along the batch dimension B add up to at
 // most max_batch_size. It runs them merged along B (each request's batched
-// inputs decoded straight into its rows of the merged inputs, kernel::Attend
+// inputs decoded straight into its rows of the merged inputs, and its
+// kv_lengths into the merged call's, kernel::Attend
 // over cache-sized chunks of the batch, each request's rows of the output
 // copied straight into its response) once the batch is full, or reaches a preferred size, or its oldest request
 // has waited max_queue_delay, or the batcher is stopping. Requests with

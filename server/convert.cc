@@ -15,6 +15,7 @@
 #include "absl/types/span.h"
 #include "kernels/status_macros.h"
 #include "kernels/tensor.h"
+#include "server/float16.h"
 #include "server/status_util.h"
 
 namespace attnserve::server {
@@ -73,6 +74,70 @@ class LittleEndianFloatIterator {
  private:
   const char* bytes_;
 };
+
+// Little-endian 16-bit values (float16 or bfloat16 raw_data) read as their
+// float32 widening, for vector::insert like the float32 iterator above: the
+// values are widened once, straight into the kernels' input buffer.
+template <float (*Widen)(uint16_t)>
+class Widening16Iterator {
+ public:
+  using iterator_category = std::random_access_iterator_tag;
+  using value_type = float;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const float*;
+  using reference = float;
+
+  explicit Widening16Iterator(const char* bytes) : bytes_(bytes) {}
+  float operator*() const { return Widen(LoadLittleEndian16(bytes_)); }
+  Widening16Iterator& operator++() {
+    bytes_ += 2;
+    return *this;
+  }
+  Widening16Iterator& operator--() {
+    bytes_ -= 2;
+    return *this;
+  }
+  Widening16Iterator& operator+=(difference_type n) {
+    bytes_ += 2 * n;
+    return *this;
+  }
+  difference_type operator-(const Widening16Iterator& other) const {
+    return (bytes_ - other.bytes_) / 2;
+  }
+  bool operator==(const Widening16Iterator& other) const { return bytes_ == other.bytes_; }
+  bool operator!=(const Widening16Iterator& other) const { return bytes_ != other.bytes_; }
+
+ private:
+  const char* bytes_;
+};
+
+// The wire name of a data type, for messages.
+absl::string_view DataTypeName(v1::DataType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_UNSPECIFIED:
+    case v1::DTYPE_FLOAT32: return "float32";
+    case v1::DTYPE_FLOAT16: return "float16";
+    case v1::DTYPE_BFLOAT16: return "bfloat16";
+    default: break;
+  }
+  return "unknown";
+}
+
+// The bytes per element of raw_data of `dtype`: INVALID_ARGUMENT naming
+// `field` (e.g. "q.dtype", "output_dtype") for a value this server does not
+// know (proto3 enums are open: any int32 can arrive).
+absl::StatusOr<int> ElementBytes(v1::DataType dtype, absl::string_view field) {
+  switch (dtype) {
+    case v1::DTYPE_UNSPECIFIED:
+    case v1::DTYPE_FLOAT32: return 4;
+    case v1::DTYPE_FLOAT16:
+    case v1::DTYPE_BFLOAT16: return 2;
+    default: break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": unknown value ", static_cast<int>(dtype),
+      " (known: 0 unspecified (float32), 1 float32, 2 float16, 3 bfloat16)"));
+}
 
 void EncodeLittleEndianFloats(absl::Span<const float> values, std::string* bytes) {
   bytes->resize(values.size() * 4);
@@ -149,6 +214,15 @@ absl::StatusOr<DeferredTensor> CheckTensor(const v1::Tensor& tensor, absl::strin
         absl::StrCat(field, ": exactly one of data, raw_data, ref must be set (got ",
                      encodings.empty() ? "none" : absl::StrJoin(encodings, ", "), ")"));
   }
+  // attention-variants.md 6: dtype describes raw_data; data and ref are float32.
+  ATTN_ASSIGN_OR_RETURN(const int element_bytes,
+                        ElementBytes(tensor.dtype(), absl::StrCat(field, ".dtype")));
+  if (element_bytes != 4 && tensor.raw_data().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".dtype: ", DataTypeName(tensor.dtype()), " describes raw_data only, but ",
+        tensor.data_size() > 0 ? "data" : "ref",
+        " is set (data and ref are float32: send the values as raw_data, or leave dtype unset)"));
+  }
   DeferredTensor checked;
   if (!tensor.ref().empty()) {
     ATTN_ASSIGN_OR_RETURN(checked, CheckRef(tensor, field, tensors));
@@ -167,12 +241,14 @@ absl::StatusOr<DeferredTensor> CheckTensor(const v1::Tensor& tensor, absl::strin
   }
   if (!tensor.raw_data().empty()) {
     int64_t bytes = 0;
-    const bool overflow = __builtin_mul_overflow(count, int64_t{4}, &bytes);
+    const bool overflow = __builtin_mul_overflow(count, int64_t{element_bytes}, &bytes);
     if (overflow || static_cast<int64_t>(tensor.raw_data().size()) != bytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".raw_data: shape ", kernels::ShapeToString(tensor.shape()), " needs ",
-                       overflow ? absl::StrCat("4*", count) : absl::StrCat(bytes),
-                       " bytes (4 per float32), got ", tensor.raw_data().size()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".raw_data: shape ", kernels::ShapeToString(tensor.shape()), " needs ",
+          overflow ? absl::StrCat(element_bytes, "*", count) : absl::StrCat(bytes), " bytes (",
+          element_bytes, " per ", DataTypeName(tensor.dtype()),
+          element_bytes == 4 ? "" : absl::StrCat(", as ", field, ".dtype says"), "), got ",
+          tensor.raw_data().size()));
     }
   }
   if (count > limits.max_elements) {
@@ -331,8 +407,21 @@ absl::Status DeferredTensor::AppendTo(std::vector<float>& out) const {
     out.insert(out.end(), data, data + message->data_size());
   } else {
     const std::string& bytes = message->raw_data();
-    out.insert(out.end(), LittleEndianFloatIterator(bytes.data()),
-               LittleEndianFloatIterator(bytes.data() + bytes.size()));
+    const char* const from = bytes.data();
+    const char* const to = bytes.data() + bytes.size();
+    switch (message->dtype()) {
+      case v1::DTYPE_FLOAT16:
+        out.insert(out.end(), Widening16Iterator<HalfToFloat>(from),
+                   Widening16Iterator<HalfToFloat>(to));
+        break;
+      case v1::DTYPE_BFLOAT16:
+        out.insert(out.end(), Widening16Iterator<BFloat16ToFloat>(from),
+                   Widening16Iterator<BFloat16ToFloat>(to));
+        break;
+      default:  // float32 (CheckTensor refused every other value)
+        out.insert(out.end(), LittleEndianFloatIterator(from), LittleEndianFloatIterator(to));
+        break;
+    }
   }
   // Checked here, while the values are in cache, so that the kernels need
   // not scan them again (ComputeOptions::inputs_checked).
@@ -348,8 +437,10 @@ absl::Status DeferredTensor::AppendTo(std::vector<float>& out) const {
     return absl::InvalidArgumentError(
         absl::StrCat(field, ".data[", bad, "]: must be finite, got ", value));
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat(field, ".raw_data: float32 value ", bad, " must be finite, got ", value));
+  // Widening keeps NaN and infinity, so the index is the raw_data element's.
+  return absl::InvalidArgumentError(absl::StrCat(field, ".raw_data[", bad,
+                                                 "]: must be finite, got ", value, " (",
+                                                 DataTypeName(message->dtype()), ")"));
 }
 
 absl::StatusOr<kernels::Tensor> DeferredTensor::Decode() const {
@@ -364,6 +455,17 @@ absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::s
                                                const TensorStore* tensors) {
   ATTN_ASSIGN_OR_RETURN(const DeferredTensor checked, CheckTensor(tensor, field, limits, tensors));
   return checked.Decode();
+}
+
+absl::StatusOr<OutputEncoding> ToOutputEncoding(bool raw_output, v1::DataType output_dtype) {
+  ATTN_ASSIGN_OR_RETURN(const int element_bytes, ElementBytes(output_dtype, "output_dtype"));
+  if (element_bytes != 4 && !raw_output) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output_dtype: ", DataTypeName(output_dtype),
+                     " needs raw_output (data is float32); set raw_output or leave "
+                     "output_dtype unset"));
+  }
+  return OutputEncoding{raw_output, output_dtype};
 }
 
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
@@ -394,6 +496,13 @@ absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& reques
   if (request.has_scale()) args.scale = request.scale();
   if (request.has_query_offset()) args.query_offset = request.query_offset();
   args.return_probs = request.return_probs();
+  // attention-variants.md 1-5: mapped as they are; the kernels check their
+  // values (ranges, H % H_kv) like every other parameter's.
+  args.num_kv_heads = request.num_kv_heads();
+  args.kv_lengths.assign(request.kv_lengths().begin(), request.kv_lengths().end());
+  if (request.has_window()) args.window = request.window();
+  if (request.has_softcap()) args.softcap = request.softcap();
+  ATTN_RETURN_IF_ERROR(ToOutputEncoding(request.raw_output(), request.output_dtype()).status());
   return args;
 }
 
@@ -410,13 +519,23 @@ absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const v1::EncodeRequest& reques
   args.sk = request.sk();
   if (request.has_query_offset()) args.query_offset = request.query_offset();
   args.num_heads = request.num_heads();
+  ATTN_RETURN_IF_ERROR(ToOutputEncoding(request.raw_output(), request.output_dtype()).status());
   return args;
 }
 
 namespace {
 
-void FillValues(absl::Span<const float> values, bool raw_output, v1::Tensor* out) {
-  if (raw_output) {
+void FillValues(absl::Span<const float> values, const OutputEncoding& encoding,
+                v1::Tensor* out) {
+  // An explicit output_dtype is echoed in every tensor; unset stays unset.
+  if (encoding.raw && encoding.dtype != v1::DTYPE_UNSPECIFIED) out->set_dtype(encoding.dtype);
+  if (encoding.raw && encoding.dtype == v1::DTYPE_FLOAT16) {
+    out->mutable_raw_data()->resize(values.size() * 2);
+    NarrowToHalf(values.data(), values.size(), out->mutable_raw_data()->data());
+  } else if (encoding.raw && encoding.dtype == v1::DTYPE_BFLOAT16) {
+    out->mutable_raw_data()->resize(values.size() * 2);
+    NarrowToBFloat16(values.data(), values.size(), out->mutable_raw_data()->data());
+  } else if (encoding.raw) {
     EncodeLittleEndianFloats(values, out->mutable_raw_data());
   } else {
     out->mutable_data()->Reserve(static_cast<int>(values.size()));
@@ -425,47 +544,47 @@ void FillValues(absl::Span<const float> values, bool raw_output, v1::Tensor* out
 }
 
 // Rows [begin, begin + count) of `tensor` (rank >= 1) along dimension 0.
-void FillTensorRows(const kernels::Tensor& tensor, int64_t begin, int64_t count, bool raw_output,
-                    v1::Tensor* out) {
+void FillTensorRows(const kernels::Tensor& tensor, int64_t begin, int64_t count,
+                    const OutputEncoding& encoding, v1::Tensor* out) {
   out->Clear();
   out->mutable_shape()->Add(tensor.shape().begin(), tensor.shape().end());
   out->set_shape(0, count);
   const size_t row = static_cast<size_t>(tensor.size() / tensor.dim(0));
   FillValues(absl::MakeConstSpan(tensor.values())
                  .subspan(static_cast<size_t>(begin) * row, static_cast<size_t>(count) * row),
-             raw_output, out);
+             encoding, out);
 }
 
 }  // namespace
 
-void FillTensor(const kernels::Tensor& tensor, bool raw_output, v1::Tensor* out) {
+void FillTensor(const kernels::Tensor& tensor, const OutputEncoding& encoding, v1::Tensor* out) {
   out->Clear();
   out->mutable_shape()->Add(tensor.shape().begin(), tensor.shape().end());
-  FillValues(tensor.values(), raw_output, out);
+  FillValues(tensor.values(), encoding, out);
 }
 
 void FillAttendResponseRows(const kernels::AttendResult& batch, int64_t begin, int64_t count,
-                            bool raw_output, v1::AttendResponse* response) {
+                            const OutputEncoding& encoding, v1::AttendResponse* response) {
   response->Clear();
-  FillTensorRows(batch.out, begin, count, raw_output, response->mutable_out());
+  FillTensorRows(batch.out, begin, count, encoding, response->mutable_out());
   if (batch.probs.has_value()) {
-    FillTensorRows(*batch.probs, begin, count, raw_output, response->mutable_probs());
+    FillTensorRows(*batch.probs, begin, count, encoding, response->mutable_probs());
   }
 }
 
-void FillAttendResponse(kernels::AttendResult&& result, bool raw_output,
+void FillAttendResponse(kernels::AttendResult&& result, const OutputEncoding& encoding,
                         v1::AttendResponse* response) {
   response->Clear();
-  FillTensor(result.out, raw_output, response->mutable_out());
-  if (result.probs.has_value()) FillTensor(*result.probs, raw_output, response->mutable_probs());
+  FillTensor(result.out, encoding, response->mutable_out());
+  if (result.probs.has_value()) FillTensor(*result.probs, encoding, response->mutable_probs());
   result = kernels::AttendResult();  // Release the kernel buffers now, not at the caller.
 }
 
-void FillEncodeResponse(kernels::EncodeResult&& result, bool raw_output,
+void FillEncodeResponse(kernels::EncodeResult&& result, const OutputEncoding& encoding,
                         v1::EncodeResponse* response) {
   response->Clear();
   auto& outputs = *response->mutable_outputs();
-  for (const auto& [name, tensor] : result.outputs) FillTensor(tensor, raw_output, &outputs[name]);
+  for (const auto& [name, tensor] : result.outputs) FillTensor(tensor, encoding, &outputs[name]);
   result.outputs.clear();
 }
 

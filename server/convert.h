@@ -60,22 +60,43 @@ struct DeferredTensor {
 using DeferredTensors = std::map<std::string, DeferredTensor, std::less<>>;
 
 // The kernel tensor of `tensor`, whose field name is `field` (e.g. "q").
-// Exactly one of data, raw_data (little-endian float32) and ref must be set;
+// Exactly one of data, raw_data and ref must be set; raw_data holds
+// little-endian values of tensor.dtype (float32, or float16 / bfloat16,
+// widened exactly: attention-variants.md 6), data and ref are float32;
 // shape must have every dimension >= 1 and a count that fits in int64 (for a
 // ref: be empty or equal the stored shape, which must have every dimension
 // >= 1). `tensors` may be null (no store: every ref is unknown); not owned.
 // Errors (messages name `field`):
 //   INVALID_ARGUMENT   encodings set != 1, bad shape, value or byte count not
 //                      matching product(shape), a value that is not finite
+//                      (`q.raw_data[5]`, `q.data[5]`), a dtype this server
+//                      does not know or a 16-bit one on data or ref
+//                      (`q.dtype`)
 //   NOT_FOUND          ref names no tensor of `tensors`
 //   RESOURCE_EXHAUSTED product(shape) > limits.max_elements
 absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
                                                const ConvertLimits& limits,
                                                const TensorStore* tensors = nullptr);
 
-// The kernels' arguments for an Attend request. Besides ToKernelTensor's
-// errors: INVALID_ARGUMENT when no method is set or an enum holds a value
-// this server does not know; RESOURCE_EXHAUSTED when all input tensors
+// How a response carries its tensors (api.md "Tensors",
+// attention-variants.md 6): raw_data of `dtype` when `raw`, else data
+// (float32). An explicit dtype is echoed in every response tensor's dtype.
+struct OutputEncoding {
+  bool raw = false;
+  v1::DataType dtype = v1::DTYPE_UNSPECIFIED;  // unspecified: float32, dtype left unset
+};
+
+// The encoding a request's raw_output and output_dtype ask for.
+// INVALID_ARGUMENT naming output_dtype for a value this server does not know,
+// or a 16-bit one without raw_output.
+absl::StatusOr<OutputEncoding> ToOutputEncoding(bool raw_output, v1::DataType output_dtype);
+
+// The kernels' arguments for an Attend request. The variant parameters
+// (num_kv_heads, kv_lengths, window, softcap) are copied as they are: the
+// kernels check their values. Besides ToKernelTensor's errors:
+// INVALID_ARGUMENT when no method is set, an enum holds a value this server
+// does not know, or output_dtype is refused by ToOutputEncoding (checked
+// here so that a request fails before compute); RESOURCE_EXHAUSTED when all input tensors
 // together exceed limits.max_elements. Refs resolve in `tensors` (may be
 // null; not owned).
 absl::StatusOr<kernels::AttendArgs> ToAttendArgs(const v1::AttendRequest& request,
@@ -98,23 +119,24 @@ absl::StatusOr<kernels::EncodeArgs> ToEncodeArgs(const v1::EncodeRequest& reques
                                                  const ConvertLimits& limits,
                                                  const TensorStore* tensors = nullptr);
 
-// Writes `tensor` into `out` (cleared first): its shape, and its values as
-// little-endian float32 bytes in raw_data when `raw_output`, else in data.
-void FillTensor(const kernels::Tensor& tensor, bool raw_output, v1::Tensor* out);
+// Writes `tensor` into `out` (cleared first): its shape, and its values in
+// `encoding`: little-endian bytes of encoding.dtype in raw_data (16-bit types
+// rounded to nearest, ties to even, overflow to infinity), or float32 in data.
+void FillTensor(const kernels::Tensor& tensor, const OutputEncoding& encoding, v1::Tensor* out);
 
 // Rows [begin, begin + count) along B of a merged batch's result as one
 // request's response (cleared first), copied straight from `batch`.
 void FillAttendResponseRows(const kernels::AttendResult& batch, int64_t begin, int64_t count,
-                            bool raw_output, v1::AttendResponse* response);
+                            const OutputEncoding& encoding, v1::AttendResponse* response);
 
 // Moves `result` into `response` (cleared first): out [B,H,Sq,Dv], and probs
 // [B,H,Sq,Sk] when the result has them.
-void FillAttendResponse(kernels::AttendResult&& result, bool raw_output,
+void FillAttendResponse(kernels::AttendResult&& result, const OutputEncoding& encoding,
                         v1::AttendResponse* response);
 
 // Moves `result` into `response` (cleared first): one `outputs` entry per
 // kernel output, under the same name.
-void FillEncodeResponse(kernels::EncodeResult&& result, bool raw_output,
+void FillEncodeResponse(kernels::EncodeResult&& result, const OutputEncoding& encoding,
                         v1::EncodeResponse* response);
 
 // ListMethods: `methods` as the kernels describe them, the server's limits and

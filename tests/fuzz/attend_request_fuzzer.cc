@@ -56,7 +56,11 @@ void Run(const uint8_t* data, size_t size) {
   }
   ATTN_FUZZ_CHECK(result->out.rank() == 4, "out is [B,H,Sq,Dv]");
   v1::AttendResponse response;
-  server::FillAttendResponse(*std::move(result), request.raw_output(), &response);
+  // The conversion accepted the request, so its output encoding too.
+  const absl::StatusOr<server::OutputEncoding> encoding =
+      server::ToOutputEncoding(request.raw_output(), request.output_dtype());
+  ATTN_FUZZ_CHECK(encoding.ok(), "a converted request's output encoding is valid");
+  server::FillAttendResponse(*std::move(result), *encoding, &response);
   CheckResponse(response);
 }
 

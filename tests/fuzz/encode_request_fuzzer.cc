@@ -29,7 +29,11 @@ void Run(const uint8_t* data, size_t size) {
   }
   ATTN_FUZZ_CHECK(!result->outputs.empty(), "an encode has outputs");
   v1::EncodeResponse response;
-  server::FillEncodeResponse(*std::move(result), request.raw_output(), &response);
+  // The conversion accepted the request, so its output encoding too.
+  const absl::StatusOr<server::OutputEncoding> encoding =
+      server::ToOutputEncoding(request.raw_output(), request.output_dtype());
+  ATTN_FUZZ_CHECK(encoding.ok(), "a converted request's output encoding is valid");
+  server::FillEncodeResponse(*std::move(result), *encoding, &response);
   CheckResponse(response);
 }
 

@@ -130,7 +130,7 @@ TEST(ConvertTest, NonFiniteValuesAreRejectedNamingFieldAndIndex) {
   *request.mutable_k() = RawTensor({1, 1, 2, 2}, {0, 0, 0, nan});
   args = ToAttendArgs(request, ConvertLimits{});
   EXPECT_EQ(args.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(args.status().message(), HasSubstr("k.raw_data: float32 value 3 must be finite"));
+  EXPECT_THAT(args.status().message(), HasSubstr("k.raw_data[3]: must be finite, got nan (float32)"));
 
   // Deferred: AppendTo reports it, past a block of finite values.
   std::vector<float> values(70000, 0.25f);
@@ -455,14 +455,14 @@ TEST(ConvertTest, AttendResponseRawAndDataRoundTrip) {
   };
 
   v1::AttendResponse as_data;
-  FillAttendResponse(make_result(), /*raw_output=*/false, &as_data);
+  FillAttendResponse(make_result(), OutputEncoding{/*raw=*/false}, &as_data);
   EXPECT_THAT(as_data.out().shape(), ElementsAre(1, 1, 2, 2));
   EXPECT_THAT(as_data.out().data(), ElementsAreArray(out));
   EXPECT_TRUE(as_data.out().raw_data().empty());
   EXPECT_THAT(as_data.probs().data(), ElementsAreArray(probs));
 
   v1::AttendResponse as_raw;
-  FillAttendResponse(make_result(), /*raw_output=*/true, &as_raw);
+  FillAttendResponse(make_result(), OutputEncoding{/*raw=*/true}, &as_raw);
   EXPECT_THAT(as_raw.out().shape(), ElementsAre(1, 1, 2, 2));
   EXPECT_EQ(as_raw.out().data_size(), 0);
   EXPECT_EQ(as_raw.out().raw_data(), LittleEndianBytes(out));
@@ -479,7 +479,7 @@ TEST(ConvertTest, AttendResponseRawAndDataRoundTrip) {
   kernels::AttendResult no_probs;
   no_probs.out = kernels::Tensor({1}, {9.0f});
   v1::AttendResponse response;
-  FillAttendResponse(std::move(no_probs), false, &response);
+  FillAttendResponse(std::move(no_probs), OutputEncoding{}, &response);
   EXPECT_FALSE(response.has_probs());
   EXPECT_THAT(response.out().data(), ElementsAre(9.0f));
 }
@@ -489,14 +489,14 @@ TEST(ConvertTest, EncodeResponseKeepsOutputNames) {
   result.outputs.emplace("slopes", kernels::Tensor({2}, {0.0625f, 0.00390625f}));
   result.outputs.emplace("bias", kernels::Tensor({2, 1, 1}, {0.0f, -1.0f}));
   v1::EncodeResponse response;
-  FillEncodeResponse(std::move(result), /*raw_output=*/false, &response);
+  FillEncodeResponse(std::move(result), OutputEncoding{/*raw=*/false}, &response);
   ASSERT_EQ(response.outputs_size(), 2);
   EXPECT_THAT(response.outputs().at("slopes").data(), ElementsAre(0.0625f, 0.00390625f));
   EXPECT_THAT(response.outputs().at("bias").shape(), ElementsAre(2, 1, 1));
 
   kernels::EncodeResult raw_result;
   raw_result.outputs.emplace("y", kernels::Tensor({1}, {1.0f}));
-  FillEncodeResponse(std::move(raw_result), /*raw_output=*/true, &response);
+  FillEncodeResponse(std::move(raw_result), OutputEncoding{/*raw=*/true}, &response);
   ASSERT_EQ(response.outputs_size(), 1);  // Cleared first.
   EXPECT_EQ(response.outputs().at("y").raw_data(), std::string("\x00\x00\x80\x3f", 4));
 }
