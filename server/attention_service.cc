@@ -91,15 +91,17 @@ int64_t EstimatedWork(const v1::AttendRequest& request) {
 class RequestRecord {
  public:
   // `request` as parsed (empty when its body did not parse); `request_bytes`
-  // its size on the wire.
+  // its size on the wire; `start` when the server began on it (before
+  // parsing its body: the parse is the server's time too).
   template <typename Request>
-  RequestRecord(Metrics* metrics, Rpc rpc, const Request& request, int64_t request_bytes)
+  RequestRecord(Metrics* metrics, Rpc rpc, const Request& request, int64_t request_bytes,
+                absl::Time start)
       : metrics_(metrics),
         rpc_(rpc),
         method_(MethodLabelIndex(MethodKindOf(request.method()))),
         items_(BatchItems(request)),
         request_bytes_(request_bytes),
-        start_(absl::Now()) {
+        start_(start) {
     metrics_->inflight_requests().Increment();
   }
   ~RequestRecord() { metrics_->inflight_requests().Decrement(); }
@@ -329,8 +331,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public Job {
         gate_(gate),
         pending_(pending),
         reply_(reply),
+        arrival_(absl::Now()),
         parsed_(ParseBody(*body, &request_)),
-        record_(metrics, rpc, request_, static_cast<int64_t>(body->Length())) {
+        record_(metrics, rpc, request_, static_cast<int64_t>(body->Length()), arrival_) {
     this->SetMessages(&request_, &response_);
     if (!parsed_.ok()) {
       Answer(parsed_);
@@ -375,6 +378,8 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public Job {
   DrainGate* const gate_;
   PendingResponses* const pending_;
   grpc::ByteBuffer* const reply_;
+  // Before the body is parsed: the start of the request's time.
+  const absl::Time arrival_;
   Request request_;
   Response response_;
   // Declared after request_: initialised by parsing into it.
@@ -423,8 +428,10 @@ class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffe
       Finish(grpc::Status::OK);
       return;
     }
+    const absl::Time arrival = absl::Now();
     const absl::Status parsed = ParseBody(body_, &request_);
-    record_.emplace(metrics_, Rpc::kAttendStream, request_, static_cast<int64_t>(body_.Length()));
+    record_.emplace(metrics_, Rpc::kAttendStream, request_, static_cast<int64_t>(body_.Length()),
+                    arrival);
     body_.Clear();
     if (!parsed.ok()) {
       record_->Done(parsed, 0);
@@ -565,10 +572,11 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImp
 grpc::ServerUnaryReactor* AttentionServiceImpl::ListMethods(grpc::CallbackServerContext* context,
                                                             const grpc::ByteBuffer* request,
                                                             grpc::ByteBuffer* response) {
+  const absl::Time arrival = absl::Now();
   v1::ListMethodsRequest parsed;
   absl::Status status = ParseBody(*request, &parsed);
   RequestRecord record(metrics_, Rpc::kListMethods, v1::AttendRequest(),
-                       static_cast<int64_t>(request->Length()));
+                       static_cast<int64_t>(request->Length()), arrival);
   if (status.ok()) status = SerializeBody(methods_, response);
   record.Done(status, static_cast<int64_t>(methods_.ByteSizeLong()));
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
