@@ -186,36 +186,80 @@ absl::Status CheckAttendResult(int64_t batch, int64_t heads, int64_t sq, int64_t
                          options);
 }
 
+absl::Status ResolveVariants(const AttendArgs& args, int64_t batch, int64_t sk,
+                             AttentionProblem& problem) {
+  if (!args.kv_lengths.empty()) {
+    if (static_cast<int64_t>(args.kv_lengths.size()) != batch) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("kv_lengths: must be empty (every key valid) or hold B=", batch,
+                       " lengths, got ", args.kv_lengths.size()));
+    }
+    for (size_t b = 0; b < args.kv_lengths.size(); ++b) {
+      const int64_t length = args.kv_lengths[b];
+      if (length < 1 || length > sk) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "kv_lengths[", b, "]: must be in 1 .. Sk=", sk, ", got ", length));
+      }
+    }
+  }
+  if (args.window.has_value() && *args.window < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("window: must be >= 1 (unset: no window), got ", *args.window));
+  }
+  if (args.softcap.has_value()) {
+    ATTN_ASSIGN_OR_RETURN(problem.softcap, ResolvePositive(args.softcap, 0, "softcap"));
+  } else {
+    problem.softcap = 0;
+  }
+  problem.kv_lengths = args.kv_lengths;
+  problem.window =
+      args.window.has_value() ? std::min(*args.window, AttentionProblem::kMaxWindow) : 0;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<AttentionProblem> TakeQkvProblem(AttendArgs& args, const ComputeOptions& options) {
   Tensor& q = args.inputs.at("q");
   Tensor& k = args.inputs.at("k");
   Tensor& v = args.inputs.at("v");
   ATTN_RETURN_IF_ERROR(ExpectRank(q, "q", 4, "[B,H,Sq,D]"));
-  ATTN_RETURN_IF_ERROR(ExpectRank(k, "k", 4, "[B,H,Sk,D]"));
-  ATTN_RETURN_IF_ERROR(ExpectRank(v, "v", 4, "[B,H,Sk,Dv]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(k, "k", 4, "[B,H_kv,Sk,D]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(v, "v", 4, "[B,H_kv,Sk,Dv]"));
   const int64_t batch = q.dim(0), heads = q.dim(1), sq = q.dim(2), d = q.dim(3);
-  const int64_t sk = k.dim(2), dv = v.dim(3);
+  const int64_t kv_heads = k.dim(1), sk = k.dim(2), dv = v.dim(3);
   const std::string k_text =
-      absl::StrCat("[B=", batch, ",H=", heads, ",Sk,D=", d, "] to match q");
+      absl::StrCat("[B=", batch, ",H_kv,Sk,D=", d, "] to match q");
   ATTN_RETURN_IF_ERROR(ExpectDim(k, "k", 0, batch, k_text));
-  ATTN_RETURN_IF_ERROR(ExpectDim(k, "k", 1, heads, k_text));
   ATTN_RETURN_IF_ERROR(ExpectDim(k, "k", 3, d, k_text));
-  const std::string v_text =
-      absl::StrCat("[B=", batch, ",H=", heads, ",Sk=", sk, ",Dv] to match q and k");
+  // Grouped-query attention (attention-variants.md 1): query head h reads
+  // key/value head h / (H / H_kv).
+  if (kv_heads < 1 || heads % kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "k.shape: its head count H_kv=", kv_heads, " must divide H=", heads,
+        " of q (grouped-query attention: H % H_kv == 0), got ", ShapeToString(k.shape())));
+  }
+  const std::string v_text = absl::StrCat("[B=", batch, ",H_kv=", kv_heads, ",Sk=", sk,
+                                          ",Dv] to match q and k");
   ATTN_RETURN_IF_ERROR(ExpectDim(v, "v", 0, batch, v_text));
-  ATTN_RETURN_IF_ERROR(ExpectDim(v, "v", 1, heads, v_text));
+  ATTN_RETURN_IF_ERROR(ExpectDim(v, "v", 1, kv_heads, v_text));
   ATTN_RETURN_IF_ERROR(ExpectDim(v, "v", 2, sk, v_text));
   if (args.num_heads != 0 && args.num_heads != heads) {
     return absl::InvalidArgumentError(absl::StrCat("num_heads: must be 0 (unset) or H=", heads,
                                                    " of q, got ", args.num_heads));
+  }
+  if (args.num_kv_heads != 0 && args.num_kv_heads != kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("num_kv_heads: must be 0 (unset) or H_kv=",
+                                                   kv_heads, " of k.shape[1], got ",
+                                                   args.num_kv_heads));
   }
   ATTN_RETURN_IF_ERROR(CheckAttendResult(batch, heads, sq, sk, dv, args.return_probs, options));
 
   AttentionProblem problem;
   ATTN_ASSIGN_OR_RETURN(problem.scale, ResolveScale(args.scale, d));
   ATTN_ASSIGN_OR_RETURN(problem.query_offset, ResolveQueryOffset(args.query_offset, sq, sk));
+  ATTN_RETURN_IF_ERROR(ResolveVariants(args, batch, sk, problem));
   problem.batch = batch;
   problem.heads = heads;
+  problem.kv_heads = kv_heads;
   problem.sq = sq;
   problem.sk = sk;
   problem.d = d;
@@ -237,8 +281,8 @@ absl::StatusOr<ProjectionGeometry> CheckProjectionInputs(const AttendArgs& args,
   ATTN_RETURN_IF_ERROR(ExpectRank(x_q, "x_q", 3, "[B,Sq,d_model]"));
   ATTN_RETURN_IF_ERROR(ExpectRank(x_kv, "x_kv", 3, "[B,Sk,d_model]"));
   ATTN_RETURN_IF_ERROR(ExpectRank(w_q, "w_q", 2, "[d_model,H*D]"));
-  ATTN_RETURN_IF_ERROR(ExpectRank(w_k, "w_k", 2, "[d_model,H*D]"));
-  ATTN_RETURN_IF_ERROR(ExpectRank(w_v, "w_v", 2, "[d_model,H*Dv]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(w_k, "w_k", 2, "[d_model,H_kv*D]"));
+  ATTN_RETURN_IF_ERROR(ExpectRank(w_v, "w_v", 2, "[d_model,H_kv*Dv]"));
   ProjectionGeometry g;
   g.batch = x_q.dim(0);
   g.sq = x_q.dim(1);
@@ -252,32 +296,45 @@ absl::StatusOr<ProjectionGeometry> CheckProjectionInputs(const AttendArgs& args,
   ATTN_RETURN_IF_ERROR(ExpectDim(w_q, "w_q", 0, g.d_model, rows_text));
   ATTN_RETURN_IF_ERROR(ExpectDim(w_k, "w_k", 0, g.d_model, rows_text));
   ATTN_RETURN_IF_ERROR(ExpectDim(w_v, "w_v", 0, g.d_model, rows_text));
-  ATTN_RETURN_IF_ERROR(ExpectDim(w_k, "w_k", 1, w_q.dim(1),
-                                 absl::StrCat("[d_model,H*D=", w_q.dim(1), "] to match w_q")));
   if (args.num_heads < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "num_heads: required (>= 1) for the absolute methods, got ", args.num_heads));
   }
   g.heads = args.num_heads;
+  // attention-variants.md 1: H_kv heads in w_k and w_v, 0 meaning H.
+  if (args.num_kv_heads < 0 || (args.num_kv_heads > 0 && g.heads % args.num_kv_heads != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_kv_heads: must be 0 (unset: num_heads) or divide num_heads=", g.heads,
+        " (grouped-query attention), got ", args.num_kv_heads));
+  }
+  g.kv_heads = args.num_kv_heads > 0 ? args.num_kv_heads : g.heads;
   if (w_q.dim(1) % g.heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("w_q.shape: width ", w_q.dim(1),
                                                    " must be divisible by num_heads=", g.heads,
                                                    ", got ", ShapeToString(w_q.shape())));
   }
-  if (w_v.dim(1) % g.heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("w_v.shape: width ", w_v.dim(1),
-                                                   " must be divisible by num_heads=", g.heads,
-                                                   ", got ", ShapeToString(w_v.shape())));
-  }
   g.d = w_q.dim(1) / g.heads;
-  g.dv = w_v.dim(1) / g.heads;
+  ATTN_RETURN_IF_ERROR(
+      ExpectDim(w_k, "w_k", 1, g.kv_heads * g.d,
+                absl::StrCat("[d_model,H_kv*D=", g.kv_heads, "*", g.d, "] to match w_q, ",
+                             "num_heads and num_kv_heads")));
+  if (w_v.dim(1) % g.kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "w_v.shape: width ", w_v.dim(1), " must be divisible by H_kv=", g.kv_heads,
+        " (num_kv_heads, or num_heads when unset), got ", ShapeToString(w_v.shape())));
+  }
+  g.dv = w_v.dim(1) / g.kv_heads;
   ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sq, g.d}, "q (projected)", options));
-  ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sk, g.d}, "k (projected)", options));
-  ATTN_RETURN_IF_ERROR(CheckOutputSize({g.batch, g.heads, g.sk, g.dv}, "v (projected)", options));
+  ATTN_RETURN_IF_ERROR(
+      CheckOutputSize({g.batch, g.kv_heads, g.sk, g.d}, "k (projected)", options));
+  ATTN_RETURN_IF_ERROR(
+      CheckOutputSize({g.batch, g.kv_heads, g.sk, g.dv}, "v (projected)", options));
   ATTN_RETURN_IF_ERROR(
       CheckAttendResult(g.batch, g.heads, g.sq, g.sk, g.dv, args.return_probs, options));
   ATTN_RETURN_IF_ERROR(ResolveScale(args.scale, g.d).status());
   ATTN_ASSIGN_OR_RETURN(g.query_offset, ResolveQueryOffset(args.query_offset, g.sq, g.sk));
+  AttentionProblem variants;
+  ATTN_RETURN_IF_ERROR(ResolveVariants(args, g.batch, g.sk, variants));
   return g;
 }
 
@@ -340,6 +397,7 @@ absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
   ATTN_ASSIGN_OR_RETURN(problem.scale, ResolveScale(args.scale, g.d));
   problem.batch = g.batch;
   problem.heads = g.heads;
+  problem.kv_heads = g.kv_heads;
   problem.sq = g.sq;
   problem.sk = g.sk;
   problem.d = g.d;
@@ -347,10 +405,11 @@ absl::StatusOr<AttentionProblem> ProjectWithPositions(AttendArgs& args,
   problem.query_offset = g.query_offset;
   problem.causal = args.causal;
   problem.heads_interleaved = true;
+  ATTN_RETURN_IF_ERROR(ResolveVariants(args, g.batch, g.sk, problem));
   ATTN_ASSIGN_OR_RETURN(problem.q, ProjectRows(args.inputs.at("x_q"), g.query_offset,
                                                add_positions, args.inputs.at("w_q"), nullptr,
                                                nullptr, options));
-  Tensor v({g.batch, g.sk, g.heads * g.dv});
+  Tensor v({g.batch, g.sk, g.kv_heads * g.dv});
   ATTN_ASSIGN_OR_RETURN(problem.k,
                         ProjectRows(args.inputs.at("x_kv"), 0, add_positions,
                                     args.inputs.at("w_k"), &args.inputs.at("w_v"), v.data(),

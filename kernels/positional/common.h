@@ -79,17 +79,28 @@ absl::Status CheckAttendResult(int64_t batch, int64_t heads, int64_t sq, int64_t
 bool IsCancelled(const ComputeOptions& options);
 absl::Status CheckCancelled(const ComputeOptions& options);
 
-// For the methods on per-head q, k, v: validates their shapes and num_heads,
-// resolves scale and query_offset, and moves q, k, v into the problem.
+// For the methods on per-head q, k, v: validates their shapes (k and v with
+// H_kv heads, H % H_kv == 0), num_heads and num_kv_heads, resolves scale,
+// query_offset and the variants (ResolveVariants), and moves q, k, v into
+// the problem.
 absl::StatusOr<AttentionProblem> TakeQkvProblem(AttendArgs& args, const ComputeOptions& options);
+
+// attention-variants.md 2, 3, 5: checks args.kv_lengths (empty or `batch`
+// values in 1 .. sk), args.window (>= 1) and args.softcap (finite, > 0),
+// INVALID_ARGUMENT naming the field, and sets them on `problem`.
+absl::Status ResolveVariants(const AttendArgs& args, int64_t batch, int64_t sk,
+                             AttentionProblem& problem);
 
 // The absolute methods (sinusoidal, learned) take inputs before projection.
 struct ProjectionGeometry {
   int64_t batch = 0, sq = 0, sk = 0, d_model = 0, heads = 0, d = 0, dv = 0;
+  int64_t kv_heads = 0;  // H_kv of w_k, w_v: num_kv_heads, or heads when unset
   int64_t query_offset = 0;
 };
 
-// Validates x_q, x_kv, w_q, w_k, w_v and num_heads (positional-methods.md 2.2).
+// Validates x_q, x_kv, w_q, w_k, w_v, num_heads and num_kv_heads
+// (positional-methods.md 2.2, attention-variants.md 1: w_k [d_model, H_kv*D],
+// w_v [d_model, H_kv*Dv]) and the variants (ResolveVariants).
 absl::StatusOr<ProjectionGeometry> CheckProjectionInputs(const AttendArgs& args,
                                                          const ComputeOptions& options);
 
@@ -101,7 +112,7 @@ using AddPositions =
 
 // q = (x_q + P) @ w_q, k = (x_kv + P) @ w_k, v = (x_kv + P) @ w_v as oneDNN
 // matmuls over blocks of rows, with heads interleaved ([B, S, H*D]: column
-// h*D+e is head h, feature e). Query row i has position query_offset + i, key
+// h*D+e is head h, feature e; k and v with H_kv heads). Query row i has position query_offset + i, key
 // row j position j. Consumes x_q and x_kv: P is added in place, and q and k
 // are written over their storage block by block when H*D <= d_model (v, and
 // q or k otherwise, get new buffers), so the extra memory is about one of

@@ -46,21 +46,67 @@ struct HeadRows {
   int64_t stride() const { return interleaved ? heads * width : width; }
 };
 
+// The keys a query row sees: j in [begin, end) (empty when end <= begin).
+struct KeyRange {
+  int64_t begin = 0, end = 0;
+};
+
 // Attention after the method's input-side work. Positions:
 // q_pos(i) = query_offset + i, k_pos(j) = j.
+//
+// Grouped-query attention (attention-variants.md 1): k and v have kv_heads
+// heads (heads % kv_heads == 0) and query head h reads key/value head
+// h / (heads / kv_heads); every per-head parameter of a method stays per
+// query head. The masks of attention-variants.md 2-3 (kv_lengths, window)
+// and the causal mask combine into one key interval per query row
+// (VisibleKeys); softcap (5) applies to every final logit.
 struct AttentionProblem {
-  // [B, H, Sq, D], [B, H, Sk, D], [B, H, Sk, Dv] (positional-methods.md 1.1),
-  // or with heads_interleaved [B, Sq, H*D], [B, Sk, H*D], [B, Sk, H*Dv].
+  // [B, H, Sq, D], [B, H_kv, Sk, D], [B, H_kv, Sk, Dv] (positional-methods.md
+  // 1.1, attention-variants.md 1), or with heads_interleaved [B, Sq, H*D],
+  // [B, Sk, H_kv*D], [B, Sk, H_kv*Dv].
   Tensor q, k, v;
   bool heads_interleaved = false;
   int64_t batch = 0, heads = 0, sq = 0, sk = 0, d = 0, dv = 0;
+  int64_t kv_heads = 0;  // 0: heads (ordinary multi-head attention)
   int64_t query_offset = 0;
   bool causal = false;
   double scale = 1.0;
+  std::vector<int64_t> kv_lengths;  // empty, or B lengths in 1 .. Sk
+  int64_t window = 0;               // 0: none; else W >= 1 (capped at kMaxWindow)
+  double softcap = 0;               // 0: none; else c > 0: logit -> c * tanh(logit / c)
+
+  // A window this wide or wider hides nothing a call can hold (positions
+  // stay below 2^54), and q_pos + window cannot overflow int64.
+  static constexpr int64_t kMaxWindow = int64_t{1} << 60;
+
+  int64_t KvHeads() const { return kv_heads > 0 ? kv_heads : heads; }
+  // The key/value head (b * H_kv + h_kv) that query head bh = b * H + h reads.
+  int64_t KvHead(int64_t bh) const {
+    const int64_t kvh = KvHeads();
+    return (bh / heads) * kvh + (bh % heads) / (heads / kvh);
+  }
+  // Whether any mask beyond the causal one applies.
+  bool masks_keys() const { return window > 0 || !kv_lengths.empty(); }
+
+  // The keys query row i of batch element b sees: causal (j <= q_pos),
+  // kv_lengths (j < L_b) and window (causal: q_pos - W < j; symmetric:
+  // |q_pos - j| < W) combined by AND. begin and end never decrease with i.
+  KeyRange VisibleKeys(int64_t b, int64_t i) const {
+    const int64_t position = query_offset + i;
+    KeyRange range{0, kv_lengths.empty() ? sk : kv_lengths[static_cast<size_t>(b)]};
+    if (causal) range.end = std::min(range.end, position + 1);
+    if (window > 0) {
+      range.begin = std::max<int64_t>(0, position - window + 1);
+      if (!causal) range.end = std::min(range.end, position + window);
+    }
+    range.end = std::max(range.end, range.begin);
+    return range;
+  }
 
   HeadRows q_rows() const { return {q.data(), heads, sq, d, heads_interleaved}; }
-  HeadRows k_rows() const { return {k.data(), heads, sk, d, heads_interleaved}; }
-  HeadRows v_rows() const { return {v.data(), heads, sk, dv, heads_interleaved}; }
+  // Indexed by key/value head: Row(KvHead(bh), j).
+  HeadRows k_rows() const { return {k.data(), KvHeads(), sk, d, heads_interleaved}; }
+  HeadRows v_rows() const { return {v.data(), KvHeads(), sk, dv, heads_interleaved}; }
 };
 
 // A block of scores of one (batch, head): query rows i0 .. i0+rows-1, key
@@ -73,7 +119,11 @@ struct ScoreTile {
   float* scratch = nullptr;
 
   // The columns of row r that query i0 + r (at position query_offset +
-  // i0 + r) sees: a prefix, all of them without causal masking.
+  // i0 + r) may see under the causal mask alone: a prefix, all of them
+  // without causal masking. The key lengths and the window
+  // (AttentionProblem::VisibleKeys) hide more: a modifier may compute logits
+  // for this whole prefix (the engine masks the rest), and an engine hands
+  // AccumulateValueTerm zero weights for every column outside VisibleKeys.
   int64_t VisibleCols(int64_t r, int64_t query_offset, bool causal) const {
     return causal ? std::clamp<int64_t>(query_offset + i0 + r - j0 + 1, 0, cols) : cols;
   }
@@ -121,7 +171,9 @@ class ScoreModifier {
   // produce the same logits for engines that do (the plain one).
   virtual int64_t feature_width() const { return 0; }
   // b_j of keys 0 .. Sk-1 of (b, h): row j at j * feature_width(), owned by
-  // the modifier.
+  // the modifier. Under grouped-query attention the engine packs them once
+  // per key/value head (with h the group's first query head), so they must
+  // not differ between the query heads of one group.
   virtual const float* KeyFeatures(int64_t /*b*/, int64_t /*h*/) const { return nullptr; }
   // a_i of the block's rows (block as for BeginQueryBlock, its scratch
   // usable) into dst[r * ld + 0 .. feature_width()).
@@ -142,9 +194,9 @@ class ScoreModifier {
   // On entry scores[r * ld + c] holds the raw dot product q_i . k_j (not
   // scaled; scale * q_i . k_j when adds_to_scaled_scores()) for i = i0 + r,
   // j = j0 + c; on return it holds the method's logit score(i, j). Entries
-  // the causal mask removes may hold anything, before and after: the engine
-  // masks after this call. Each row has room for cols rounded up to 16 (the
-  // part past cols may be written).
+  // of keys the row does not see (AttentionProblem::VisibleKeys) may hold
+  // anything, before and after: the engine masks after this call (and then applies the softcap). Each row has room
+  // for cols rounded up to 16 (the part past cols may be written).
   virtual void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const = 0;
 
   // Methods with a term on the values (Shaw's rel_v) return true and add

@@ -355,6 +355,7 @@ void ExpandRun(const RopeConfig& config, const float* cosines, const float* sine
 struct RotationTarget {
   float* data = nullptr;
   int64_t first_position = 0, count = 0;
+  int64_t outer = 0;  // the target's own head count (k under GQA); 0: the call's
 };
 
 // Turns every row of the targets (d floats each) by its position, in one
@@ -374,7 +375,9 @@ void RotateByPosition(const RopeConfig& config, const std::vector<RotationTarget
   const std::vector<std::pair<int64_t, int64_t>> runs = AnchorRuns(MergedRanges(ranges));
   const RopeSteps steps(config);
   double rows = 0;
-  for (const RotationTarget& t : targets) rows += static_cast<double>(outer * t.count);
+  for (const RotationTarget& t : targets) {
+    rows += static_cast<double>((t.outer > 0 ? t.outer : outer) * t.count);
+  }
   // The turning is memory-bound: a second thread gains little until the
   // work is well past ThreadsFor's threshold (at H=8, D=64, S=128: 20 us on
   // one thread, 27 us on two), so half a unit per pair turned.
@@ -396,7 +399,8 @@ void RotateByPosition(const RopeConfig& config, const std::vector<RotationTarget
                     // The target's rows whose positions fall in [p0, p1).
                     const int64_t s0 = std::max(p0, t.first_position) - t.first_position;
                     const int64_t s1 = std::min(p1, t.first_position + t.count) - t.first_position;
-                    for (int64_t b = 0; b < outer; ++b) {
+                    const int64_t heads = t.outer > 0 ? t.outer : outer;
+                    for (int64_t b = 0; b < heads; ++b) {
                       for (int64_t s = s0; s < s1; ++s) {
                         const int64_t table_row = t.first_position + s - p0;
                         float* row = t.data + (b * t.count + s) * d;
@@ -534,8 +538,10 @@ class Rope final : public PositionalMethod {
       prepared.modifier = std::make_unique<RopeModifier>(p, config, options);
       return prepared;
     }
+    // k has B * H_kv heads (grouped-query attention).
     RotateByPosition(config,
-                     {{p.q.data(), p.query_offset, p.sq}, {p.k.data(), 0, p.sk}},
+                     {{p.q.data(), p.query_offset, p.sq},
+                      {p.k.data(), 0, p.sk, p.batch * p.KvHeads()}},
                      p.batch * p.heads, p.d, options);
     prepared.modifier = std::make_unique<ScaledDotProduct>(p.scale);
     return prepared;

@@ -64,8 +64,9 @@ bool CopiesQueries(const ScoreModifier& modifier) {
 // then allocate nothing (no page faults), large ones free theirs on return.
 constexpr int64_t kKeptWorkspaceFloats = int64_t{1} << 20;
 
-// One thread's buffers for one call: the packed K and V of the head it last
-// worked on, and the tiles of one query block. Carved from one arena, each
+// One thread's buffers for one call: the packed K and V of the key/value
+// head it last worked on (under grouped-query attention the query heads of
+// a group reuse them), and the tiles of one query block. Carved from one arena, each
 // part starting on a 64-byte line.
 class Workspace {
  public:
@@ -90,19 +91,21 @@ class Workspace {
     }
   }
 
-  bool Packed(int64_t bh) const { return bh == packed_head_; }
+  // Whether key/value head kvh (AttentionProblem::KvHead) is packed.
+  bool Packed(int64_t kvh) const { return kvh == packed_head_; }
 
-  // Packs head bh of k (times key_scale, with the modifier's key features)
-  // and v unless they are packed already.
+  // Packs the key/value head that query head bh reads, k (times key_scale,
+  // with the modifier's key features) and v, unless it is packed already.
   void PackHead(const AttentionProblem& p, const ScoreModifier& modifier, int64_t bh,
                 float key_scale) {
-    if (Packed(bh)) return;
+    const int64_t kvh = p.KvHead(bh);
+    if (Packed(kvh)) return;
     const HeadRows k = p.k_rows(), v = p.v_rows();
-    PackKeys(k.Row(bh, 0), k.stride(), p.sk, p.d, key_scale,
+    PackKeys(k.Row(kvh, 0), k.stride(), p.sk, p.d, key_scale,
              modifier.KeyFeatures(bh / p.heads, bh % p.heads), depth - p.d,
              modifier.turns_rows() ? &modifier : nullptr, turned_keys, kt);
-    simd::PackColumnPanels(v.Row(bh, 0), v.stride(), p.sk, p.dv, vp);
-    packed_head_ = bh;
+    simd::PackColumnPanels(v.Row(kvh, 0), v.stride(), p.sk, p.dv, vp);
+    packed_head_ = kvh;
   }
 
   const int64_t dv_pad;
@@ -124,6 +127,15 @@ class Workspace {
   int64_t packed_head_ = -1;
 };
 
+// The softcap c in float: 0 for none, and for a c so large that c *
+// tanh(l / c) is l to float precision for every logit float can hold; a c
+// below float's normal range as 1e-30 (the capped logits are then all 0 to
+// within 1e-29 either way).
+inline float FloatSoftCap(double c) {
+  if (c <= 0 || c > 1e30) return 0;
+  return static_cast<float>(std::max(c, 1e-30));
+}
+
 class FastEngine {
  public:
   FastEngine(const PreparedAttention& prepared, float* out, float* probs, bool check_qkv)
@@ -138,6 +150,7 @@ class FastEngine {
         copies_queries_(CopiesQueries(modifier_)),
         value_term_(modifier_.HasValueTerm()),
         scale_(static_cast<float>(p_.scale)),
+        softcap_(FloatSoftCap(p_.softcap)),
         out_(out),
         probs_(probs),
         check_qkv_(check_qkv) {}
@@ -152,8 +165,9 @@ class FastEngine {
     if (check_qkv_) {
       // Checked just before packing reads them: the scan brings them into
       // cache rather than costing a pass of its own.
-      const bool finite = (ws.Packed(bh) || (RowsFinite(p_.k_rows(), bh, 0, p_.sk) &&
-                                             RowsFinite(p_.v_rows(), bh, 0, p_.sk))) &&
+      const int64_t kvh = p_.KvHead(bh);
+      const bool finite = (ws.Packed(kvh) || (RowsFinite(p_.k_rows(), kvh, 0, p_.sk) &&
+                                              RowsFinite(p_.v_rows(), kvh, 0, p_.sk))) &&
                           RowsFinite(p_.q_rows(), bh, i0, rows);
       if (!finite) {
         non_finite_.store(true, std::memory_order_relaxed);
@@ -164,9 +178,12 @@ class FastEngine {
     // every score (Sq x Sk): into the packed keys as they are transposed, or
     // into the block's copied queries where query features follow them.
     ws.PackHead(p_, modifier_, bh, scale_inputs_ && !scale_queries_ ? scale_ : 1.0f);
-    const int64_t last_position = p_.query_offset + i0 + rows - 1;
-    // Key blocks wholly after the block's last query are never visible.
-    const int64_t key_end = p_.causal ? std::min(p_.sk, last_position + 1) : p_.sk;
+    // Key blocks wholly outside the block's visible keys (after its last
+    // query's last key, before its first query's first key: causal mask,
+    // key lengths, window) are never computed. The range starts on a panel.
+    const int64_t b = bh / p_.heads;
+    const int64_t key_begin = p_.VisibleKeys(b, i0).begin / kPanel * kPanel;
+    const int64_t key_end = p_.VisibleKeys(b, i0 + rows - 1).end;
     std::fill_n(ws.acc, rows * ws.dv_pad, 0.0f);
     if (scale_queries_) {
       const HeadRows q = p_.q_rows();
@@ -193,9 +210,9 @@ class FastEngine {
       modifier_.BeginQueryBlock(block);
     }
     if (probs_ == nullptr) {
-      OnlineSoftmax(ws, bh, i0, rows, key_end);
+      OnlineSoftmax(ws, bh, i0, rows, key_begin, key_end);
     } else {
-      ExactSoftmax(ws, bh, i0, rows, key_end);
+      ExactSoftmax(ws, bh, i0, rows, key_begin, key_end);
     }
   }
 
@@ -209,10 +226,20 @@ class FastEngine {
     return true;
   }
 
-  // Keys of tile [j0, j0 + n) visible to query i0 + r: a prefix of the tile.
-  int64_t VisibleInTile(int64_t i, int64_t j0, int64_t n) const {
-    if (!p_.causal) return n;
-    return std::clamp<int64_t>(p_.query_offset + i - j0 + 1, 0, n);
+  // The columns [begin, end) of tile [j0, j0 + n) that query i of batch
+  // element b sees (begin == end: none).
+  KeyRange VisibleInTile(int64_t b, int64_t i, int64_t j0, int64_t n) const {
+    const KeyRange keys = p_.VisibleKeys(b, i);
+    const int64_t begin = std::clamp<int64_t>(keys.begin - j0, 0, n);
+    return {begin, std::clamp<int64_t>(keys.end - j0, begin, n)};
+  }
+
+  // The columns of tile [j0, j0 + n) that some row of rows [i0 + r, i0 + r +
+  // group) sees: from the first row's first to the last row's last
+  // (VisibleKeys never decreases with the row).
+  KeyRange GroupInTile(int64_t b, int64_t i, int64_t group, int64_t j0, int64_t n) const {
+    const int64_t begin = VisibleInTile(b, i, j0, n).begin;
+    return {begin, std::max(begin, VisibleInTile(b, i + group - 1, j0, n).end)};
   }
 
   ScoreTile Tile(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t j0,
@@ -230,18 +257,22 @@ class FastEngine {
     const float* a = copies_queries_ ? ws.q_scaled : q.Row(bh, i0);
     const int64_t lda = copies_queries_ ? depth_ : q.stride();
     const float* kt = ws.kt + j0 * depth_;
-    if (!Diagonal(i0, j0, n)) {
+    const int64_t b = bh / p_.heads;
+    if (!Partial(b, i0, rows, j0, n)) {
       simd::Gemm<false>(rows, RoundUpToPanel(n), depth_, a, lda, kt, depth_ * kPanel, s, ld);
     } else {
-      // A row group skips the keys after its last row's position (those
-      // scores are never read: the softmax stops at each row's visible
-      // prefix), to the nearest 8: a last panel needed only up to its
-      // eighth column gets the half-width kernel (on AVX2 and the baseline).
+      // A row group computes only the panels holding keys some of its rows
+      // see (the other scores are never read: the softmax reads each row's
+      // visible keys only), and the last to the nearest 8: a last panel
+      // needed only up to its eighth column gets the half-width kernel (on
+      // AVX2 and the baseline).
       for (int64_t r = 0; r < rows; r += simd::kRows) {
         const int group = static_cast<int>(std::min<int64_t>(simd::kRows, rows - r));
-        const int64_t visible = VisibleInTile(i0 + r + group - 1, j0, n);
+        const KeyRange cols = GroupInTile(b, i0 + r, group, j0, n);
+        if (cols.end == cols.begin) continue;
+        const int64_t visible = cols.end;
         const int64_t full_panels = visible / kPanel;
-        for (int64_t t = 0; t < full_panels; ++t) {
+        for (int64_t t = cols.begin / kPanel; t < full_panels; ++t) {
           simd::PanelRows<false>(group, depth_, a + r * lda, lda, kt + t * depth_ * kPanel,
                                        s + r * ld + t * kPanel, ld);
         }
@@ -268,57 +299,78 @@ class FastEngine {
                                     ws.dv_pad);
     }
     const float* vp = ws.vp + j0 * kPanel;
-    if (!Diagonal(i0, j0, n)) {
+    const int64_t b = bh / p_.heads;
+    if (!Partial(b, i0, rows, j0, n)) {
       simd::Gemm<true>(rows, ws.dv_pad, n, weights, ld, vp, p_.sk * kPanel, ws.acc, ws.dv_pad);
       return;
     }
-    // A row group's weights are zero past its last row's visible prefix.
+    // A row group's weights are zero outside the keys some of its rows see.
     for (int64_t r = 0; r < rows; r += simd::kRows) {
       const int group = static_cast<int>(std::min<int64_t>(simd::kRows, rows - r));
-      const int64_t depth = VisibleInTile(i0 + r + group - 1, j0, n);
-      if (depth == 0) continue;
+      const KeyRange cols = GroupInTile(b, i0 + r, group, j0, n);
+      if (cols.end == cols.begin) continue;
       for (int64_t t = 0; t < ws.dv_pad / kPanel; ++t) {
-        simd::PanelRows<true>(group, depth, weights + r * ld, ld,
-                                    vp + t * p_.sk * kPanel, ws.acc + r * ws.dv_pad + t * kPanel,
-                                    ws.dv_pad);
+        simd::PanelRows<true>(group, cols.end - cols.begin, weights + r * ld + cols.begin, ld,
+                              vp + t * p_.sk * kPanel + cols.begin * kPanel,
+                              ws.acc + r * ws.dv_pad + t * kPanel, ws.dv_pad);
       }
     }
   }
 
-  // Whether some query of the block [i0, i0 + kBlockQ) cannot see the whole
-  // tile [j0, j0 + n) under causal masking.
-  bool Diagonal(int64_t i0, int64_t j0, int64_t n) const {
-    return p_.causal && p_.query_offset + i0 - j0 + 1 < n;
+  // Whether some query of rows [i0, i0 + rows) of batch element b cannot
+  // see the whole tile [j0, j0 + n): its first row starts after j0 or ends
+  // before j0 + n (the masks' ranges never decrease with the row).
+  bool Partial(int64_t b, int64_t i0, int64_t rows, int64_t j0, int64_t n) const {
+    if (!p_.causal && !p_.masks_keys()) return false;
+    return p_.VisibleKeys(b, i0).end < j0 + n || p_.VisibleKeys(b, i0 + rows - 1).begin > j0;
+  }
+
+  // c * tanh(x / c) over x[0..n) (attention-variants.md 5), when set.
+  void SoftCap(float* x, int64_t n) const {
+    if (softcap_ > 0 && n > 0) simd::SoftCap(x, n, softcap_);
   }
 
   // Streams over key blocks keeping a running max m and sum l per row; acc
   // holds sum_j exp(s_j - m) v_j and is rescaled by exp(m_old - m_new).
-  void OnlineSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows,
+  void OnlineSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t key_begin,
                      int64_t key_end) const {
     float* s = ws.scores;
     float* m = ws.row_max;
     float* l = ws.row_sum;
+    const int64_t b = bh / p_.heads;
     std::fill_n(m, rows, kMinusInf);
     std::fill_n(l, rows, 0.0f);
-    for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) {
+    for (int64_t j0 = key_begin; j0 < key_end; j0 += kBlockK) {
       const int64_t n = std::min(kBlockK, key_end - j0);
       ComputeScores(ws, bh, i0, rows, j0, n, s, kBlockK);
       for (int64_t r = 0; r < rows; ++r) {
         float* row = s + r * kBlockK;
-        const int64_t visible = VisibleInTile(i0 + r, j0, n);
-        // The weights P.V reads past visible must be 0: up to the row
-        // group's last row's visible end, at most kRows - 1 keys further (a
-        // value term reads only the visible prefix).
-        const int64_t read_end = std::min(n, visible + simd::kRows - 1);
-        if (visible == 0) {
+        const KeyRange cols = VisibleInTile(b, i0 + r, j0, n);
+        // The weights P.V reads outside [cols.begin, cols.end) must be 0:
+        // the rest of its row group's columns (GroupInTile), at most kRows
+        // - 1 keys past cols.end (each mask's end grows by at most one a
+        // row); a value term reads up to the causal prefix.
+        const int64_t group_start = r / simd::kRows * simd::kRows;
+        const int64_t group = std::min<int64_t>(simd::kRows, rows - group_start);
+        const int64_t read_end =
+            value_term_ ? n
+                        : std::max(cols.end, GroupInTile(b, i0 + group_start, group, j0, n).end);
+        if (cols.end == cols.begin) {
           std::fill(row, row + read_end, 0.0f);
           continue;
         }
-        const float tile_max = simd::Max(row, visible, simd::Tail::kPadded);
+        SoftCap(row + cols.begin, cols.end - cols.begin);
+        // From the vector holding the first visible key (the ones before it
+        // -inf: exp gives 0), so the padded tail stays inside the row.
+        const int64_t start = cols.begin / simd::kLanes * simd::kLanes;
+        std::fill(row, row + start, 0.0f);
+        std::fill(row + start, row + cols.begin, kMinusInf);
+        const int64_t width = cols.end - start;
+        const float tile_max = simd::Max(row + start, width, simd::Tail::kPadded);
         const float new_max = std::max(m[r], tile_max);
-        // Zeroes the row past visible up to a multiple of kLanes too.
-        const float sum = simd::ExpAndSum(row, visible, new_max, simd::Tail::kPadded);
-        const int64_t zeroed = (visible + simd::kLanes - 1) / simd::kLanes * simd::kLanes;
+        // Zeroes the row past cols.end up to a multiple of kLanes too.
+        const float sum = simd::ExpAndSum(row + start, width, new_max, simd::Tail::kPadded);
+        const int64_t zeroed = start + (width + simd::kLanes - 1) / simd::kLanes * simd::kLanes;
         simd::ZeroVectors(row, zeroed, read_end);  // Inside the tile's row (kBlockK wide).
         if (m[r] == kMinusInf) {
           m[r] = new_max;  // The row's first visible tile: acc and l are still 0.
@@ -335,8 +387,14 @@ class FastEngine {
     for (int64_t r = 0; r < rows; ++r) {
       const float* acc = ws.acc + r * ws.dv_pad;
       float* out = out_ + (bh * p_.sq + i0 + r) * p_.dv;
-      // Key 0 is always visible and contributes exp(0) = 1, so l >= 1 unless
-      // the scores overflowed (then out is not finite and Attend says so).
+      // A row that saw no key gets zeros (attention-variants.md 4). One
+      // that did has l >= 1 (its max contributes exp(0) = 1) unless the
+      // scores overflowed (then out is not finite and Attend says so).
+      const KeyRange keys = p_.VisibleKeys(b, i0 + r);
+      if (keys.end == keys.begin) {
+        std::fill_n(out, p_.dv, 0.0f);
+        continue;
+      }
       const float inverse = 1.0f / l[r];
       for (int64_t e = 0; e < p_.dv; ++e) out[e] = acc[e] * inverse;
     }
@@ -344,10 +402,11 @@ class FastEngine {
 
   // With probs requested: logits straight into the probs rows, an exact
   // softmax per row there, then acc = P V from those rows.
-  void ExactSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows,
+  void ExactSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t key_begin,
                     int64_t key_end) const {
     float* p = probs_ + (bh * p_.sq + i0) * p_.sk;
-    for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) {
+    const int64_t b = bh / p_.heads;
+    for (int64_t j0 = key_begin; j0 < key_end; j0 += kBlockK) {
       const int64_t n = std::min(kBlockK, key_end - j0);
       // The micro-kernel writes whole panels; a last tile whose panels pass
       // Sk goes through the scores tile instead.
@@ -362,13 +421,17 @@ class FastEngine {
     }
     for (int64_t r = 0; r < rows; ++r) {
       float* row = p + r * p_.sk;
-      const int64_t visible = VisibleInTile(i0 + r, 0, p_.sk);
-      const float max = simd::Max(row, visible);
-      const float sum = simd::ExpAndSum(row, visible, max);
-      simd::Scale(row, visible, 1.0f / sum);
-      std::fill(row + visible, row + p_.sk, 0.0f);
+      const KeyRange keys = VisibleInTile(b, i0 + r, 0, p_.sk);
+      const int64_t visible = keys.end - keys.begin;
+      std::fill(row, row + keys.begin, 0.0f);
+      std::fill(row + keys.end, row + p_.sk, 0.0f);
+      if (visible == 0) continue;  // A row that sees no key: all zeros.
+      SoftCap(row + keys.begin, visible);
+      const float max = simd::Max(row + keys.begin, visible);
+      const float sum = simd::ExpAndSum(row + keys.begin, visible, max);
+      simd::Scale(row + keys.begin, visible, 1.0f / sum);
     }
-    for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) {
+    for (int64_t j0 = key_begin; j0 < key_end; j0 += kBlockK) {
       const int64_t n = std::min(kBlockK, key_end - j0);
       AccumulateValues(ws, bh, i0, rows, j0, n, p + j0, p_.sk);
     }
@@ -382,7 +445,7 @@ class FastEngine {
   const int64_t features_, depth_;
   const bool modifies_scores_, scale_inputs_, scale_queries_, turns_rows_, copies_queries_,
       value_term_;
-  const float scale_;
+  const float scale_, softcap_;
   float* const out_;
   float* const probs_;
   const bool check_qkv_;
@@ -401,8 +464,10 @@ absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
 
   const int64_t blocks = engine.query_blocks();
   const int64_t items = p.batch * p.heads * blocks;
+  // A window bounds the keys a row sees (and the blocks computed).
+  const int64_t keys_per_row = p.window > 0 ? std::min(p.sk, 2 * p.window) : p.sk;
   const double work = static_cast<double>(p.batch * p.heads * p.sq) *
-                      static_cast<double>(p.sk) * static_cast<double>(p.d + p.dv);
+                      static_cast<double>(keys_per_row) * static_cast<double>(p.d + p.dv);
   const int threads = static_cast<int>(std::min<int64_t>(ThreadsFor(work, options), items));
   std::vector<std::unique_ptr<Workspace>> workspaces(static_cast<size_t>(std::max(threads, 1)));
   std::atomic<bool> stopped{false};

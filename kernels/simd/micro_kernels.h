@@ -205,6 +205,34 @@ inline V Exp(V x) {
   return ZeroUnlessAbove(original, -87.0f, Mul(y, Pow2(fx)));
 }
 
+// tanh(x) lane by lane, within a few float32 ulp: for |x| < 0.25 its odd
+// Taylor polynomial to x^9 (the next term is below 1e-8 relative), else
+// 1 - 2 / (exp(2|x|) + 1) with x's sign (Exp's large-argument clamp gives
+// exactly 1 from |x| ~ 44 on).
+inline V Tanh(V x) {
+  const V minus_x = Sub(Zero(), x);
+  const V ax = Max(x, minus_x);
+  const V x2 = Mul(x, x);
+  V poly = Set1(62.0f / 2835.0f);
+  poly = MulAdd(poly, x2, Set1(-17.0f / 315.0f));
+  poly = MulAdd(poly, x2, Set1(2.0f / 15.0f));
+  poly = MulAdd(poly, x2, Set1(-1.0f / 3.0f));
+  poly = MulAdd(Mul(poly, x2), x, x);
+  const V e = Exp(Add(ax, ax));
+  const V big = Sub(Set1(1.0f), Div(Set1(2.0f), Add(e, Set1(1.0f))));
+  const V signed_big = SelectBelow(x, 0.0f, Sub(Zero(), big), big);
+  return SelectBelow(ax, 0.25f, poly, signed_big);
+}
+
+// x[c] = cap * tanh(x[c] / cap) for c < n (attention-variants.md 5, Gemma
+// 2's logit soft-capping); nothing past x[n - 1] is read or written.
+inline void SoftCap(float* x, int64_t n, float cap) {
+  const V c = Set1(cap);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) Store(x + i, Mul(c, Tanh(Div(Load(x + i), c))));
+  if (i < n) StoreFirst(x + i, n - i, Mul(c, Tanh(Div(LoadFirst(x + i, n - i, 0.0f), c))));
+}
+
 // The row reductions of the softmax, in two forms. Tail::kExact reads and
 // writes nothing past x[n - 1] (masked loads and stores for the last
 // partial vector). Tail::kPadded is for rows with room up to the multiple

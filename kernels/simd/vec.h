@@ -22,6 +22,7 @@ inline V Zero() { return _mm512_setzero_ps(); }
 inline V Add(V a, V b) { return _mm512_add_ps(a, b); }
 inline V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
 inline V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+inline V Div(V a, V b) { return _mm512_div_ps(a, b); }
 inline V MulAdd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline V NegMulAdd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
 inline V Max(V a, V b) { return _mm512_max_ps(a, b); }
@@ -36,6 +37,10 @@ inline V Pow2(V n) {
 // y where x > bound, else 0 (NaN x gives 0).
 inline V ZeroUnlessAbove(V x, float bound, V y) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, Set1(bound), _CMP_GT_OQ), y);
+}
+// a where x < bound, else b.
+inline V SelectBelow(V x, float bound, V a, V b) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, Set1(bound), _CMP_LT_OQ), b, a);
 }
 inline __mmask16 FirstLanesMask(int64_t count) {
   return static_cast<__mmask16>((1u << count) - 1u);
@@ -67,6 +72,7 @@ inline V Zero() { return _mm256_setzero_ps(); }
 inline V Add(V a, V b) { return _mm256_add_ps(a, b); }
 inline V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
 inline V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+inline V Div(V a, V b) { return _mm256_div_ps(a, b); }
 inline V MulAdd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 inline V NegMulAdd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
 inline V Max(V a, V b) { return _mm256_max_ps(a, b); }
@@ -79,6 +85,9 @@ inline V Pow2(V n) {
 }
 inline V ZeroUnlessAbove(V x, float bound, V y) {
   return _mm256_and_ps(y, _mm256_cmp_ps(x, Set1(bound), _CMP_GT_OQ));
+}
+inline V SelectBelow(V x, float bound, V a, V b) {
+  return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, Set1(bound), _CMP_LT_OQ));
 }
 inline __m256i FirstLanesMask(int64_t count) {
   const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -123,6 +132,7 @@ inline V Zero() { return V{0, 0, 0, 0}; }
 inline V Add(V a, V b) { return a + b; }
 inline V Sub(V a, V b) { return a - b; }
 inline V Mul(V a, V b) { return a * b; }
+inline V Div(V a, V b) { return a / b; }
 inline V MulAdd(V a, V b, V c) { return a * b + c; }
 inline V NegMulAdd(V a, V b, V c) { return c - a * b; }
 // As the x86 instructions: the second operand when either is NaN.
@@ -142,6 +152,7 @@ inline V ZeroUnlessAbove(V x, float bound, V y) {
   const VInt bits = __builtin_bit_cast(VInt, y) & keep;
   return __builtin_bit_cast(V, bits);
 }
+inline V SelectBelow(V x, float bound, V a, V b) { return x < Set1(bound) ? a : b; }
 inline V KeepFirst(V v, int64_t count, float fill) {
   const VInt index = {0, 1, 2, 3};
   return index < static_cast<int32_t>(count) ? v : Set1(fill);

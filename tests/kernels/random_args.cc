@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace attnserve::testing {
 
@@ -20,6 +21,10 @@ std::string RandomCase::Describe() const {
   absl::StrAppend(&text, " d", d, " dv", dv, causal ? " causal" : " noncausal");
   if (query_offset) absl::StrAppend(&text, " offset=", *query_offset);
   if (scale) absl::StrAppend(&text, " scale=", *scale);
+  if (kv_heads > 0) absl::StrAppend(&text, " kv_heads=", kv_heads);
+  if (!kv_lengths.empty()) absl::StrAppend(&text, " kv_lengths=", absl::StrJoin(kv_lengths, ","));
+  if (window) absl::StrAppend(&text, " window=", *window);
+  if (softcap) absl::StrAppend(&text, " softcap=", *softcap);
   switch (method) {
     case MethodKind::kRope:
       absl::StrAppend(&text, params.rope_layout == kernels::RopeLayout::kHalf ? " half"
@@ -65,15 +70,20 @@ kernels::AttendArgs RandomAttendArgs(const RandomCase& c, std::mt19937& rng) {
   args.scale = c.scale;
   args.query_offset = c.query_offset;
   args.return_probs = true;
+  args.kv_lengths = c.kv_lengths;
+  args.window = c.window;
+  args.softcap = c.softcap;
+  const int64_t kv_heads = c.kv_heads > 0 ? c.kv_heads : c.heads;
   auto& in = args.inputs;
   if (c.method == MethodKind::kSinusoidal || c.method == MethodKind::kLearned) {
     const double w = 1.0 / std::sqrt(static_cast<double>(c.d_model));
     in["x_q"] = RandomTensor({c.batch, c.sq, c.d_model}, rng);
     in["x_kv"] = RandomTensor({c.batch, c.sk, c.d_model}, rng);
     in["w_q"] = RandomTensor({c.d_model, c.heads * c.d}, rng, -w, w);
-    in["w_k"] = RandomTensor({c.d_model, c.heads * c.d}, rng, -w, w);
-    in["w_v"] = RandomTensor({c.d_model, c.heads * c.dv}, rng, -w, w);
+    in["w_k"] = RandomTensor({c.d_model, kv_heads * c.d}, rng, -w, w);
+    in["w_v"] = RandomTensor({c.d_model, kv_heads * c.dv}, rng, -w, w);
     args.num_heads = c.heads;
+    args.num_kv_heads = c.kv_heads;
     if (c.method == MethodKind::kLearned) {
       const int64_t offset = c.query_offset.value_or(c.sk - c.sq);
       // An offset past 2^53 (the bound's own tests) fails before the table
@@ -85,8 +95,8 @@ kernels::AttendArgs RandomAttendArgs(const RandomCase& c, std::mt19937& rng) {
     return args;
   }
   in["q"] = RandomTensor({c.batch, c.heads, c.sq, c.d}, rng);
-  in["k"] = RandomTensor({c.batch, c.heads, c.sk, c.d}, rng);
-  in["v"] = RandomTensor({c.batch, c.heads, c.sk, c.dv}, rng);
+  in["k"] = RandomTensor({c.batch, kv_heads, c.sk, c.d}, rng);
+  in["v"] = RandomTensor({c.batch, kv_heads, c.sk, c.dv}, rng);
   switch (c.method) {
     case MethodKind::kTransformerXL: {
       args.params.d_rel = c.d_rel;

@@ -34,6 +34,13 @@ struct RandomCase {
   int64_t max_relative_position = 3;  // shaw
   // da_transformer: dist_w ~ U(-1, 1) * w_scale, dist_v ~ U(-1, 1) * v_scale + v_shift.
   double w_scale = 1, v_scale = 2, v_shift = 0;
+  // attention-variants.md 1-5: H_kv (0: heads; k and v, or w_k and w_v,
+  // get H_kv heads, and num_kv_heads is set for the absolute methods),
+  // kv_lengths, window, softcap.
+  int64_t kv_heads = 0;
+  std::vector<int64_t> kv_lengths;
+  std::optional<int64_t> window;
+  std::optional<double> softcap;
 
   // "b2 h3 sq5 sk7 d5 dv3 causal offset=4 scale=-0.5 ..." for test output.
   std::string Describe() const;
