@@ -18,8 +18,10 @@ from attnd_process import AttndProcess  # noqa: E402
 
 BUILD_DIR = os.environ["ATTN_BUILD_DIR"]
 SOURCE_DIR = os.environ["ATTN_SOURCE_DIR"]
-
-
+# The build's own compile and link flags (empty in `make build`): an SDK built
+# with -fsanitize=... links only into a program built with it too.
+CXX_FLAGS = os.environ.get("ATTN_CONSUMER_CXX_FLAGS", "").strip()
+LINKER_FLAGS = os.environ.get("ATTN_CONSUMER_LINKER_FLAGS", "").strip()
 
 
 def expected_alibi_row():
@@ -86,7 +88,8 @@ class InstallTest(unittest.TestCase):
     def test_find_package_consumer_builds_and_calls_attnd(self):
         build = os.path.join(self.work, "consumer-cmake")
         run(["cmake", "-S", os.path.join(SOURCE_DIR, "tests", "consumer"), "-B", build,
-             "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_PREFIX_PATH={self.prefix}"])
+             "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_PREFIX_PATH={self.prefix}",
+             f"-DCMAKE_CXX_FLAGS={CXX_FLAGS}", f"-DCMAKE_EXE_LINKER_FLAGS={LINKER_FLAGS}"])
         run(["cmake", "--build", build])
         self.run_consumer(os.path.join(build, "consumer"))
 
@@ -95,8 +98,9 @@ class InstallTest(unittest.TestCase):
                                                                           "attnserve.pc")))
         flags = run(["pkg-config", "--cflags", "--libs", "attnserve"], env=env).split()
         binary = os.path.join(self.work, "consumer-pc")
-        run(["g++", "-std=c++17", "-O1", "-o", binary,
-             os.path.join(SOURCE_DIR, "tests", "consumer", "consumer.cc"), *flags])
+        run(["g++", "-std=c++17", "-O1", *CXX_FLAGS.split(), "-o", binary,
+             os.path.join(SOURCE_DIR, "tests", "consumer", "consumer.cc"), *flags,
+             *LINKER_FLAGS.split()])
         self.run_consumer(binary)
 
 

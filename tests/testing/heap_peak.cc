@@ -8,16 +8,9 @@
 #include <cstdint>
 #include <cstdlib>
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define ATTN_HEAP_PEAK_AVAILABLE 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define ATTN_HEAP_PEAK_AVAILABLE 0
-#endif
-#endif
-#ifndef ATTN_HEAP_PEAK_AVAILABLE
-#define ATTN_HEAP_PEAK_AVAILABLE 1
-#endif
+#include "tests/testing/sanitizers.h"
+
+#define ATTN_HEAP_PEAK_AVAILABLE (!ATTN_SANITIZER_OWNS_MALLOC)
 
 namespace attnserve::testing {
 namespace {
