@@ -137,6 +137,15 @@ TEST(GoldenFormatTest, PublicVariantCasesLoadAsVersionTwo) {
   EXPECT_EQ(GoldenCaseFiles(GoldenVariantsDir()).size(), 64u);
 }
 
+TEST(GoldenFormatTest, GeneratedCasesLoadAsVersionTwoWithUniqueNames) {
+  CheckVariantDir(GeneratedGoldenDir());
+  std::set<std::string> names;
+  for (const std::string& path : VariantCaseFiles()) {
+    EXPECT_TRUE(names.insert(GoldenTestName(path)).second) << path;
+  }
+  EXPECT_GT(names.size(), 64u + 100u);
+}
+
 absl::StatusOr<GoldenCase> Variant(const std::string& name) {
   return LoadGoldenCase(GoldenVariantsDir() + "/" + name + ".json");
 }

@@ -187,6 +187,9 @@ std::string RunDecode(const GoldenCase& c, const kernels::ComputeOptions& option
     if (step.kind != "step") continue;
     if (!step.expect_error.empty() && IsSessionRule(step.expect_field)) continue;
     auto attend = DecodeStepAsAttendCase(c, n);
+    // A step whose tensors do not fit the session (its expected error) has
+    // no equivalent Attend: only a session can check it.
+    if (!attend.ok() && !step.expect_error.empty()) continue;
     if (!attend.ok()) return std::string(attend.status().message());
     const std::string diff = RunGoldenThroughKernels(*attend, options);
     if (!diff.empty()) absl::StrAppend(&failures, "steps[", n, "]: ", diff, "\n");
