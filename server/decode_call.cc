@@ -185,7 +185,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         session_->Step(std::move(step_inputs_), request_.step().return_probs(), checked);
     step_inputs_.clear();
     if (!result.ok()) return result.status();
-    const bool raw = request_raw_output_;
+    const OutputEncoding raw{request_raw_output_};
     FillTensor(result->out, raw, response_.mutable_out());
     if (result->probs.has_value()) FillTensor(*result->probs, raw, response_.mutable_probs());
     response_.set_length(session_->length());
