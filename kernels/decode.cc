@@ -195,14 +195,18 @@ absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& o) {
             " rows, fewer than max_len=", o.max_len, " (a step could run past it)"));
       }
     }
+    // The weights are checked above; the one-token Attend checks the
+    // method's own tensors (the learned table) with H key/value heads
+    // (every per-head parameter is per query head).
     args.num_heads = h;
-    args.num_kv_heads = hkv == h ? 0 : hkv;
+    args.inputs["w_k"] = Zeros({d_model, h * d});
+    args.inputs["w_v"] = Zeros({d_model, h * dv});
     args.inputs["x_q"] = Zeros({b, 1, d_model});
     args.inputs["x_kv"] = Zeros({b, 1, d_model});
   } else {
     args.inputs["q"] = Zeros({b, h, 1, d});
-    args.inputs["k"] = Zeros({b, hkv, 1, d});
-    args.inputs["v"] = Zeros({b, hkv, 1, dv});
+    args.inputs["k"] = Zeros({b, h, 1, d});
+    args.inputs["v"] = Zeros({b, h, 1, dv});
   }
   ATTN_RETURN_IF_ERROR(Attend(std::move(args), ComputeOptions()).status());
   return bytes;
@@ -361,17 +365,21 @@ absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, boo
 absl::StatusOr<AttendResult> DecodeSession::StepByAttend(Tensor q, int64_t n, bool return_probs,
                                                          const ComputeOptions& options) {
   const DecodeOptions& o = options_;
-  const int64_t length = length_ + n, heads = o.batch * kv_heads_;
+  const int64_t length = length_ + n;
   AttendArgs args;
   args.method = o.method;
   args.params = o.params;
   args.inputs = o.tensors;
   args.inputs["q"] = std::move(q);
-  Tensor k({o.batch, kv_heads_, length, d_});
-  Tensor v({o.batch, kv_heads_, length, dv_});
-  for (int64_t bh = 0; bh < heads; ++bh) {
-    std::copy_n(k_.get() + bh * o.max_len * d_, length * d_, k.data() + bh * length * d_);
-    std::copy_n(v_.get() + bh * o.max_len * dv_, length * dv_, v.data() + bh * length * dv_);
+  // The cached rows of every query head's key/value head (H_kv < H:
+  // each shared head once per query head of its group).
+  const int64_t group = o.num_heads / kv_heads_;
+  Tensor k({o.batch, o.num_heads, length, d_});
+  Tensor v({o.batch, o.num_heads, length, dv_});
+  for (int64_t bh = 0; bh < o.batch * o.num_heads; ++bh) {
+    const int64_t kv = (bh / o.num_heads) * kv_heads_ + (bh % o.num_heads) / group;
+    std::copy_n(k_.get() + kv * o.max_len * d_, length * d_, k.data() + bh * length * d_);
+    std::copy_n(v_.get() + kv * o.max_len * dv_, length * dv_, v.data() + bh * length * dv_);
   }
   args.inputs["k"] = std::move(k);
   args.inputs["v"] = std::move(v);

@@ -30,13 +30,12 @@ absl::Time Deadline(const grpc::CallbackServerContext& context) {
 // DecodeOpen as the kernels' session options: the method and the
 // projection weights through Attend's conversion (so their fields get
 // Attend's names and rules), the scalars as they are.
+// `*encoding`: how the session's responses carry their tensors.
 absl::StatusOr<kernels::DecodeOptions> ToDecodeOptions(const v1::DecodeOpen& open,
                                                        const ConvertLimits& limits,
-                                                       const TensorStore* tensors) {
-  if (open.output_dtype() != v1::DTYPE_UNSPECIFIED && open.output_dtype() != v1::DTYPE_FLOAT32) {
-    return absl::InvalidArgumentError(
-        "output_dtype: only float32 decode outputs are served by this attnd so far");
-  }
+                                                       const TensorStore* tensors,
+                                                       OutputEncoding* encoding) {
+  ATTN_ASSIGN_OR_RETURN(*encoding, ToOutputEncoding(open.raw_output(), open.output_dtype()));
   v1::AttendRequest attend;
   *attend.mutable_method() = open.method();
   if (open.has_w_q()) *attend.mutable_w_q() = open.w_q();
@@ -169,7 +168,8 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   absl::Status Prepare(int64_t max_elements, bool /*defer_batched*/) override {
     const ConvertLimits limits{max_elements};
     if (request_.has_open()) {
-      ATTN_ASSIGN_OR_RETURN(open_, ToDecodeOptions(request_.open(), limits, c_.tensors));
+      ATTN_ASSIGN_OR_RETURN(open_,
+                            ToDecodeOptions(request_.open(), limits, c_.tensors, &encoding_));
     } else {
       ATTN_ASSIGN_OR_RETURN(step_inputs_, ToStepInputs(request_.step(), limits, c_.tensors));
     }
@@ -185,9 +185,10 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         session_->Step(std::move(step_inputs_), request_.step().return_probs(), checked);
     step_inputs_.clear();
     if (!result.ok()) return result.status();
-    const OutputEncoding raw{request_raw_output_};
-    FillTensor(result->out, raw, response_.mutable_out());
-    if (result->probs.has_value()) FillTensor(*result->probs, raw, response_.mutable_probs());
+    FillTensor(result->out, encoding_, response_.mutable_out());
+    if (result->probs.has_value()) {
+      FillTensor(*result->probs, encoding_, response_.mutable_probs());
+    }
     response_.set_length(session_->length());
     c_.sessions->RecordStep(method_, session_->length() - before);
     return absl::OkStatus();
@@ -286,7 +287,6 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   absl::Status OpenSession() {
-    request_raw_output_ = request_.open().raw_output();
     ATTN_ASSIGN_OR_RETURN(const int64_t bytes, kernels::ValidateDecodeOpen(open_));
     ATTN_ASSIGN_OR_RETURN(session_id_, c_.sessions->Open(bytes, [this] { OnIdle(); }));
     ATTN_ASSIGN_OR_RETURN(session_, kernels::DecodeSession::Open(std::move(open_)));
@@ -337,7 +337,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   bool queued_ = false;
   bool in_flight_ = false;
   int method_ = 0;
-  bool request_raw_output_ = false;
+  OutputEncoding encoding_;  // the open's raw_output and output_dtype
   int64_t session_id_ = 0;
   std::unique_ptr<kernels::DecodeSession> session_;
   kernels::DecodeOptions open_;
