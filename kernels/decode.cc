@@ -371,15 +371,13 @@ absl::StatusOr<AttendResult> DecodeSession::StepByAttend(Tensor q, int64_t n, bo
   args.params = o.params;
   args.inputs = o.tensors;
   args.inputs["q"] = std::move(q);
-  // The cached rows of every query head's key/value head (H_kv < H:
-  // each shared head once per query head of its group).
-  const int64_t group = o.num_heads / kv_heads_;
-  Tensor k({o.batch, o.num_heads, length, d_});
-  Tensor v({o.batch, o.num_heads, length, dv_});
-  for (int64_t bh = 0; bh < o.batch * o.num_heads; ++bh) {
-    const int64_t kv = (bh / o.num_heads) * kv_heads_ + (bh % o.num_heads) / group;
-    std::copy_n(k_.get() + kv * o.max_len * d_, length * d_, k.data() + bh * length * d_);
-    std::copy_n(v_.get() + kv * o.max_len * dv_, length * dv_, v.data() + bh * length * dv_);
+  // The cached rows, one contiguous [B, H_kv, t + n, D] copy (the engine's
+  // layout); GQA stays GQA (the engine reads a shared head once per group).
+  Tensor k({o.batch, kv_heads_, length, d_});
+  Tensor v({o.batch, kv_heads_, length, dv_});
+  for (int64_t bh = 0; bh < o.batch * kv_heads_; ++bh) {
+    std::copy_n(k_.get() + bh * o.max_len * d_, length * d_, k.data() + bh * length * d_);
+    std::copy_n(v_.get() + bh * o.max_len * dv_, length * dv_, v.data() + bh * length * dv_);
   }
   args.inputs["k"] = std::move(k);
   args.inputs["v"] = std::move(v);

@@ -55,8 +55,6 @@ struct Shape {
   int64_t batch = 2, heads = 4, kv_heads = 4, d = 8, dv = 6, d_model = 12, max_len = 16;
   std::optional<int64_t> window;
   std::optional<double> softcap;
-  // Multi-head, no window, no softcap: what attnd's Attend serves today.
-  bool plain() const { return kv_heads == heads && !window && !softcap; }
   bool absolute() const {
     return method == kernels::MethodKind::kSinusoidal || method == kernels::MethodKind::kLearned;
   }
@@ -338,7 +336,7 @@ class DecodeTest : public ::testing::Test {
     ASSERT_TRUE(ref.ok()) << ref.status();
     std::vector<float> out(ref->at("out").data.begin(), ref->at("out").data.end());
     std::vector<float> probs(ref->at("probs").data.begin(), ref->at("probs").data.end());
-    if (s.plain()) {
+    {
       // And attnd's own Attend, which the session's steps must equal.
       grpc::ClientContext context;
       v1::AttendResponse full;
@@ -413,20 +411,7 @@ Shape ShapeOf(const MethodVariant& param) {
   return s;
 }
 
-class DecodeMethodTest : public DecodeTest, public ::testing::WithParamInterface<MethodVariant> {
- protected:
-  void SetUp() override {
-    DecodeTest::SetUp();
-    const Shape s = ShapeOf(GetParam());
-    const bool by_attend = s.method == kernels::MethodKind::kTransformerXL ||
-                           s.method == kernels::MethodKind::kShaw ||
-                           s.method == kernels::MethodKind::kDaTransformer;
-    if (by_attend && (s.window || s.softcap)) {
-      GTEST_SKIP() << "transformer_xl, shaw and da_transformer steps run the kernels' Attend, "
-                      "which has no window or softcap yet (engine14)";
-    }
-  }
-};
+class DecodeMethodTest : public DecodeTest, public ::testing::WithParamInterface<MethodVariant> {};
 
 TEST_P(DecodeMethodTest, TokenByTokenEqualsAttend) {
   ExpectChunksMatchAttend(ShapeOf(GetParam()), {1, 1, 1, 1, 1, 1, 1, 1, 1});

@@ -5,7 +5,6 @@
 // their status after answering every earlier message.
 #include <grpcpp/grpcpp.h>
 
-#include <map>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -53,14 +52,6 @@ std::vector<std::string> DecodeCaseFiles() {
   return files;
 }
 
-// Cases that need a piece of issue 14 not yet on main, and which.
-const std::map<std::string, std::string>& Waiting() {
-  static const auto* const waiting = new std::map<std::string, std::string>{
-      {"dec_txl_softcap", "softcap in the kernels' Attend (engine14)"},
-  };
-  return *waiting;
-}
-
 class DecodeGoldenTest
     : public ::testing::TestWithParam<std::tuple<std::string, WireEncoding>> {};
 
@@ -68,9 +59,6 @@ TEST_P(DecodeGoldenTest, EveryResponseMatchesTheReference) {
   const auto& [path, encoding] = GetParam();
   auto c = LoadGoldenCase(path);
   ASSERT_TRUE(c.ok()) << c.status();
-  if (auto waiting = Waiting().find(c->name); waiting != Waiting().end()) {
-    GTEST_SKIP() << "needs " << waiting->second;
-  }
   auto messages = ToDecodeRequests(*c, encoding);
   ASSERT_TRUE(messages.ok()) << messages.status();
   grpc::ClientContext context;
