@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,22 +21,37 @@ using kernels::Tensor;
 
 // q, k, v per head in float, with the call's geometry.
 struct Heads {
-  int64_t batch = 0, heads = 0, sq = 0, sk = 0, d = 0, dv = 0;
+  int64_t batch = 0, heads = 0, kv_heads = 0, sq = 0, sk = 0, d = 0, dv = 0;
   int64_t offset = 0;
   bool causal = false;
   float scale = 1;
-  std::vector<float> q, k, v;  // [B,H,Sq,D], [B,H,Sk,D], [B,H,Sk,Dv]
+  // attention-variants.md 2, 3, 5 (empty / unset: none).
+  std::vector<int64_t> kv_lengths;
+  std::optional<int64_t> window;
+  std::optional<float> softcap;
+  std::vector<float> q, k, v;  // [B,H,Sq,D], [B,H_kv,Sk,D], [B,H_kv,Sk,Dv]
 
   float* QRow(int64_t b, int64_t h, int64_t i) { return q.data() + ((b * heads + h) * sq + i) * d; }
   const float* QRow(int64_t b, int64_t h, int64_t i) const {
     return q.data() + ((b * heads + h) * sq + i) * d;
   }
-  float* KRow(int64_t b, int64_t h, int64_t j) { return k.data() + ((b * heads + h) * sk + j) * d; }
+  // Key/value head g of batch b (g < kv_heads); query head h reads
+  // g = h / (H / H_kv).
+  float* KvKeyRow(int64_t b, int64_t g, int64_t j) {
+    return k.data() + ((b * kv_heads + g) * sk + j) * d;
+  }
   const float* KRow(int64_t b, int64_t h, int64_t j) const {
-    return k.data() + ((b * heads + h) * sk + j) * d;
+    return k.data() + ((b * kv_heads + h / (heads / kv_heads)) * sk + j) * d;
   }
   const float* VRow(int64_t b, int64_t h, int64_t j) const {
-    return v.data() + ((b * heads + h) * sk + j) * dv;
+    return v.data() + ((b * kv_heads + h / (heads / kv_heads)) * sk + j) * dv;
+  }
+  bool Visible(int64_t b, int64_t i, int64_t j) const {
+    const int64_t pos = offset + i;
+    if (causal && j > pos) return false;
+    if (!kv_lengths.empty() && j >= kv_lengths[static_cast<size_t>(b)]) return false;
+    if (window && (causal ? !(pos - *window < j) : !(std::abs(pos - j) < *window))) return false;
+    return true;
   }
   // |q_pos(i) - k_pos(j)|, exact in int64, then rounded to float.
   float Distance(int64_t i, int64_t j) const {
@@ -54,12 +70,12 @@ std::vector<float> ToFloat(const std::vector<double>& values) {
 }
 
 // score(b, h, i, j) from the rows q_i and k_j.
-using ScoreFn =
-    std::function<float(int64_t b, int64_t h, int64_t i, int64_t j, const float* q, const float* k)>;
+using ScoreFn = std::function<float(int64_t b, int64_t h, int64_t i, int64_t j, const float* q,
+                                    const float* k)>;
 // The value row that p(i, j) weights: v_j, or Shaw's v_j + rel_v[idx] built
 // in `scratch`.
-using ValueFn = std::function<const float*(int64_t b, int64_t h, int64_t i, int64_t j,
-                                           float* scratch)>;
+using ValueFn =
+    std::function<const float*(int64_t b, int64_t h, int64_t i, int64_t j, float* scratch)>;
 
 // Sections 1.3 - 1.5 in float over the full [Sq, Sk] score matrix of each head.
 NaiveOutputs RunAttention(const Heads& p, const ScoreFn& score, const ValueFn& value_of) {
@@ -68,12 +84,15 @@ NaiveOutputs RunAttention(const Heads& p, const ScoreFn& score, const ValueFn& v
   result.probs = Tensor({p.batch, p.heads, p.sq, p.sk});
   std::vector<float> s(static_cast<size_t>(p.sq * p.sk));
   std::vector<float> scratch(static_cast<size_t>(p.dv));
-  const auto masked = [&](int64_t i, int64_t j) { return p.causal && j > p.offset + i; };
   for (int64_t b = 0; b < p.batch; ++b) {
+    const auto masked = [&](int64_t i, int64_t j) { return !p.Visible(b, i, j); };
     for (int64_t h = 0; h < p.heads; ++h) {
       for (int64_t i = 0; i < p.sq; ++i) {
         for (int64_t j = 0; j < p.sk; ++j) {
-          if (!masked(i, j)) s[i * p.sk + j] = score(b, h, i, j, p.QRow(b, h, i), p.KRow(b, h, j));
+          if (masked(i, j)) continue;
+          float& logit = s[i * p.sk + j];
+          logit = score(b, h, i, j, p.QRow(b, h, i), p.KRow(b, h, j));
+          if (p.softcap) logit = *p.softcap * std::tanh(logit / *p.softcap);  // Gemma 2, in float
         }
       }
       for (int64_t i = 0; i < p.sq; ++i) {
@@ -82,6 +101,7 @@ NaiveOutputs RunAttention(const Heads& p, const ScoreFn& score, const ValueFn& v
         for (int64_t j = 0; j < p.sk; ++j) {
           if (!masked(i, j)) m = std::max(m, row[j]);
         }
+        if (m == -std::numeric_limits<float>::infinity()) continue;  // sees no key: zeros
         float sum = 0;
         for (int64_t j = 0; j < p.sk; ++j) {
           if (masked(i, j)) continue;
@@ -113,6 +133,12 @@ int64_t ResolveOffset(const kernels::AttendArgs& args, int64_t sq, int64_t sk) {
   return args.query_offset.value_or(sk - sq);
 }
 
+void SetVariants(const kernels::AttendArgs& args, Heads* p) {
+  p->kv_lengths = args.kv_lengths;
+  p->window = args.window;
+  if (args.softcap) p->softcap = static_cast<float>(*args.softcap);
+}
+
 Heads QkvHeads(const kernels::AttendArgs& args) {
   const Tensor& q = args.inputs.at("q");
   const Tensor& k = args.inputs.at("k");
@@ -122,11 +148,13 @@ Heads QkvHeads(const kernels::AttendArgs& args) {
   p.heads = q.dim(1);
   p.sq = q.dim(2);
   p.d = q.dim(3);
+  p.kv_heads = k.dim(1);
   p.sk = k.dim(2);
   p.dv = v.dim(3);
   p.offset = ResolveOffset(args, p.sq, p.sk);
   p.causal = args.causal;
   p.scale = ResolveScale(args, p.d);
+  SetVariants(args, &p);
   p.q = q.values();
   p.k = k.values();
   p.v = v.values();
@@ -165,11 +193,13 @@ Heads ProjectedHeads(const kernels::AttendArgs& args,
   p.sq = x_q.dim(1);
   p.sk = x_kv.dim(1);
   p.heads = args.num_heads;
+  p.kv_heads = args.num_kv_heads == 0 ? p.heads : args.num_kv_heads;
   p.d = args.inputs.at("w_q").dim(1) / p.heads;
-  p.dv = args.inputs.at("w_v").dim(1) / p.heads;
+  p.dv = args.inputs.at("w_v").dim(1) / p.kv_heads;
   p.offset = ResolveOffset(args, p.sq, p.sk);
   p.causal = args.causal;
   p.scale = ResolveScale(args, p.d);
+  SetVariants(args, &p);
   const auto rows = [&](int64_t first, int64_t count) {
     std::vector<float> table;
     for (int64_t s = 0; s < count; ++s) {
@@ -180,14 +210,15 @@ Heads ProjectedHeads(const kernels::AttendArgs& args,
   };
   const std::vector<float> pos_q = rows(p.offset, p.sq), pos_k = rows(0, p.sk);
   p.q = ProjectHeads(x_q, pos_q, args.inputs.at("w_q"), p.heads, p.d);
-  p.k = ProjectHeads(x_kv, pos_k, args.inputs.at("w_k"), p.heads, p.d);
-  p.v = ProjectHeads(x_kv, pos_k, args.inputs.at("w_v"), p.heads, p.dv);
+  p.k = ProjectHeads(x_kv, pos_k, args.inputs.at("w_k"), p.kv_heads, p.d);
+  p.v = ProjectHeads(x_kv, pos_k, args.inputs.at("w_v"), p.kv_heads, p.dv);
   return p;
 }
 
 NaiveOutputs RunPlain(const Heads& p) {
   return RunAttention(
-      p, [&](int64_t, int64_t, int64_t, int64_t, const float* q, const float* k) {
+      p,
+      [&](int64_t, int64_t, int64_t, int64_t, const float* q, const float* k) {
         return p.scale * Dot(q, k, p.d);
       },
       [&](int64_t b, int64_t h, int64_t, int64_t j, float*) { return PlainValue(p, b, h, j); });
@@ -227,16 +258,21 @@ Rope MakeRope(const kernels::MethodParams& params, int64_t d, int64_t length) {
   const double s = params.scaling_factor.value_or(1.0);
   const double l0 = static_cast<double>(params.original_max_position.value_or(1));
   switch (params.rope_scaling) {
-    case kernels::RopeScaling::kNtk: base *= std::pow(s, r / (r - 2)); break;
+    case kernels::RopeScaling::kNtk:
+      base *= std::pow(s, r / (r - 2));
+      break;
     case kernels::RopeScaling::kDynamicNtk:
       if (static_cast<double>(length) > l0) {
         base *= std::pow(s * static_cast<double>(length) / l0 - (s - 1), r / (r - 2));
       }
       break;
-    case kernels::RopeScaling::kLinear: rope.position_divisor = s; break;
+    case kernels::RopeScaling::kLinear:
+      rope.position_divisor = s;
+      break;
     case kernels::RopeScaling::kNone:
     case kernels::RopeScaling::kYarn:
-    case kernels::RopeScaling::kLlama3: break;
+    case kernels::RopeScaling::kLlama3:
+      break;
   }
   const double pi = 3.14159265358979323846;
   const double low = params.low_freq_factor.value_or(1.0);
@@ -277,7 +313,9 @@ NaiveOutputs AttendRope(const kernels::AttendArgs& args) {
       for (int64_t i = 0; i < p.sq; ++i) {
         rope.Rotate(static_cast<double>(p.offset + i), p.QRow(b, h, i));
       }
-      for (int64_t j = 0; j < p.sk; ++j) rope.Rotate(static_cast<double>(j), p.KRow(b, h, j));
+    }
+    for (int64_t g = 0; g < p.kv_heads; ++g) {
+      for (int64_t j = 0; j < p.sk; ++j) rope.Rotate(static_cast<double>(j), p.KvKeyRow(b, g, j));
     }
   }
   return RunPlain(p);
@@ -295,13 +333,14 @@ NaiveOutputs AttendTransformerXl(const kernels::AttendArgs& args) {
   const int64_t deltas = max_delta - min_delta + 1;
   std::vector<float> rel(static_cast<size_t>(p.heads * deltas * p.d), 0.0f);
   for (int64_t n = 0; n < deltas; ++n) {
-    const std::vector<float> sinusoid = ToFloat(
-        ReferenceRelativeSinusoid(static_cast<double>(min_delta + n), d_rel, base));
+    const std::vector<float> sinusoid =
+        ToFloat(ReferenceRelativeSinusoid(static_cast<double>(min_delta + n), d_rel, base));
     for (int64_t h = 0; h < p.heads; ++h) {
       float* row = rel.data() + (h * deltas + n) * p.d;
       for (int64_t e = 0; e < p.d; ++e) {
         float sum = 0;
-        for (int64_t c = 0; c < d_rel; ++c) sum += sinusoid[c] * w_r.data()[(h * d_rel + c) * p.d + e];
+        for (int64_t c = 0; c < d_rel; ++c)
+          sum += sinusoid[c] * w_r.data()[(h * d_rel + c) * p.d + e];
         row[e] = sum;
       }
     }
@@ -348,9 +387,8 @@ NaiveOutputs AttendAlibi(const kernels::AttendArgs& args) {
   const Heads p = QkvHeads(args);
   // attention-variants.md 7: the input slopes when sent, else get_slopes.
   const auto sent = args.inputs.find("slopes");
-  const std::vector<float> slopes = sent != args.inputs.end()
-                                        ? sent->second.values()
-                                        : ToFloat(ReferenceAlibiSlopes(p.heads));
+  const std::vector<float> slopes =
+      sent != args.inputs.end() ? sent->second.values() : ToFloat(ReferenceAlibiSlopes(p.heads));
   return RunAttention(
       p,
       [&](int64_t, int64_t h, int64_t i, int64_t j, const float* q, const float* k) {
@@ -385,12 +423,18 @@ std::vector<const char*> RequiredInputs(MethodKind kind) {
   switch (kind) {
     case MethodKind::kNone:
     case MethodKind::kRope:
-    case MethodKind::kAlibi: return {"q", "k", "v"};
-    case MethodKind::kSinusoidal: return {"x_q", "x_kv", "w_q", "w_k", "w_v"};
-    case MethodKind::kLearned: return {"x_q", "x_kv", "w_q", "w_k", "w_v", "table"};
-    case MethodKind::kTransformerXL: return {"q", "k", "v", "pos_bias_u", "pos_bias_v", "w_r"};
-    case MethodKind::kShaw: return {"q", "k", "v", "rel_k", "rel_v"};
-    case MethodKind::kDaTransformer: return {"q", "k", "v", "dist_w", "dist_v"};
+    case MethodKind::kAlibi:
+      return {"q", "k", "v"};
+    case MethodKind::kSinusoidal:
+      return {"x_q", "x_kv", "w_q", "w_k", "w_v"};
+    case MethodKind::kLearned:
+      return {"x_q", "x_kv", "w_q", "w_k", "w_v", "table"};
+    case MethodKind::kTransformerXL:
+      return {"q", "k", "v", "pos_bias_u", "pos_bias_v", "w_r"};
+    case MethodKind::kShaw:
+      return {"q", "k", "v", "rel_k", "rel_v"};
+    case MethodKind::kDaTransformer:
+      return {"q", "k", "v", "dist_w", "dist_v"};
   }
   return {};
 }
@@ -404,7 +448,8 @@ absl::StatusOr<NaiveOutputs> NaiveFloat32Attend(const kernels::AttendArgs& args)
     }
   }
   switch (args.method) {
-    case MethodKind::kNone: return RunPlain(QkvHeads(args));
+    case MethodKind::kNone:
+      return RunPlain(QkvHeads(args));
     case MethodKind::kSinusoidal: {
       const int64_t d_model = args.inputs.at("x_q").dim(2);
       const double base = args.params.base.value_or(10000.0);
@@ -420,11 +465,16 @@ absl::StatusOr<NaiveOutputs> NaiveFloat32Attend(const kernels::AttendArgs& args)
         return std::vector<float>(row, row + d_model);
       }));
     }
-    case MethodKind::kRope: return AttendRope(args);
-    case MethodKind::kTransformerXL: return AttendTransformerXl(args);
-    case MethodKind::kShaw: return AttendShaw(args);
-    case MethodKind::kAlibi: return AttendAlibi(args);
-    case MethodKind::kDaTransformer: return AttendDaTransformer(args);
+    case MethodKind::kRope:
+      return AttendRope(args);
+    case MethodKind::kTransformerXL:
+      return AttendTransformerXl(args);
+    case MethodKind::kShaw:
+      return AttendShaw(args);
+    case MethodKind::kAlibi:
+      return AttendAlibi(args);
+    case MethodKind::kDaTransformer:
+      return AttendDaTransformer(args);
   }
   return absl::InvalidArgumentError("method: unknown");
 }

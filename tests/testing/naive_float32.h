@@ -13,6 +13,10 @@
 // of every engine; they are the float computation's inputs. Shares no code
 // with kernels/.
 //
+// The variants of attention-variants.md too: k and v with H_kv heads
+// (num_kv_heads for the absolute methods), kv_lengths, windows, softcap (in
+// float, on the final logit) and rows that see no key (zeros).
+//
 // Thread-safety: NaiveFloat32Attend is pure and reentrant.
 #ifndef ATTNSERVE_TESTS_TESTING_NAIVE_FLOAT32_H_
 #define ATTNSERVE_TESTS_TESTING_NAIVE_FLOAT32_H_
