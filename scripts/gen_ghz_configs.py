@@ -46,7 +46,9 @@ CASES = {
 # config name -> format_version 2 case (attention-variants.md 9): 16-bit
 # tensors travel as base64 raw_data with their dtype, as ghz sends bytes.
 VARIANT_CASES = {
+    "attend_gqa_window": "att_rope_gqa_h6_kv3_window_cached",
     "attend_yarn": "att_rope_yarn_explicit_noncausal",
+    "attend_fp16": "att_none_fp16_in_fp16_out",
     "encode_yarn": "enc_rope_yarn_explicit_interleaved",
 }
 

@@ -6,6 +6,7 @@ by attnd and keyed as ghz reads it.
 Run by CTest with ATTN_PYTHON and the environment ATTN_PATH, ATTND_PATH,
 ATTN_SOURCE_DIR."""
 
+import base64
 import glob
 import json
 import os
@@ -266,6 +267,32 @@ class BenchTest(AttnCliTestCase):
                             "--connect-timeout", "300ms", address="127.0.0.1:1")
         self.assertEqual(result.returncode, 1)
         self.assertIn("UNAVAILABLE: no connection to 127.0.0.1:1", result.stderr)
+
+    def test_16_bit_tensors_and_variant_fields_reach_attnd(self):
+        # float16 raw_data (base64 in proto-JSON, as ghz sends bytes) for q,
+        # bfloat16 for k and v: 1.0 = 0x3c00 / 0x3f80, 0.0 = 0x0000, little-endian.
+        def raw(words):
+            return base64.b64encode(b"".join(w.to_bytes(2, "little") for w in words)).decode()
+        request = {"method": {"none": {}}, "causal": True, "window": 1, "num_kv_heads": 1,
+                   "kv_lengths": [2], "softcap": 5.0, "raw_output": True,
+                   "output_dtype": "DTYPE_FLOAT16",
+                   "q": {"shape": [1, 2, 2, 2], "dtype": "DTYPE_FLOAT16",
+                         "raw_data": raw([0x3C00, 0, 0, 0x3C00] * 2)},
+                   "k": {"shape": [1, 1, 2, 2], "dtype": "DTYPE_BFLOAT16",
+                         "raw_data": raw([0x3F80, 0, 0, 0x3F80])},
+                   "v": {"shape": [1, 1, 2, 2], "dtype": "DTYPE_BFLOAT16",
+                         "raw_data": raw([0x3F80, 0, 0, 0x3F80])}}
+        report = self.bench_json("--call", ATTEND, "-d", json.dumps(request), "-n", "4")
+        self.assertEqual(report["statusCodeDistribution"], {"OK": 4}, report["errorDistribution"])
+        # The fields are read, not dropped: each invalid value is refused by name.
+        for change, field in (({"window": 0}, "window"), ({"num_kv_heads": 3}, "num_kv_heads"),
+                              ({"kv_lengths": [3]}, "kv_lengths"), ({"softcap": -1}, "softcap"),
+                              ({"raw_output": False}, "output_dtype")):
+            with self.subTest(field=field):
+                report = self.bench_json("--call", ATTEND, "-d", json.dumps(dict(request, **change)),
+                                         "-n", "2")
+                self.assertEqual(report["statusCodeDistribution"], {"InvalidArgument": 2})
+                self.assertIn(field, next(iter(report["errorDistribution"])))
 
     def test_every_deploy_ghz_config_is_ghz_keyed_and_accepted_by_attnd(self):
         configs = sorted(glob.glob(os.path.join(SOURCE_DIR, "deploy", "ghz", "*.json")))

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import socket
+import struct
 import subprocess
 import sys
 import unittest
@@ -116,6 +117,62 @@ class CliTest(AttnCliTestCase):
         self.assertEqual(result.stdout, "")
         self.assertTrue(result.stderr.startswith("attn: INVALID_ARGUMENT: "), result.stderr)
         self.assertIn("k.shape", result.stderr)
+
+    def test_variant_flags_set_the_request_fields(self):
+        # Two query heads over one key/value head; a causal window of 1 lets
+        # query i see key i only, and kv_lengths=1 hides key 1: row 0 is v0,
+        # row 1 sees no key and is all zeros (attention-variants.md 4).
+        request = example(q={"shape": [1, 2, 2, 2], "data": [1, 0, 0, 1, 0, 1, 1, 0]},
+                          return_probs=True)
+        result = self.run_attn("attend", "--num_kv_heads=1", "--window", "1", "--kv_lengths=1",
+                               "--softcap=5", stdin=json.dumps(request))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        response = json.loads(result.stdout)
+        self.assertEqual(response["out"]["shape"], ["1", "2", "2", "2"])
+        self.assertEqual(response["out"]["data"], [1, 2, 0, 0, 1, 2, 0, 0])
+        self.assertEqual(response["probs"]["data"], [1, 0, 0, 0, 1, 0, 0, 0])
+        # Without the flags the same request is ordinary causal GQA, and the
+        # flags win over the JSON's fields.
+        result = self.run_attn("attend", "--window=2", stdin=json.dumps(
+            dict(request, window=1, kv_lengths=[1])))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        # Row 1 now sees keys 0 and 1 by the window, and key 1 is still hidden.
+        self.assertEqual(json.loads(result.stdout)["out"]["data"], [1, 2, 1, 2, 1, 2, 1, 2])
+        # An invalid value is the server's INVALID_ARGUMENT naming the field.
+        result = self.run_attn("attend", "--window=0", stdin=json.dumps(request))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("window", result.stderr)
+
+    def test_16_bit_input_and_output(self):
+        result = self.run_attn("attend", "--input_dtype=float16", "--output_dtype=float16",
+                               stdin=json.dumps(example(return_probs=True)))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        response = json.loads(result.stdout)
+        for name in ("out", "probs"):
+            # Printed as their values, with the type the server sent them in.
+            self.assertEqual(response[name]["dtype"], "DTYPE_FLOAT16")
+            self.assertNotIn("raw_data", response[name])
+        for got, want in zip(response["out"]["data"], EXAMPLE_OUT, strict=True):
+            self.assertLessEqual(abs(got - want), 2.0 ** -10 * abs(want), (got, want))
+            # A float16 value (printed as the float32 it widens to).
+            as_float32 = struct.unpack("<f", struct.pack("<f", got))[0]
+            self.assertEqual(struct.unpack("<e", struct.pack("<e", as_float32))[0], as_float32)
+        # bfloat16 from an encode: the slopes are exact in bfloat16.
+        request = {"method": {"alibi": {}}, "num_heads": 3, "sq": 2, "sk": 2}
+        result = self.run_attn("encode", "--output_dtype", "bfloat16", "--input_dtype=bfloat16",
+                               stdin=json.dumps(request))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        slopes = json.loads(result.stdout)["outputs"]["slopes"]
+        self.assertEqual(slopes["dtype"], "DTYPE_BFLOAT16")
+        self.assertEqual(slopes["data"], [0.0625, 0.00390625, 0.25])
+        # A 16-bit input dtype on a stream, float32 out: the example's values
+        # are exact in bfloat16, so the result is the float32 one.
+        result = self.run_attn("attend", "--stream", "--input_dtype=bfloat16",
+                               stdin=json.dumps([example(), example(scale_v=2.0)]))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assert_example_response(lines[1], scale_v=2.0)
 
     def test_variant_flag_usage_errors_are_exit_2(self):
         cases = {
