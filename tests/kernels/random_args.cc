@@ -39,6 +39,16 @@ std::string RandomCase::Describe() const {
       }
       if (params.scaling_factor) absl::StrAppend(&text, " factor=", *params.scaling_factor);
       if (params.rotary_dim) absl::StrAppend(&text, " rotary_dim=", *params.rotary_dim);
+      if (params.original_max_position) {
+        absl::StrAppend(&text, " L0=", *params.original_max_position);
+      }
+      if (params.beta_fast) absl::StrAppend(&text, " beta_fast=", *params.beta_fast);
+      if (params.beta_slow) absl::StrAppend(&text, " beta_slow=", *params.beta_slow);
+      if (params.attention_factor) {
+        absl::StrAppend(&text, " attention_factor=", *params.attention_factor);
+      }
+      if (params.low_freq_factor) absl::StrAppend(&text, " low=", *params.low_freq_factor);
+      if (params.high_freq_factor) absl::StrAppend(&text, " high=", *params.high_freq_factor);
       break;
     case MethodKind::kTransformerXL: absl::StrAppend(&text, " d_rel=", d_rel); break;
     case MethodKind::kShaw: absl::StrAppend(&text, " K=", max_relative_position); break;
@@ -46,9 +56,11 @@ std::string RandomCase::Describe() const {
       absl::StrAppend(&text, " w_scale=", w_scale, " v_scale=", v_scale, " v_shift=", v_shift);
       break;
     case MethodKind::kLearned: absl::StrAppend(&text, " extra_rows=", extra_table_rows); break;
+    case MethodKind::kAlibi:
+      if (custom_slopes) absl::StrAppend(&text, " custom_slopes");
+      break;
     case MethodKind::kNone:
-    case MethodKind::kSinusoidal:
-    case MethodKind::kAlibi: break;
+    case MethodKind::kSinusoidal: break;
   }
   return text;
 }
@@ -118,11 +130,13 @@ kernels::AttendArgs RandomAttendArgs(const RandomCase& c, std::mt19937& rng) {
       in["dist_v"] =
           RandomTensor({c.heads}, rng, c.v_shift - c.v_scale, c.v_shift + c.v_scale);
       break;
+    case MethodKind::kAlibi:
+      if (c.custom_slopes) in["slopes"] = RandomTensor({c.heads}, rng, -0.25, 0.5);
+      break;
     case MethodKind::kNone:
     case MethodKind::kSinusoidal:
     case MethodKind::kLearned:
-    case MethodKind::kRope:
-    case MethodKind::kAlibi: break;
+    case MethodKind::kRope: break;
   }
   return args;
 }
@@ -146,11 +160,13 @@ double UniformReal(std::mt19937& rng, double lo, double hi) {
 namespace {
 
 // RoPE needs pairs: an odd D without rotary_dim gets rotary_dim = D - 1 (the
-// partial-rotary way to use an odd head size); NTK needs rotary_dim > 2.
+// partial-rotary way to use an odd head size); NTK and dynamic NTK need
+// rotary_dim > 2.
 void FixUpRope(RandomCase& c) {
   if (c.method != MethodKind::kRope) return;
   if (c.d < 2) c.d = 2;
-  const bool ntk = c.params.rope_scaling == kernels::RopeScaling::kNtk;
+  const bool ntk = c.params.rope_scaling == kernels::RopeScaling::kNtk ||
+                   c.params.rope_scaling == kernels::RopeScaling::kDynamicNtk;
   if (ntk && c.d < 4) c.d = 4;
   if (!c.params.rotary_dim && c.d % 2 != 0) c.params.rotary_dim = c.d - 1;
   if (ntk && c.params.rotary_dim && *c.params.rotary_dim < 4) c.params.rotary_dim = 4;
@@ -494,6 +510,79 @@ void AddMultiBlockCases(MethodKind method, std::vector<DiffCase>& cases) {
   }
 }
 
+// attention-variants.md 7: RoPE's yarn, llama3 and dynamic_ntk (L0 below and
+// above the call's positions, the spec's defaults or explicit parameters,
+// half the cases partial) and ALiBi's custom slopes. Drawn after every other
+// case, so those keep the seeds they had before these were added.
+void AddVariantCases(std::vector<DiffCase>& cases) {
+  {
+    const MethodKind method = MethodKind::kRope;
+    const kernels::RopeLayout layouts[] = {kernels::RopeLayout::kInterleaved,
+                                           kernels::RopeLayout::kHalf};
+    const kernels::RopeScaling extensions[] = {kernels::RopeScaling::kYarn,
+                                               kernels::RopeScaling::kLlama3,
+                                               kernels::RopeScaling::kDynamicNtk};
+    for (kernels::RopeLayout layout : layouts) {
+      for (kernels::RopeScaling scaling : extensions) {
+        for (bool explicit_params : {false, true}) {
+          const std::string label =
+              absl::StrCat(layout == kernels::RopeLayout::kHalf ? "half" : "interleaved", "_",
+                           scaling == kernels::RopeScaling::kYarn     ? "yarn"
+                           : scaling == kernels::RopeScaling::kLlama3 ? "llama3"
+                                                                      : "dynamic_ntk",
+                           explicit_params ? "_explicit" : "_defaults");
+          AddCase(method, label, cases, [&](RandomCase& c, std::mt19937& rng) {
+            c.params.rope_layout = layout;
+            c.params.rope_scaling = scaling;
+            c.params.scaling_factor = UniformReal(rng, 1.0, 16.0);
+            c.params.original_max_position = Uniform(rng, 4, 64);
+            c.d = 2 * Uniform(rng, 2, 8);
+            c.dv = Uniform(rng, 2, 10);
+            if (Uniform(rng, 0, 1) == 1) c.params.rotary_dim = 2 * Uniform(rng, 2, c.d / 2);
+            c.heads = Uniform(rng, 1, 3);
+            c.sq = Uniform(rng, 2, 8);
+            c.sk = Uniform(rng, c.sq, 40);
+            if (Uniform(rng, 0, 1) == 1) c.query_offset = Uniform(rng, 0, 3000);
+            c.causal = Uniform(rng, 0, 1) == 1;
+            if (scaling == kernels::RopeScaling::kDynamicNtk) {
+              // L = max(Sk, query_offset + Sq) (>= 2) above L0 in the "defaults"
+              // case (base' > base), at most L0 in the "explicit" one.
+              const int64_t length = std::max(c.sk, c.query_offset.value_or(c.sk - c.sq) + c.sq);
+              c.params.original_max_position = explicit_params
+                                                   ? Uniform(rng, length, 2 * length)
+                                                   : Uniform(rng, 1, length - 1);
+            }
+            if (!explicit_params) return;
+            if (scaling == kernels::RopeScaling::kYarn) {
+              c.params.beta_fast = UniformReal(rng, 4, 64);
+              c.params.beta_slow = UniformReal(rng, 0.25, 4);
+              c.params.attention_factor = UniformReal(rng, 0.5, 2);
+            } else if (scaling == kernels::RopeScaling::kLlama3) {
+              c.params.low_freq_factor = UniformReal(rng, 0.5, 2);
+              c.params.high_freq_factor = *c.params.low_freq_factor + UniformReal(rng, 0.5, 8);
+            }
+          });
+        }
+      }
+    }
+  }
+  {
+    const MethodKind method = MethodKind::kAlibi;
+    for (bool causal : {false, true}) {
+      AddCase(method, causal ? "custom_slopes_causal" : "custom_slopes", cases,
+              [causal](RandomCase& c, std::mt19937& rng) {
+                c.custom_slopes = true;
+                c.heads = Uniform(rng, 1, 6);
+                c.sq = Uniform(rng, 2, 8);
+                c.sk = Uniform(rng, c.sq, 30);
+                c.d = Uniform(rng, 2, 8);
+                c.causal = causal;
+                if (Uniform(rng, 0, 1) == 1) c.query_offset = Uniform(rng, 0, 50);
+              });
+    }
+  }
+}
+
 std::vector<DiffCase> AllDiffCases() {
   std::vector<DiffCase> cases;
   for (MethodKind method : kernels::kAllMethods) {
@@ -501,6 +590,7 @@ std::vector<DiffCase> AllDiffCases() {
     AddMethodCases(method, cases);
   }
   for (MethodKind method : kernels::kAllMethods) AddMultiBlockCases(method, cases);
+  AddVariantCases(cases);
   return cases;
 }
 

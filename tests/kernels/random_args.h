@@ -41,6 +41,9 @@ struct RandomCase {
   std::vector<int64_t> kv_lengths;
   std::optional<int64_t> window;
   std::optional<double> softcap;
+  // alibi: send slopes ~ U(-0.25, 0.5) (attention-variants.md 7) instead of
+  // leaving get_slopes to the method.
+  bool custom_slopes = false;
 
   // "b2 h3 sq5 sk7 d5 dv3 causal offset=4 scale=-0.5 ..." for test output.
   std::string Describe() const;
@@ -73,8 +76,10 @@ void PrintTo(const DiffCase& d, std::ostream* os);
 // Every method x the common geometries (odd D, D != Dv, Sq != Sk, offsets
 // beyond Sk - Sq, Sq > Sk, S = 1, S ~ 100, B and H > 1, explicit and negative
 // scales, causal and not) plus each method's own variants (every RoPE layout
-// x scaling x partial rotary_dim, Shaw K = 0 and K > S, Transformer-XL
-// memory, DA large and negative w / v, ALiBi heads not powers of two), and
+// x scaling x partial rotary_dim, yarn / llama3 / dynamic_ntk with explicit
+// and default parameters on both sides of L0, Shaw K = 0 and K > S, Transformer-XL
+// memory, DA large and negative w / v, ALiBi heads not powers of two and
+// custom slopes), and
 // last, per method, two geometries over several of the fast engine's blocks.
 std::vector<DiffCase> AllDiffCases();
 
