@@ -1,6 +1,6 @@
 """The Python package against the real attnd on the attention variants
 (attention-variants.md): every attend and encode case of tests/golden-variants/
-(format_version 2: GQA, kv_lengths, windows, softcap, 16-bit inputs and
+and tests/golden-generated/ (format_version 2: GQA, kv_lengths, windows, softcap, 16-bit inputs and
 outputs, the RoPE scalings, ALiBi slopes, and their errors) through
 Client.attend / Client.encode keyword arguments, over both transports and
 through attnserve.aio; plus what only a client can check: the request bytes
@@ -26,9 +26,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attnd_process import AttndProcess  # pylint: disable=wrong-import-position
 from python_client_test import _AwaitEach  # pylint: disable=wrong-import-position
 
-VARIANTS_DIR = os.environ.get(
-    "ATTN_GOLDEN_VARIANTS_DIR",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden-variants"))
+# The public cases and the project's own (scripts of ref14, gen_* names).
+VARIANTS_DIRS = [
+    os.environ.get("ATTN_GOLDEN_VARIANTS_DIR",
+                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                "golden-variants")),
+    os.environ.get("ATTN_GOLDEN_GENERATED_DIR",
+                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                "golden-generated")),
+]
 
 # attention-variants.md 9.3: the mantissa bits and the smallest normal
 # exponent of each 16-bit type, for the one-ulp allowance of 16-bit outputs.
@@ -42,7 +48,8 @@ def load_cases():
     """{name: case} of every attend and encode case (decode cases are
     decode15's: the Python package has no Decode call)."""
     cases = {}
-    for path in sorted(glob.glob(os.path.join(VARIANTS_DIR, "*.json"))):
+    paths = [p for d in VARIANTS_DIRS for p in sorted(glob.glob(os.path.join(d, "*.json")))]
+    for path in paths:
         if path.endswith("manifest.json"):
             continue
         with open(path, encoding="utf-8") as f:
@@ -173,7 +180,8 @@ class VariantsTest(unittest.TestCase):
         cls.server.stop()
 
     def test_the_public_cases_are_there(self):
-        self.assertGreaterEqual(len(self.cases), 50)
+        self.assertGreaterEqual(len(self.cases), 50 + 100)
+        self.assertTrue(any(name.startswith("gen_") for name in self.cases))
         for feature in ("gqa", "mqa", "window", "kv_lengths", "softcap", "fp16", "bf16", "yarn",
                         "llama3", "dynamic_ntk", "slopes", "empty_rows"):
             self.assertTrue(any(feature in name for name in self.cases), feature)
