@@ -103,6 +103,7 @@ class RequestRecord {
         request_bytes_(request_bytes),
         start_(start) {
     metrics_->inflight_requests().Increment();
+    metrics_->CountArrival();
   }
   ~RequestRecord() { metrics_->inflight_requests().Decrement(); }
   RequestRecord(const RequestRecord&) = delete;

@@ -293,9 +293,18 @@ int main(int argc, char** argv) {
                std::string(attnserve::kernels::IsaName(*isa)).c_str(),
                attnserve::kernels::OneDnnIsaName().c_str());
 
-  // Memory back to the kernel after bursts (server/memory_trim.h).
-  attnserve::server::IdleTrimmer trimmer(
-      [&server] { return (*server)->metrics().inflight_requests().Value(); });
+  // Memory back to the kernel after bursts (server/memory_trim.h). Busy: a
+  // request in flight at the look, or one that arrived since the last look.
+  // The gaps of a client calling one after another fall between looks; a
+  // trim there made its next call page the memory of its tensors in again
+  // (at S=2048, H=8 about 3000 page faults, 45-65 ms of CPU on this
+  // project's VMs: more than the attention; docs/PERFORMANCE.md).
+  attnserve::server::IdleTrimmer trimmer([&server, seen = int64_t{-1}]() mutable {
+    const int64_t arrivals = (*server)->metrics().arrivals();
+    const bool arrived = arrivals != seen;
+    seen = arrivals;
+    return (*server)->metrics().inflight_requests().Value() + (arrived ? 1.0 : 0.0);
+  });
   std::thread signal_thread([&server, &signals, grace, lame_duck] {
     int signal_number = 0;
     // SIGHUP re-reads --auth_tokens_file; SIGTERM and SIGINT stop.

@@ -82,6 +82,11 @@ class Metrics {
   // Time a request waited in the queue before its batch started.
   void RecordQueueWait(absl::Duration wait);
 
+  // A request (or stream message) arrived: counted for arrivals(), the
+  // idle trimmer's sign of activity between its looks (server/main.cc).
+  void CountArrival() { arrivals_.fetch_add(1, std::memory_order_relaxed); }
+  int64_t arrivals() const { return arrivals_.load(std::memory_order_relaxed); }
+
   prometheus::Gauge& queue_depth() { return *queue_depth_; }
   prometheus::Gauge& inflight_requests() { return *inflight_requests_; }
   // Set once by the Batcher, so alerts can compare queue_depth with it.
@@ -107,6 +112,7 @@ class Metrics {
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* inflight_requests_;
   prometheus::Gauge* queue_capacity_;
+  std::atomic<int64_t> arrivals_{0};
 
   // Lazily created series: Family::Add locks and hashes the labels on every
   // call, so each series is looked up once and its pointer kept.
