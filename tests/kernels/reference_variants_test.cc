@@ -5,6 +5,7 @@
 // the variants agree with the plain computations they are defined by: GQA
 // with repeated key/value heads, kv_lengths with shorter keys, a huge
 // softcap with none, a window covering everything with none.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -382,6 +383,146 @@ TEST(VariantRuleTest, SoftcapBoundsTheLogits) {
   ASSERT_TRUE(got.ok());
   // logits tanh(1e4) = 1 and -1: p0 = e / (e + 1/e).
   EXPECT_NEAR(got->at("probs").data[0], std::exp(1.0) / (std::exp(1.0) + std::exp(-1.0)), 1e-12);
+}
+
+// ---------------------------------------------------------------------------
+// The RoPE scalings against Hugging Face's modeling_rope_utils.py as
+// published (_compute_llama3_parameters: torch.where masks;
+// _compute_yarn_parameters: find_correction_range, linear_ramp_factor;
+// _compute_dynamic_ntk_parameters), transcribed here in the shape of that
+// code (whole-vector masks rather than the reference's per-frequency
+// branches), on real models' parameters. The reference's frequencies are read
+// back from Encode: a unit x in pair n at position p comes out as
+// mscale * (cos p f'_n, sin p f'_n).
+
+struct HfRope {
+  std::vector<double> inv_freq;
+  double attention_factor = 1;
+};
+
+std::vector<double> HfDefault(double base, int64_t dim) {
+  std::vector<double> inv_freq;
+  for (int64_t i = 0; i < dim; i += 2) {
+    inv_freq.push_back(1.0 / std::pow(base, static_cast<double>(i) / static_cast<double>(dim)));
+  }
+  return inv_freq;
+}
+
+HfRope HfLlama3(double base, int64_t dim, double factor, double low_freq_factor,
+                double high_freq_factor, double old_context_len) {
+  const std::vector<double> inv_freq = HfDefault(base, dim);
+  const double low_freq_wavelen = old_context_len / low_freq_factor;
+  const double high_freq_wavelen = old_context_len / high_freq_factor;
+  HfRope out;
+  for (double f : inv_freq) {
+    const double wavelen = 2 * M_PI / f;
+    double llama = wavelen > low_freq_wavelen ? f / factor : f;
+    const double smooth =
+        (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+    const double smoothed = (1 - smooth) * llama / factor + smooth * llama;
+    const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+    out.inv_freq.push_back(medium ? smoothed : llama);
+  }
+  return out;
+}
+
+HfRope HfYarn(double base, int64_t dim, double factor, double max_position_embeddings,
+              double beta_fast, double beta_slow) {
+  const auto find_correction_dim = [&](double num_rotations) {
+    return (static_cast<double>(dim) *
+            std::log(max_position_embeddings / (num_rotations * 2 * M_PI))) /
+           (2 * std::log(base));
+  };
+  const double low = std::max(std::floor(find_correction_dim(beta_fast)), 0.0);
+  double high = std::min(std::ceil(find_correction_dim(beta_slow)), static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;
+  HfRope out;
+  out.attention_factor = 0.1 * std::log(factor) + 1.0;
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    const double pos_freq = std::pow(base, static_cast<double>(2 * i) / static_cast<double>(dim));
+    const double extrapolation = 1.0 / pos_freq, interpolation = 1.0 / (factor * pos_freq);
+    const double ramp = std::clamp((static_cast<double>(i) - low) / (high - low), 0.0, 1.0);
+    const double extrapolation_factor = 1 - ramp;
+    out.inv_freq.push_back(interpolation * (1 - extrapolation_factor) +
+                           extrapolation * extrapolation_factor);
+  }
+  return out;
+}
+
+HfRope HfDynamicNtk(double base, int64_t dim, double factor, double max_position_embeddings,
+                    double seq_len) {
+  seq_len = seq_len > max_position_embeddings ? seq_len : max_position_embeddings;
+  base = base * std::pow(factor * seq_len / max_position_embeddings - (factor - 1),
+                         static_cast<double>(dim) / static_cast<double>(dim - 2));
+  return HfRope{HfDefault(base, dim), 1.0};
+}
+
+// The reference's rotation of pair n at position `offset` (Encode with S = 1,
+// so dynamic NTK's length is offset + 1) against Hugging Face's frequencies.
+void ExpectReferenceFrequencies(const kernels::MethodParams& params, int64_t dim, int64_t offset,
+                                const HfRope& hf) {
+  for (int64_t n = 0; n < dim / 2; ++n) {
+    kernels::EncodeArgs args;
+    args.method = MethodKind::kRope;
+    args.params = params;
+    args.offset = offset;
+    std::vector<float> x(static_cast<size_t>(dim), 0.0f);
+    x[static_cast<size_t>(2 * n)] = 1;
+    args.inputs["x"] = Tensor({1, 1, 1, dim}, x);
+    auto y = ReferenceEncode(args);
+    ASSERT_TRUE(y.ok()) << y.status();
+    const double c = y->at("y").data[static_cast<size_t>(2 * n)];
+    const double sn = y->at("y").data[static_cast<size_t>(2 * n + 1)];
+    const double f = hf.inv_freq[static_cast<size_t>(n)];
+    const double phi = static_cast<double>(offset) * f;
+    // An angle error of 1e-12 relative, and the rounding of cos/sin.
+    const double allowed = 1e-12 * phi + 1e-14;
+    EXPECT_NEAR(c, hf.attention_factor * std::cos(phi), allowed) << "pair " << n;
+    EXPECT_NEAR(sn, hf.attention_factor * std::sin(phi), allowed) << "pair " << n;
+  }
+}
+
+TEST(HuggingFaceScalingTest, Llama31Frequencies) {
+  // Llama 3.1 8B: rope_theta 500000, head_dim 128, factor 8, 1 / 4, 8192.
+  kernels::MethodParams p;
+  p.rope_scaling = kernels::RopeScaling::kLlama3;
+  p.base = 500000;
+  p.scaling_factor = 8;
+  p.original_max_position = 8192;
+  ExpectReferenceFrequencies(p, 128, 1, HfLlama3(500000, 128, 8, 1, 4, 8192));
+  // Explicit factors and a small L0, so every band has members.
+  p.base = 10000;
+  p.scaling_factor = 3;
+  p.original_max_position = 64;
+  p.low_freq_factor = 0.5;
+  p.high_freq_factor = 2;
+  ExpectReferenceFrequencies(p, 32, 1, HfLlama3(10000, 32, 3, 0.5, 2, 64));
+}
+
+TEST(HuggingFaceScalingTest, YarnFrequenciesAndAttentionFactor) {
+  // Qwen2.5-style: rope_theta 1e6, head_dim 128, factor 4, 32768 positions.
+  kernels::MethodParams p;
+  p.rope_scaling = kernels::RopeScaling::kYarn;
+  p.base = 1e6;
+  p.scaling_factor = 4;
+  p.original_max_position = 32768;
+  ExpectReferenceFrequencies(p, 128, 1, HfYarn(1e6, 128, 4, 32768, 32, 1));
+  p.base = 10000;
+  p.scaling_factor = 16;
+  p.original_max_position = 4096;
+  p.beta_fast = 16;
+  p.beta_slow = 2;
+  ExpectReferenceFrequencies(p, 64, 1, HfYarn(10000, 64, 16, 4096, 16, 2));
+}
+
+TEST(HuggingFaceScalingTest, DynamicNtkBelowAndAboveL0) {
+  kernels::MethodParams p;
+  p.rope_scaling = kernels::RopeScaling::kDynamicNtk;
+  p.scaling_factor = 2;
+  p.original_max_position = 2048;
+  // Encode's L is offset + S: 1 + 1 = 2 (below L0), then 4095 + 1 (above).
+  ExpectReferenceFrequencies(p, 64, 1, HfDynamicNtk(10000, 64, 2, 2048, 2));
+  ExpectReferenceFrequencies(p, 64, 4095, HfDynamicNtk(10000, 64, 2, 2048, 4096));
 }
 
 // Session rules beyond the golden cases: dynamic NTK and a short learned
