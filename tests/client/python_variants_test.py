@@ -247,6 +247,23 @@ class VariantsTest(unittest.TestCase):
                                      v.astype(np.float32), input_dtype="float16").out
         np.testing.assert_array_equal(rounded, out32)
 
+    def test_stream_of_variant_requests_equals_the_unary_calls(self):
+        rng = np.random.default_rng(17)  # fixed seed
+        q = rng.standard_normal((2, 4, 3, 8)).astype(np.float16)
+        k = rng.standard_normal((2, 1, 6, 8)).astype(np.float16)
+        requests = [dict(method="alibi", q=q, k=k, v=k, causal=True, window=2, kv_lengths=[6, 4],
+                         output_dtype="float16", return_probs=True),
+                    dict(method="rope", q=q, k=k, v=k, softcap=2.0, input_dtype="bfloat16",
+                         scaling="llama3", scaling_factor=8, original_max_position=4)]
+        streamed = self.client.attend_stream(requests)
+        self.assertEqual(len(streamed), 2)
+        for request, result in zip(requests, streamed):
+            unary = self.client.attend(**request)
+            self.assertEqual(result.out.dtype, unary.out.dtype)
+            np.testing.assert_array_equal(result.out, unary.out)
+        self.assertEqual(streamed[0].out.dtype, np.float16)
+        self.assertEqual(streamed[0].probs.dtype, np.float16)
+
     def test_bfloat16_output_is_bits_or_ml_dtypes(self):
         x = np.linspace(-2, 2, 2 * 5 * 8, dtype=np.float32).reshape(2, 5, 8)
         y32 = self.client.encode("sinusoidal", x=x)["y"]
