@@ -110,3 +110,20 @@ class Client(_ClientBase):
         except grpc.RpcError as error:
             raise _rpc_error(error, responses=results) from None
         return results
+
+    async def decode(self, method: str = "none", *, batch: int, num_heads: int, head_dim: int,
+                     max_len: int, num_kv_heads: Optional[int] = None,
+                     value_dim: Optional[int] = None, scale: Optional[float] = None,
+                     window: Optional[int] = None, softcap: Optional[float] = None, w_q=None,
+                     w_k=None, w_v=None, raw: bool = True, input_dtype=None, output_dtype=None,
+                     timeout: Optional[float] = None, **method_params):
+        """attnserve.Client.decode, awaited: an attnserve.session.AioDecodeSession
+        (async with; await s.step(...), await s.truncate(n))."""
+        from attnserve import session  # pylint: disable=import-outside-toplevel
+        call_args = self._call_args(timeout)
+        call_args["timeout"] = timeout
+        return await session.open_aio_session(
+            self._stub, call_args, method, raw=raw, batch=batch, num_heads=num_heads,
+            head_dim=head_dim, max_len=max_len, num_kv_heads=num_kv_heads, value_dim=value_dim,
+            scale=scale, window=window, softcap=softcap, w_q=w_q, w_k=w_k, w_v=w_v,
+            input_dtype=input_dtype, output_dtype=output_dtype, **method_params)

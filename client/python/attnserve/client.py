@@ -534,3 +534,26 @@ class Client(_ClientBase):
         except grpc.RpcError as error:
             raise _rpc_error(error, responses=results) from None
         return results
+
+    def decode(self, method: str = "none", *, batch: int, num_heads: int, head_dim: int,
+               max_len: int, num_kv_heads: Optional[int] = None, value_dim: Optional[int] = None,
+               scale: Optional[float] = None, window: Optional[int] = None,
+               softcap: Optional[float] = None, w_q=None, w_k=None, w_v=None, raw: bool = True,
+               input_dtype=None, output_dtype=None, timeout: Optional[float] = None,
+               **method_params):
+        """Opens a decode session (attnserve.session.DecodeSession, a context
+        manager): the server reserves a key/value cache of max_len tokens, and
+        each s.step(q, k, v) (or x= for sinusoidal and learned, with w_q,
+        w_k, w_v given here) sends only its new tokens. `timeout` is the
+        deadline of the whole session (default: none, whatever the Client's
+        timeout); the server also ends sessions idle for its
+        --session_idle_timeout_s. Raises AttnError when the open is refused
+        (RESOURCE_EXHAUSTED: over the server's session budget)."""
+        from attnserve import session  # pylint: disable=import-outside-toplevel
+        call_args = self._call_args(timeout)
+        call_args["timeout"] = timeout
+        return session.open_session(
+            self._stub, call_args, method, raw=raw, batch=batch, num_heads=num_heads,
+            head_dim=head_dim, max_len=max_len, num_kv_heads=num_kv_heads, value_dim=value_dim,
+            scale=scale, window=window, softcap=softcap, w_q=w_q, w_k=w_k, w_v=w_v,
+            input_dtype=input_dtype, output_dtype=output_dtype, **method_params)
