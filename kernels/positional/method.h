@@ -90,13 +90,15 @@ struct AttentionProblem {
 
   // The keys query row i of batch element b sees: causal (j <= q_pos),
   // kv_lengths (j < L_b) and window (causal: q_pos - W < j; symmetric:
-  // |q_pos - j| < W) combined by AND. begin and end never decrease with i.
+  // |q_pos - j| < W) combined by AND. 0 <= begin <= end <= Sk, and begin
+  // and end never decrease with i (a row that sees nothing gets begin ==
+  // end, at most Sk, no less than an earlier row's end).
   KeyRange VisibleKeys(int64_t b, int64_t i) const {
     const int64_t position = query_offset + i;
     KeyRange range{0, kv_lengths.empty() ? sk : kv_lengths[static_cast<size_t>(b)]};
     if (causal) range.end = std::min(range.end, position + 1);
     if (window > 0) {
-      range.begin = std::max<int64_t>(0, position - window + 1);
+      range.begin = std::min(sk, std::max<int64_t>(0, position - window + 1));
       if (!causal) range.end = std::min(range.end, position + window);
     }
     range.end = std::max(range.end, range.begin);

@@ -182,8 +182,14 @@ class FastEngine {
     // query's last key, before its first query's first key: causal mask,
     // key lengths, window) are never computed. The range starts on a panel.
     const int64_t b = bh / p_.heads;
-    const int64_t key_begin = p_.VisibleKeys(b, i0).begin / kPanel * kPanel;
-    const int64_t key_end = p_.VisibleKeys(b, i0 + rows - 1).end;
+    int64_t key_begin = p_.sk, key_end = 0;
+    for (int64_t r = 0; r < rows; ++r) {  // Rows that see nothing do not count.
+      const KeyRange keys = p_.VisibleKeys(b, i0 + r);
+      if (keys.end == keys.begin) continue;
+      key_begin = std::min(key_begin, keys.begin);
+      key_end = std::max(key_end, keys.end);
+    }
+    key_begin = key_begin / kPanel * kPanel;
     std::fill_n(ws.acc, rows * ws.dv_pad, 0.0f);
     if (scale_queries_) {
       const HeadRows q = p_.q_rows();

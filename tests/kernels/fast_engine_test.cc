@@ -178,6 +178,115 @@ INSTANTIATE_TEST_SUITE_P(AllMethods, FastEngineDiffTest, ::testing::ValuesIn(All
 INSTANTIATE_TEST_SUITE_P(Long, FastEngineDiffTest, ::testing::ValuesIn(LongCases()),
                          DiffCaseName);
 
+// attention-variants.md 1-5 under the same rule, every method: GQA and MQA,
+// key lengths, causal and symmetric windows, softcap, rows that see no key,
+// and all of them at once over several of the engine's blocks and tiles.
+std::vector<DiffCase> VariantCases() {
+  struct Recipe {
+    const char* label;
+    void (*draw)(RandomCase&, std::mt19937&);
+  };
+  static const Recipe kRecipes[] = {
+      {"gqa_h4_kv2_causal",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.heads = 4;
+         c.kv_heads = 2;
+         c.sq = c.sk = Uniform(rng, 100, 200);
+         c.causal = true;
+       }},
+      {"mqa_h3",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.heads = 3;
+         c.kv_heads = 1;
+         c.sq = Uniform(rng, 20, 60);
+         c.sk = Uniform(rng, 100, 300);
+       }},
+      {"kv_lengths_b3",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.batch = 3;
+         c.sq = Uniform(rng, 50, 120);
+         c.sk = Uniform(rng, 200, 400);
+         c.kv_lengths = {c.sk, Uniform(rng, 1, c.sk), Uniform(rng, 1, 40)};
+         c.causal = Uniform(rng, 0, 1) == 1;
+         c.query_offset = c.sk - c.sq;
+       }},
+      {"window_causal",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = c.sk = Uniform(rng, 300, 600);
+         c.window = Uniform(rng, 1, 200);
+         c.causal = true;
+       }},
+      {"window_symmetric",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = c.sk = Uniform(rng, 300, 600);
+         c.window = Uniform(rng, 1, 150);
+       }},
+      {"softcap",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.sq = c.sk = Uniform(rng, 100, 300);
+         c.scale = UniformReal(rng, 0.5, 1.5);
+         c.softcap = UniformReal(rng, 0.5, 5.0);
+         c.causal = true;
+       }},
+      {"empty_rows",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.batch = 2;
+         c.sq = Uniform(rng, 100, 200);
+         c.sk = Uniform(rng, 300, 400);
+         c.query_offset = c.sk - 50;  // the rows past L_1 + W - 1 of element 1 see nothing
+         c.kv_lengths = {c.sk, Uniform(rng, 20, 100)};
+         c.window = Uniform(rng, 10, 60);
+         c.causal = true;
+       }},
+      {"combined",
+       [](RandomCase& c, std::mt19937& rng) {
+         c.batch = 2;
+         c.heads = 4;
+         c.kv_heads = 2;
+         c.sq = Uniform(rng, 150, 300);
+         c.sk = Uniform(rng, 400, 700);
+         c.kv_lengths = {Uniform(rng, 300, c.sk), Uniform(rng, 100, c.sk)};
+         c.window = Uniform(rng, 30, 300);
+         c.softcap = UniformReal(rng, 1.0, 10.0);
+         c.causal = Uniform(rng, 0, 1) == 1;
+         c.query_offset = c.sk - c.sq + Uniform(rng, 0, 20);
+       }},
+  };
+  std::vector<DiffCase> cases;
+  for (MethodKind method : kernels::kAllMethods) {
+    for (int n = 0; n < static_cast<int>(std::size(kRecipes)); ++n) {
+      const Recipe& recipe = kRecipes[n];
+      DiffCase d;
+      d.c.method = method;
+      d.label = recipe.label;
+      d.seed = static_cast<uint32_t>(97000 + 100 * static_cast<int>(method) + n);
+      std::mt19937 rng(d.seed);
+      d.c.d = d.c.dv = 32;
+      d.c.d_model = 48;
+      if (method == MethodKind::kSinusoidal || method == MethodKind::kLearned) d.c.d = d.c.dv = 12;
+      recipe.draw(d.c, rng);
+      switch (method) {
+        case MethodKind::kTransformerXL: d.c.d_rel = 16; break;
+        case MethodKind::kShaw: d.c.max_relative_position = 40; break;
+        case MethodKind::kDaTransformer: d.c.w_scale = 0.05; break;
+        case MethodKind::kRope:
+          d.c.params.rope_layout =
+              n % 2 == 0 ? kernels::RopeLayout::kInterleaved : kernels::RopeLayout::kHalf;
+          break;
+        case MethodKind::kNone:
+        case MethodKind::kSinusoidal:
+        case MethodKind::kLearned:
+        case MethodKind::kAlibi: break;
+      }
+      cases.push_back(d);
+    }
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, FastEngineDiffTest, ::testing::ValuesIn(VariantCases()),
+                         DiffCaseName);
+
 // Transformer-XL forms its angles around the reference position
 // query_offset (key features R(query_offset - j), query features turned by
 // i f_n): far from position 0 the result must stay as close to the double

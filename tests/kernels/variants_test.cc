@@ -216,6 +216,9 @@ std::vector<MaskCase> MaskCases() {
       // leaves the first rows of batch element 1 without any key.
       cases.push_back({method, engine, true, 20, true, 150, 400, 250});
       cases.push_back({method, engine, false, 300, true, 120, 600, 100});
+      // Queries far past the keys: every window lies beyond Sk (regression:
+      // the fast engine read key tiles past Sk for such rows).
+      cases.push_back({method, engine, true, 10, false, 50, 100, 300});
       // A window wider than the keys: the same as none.
       cases.push_back({method, engine, true, 5000, false, 40, 70, std::nullopt});
     }
