@@ -671,7 +671,8 @@ TEST(RopeTest, DynamicNtkIsPlainRopeWithTheBaseOfTheCallsLength) {
   };
   std::mt19937 rng(43);
   const Tensor x = RandomTensor({1, 2, 5, 8}, rng);
-  const kernels::MethodParams dynamic = Extended(RopeScaling::kDynamicNtk, 2, 32, RopeLayout::kHalf);
+  const kernels::MethodParams dynamic =
+      Extended(RopeScaling::kDynamicNtk, 2, 32, RopeLayout::kHalf);
   EXPECT_EQ(Rotate(x, 37, dynamic), Rotate(x, 37, rebased(10000, 2, 42, 32, 8)));
   EXPECT_EQ(Rotate(x, 10, dynamic), Rotate(x, 10, Params(RopeLayout::kHalf)));  // L = 15 < 32
   EXPECT_NE(Rotate(x, 37, dynamic), Rotate(x, 37, Params(RopeLayout::kHalf)));
@@ -754,25 +755,30 @@ TEST(RopeTest, ContextExtensionParameterRulesNameTheField) {
       kernels::MethodParams p = Extended(scaling, 2, l0);
       bad.push_back({p, "original_max_position"});
     }
-    for (double s : {0.5, 0.999}) bad.push_back({Extended(scaling, s, 16), "scaling_factor: must be >= 1"});
+    for (double s : {0.5, 0.999}) {
+      bad.push_back({Extended(scaling, s, 16), "scaling_factor: must be >= 1"});
+    }
     bad.push_back({Extended(scaling, nan, 16), "scaling_factor"});
   }
+  // Each must be finite and > 0 when set, under the scaling that reads it.
+  const struct {
+    std::optional<double> kernels::MethodParams::*field;
+    RopeScaling scaling;
+    const char* name;
+  } positive[] = {{&kernels::MethodParams::beta_fast, RopeScaling::kYarn, "beta_fast"},
+                  {&kernels::MethodParams::beta_slow, RopeScaling::kYarn, "beta_slow"},
+                  {&kernels::MethodParams::attention_factor, RopeScaling::kYarn,
+                   "attention_factor"},
+                  {&kernels::MethodParams::low_freq_factor, RopeScaling::kLlama3,
+                   "low_freq_factor"},
+                  {&kernels::MethodParams::high_freq_factor, RopeScaling::kLlama3,
+                   "high_freq_factor"}};
   for (double value : {0.0, -1.0, nan, inf, -inf}) {
-    kernels::MethodParams p = Extended(RopeScaling::kYarn, 2, 16);
-    p.beta_fast = value;
-    bad.push_back({p, "beta_fast"});
-    p = Extended(RopeScaling::kYarn, 2, 16);
-    p.beta_slow = value;
-    bad.push_back({p, "beta_slow"});
-    p = Extended(RopeScaling::kYarn, 2, 16);
-    p.attention_factor = value;
-    bad.push_back({p, "attention_factor"});
-    p = Extended(RopeScaling::kLlama3, 2, 16);
-    p.low_freq_factor = value;
-    bad.push_back({p, "low_freq_factor"});
-    p = Extended(RopeScaling::kLlama3, 2, 16);
-    p.high_freq_factor = value;
-    bad.push_back({p, "high_freq_factor"});
+    for (const auto& f : positive) {
+      kernels::MethodParams p = Extended(f.scaling, 2, 16);
+      p.*f.field = value;
+      bad.push_back({p, f.name});
+    }
   }
   for (const auto& [low, high] : {std::pair<double, double>{4, 4}, {5, 4}, {2, 1.5}}) {
     kernels::MethodParams p = Extended(RopeScaling::kLlama3, 2, 16);
