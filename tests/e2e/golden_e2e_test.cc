@@ -85,6 +85,54 @@ INSTANTIATE_TEST_SUITE_P(
              EncodingName(std::get<1>(param.param));
     });
 
+// The format-2 attend and encode cases (tests/golden-variants/,
+// tests/golden-generated/; decode cases: decode_golden_e2e_test.cc) through
+// attnd with both transports: 16-bit inputs as raw_data with Tensor.dtype,
+// 16-bit outputs with one ulp (golden_proto.h), and every error with its
+// code and one of expect_field in the message, wire rules included.
+std::vector<std::string> AttendAndEncodeVariantFiles() {
+  std::vector<std::string> files;
+  for (const std::string& path : VariantCaseFiles()) {
+    auto c = LoadGoldenCase(path);
+    if (!c.ok() || c->op != "decode") files.push_back(path);  // A load error fails the test.
+  }
+  return files;
+}
+
+class VariantUnaryTest : public ::testing::TestWithParam<std::tuple<std::string, WireEncoding>> {};
+
+TEST_P(VariantUnaryTest, MatchesWithinToleranceOrFailsNamingTheField) {
+  const auto& [path, encoding] = GetParam();
+  auto c = LoadGoldenCase(path);
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::Status status;
+  std::string mismatch;
+  if (c->op == "attend") {
+    auto request = ToAttendRequest(*c, encoding);
+    ASSERT_TRUE(request.ok()) << request.status();
+    auto response = Server::client().Attend(*request);
+    status = response.status();
+    if (response.ok()) mismatch = CheckAttendResponse(*c, *response, encoding);
+  } else {
+    auto request = ToEncodeRequest(*c, encoding);
+    ASSERT_TRUE(request.ok()) << request.status();
+    auto response = Server::client().Encode(*request);
+    status = response.status();
+    if (response.ok()) mismatch = CheckEncodeResponse(*c, *response, encoding);
+  }
+  EXPECT_EQ(CheckExpectedError(*c, status.code(), status.message()), "");
+  EXPECT_EQ(mismatch, "");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllCases, VariantUnaryTest,
+    ::testing::Combine(::testing::ValuesIn(AttendAndEncodeVariantFiles()),
+                       ::testing::Values(WireEncoding::kData, WireEncoding::kRawData)),
+    [](const ::testing::TestParamInfo<std::tuple<std::string, WireEncoding>>& param) {
+      return GoldenTestName(std::get<0>(param.param)) + "_" +
+             EncodingName(std::get<1>(param.param));
+    });
+
 // The attnd under test runs on the ISA this process would choose: the
 // CPU's best under the same ATTN_MAX_ISA (CTest runs this binary once per
 // ISA), so the golden cases above ran on that ISA's kernels.
