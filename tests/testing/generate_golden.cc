@@ -20,7 +20,8 @@
 // below every tolerance), so a last-bit difference of libm between machines
 // is very unlikely to change a file. Error cases' codes and fields are
 // written from the spec and, where the reference can see the rule, checked
-// against it before writing.
+// against it before writing; every attend and decode case must keep the
+// float32 emulation within a quarter of its tolerance (spec 9.3).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -44,6 +45,7 @@
 #include "tests/testing/golden.h"
 #include "tests/testing/golden_kernels.h"
 #include "tests/testing/half_float.h"
+#include "tests/testing/naive_float32.h"
 #include "tests/testing/reference.h"
 
 namespace attnserve::testing {
@@ -306,6 +308,42 @@ void CheckError(const Case& c, const absl::Status& status, const std::string& ex
   if (!error.empty()) Fail(c, "the reference disagrees with the expected error: " + error);
 }
 
+// attention-variants.md 9.3's margin, checked as the cases are generated: the
+// float32 emulation (naive_float32.h) within a quarter of the tolerance on
+// every tensor of an attend case (decode steps: their equivalent Attend), so
+// a float32 engine has room to pass. Empty when it holds.
+std::string NaiveMargin(const GoldenCase& g) {
+  auto args = ToAttendArgs(g);
+  if (!args.ok()) return std::string(args.status().message());
+  auto naive = NaiveFloat32Attend(*args);
+  if (!naive.ok()) return std::string(naive.status().message());
+  std::string failures;
+  for (const auto& [name, expected] : g.expected) {
+    const kernels::Tensor& got = name == "out" ? naive->out : naive->probs;
+    absl::StrAppend(&failures, CompareTensor(name, expected, got.shape(), got.values(), g.rtol / 4,
+                                             g.atol / 4));
+  }
+  return failures;
+}
+
+void CheckMargin(const Case& c, const Json& j) {
+  auto g = ParseGoldenCase(nlohmann::json::parse(j.dump()), c.name);
+  if (!g.ok()) Fail(c, std::string(g.status().message()));
+  if (!g->expect_error.empty() && g->op != "decode") return;
+  std::string failures;
+  if (g->op == "attend") failures = NaiveMargin(*g);
+  if (g->op == "decode") {
+    for (size_t n = 0; n < g->steps.size(); ++n) {
+      if (g->steps[n].kind != "step" || !g->steps[n].expect_error.empty()) continue;
+      auto attend = DecodeStepAsAttendCase(*g, n);
+      if (!attend.ok()) Fail(c, std::string(attend.status().message()));
+      absl::StrAppend(&failures, NaiveMargin(*attend));
+    }
+  }
+  if (!failures.empty())
+    Fail(c, "float32 emulation beyond a quarter of the tolerance: " + failures);
+}
+
 Json Evaluate(const Case& c) {
   Json j = CaseJson(c);
   auto parsed = ParseGoldenCase(nlohmann::json::parse(j.dump()), c.name);
@@ -371,6 +409,7 @@ Json Evaluate(const Case& c) {
     }
   }
   j["tolerance"] = {{"rtol", rtol}, {"atol", atol}};
+  CheckMargin(c, j);
   return j;
 }
 
