@@ -145,9 +145,13 @@ TEST(GoldenServerTest, ServesOnTheIsaTheEnvironmentCaps) {
       << response->server();
 }
 
-std::vector<GoldenCase> AttendCases(bool errors) {
+// The attend cases of `files` (default: the version-1 ones) that expect an
+// error, or that do not.
+std::vector<GoldenCase> AttendCases(bool errors,
+                                    const std::vector<std::string>& files = GoldenCaseFiles(
+                                        GoldenDir())) {
   std::vector<GoldenCase> cases;
-  for (const std::string& path : GoldenCaseFiles(GoldenDir())) {
+  for (const std::string& path : files) {
     auto c = LoadGoldenCase(path);
     if (c.ok() && c->op == "attend" && c->expect_error.empty() != errors) {
       cases.push_back(*std::move(c));
@@ -193,6 +197,49 @@ TEST_P(GoldenStreamTest, ErrorCaseEndsTheStreamAfterEarlierResponses) {
     const Client::StreamResult result = Server::client().AttendStream(requests);
     EXPECT_EQ(result.status.code(), ExpectedCode(error_case)) << error_case.name << ": "
                                                               << result.status;
+    ASSERT_EQ(result.responses.size(), 2u) << error_case.name;
+    EXPECT_EQ(CheckAttendResponse(good[0], result.responses[0], encoding), "");
+    EXPECT_EQ(CheckAttendResponse(good[1], result.responses[1], encoding), "");
+  }
+}
+
+// The format-2 attend cases on one stream: GQA, windows, softcap, 16-bit
+// inputs and outputs interleaved with each other, each response in order.
+TEST_P(GoldenStreamTest, AllVariantAttendCasesOnOneStreamInOrder) {
+  const WireEncoding encoding = GetParam();
+  const std::vector<GoldenCase> cases = AttendCases(/*errors=*/false, VariantCaseFiles());
+  ASSERT_GT(cases.size(), 80u);
+  std::vector<v1::AttendRequest> requests;
+  for (const GoldenCase& c : cases) {
+    auto request = ToAttendRequest(c, encoding);
+    ASSERT_TRUE(request.ok()) << request.status();
+    requests.push_back(*std::move(request));
+  }
+  const Client::StreamResult result = Server::client().AttendStream(requests);
+  ASSERT_TRUE(result.status.ok()) << result.status;
+  ASSERT_EQ(result.responses.size(), cases.size());
+  for (size_t n = 0; n < cases.size(); ++n) {
+    EXPECT_EQ(CheckAttendResponse(cases[n], result.responses[n], encoding), "") << cases[n].name;
+  }
+}
+
+// A format-2 error case after two good ones ends the stream with its code,
+// the message naming one of expect_field.
+TEST_P(GoldenStreamTest, VariantErrorCaseEndsTheStreamNamingTheField) {
+  const WireEncoding encoding = GetParam();
+  const std::vector<GoldenCase> good = AttendCases(/*errors=*/false, VariantCaseFiles());
+  const std::vector<GoldenCase> bad = AttendCases(/*errors=*/true, VariantCaseFiles());
+  ASSERT_GE(bad.size(), 20u);
+  for (const GoldenCase& error_case : bad) {
+    std::vector<v1::AttendRequest> requests;
+    for (const GoldenCase* c : {&good[0], &good[1], &error_case, &good[2]}) {
+      auto request = ToAttendRequest(*c, encoding);
+      ASSERT_TRUE(request.ok()) << request.status();
+      requests.push_back(*std::move(request));
+    }
+    const Client::StreamResult result = Server::client().AttendStream(requests);
+    EXPECT_EQ(CheckExpectedError(error_case, result.status.code(), result.status.message()), "")
+        << error_case.name;
     ASSERT_EQ(result.responses.size(), 2u) << error_case.name;
     EXPECT_EQ(CheckAttendResponse(good[0], result.responses[0], encoding), "");
     EXPECT_EQ(CheckAttendResponse(good[1], result.responses[1], encoding), "");
