@@ -6,6 +6,9 @@
 //   attn attend  [FILE|-]
 //   attn attend  --stream [FILE|-]   a JSON array of requests, or one object per
 //                                    line; one JSON response per line
+//   attn decode  [FILE|-] [--values] replays a decode session: JSON lines of
+//                                    DecodeRequests (an open, then steps and
+//                                    truncates); one JSON line per response
 //   attn bench   [ghz flags] HOST    a load run with ghz's flags and report
 //                                    (load_tool.h); "bench" must come first
 //   attn plot encode|attend|curve [FILE|-] --output=PATH.png|PATH.svg [--data=PATH.json]
@@ -53,6 +56,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
@@ -86,6 +91,13 @@ commands:
   attend --stream [FILE|-]    AttendStream; FILE holds a JSON array of requests or
                               one request object per line; prints one JSON response
                               per line
+  decode [FILE|-] [--values]  Decode: replays one session from FILE or stdin,
+                              JSON lines of proto-JSON DecodeRequests: the first
+                              {"open": {...}}, then {"step": {...}} and
+                              {"truncate": {"length": N}} lines; prints one JSON
+                              line per response: message index, kind, length,
+                              out/probs shapes (--values: and their values);
+                              --timeout bounds the whole session
   bench [ghz flags] HOST      a load run with ghz's flags and report; 'bench' comes
                               first, see 'attn bench --help'
   plot encode|attend|curve [FILE|-] --output=PATH.png|PATH.svg [--data=PATH.json]
@@ -102,11 +114,12 @@ commands:
                               curve takes an Encode request); --data writes the
                               plotted numbers as JSON
 
-request flags (attend, encode, plot; over the request JSON's fields):
-  --num_kv_heads=N            attend: key/value heads (grouped-query attention)
+request flags (attend, encode, plot, decode; over the request JSON's fields):
+  --num_kv_heads=N            attend, decode's open: key/value heads (grouped-query
+                              attention)
   --kv_lengths=L1,L2,...      attend: valid keys per batch element (right padding)
-  --window=W                  attend: sliding window, W >= 1
-  --softcap=C                 attend: logits become C * tanh(logit / C)
+  --window=W                  attend, decode's open: sliding window, W >= 1
+  --softcap=C                 attend, decode's open: logits become C * tanh(logit / C)
   --input_dtype=TYPE          float32, float16 or bfloat16: send every value
                               tensor of the request as this type (rounded to
                               nearest, ties to even)
@@ -150,6 +163,7 @@ struct Args {
   // Request flags, as given (checked by RequestFlags).
   std::map<std::string, std::string> request_flags;
   bool stream = false;
+  bool values = false;  // decode: print the tensors' values
   bool help = false;
   std::vector<std::string> positional;  // command, then its arguments
 };
@@ -210,6 +224,10 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args& args) {
     }
     if (arg == "--stream") {
       args.stream = true;
+      continue;
+    }
+    if (arg == "--values") {
+      args.values = true;
       continue;
     }
     if (arg == "--tls") {
@@ -397,12 +415,16 @@ absl::StatusOr<RequestFlags> ParseRequestFlags(const Args& args) {
   for (const auto& [name, text] : args.request_flags) {
     // `command` is the kind of a plot's request ("curve": an Encode) when
     // called from ReadRequest, and "plot" from Main's early check.
-    if (command != "attend" && command != "encode" && command != "plot" && command != "curve") {
+    if (command != "attend" && command != "encode" && command != "plot" && command != "curve" &&
+        command != "decode") {
       return absl::InvalidArgumentError(
-          absl::StrCat("--", name, " applies to attend, encode and plot only"));
+          absl::StrCat("--", name, " applies to attend, encode, plot and decode only"));
     }
     if (kRequestFlags.at(name) && (command == "encode" || command == "curve")) {
       return absl::InvalidArgumentError(absl::StrCat("--", name, " applies to attend only"));
+    }
+    if (name == "kv_lengths" && command == "decode") {
+      return absl::InvalidArgumentError("--kv_lengths applies to attend only");
     }
     const auto bad = [&name = name, &text = text](absl::string_view rule) {
       return absl::InvalidArgumentError(
@@ -471,17 +493,22 @@ absl::Status ForEachTensor(google::protobuf::Message& message,
 // The flags' fields over `request`'s (AttendRequest or EncodeRequest).
 template <typename Request>
 absl::Status ApplyRequestFlags(const RequestFlags& flags, Request& request) {
-  if constexpr (std::is_same_v<Request, attnserve::v1::AttendRequest>) {
+  if constexpr (std::is_same_v<Request, attnserve::v1::AttendRequest> ||
+                std::is_same_v<Request, attnserve::v1::DecodeOpen>) {
     if (flags.num_kv_heads) request.set_num_kv_heads(*flags.num_kv_heads);
-    if (flags.kv_lengths) {
-      request.mutable_kv_lengths()->Assign(flags.kv_lengths->begin(), flags.kv_lengths->end());
+    if constexpr (std::is_same_v<Request, attnserve::v1::AttendRequest>) {
+      if (flags.kv_lengths) {
+        request.mutable_kv_lengths()->Assign(flags.kv_lengths->begin(), flags.kv_lengths->end());
+      }
     }
     if (flags.window) request.set_window(*flags.window);
     if (flags.softcap) request.set_softcap(*flags.softcap);
   }
-  if (flags.output_dtype) {
-    request.set_output_dtype(*flags.output_dtype);
-    if (*flags.output_dtype != attnserve::v1::DTYPE_FLOAT32) request.set_raw_output(true);
+  if constexpr (!std::is_same_v<Request, attnserve::v1::DecodeStep>) {
+    if (flags.output_dtype) {
+      request.set_output_dtype(*flags.output_dtype);
+      if (*flags.output_dtype != attnserve::v1::DTYPE_FLOAT32) request.set_raw_output(true);
+    }
   }
   if (!flags.input_encoding) return absl::OkStatus();
   // A tensor's errors read as the server's would: "q.raw_data: ...".
@@ -656,6 +683,100 @@ int RunPlot(Client& client, const Args& args) {
   return kExitOk;
 }
 
+// A response tensor as JSON: its shape, its dtype when 16-bit, and with
+// `values` its values (16-bit ones widened exactly; %.9g prints every float32
+// so that it reads back to the same value).
+std::string TensorJson(const attnserve::v1::Tensor& tensor, bool values) {
+  std::string json = absl::StrCat("{\"shape\":[", absl::StrJoin(tensor.shape(), ","), "]");
+  if (tensor.dtype() == attnserve::v1::DTYPE_FLOAT16 ||
+      tensor.dtype() == attnserve::v1::DTYPE_BFLOAT16) {
+    absl::StrAppend(&json, ",\"dtype\":\"", attnserve::v1::DataType_Name(tensor.dtype()), "\"");
+  }
+  if (values) {
+    absl::StatusOr<std::vector<float>> data = TensorValues(tensor);
+    if (data.ok()) {
+      absl::StrAppend(&json, ",\"data\":[",
+                      absl::StrJoin(*data, ",",
+                                    [](std::string* out, float value) {
+                                      absl::StrAppend(out, absl::StrFormat("%.9g", value));
+                                    }),
+                      "]");
+    } else {
+      absl::StrAppend(&json, ",\"error\":\"", data.status().message(), "\"");
+    }
+  }
+  return json + "}";
+}
+
+// `attn decode [FILE|-]`: one Decode stream replaying FILE's messages, each
+// waiting for its response, which is printed as one JSON line:
+//   {"message":I,"kind":"open|step|truncate","length":N[,"out":T][,"probs":T]}
+// The first message must be the open (a usage error otherwise), so that a
+// file's mistake is not sent; every other rule is the server's.
+int RunDecode(Client& client, const Args& args) {
+  absl::StatusOr<std::string> path = InputPath(args);
+  if (!path.ok()) return UsageError(path.status().message());
+  absl::StatusOr<std::string> text = ReadInput(*path);
+  if (!text.ok()) return UsageError(text.status().message());
+  const std::string source = path->empty() ? "-" : *path;
+  absl::StatusOr<std::vector<std::string>> pieces = SplitJsonValues(*text);
+  if (!pieces.ok()) {
+    return UsageError(absl::StrCat("decode JSON (", source, "): ", pieces.status().message()));
+  }
+  absl::StatusOr<RequestFlags> flags = ParseRequestFlags(args);
+  if (!flags.ok()) return UsageError(flags.status().message());
+  std::vector<attnserve::v1::DecodeRequest> messages(pieces->size());
+  for (size_t i = 0; i < pieces->size(); ++i) {
+    attnserve::v1::DecodeRequest& message = messages[i];
+    absl::Status status = ParseJson((*pieces)[i], message);
+    if (status.ok() && (i == 0) != message.has_open()) {
+      status = absl::InvalidArgumentError(
+          i == 0 ? "the first message must be {\"open\": {...}}"
+                 : "open may only be the first message (one session per stream)");
+    }
+    if (status.ok() && message.has_open()) {
+      status = ApplyRequestFlags(*flags, *message.mutable_open());
+    } else if (status.ok() && message.has_step()) {
+      status = ApplyRequestFlags(*flags, *message.mutable_step());
+    }
+    if (!status.ok()) {
+      return UsageError(
+          absl::StrCat("decode JSON (", source, ") message ", i, ": ", status.message()));
+    }
+  }
+  const auto print = [&args](size_t index, absl::string_view kind,
+                             const attnserve::v1::DecodeResponse& response) {
+    std::string line = absl::StrCat("{\"message\":", index, ",\"kind\":\"", kind,
+                                    "\",\"length\":", response.length());
+    if (response.has_out()) absl::StrAppend(&line, ",\"out\":", TensorJson(response.out(), args.values));
+    if (response.has_probs()) {
+      absl::StrAppend(&line, ",\"probs\":", TensorJson(response.probs(), args.values));
+    }
+    std::cout << line << "}" << std::endl;
+  };
+  absl::StatusOr<std::unique_ptr<DecodeSession>> session =
+      client.Decode(messages[0].open(), absl::Seconds(args.timeout_seconds));
+  if (!session.ok()) return RpcError(session.status());
+  print(0, "open", attnserve::v1::DecodeResponse());
+  for (size_t i = 1; i < messages.size(); ++i) {
+    const attnserve::v1::DecodeRequest& message = messages[i];
+    absl::StatusOr<attnserve::v1::DecodeResponse> response;
+    if (message.has_truncate()) {
+      absl::StatusOr<int64_t> length = (*session)->Truncate(message.truncate().length());
+      if (length.ok()) response.emplace().set_length(*length);
+      else response = length.status();
+    } else {
+      // A message with neither step nor truncate goes as an empty step;
+      // the server names what is missing.
+      response = (*session)->Step(message.step());
+    }
+    if (!response.ok()) return RpcError(response.status());
+    print(i, message.has_truncate() ? "truncate" : "step", *response);
+  }
+  if (absl::Status closed = (*session)->Close(); !closed.ok()) return RpcError(closed);
+  return kExitOk;
+}
+
 // Set by SIGINT during `attn bench`: the run stops and reports what it has.
 std::atomic<bool> bench_interrupted{false};
 
@@ -718,10 +839,11 @@ int Main(int argc, char** argv) {
   const std::string& command = args.positional[0];
   if (command == "bench") return UsageError("'bench' must be the first argument: attn bench ...");
   if (command != "health" && command != "methods" && command != "encode" && command != "attend" &&
-      command != "plot") {
+      command != "plot" && command != "decode") {
     return UsageError(absl::StrCat("unknown command \"", command, "\""));
   }
   if (args.stream && command != "attend") return UsageError("--stream applies to attend only");
+  if (args.values && command != "decode") return UsageError("--values applies to decode only");
   if (!args.service.empty() && command != "health") {
     return UsageError("--service applies to health only");
   }
@@ -757,6 +879,7 @@ int Main(int argc, char** argv) {
   if (command == "methods") return RunMethods(**client, args);
   if (command == "encode") return RunEncode(**client, args);
   if (command == "plot") return RunPlot(**client, args);
+  if (command == "decode") return RunDecode(**client, args);
   return args.stream ? RunAttendStream(**client, args) : RunAttend(**client, args);
 }
 

@@ -59,6 +59,7 @@
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "attnserve/v1/attention.pb.h"
 #include "client/channel.h"
+#include "client/decode_session.h"
 #include "client/dtype.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
@@ -173,6 +174,20 @@ class Client {
     absl::Status status;                                   // the stream's final status
   };
   StreamResult AttendStream(const std::vector<attnserve::v1::AttendRequest>& requests);
+
+  // Opens a decode session (decode_session.h, docs/decode-sessions.md): a
+  // Decode stream whose first message is `open` (method with its parameters
+  // and tensors, batch, num_heads, num_kv_heads, head_dim, value_dim,
+  // max_len, scale, window, softcap, w_q/w_k/w_v, raw_output, output_dtype),
+  // returned once the server has accepted it. `deadline` bounds the whole
+  // session; unset (the default) = none, since a session lives as long as
+  // its caller steps (ClientOptions::default_deadline does not apply; the
+  // server ends sessions idle for --session_idle_timeout_s). Errors: the
+  // server's (INVALID_ARGUMENT naming the field, RESOURCE_EXHAUSTED over
+  // --max_sessions or --session_memory_bytes, UNAVAILABLE when draining).
+  absl::StatusOr<std::unique_ptr<DecodeSession>> Decode(
+      const attnserve::v1::DecodeOpen& open,
+      std::optional<absl::Duration> deadline = std::nullopt);
 
  private:
   Client(ClientOptions options, ChannelSecurity security, std::shared_ptr<grpc::Channel> channel,

@@ -213,6 +213,88 @@ class CliTest(AttnCliTestCase):
         self.assertTrue(result.stderr.startswith("attn: INVALID_ARGUMENT: "), result.stderr)
         self.assertIn("k.shape", result.stderr)
 
+    def decode_lines(self):
+        """A RoPE GQA session (H=2 over one key/value head via --num_kv_heads,
+        D=4): a prefill of 2 with probs, one step, truncate to 1, one step;
+        and the Attend equal to the last step (causal, query_offset=1, over
+        the kept key and the new one)."""
+        def tensor(heads, n, seed):
+            return {"shape": [1, heads, n, 4],
+                    "data": [round(math.sin(seed * 7.1 + i * 1.3), 4) for i in range(heads * n * 4)]}
+
+        def step(n, seed, **more):
+            return {"step": {"q": tensor(2, n, seed), "k": tensor(1, n, seed + 1),
+                             "v": tensor(1, n, seed + 2), **more}}
+        first, last = step(2, 1, return_probs=True), step(1, 9)
+        lines = [{"open": {"method": {"rope": {}}, "batch": 1, "num_heads": 2, "head_dim": 4,
+                           "max_len": 8}},
+                 first, step(1, 5), {"truncate": {"length": 1}}, last]
+        keep = lambda t: {"shape": [1, 1, 1, 4], "data": t["data"][:4]}  # noqa: E731
+        cat = lambda a, b: {"shape": [1, 1, 2, 4], "data": a["data"] + b["data"]}  # noqa: E731
+        attend = {"method": {"rope": {}}, "causal": True, "query_offset": 1, "num_kv_heads": 1,
+                  "q": last["step"]["q"], "k": cat(keep(first["step"]["k"]), last["step"]["k"]),
+                  "v": cat(keep(first["step"]["v"]), last["step"]["v"])}
+        return "\n".join(json.dumps(line) for line in lines) + "\n", attend
+
+    def test_decode_replays_a_session_from_json_lines(self):
+        text, attend = self.decode_lines()
+        path = self.write("session.jsonl", text)
+        result = self.run_attn("decode", path, "--num_kv_heads=1")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        responses = [json.loads(line) for line in result.stdout.splitlines()]
+        self.assertEqual([(r["message"], r["kind"], r["length"]) for r in responses],
+                         [(0, "open", 0), (1, "step", 2), (2, "step", 3), (3, "truncate", 1),
+                          (4, "step", 2)])
+        self.assertEqual(responses[1]["out"], {"shape": [1, 2, 2, 4]})  # no values by default
+        self.assertEqual(responses[1]["probs"], {"shape": [1, 2, 2, 2]})
+        self.assertNotIn("probs", responses[2])
+        # --values, from stdin: the last step equals attnd's Attend.
+        result = self.run_attn("decode", "--values", "--num_kv_heads=1", stdin=text)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        last = json.loads(result.stdout.splitlines()[-1])
+        self.assertEqual(len(last["out"]["data"]), 8)
+        expected = self.run_attn("attend", stdin=json.dumps(attend))
+        self.assertEqual(expected.returncode, 0, expected.stderr)
+        for got, want in zip(last["out"]["data"], json.loads(expected.stdout)["out"]["data"],
+                             strict=True):
+            self.assertAlmostEqual(got, want, delta=1e-5 + 1e-4 * abs(want))
+        probs = json.loads(result.stdout.splitlines()[1])["probs"]["data"]
+        self.assertAlmostEqual(sum(probs[:2]), 1.0, delta=1e-5)  # a row of probabilities
+        # 16-bit output: the dtype is named and the values are float16's.
+        result = self.run_attn("decode", "--values", "--num_kv_heads=1", "--output_dtype=float16",
+                               stdin=text)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        last = json.loads(result.stdout.splitlines()[-1])
+        self.assertEqual(last["out"]["dtype"], "DTYPE_FLOAT16")
+        for value in last["out"]["data"]:  # printed as float32 (%.9g reads back exactly)
+            value = struct.unpack("<f", struct.pack("<f", value))[0]
+            self.assertEqual(value, struct.unpack("<e", struct.pack("<e", value))[0])
+
+    def test_decode_errors(self):
+        text, _ = self.decode_lines()
+        lines = text.splitlines()
+        # The server's error ends the stream after the responses before it.
+        bad = lines[:3] + [json.dumps({"truncate": {"length": 9}})] + lines[4:]
+        result = self.run_attn("decode", "--num_kv_heads=1", stdin="\n".join(bad))
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(len(result.stdout.splitlines()), 3, result.stdout)
+        self.assertTrue(result.stderr.startswith("attn: INVALID_ARGUMENT: "), result.stderr)
+        self.assertIn("truncate.length", result.stderr)
+        # Without --num_kv_heads the k/v heads do not match: the server names k.
+        result = self.run_attn("decode", stdin=text)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(len(result.stdout.splitlines()), 1, result.stdout)
+        # Usage errors: no open first, a second open, --values elsewhere, kv_lengths.
+        for args, stdin in ((["decode"], "\n".join(lines[1:])),
+                            (["decode"], "\n".join(lines + lines[:1])),
+                            (["attend", "--values"], json.dumps(example())),
+                            (["decode", "--kv_lengths=1"], text)):
+            with self.subTest(args=args):
+                result = self.run_attn(*args, stdin=stdin)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertTrue(result.stderr.startswith("attn: INVALID_ARGUMENT: "),
+                                result.stderr)
+
     def test_unreachable_server_is_exit_1_unavailable(self):
         result = self.run_attn("health", address="127.0.0.1:1")
         self.assertEqual(result.returncode, 1)

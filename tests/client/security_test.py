@@ -226,6 +226,21 @@ class AttnCliTest(SecurityTestCase):
         # --tls verifies with the system's roots, which do not hold the test CA.
         self.assert_fails(self.attn(self.tls, "--tls", f"--token={TOKEN}"), "UNAVAILABLE")
 
+    def test_decode_with_tls_and_a_token(self):
+        q = {"shape": [1, 1, 2, 2], "data": [1, 0, 0, 1]}
+        session = "\n".join(json.dumps(m) for m in (
+            {"open": {"method": {"alibi": {}}, "batch": 1, "num_heads": 1, "head_dim": 2,
+                      "max_len": 2}},
+            {"step": {"q": q, "k": q, "v": q}}))
+        def decode(*flags):
+            return subprocess.run([ATTN, f"--address={self.tls.address}",
+                                   f"--timeout={TIMEOUT_S}", *flags, "decode"], input=session,
+                                  capture_output=True, text=True, timeout=60, check=False)
+        result = decode(f"--cacert={self.ca}", f"--token={TOKEN}")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout.splitlines()[-1])["length"], 2)
+        self.assert_fails(decode(f"--cacert={self.ca}"), "UNAUTHENTICATED")
+
     def test_mutual_tls(self):
         self.assert_ok(self.attn(self.mtls, f"--cacert={self.ca}", f"--cert={self.client_cert}",
                                  f"--key={self.client_key}"))
