@@ -178,18 +178,7 @@ class FastEngine {
     // every score (Sq x Sk): into the packed keys as they are transposed, or
     // into the block's copied queries where query features follow them.
     ws.PackHead(p_, modifier_, bh, scale_inputs_ && !scale_queries_ ? scale_ : 1.0f);
-    // Key blocks wholly outside the block's visible keys (after its last
-    // query's last key, before its first query's first key: causal mask,
-    // key lengths, window) are never computed. The range starts on a panel.
-    const int64_t b = bh / p_.heads;
-    int64_t key_begin = p_.sk, key_end = 0;
-    for (int64_t r = 0; r < rows; ++r) {  // Rows that see nothing do not count.
-      const KeyRange keys = p_.VisibleKeys(b, i0 + r);
-      if (keys.end == keys.begin) continue;
-      key_begin = std::min(key_begin, keys.begin);
-      key_end = std::max(key_end, keys.end);
-    }
-    key_begin = key_begin / kPanel * kPanel;
+    const KeyTiles tiles = TilesOf(bh / p_.heads, i0, rows);
     std::fill_n(ws.acc, rows * ws.dv_pad, 0.0f);
     if (scale_queries_) {
       const HeadRows q = p_.q_rows();
@@ -216,13 +205,49 @@ class FastEngine {
       modifier_.BeginQueryBlock(block);
     }
     if (probs_ == nullptr) {
-      OnlineSoftmax(ws, bh, i0, rows, key_begin, key_end);
+      OnlineSoftmax(ws, bh, i0, rows, tiles);
     } else {
-      ExactSoftmax(ws, bh, i0, rows, key_begin, key_end);
+      ExactSoftmax(ws, bh, i0, rows, tiles);
     }
   }
 
  private:
+  // The key tiles a query block computes: the keys from its rows' first
+  // visible one (down to a panel) to their last, in tiles of at most
+  // kBlockK keys split where the rows' ranges stop differing, so that the
+  // keys every row sees form whole tiles (one Gemm each) and only the bands
+  // at the edges (the causal diagonal, a window's lower edge: about as
+  // wide as the block) take the partial path. Rows that see no key do not
+  // count; no tile at all when none sees one.
+  struct KeyTiles {
+    int64_t begin = 0, lower_end = 0, upper_begin = 0, end = 0;
+
+    int64_t TileEnd(int64_t j0) const {
+      const int64_t limit = j0 < lower_end ? lower_end : j0 < upper_begin ? upper_begin : end;
+      return std::min(limit, j0 + kBlockK);
+    }
+  };
+
+  KeyTiles TilesOf(int64_t b, int64_t i0, int64_t rows) const {
+    int64_t begin = p_.sk, end = 0, last_begin = 0, first_end = p_.sk;
+    for (int64_t r = 0; r < rows; ++r) {
+      const KeyRange keys = p_.VisibleKeys(b, i0 + r);
+      if (keys.end == keys.begin) continue;
+      begin = std::min(begin, keys.begin);
+      end = std::max(end, keys.end);
+      last_begin = std::max(last_begin, keys.begin);
+      first_end = std::min(first_end, keys.end);
+    }
+    KeyTiles tiles;
+    if (begin >= end) return tiles;
+    tiles.begin = begin / kPanel * kPanel;
+    tiles.end = end;
+    // Panel-aligned splits (the packed keys are addressed by panel).
+    tiles.lower_end = std::clamp(RoundUpToPanel(last_begin), tiles.begin, end);
+    tiles.upper_begin = std::clamp(first_end / kPanel * kPanel, tiles.lower_end, end);
+    return tiles;
+  }
+
   // Rows [r0, r0 + n) of head bh are all finite.
   static bool RowsFinite(const HeadRows& rows, int64_t bh, int64_t r0, int64_t n) {
     if (rows.stride() == rows.width) return simd::AllFinite(rows.Row(bh, r0), n * rows.width);
@@ -278,9 +303,13 @@ class FastEngine {
         if (cols.end == cols.begin) continue;
         const int64_t visible = cols.end;
         const int64_t full_panels = visible / kPanel;
-        for (int64_t t = cols.begin / kPanel; t < full_panels; ++t) {
-          simd::PanelRows<false>(group, depth_, a + r * lda, lda, kt + t * depth_ * kPanel,
-                                       s + r * ld + t * kPanel, ld);
+        const int64_t first_panel = cols.begin / kPanel;
+        if (full_panels > first_panel) {
+          // The whole panels on Gemm's widest register tile (two panels on
+          // AVX-512): a window leaves most tiles partial.
+          simd::Gemm<false>(group, (full_panels - first_panel) * kPanel, depth_, a + r * lda,
+                            lda, kt + first_panel * depth_ * kPanel, depth_ * kPanel,
+                            s + r * ld + first_panel * kPanel, ld);
         }
         const int64_t rest = visible - full_panels * kPanel;
         const float* last = kt + full_panels * depth_ * kPanel;
@@ -315,11 +344,9 @@ class FastEngine {
       const int group = static_cast<int>(std::min<int64_t>(simd::kRows, rows - r));
       const KeyRange cols = GroupInTile(b, i0 + r, group, j0, n);
       if (cols.end == cols.begin) continue;
-      for (int64_t t = 0; t < ws.dv_pad / kPanel; ++t) {
-        simd::PanelRows<true>(group, cols.end - cols.begin, weights + r * ld + cols.begin, ld,
-                              vp + t * p_.sk * kPanel + cols.begin * kPanel,
-                              ws.acc + r * ws.dv_pad + t * kPanel, ws.dv_pad);
-      }
+      simd::Gemm<true>(group, ws.dv_pad, cols.end - cols.begin, weights + r * ld + cols.begin,
+                       ld, vp + cols.begin * kPanel, p_.sk * kPanel, ws.acc + r * ws.dv_pad,
+                       ws.dv_pad);
     }
   }
 
@@ -338,16 +365,16 @@ class FastEngine {
 
   // Streams over key blocks keeping a running max m and sum l per row; acc
   // holds sum_j exp(s_j - m) v_j and is rescaled by exp(m_old - m_new).
-  void OnlineSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t key_begin,
-                     int64_t key_end) const {
+  void OnlineSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows,
+                     const KeyTiles& tiles) const {
     float* s = ws.scores;
     float* m = ws.row_max;
     float* l = ws.row_sum;
     const int64_t b = bh / p_.heads;
     std::fill_n(m, rows, kMinusInf);
     std::fill_n(l, rows, 0.0f);
-    for (int64_t j0 = key_begin; j0 < key_end; j0 += kBlockK) {
-      const int64_t n = std::min(kBlockK, key_end - j0);
+    for (int64_t j0 = tiles.begin, n = 0; j0 < tiles.end; j0 += n) {
+      n = tiles.TileEnd(j0) - j0;
       ComputeScores(ws, bh, i0, rows, j0, n, s, kBlockK);
       for (int64_t r = 0; r < rows; ++r) {
         float* row = s + r * kBlockK;
@@ -408,12 +435,12 @@ class FastEngine {
 
   // With probs requested: logits straight into the probs rows, an exact
   // softmax per row there, then acc = P V from those rows.
-  void ExactSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows, int64_t key_begin,
-                    int64_t key_end) const {
+  void ExactSoftmax(Workspace& ws, int64_t bh, int64_t i0, int64_t rows,
+                    const KeyTiles& tiles) const {
     float* p = probs_ + (bh * p_.sq + i0) * p_.sk;
     const int64_t b = bh / p_.heads;
-    for (int64_t j0 = key_begin; j0 < key_end; j0 += kBlockK) {
-      const int64_t n = std::min(kBlockK, key_end - j0);
+    for (int64_t j0 = tiles.begin, n = 0; j0 < tiles.end; j0 += n) {
+      n = tiles.TileEnd(j0) - j0;
       // The micro-kernel writes whole panels; a last tile whose panels pass
       // Sk goes through the scores tile instead.
       if (RoundUpToPanel(n) <= p_.sk - j0) {
@@ -437,8 +464,8 @@ class FastEngine {
       const float sum = simd::ExpAndSum(row + keys.begin, visible, max);
       simd::Scale(row + keys.begin, visible, 1.0f / sum);
     }
-    for (int64_t j0 = key_begin; j0 < key_end; j0 += kBlockK) {
-      const int64_t n = std::min(kBlockK, key_end - j0);
+    for (int64_t j0 = tiles.begin, n = 0; j0 < tiles.end; j0 += n) {
+      n = tiles.TileEnd(j0) - j0;
       AccumulateValues(ws, bh, i0, rows, j0, n, p + j0, p_.sk);
     }
     for (int64_t r = 0; r < rows; ++r) {
