@@ -72,7 +72,9 @@ fuzz:
 # BENCH_FLAGS change it (e.g. BENCH_FILTER_avx512=. for the whole grid).
 # `make perf-doc` turns the JSONs into the attention_bench section of
 # docs/PERFORMANCE.md (with the S=16384 memory test's measurement), keeping
-# the file's other sections.
+# the file's other sections. Then variants_bench (issue 14's GQA and window
+# rows at the CPU's best ISA, $(BUILD_DIR)/bench-variants.json; the
+# "Attention variants" section of docs/PERFORMANCE.md, by hand).
 BENCH_ISAS ?= avx512 avx2 baseline
 BENCH_GRID_TARGETS = ^(BM_BatchedCeiling/S:[0-9]+/threads:2/|BM_FastAttend/method:[0-7]/S:(512|1024|2048|4096)/causal:[01]/threads:2/)
 BENCH_FILTER_avx512 ?= $(BENCH_GRID_TARGETS)
@@ -80,6 +82,9 @@ BENCH_FILTER_avx2 ?= $(BENCH_GRID_TARGETS)
 BENCH_FILTER_baseline ?= ^(BM_BatchedCeiling/S:(1024|2048)/threads:2/|BM_FastAttend/method:[0-7]/S:(1024|2048)/causal:[01]/threads:2/)
 bench: build
 	$(foreach isa,$(BENCH_ISAS),$(call bench_isa,$(isa)))
+	$(BUILD_DIR)/bin/variants_bench --benchmark_repetitions=3 \
+	  --benchmark_report_aggregates_only=true \
+	  --benchmark_out=$(BUILD_DIR)/bench-variants.json --benchmark_out_format=json
 
 define bench_isa
 rm -f $(BUILD_DIR)/bench-$(1).json

@@ -20,6 +20,15 @@
 // tiles; no [Sq, Sk] matrix exists unless probs are requested, in which
 // case the logits go straight into the probs output and are normalised
 // exactly there (two passes per block).
+// The variants of attention-variants.md 1-5: under grouped-query attention
+// the workspace packs one key/value head and the query heads of its group,
+// consecutive work items, reuse it (no copy per query head); the causal
+// mask, kv_lengths and a window give each query row a key interval, and a
+// block computes only the key tiles between its rows' first and last
+// visible key, whole tiles where every row sees them and per row group at
+// the edges (cost ~ Sq * min(Sk, W)); the softcap bends each row's visible
+// logits before its softmax (a vectorised tanh); a row that sees no key
+// gets zeros.
 //
 // Thread-safety: reentrant; the calls share no state (each OpenMP thread
 // keeps up to 4 MiB of workspace between calls, thread-locally).
