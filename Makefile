@@ -85,6 +85,7 @@ bench: build
 	$(BUILD_DIR)/bin/variants_bench --benchmark_repetitions=3 \
 	  --benchmark_report_aggregates_only=true \
 	  --benchmark_out=$(BUILD_DIR)/bench-variants.json --benchmark_out_format=json
+	$(BUILD_DIR)/bin/decode_bench --threads=1 | tee $(BUILD_DIR)/decode-bench.txt
 
 define bench_isa
 rm -f $(BUILD_DIR)/bench-$(1).json

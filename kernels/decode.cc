@@ -16,6 +16,10 @@
 namespace attnserve::kernels {
 namespace {
 
+// New rows per step up to which the decode kernel runs a step in place;
+// longer prefill chunks go to the tiled engine.
+constexpr int64_t kMaxInPlaceRows = 16;
+
 bool IsAbsolute(MethodKind method) {
   return method == MethodKind::kSinusoidal || method == MethodKind::kLearned;
 }
@@ -322,8 +326,12 @@ absl::StatusOr<AttendResult> DecodeSession::Step(TensorMap inputs, bool return_p
     Append(k.data(), n, d_, k_.get());
     Append(inputs.at("v").data(), n, dv_, v_.get());
   }
-  return RunsInPlace(o.method) ? StepInPlace(std::move(q), n, return_probs, options)
-                               : StepByAttend(std::move(q), n, return_probs, options);
+  // A long prefill chunk is compute-bound (n rows against every key): the
+  // tiled engine does it far faster than the decode kernel, and the copy of
+  // the cached rows it needs costs little next to its n * (t + n) products.
+  return RunsInPlace(o.method) && n <= kMaxInPlaceRows
+             ? StepInPlace(std::move(q), n, return_probs, options)
+             : StepByAttend(std::move(q), n, return_probs, options);
 }
 
 absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, bool return_probs,
@@ -367,9 +375,19 @@ absl::StatusOr<AttendResult> DecodeSession::StepByAttend(Tensor q, int64_t n, bo
   const DecodeOptions& o = options_;
   const int64_t length = length_ + n;
   AttendArgs args;
-  args.method = o.method;
-  args.params = o.params;
-  args.inputs = o.tensors;
+  if (RunsInPlace(o.method)) {
+    // The cache holds what the logits read directly (turned keys, projected
+    // rows), and q is turned or projected already: plain attention, plus
+    // ALiBi's bias.
+    args.method = o.method == MethodKind::kAlibi ? MethodKind::kAlibi : MethodKind::kNone;
+    if (auto slopes = o.tensors.find("slopes"); slopes != o.tensors.end()) {
+      args.inputs.insert(*slopes);
+    }
+  } else {
+    args.method = o.method;
+    args.params = o.params;
+    args.inputs = o.tensors;
+  }
   args.inputs["q"] = std::move(q);
   // The cached rows, one contiguous [B, H_kv, t + n, D] copy (the engine's
   // layout); GQA stays GQA (the engine reads a shared head once per group).

@@ -19,6 +19,9 @@
 //   shaw, da_transformer  kernels' Attend over a contiguous copy of the
 //                      cached rows (their score terms need the tiled
 //                      engine's per-block state: not yet in place)
+// A step of more than 16 new tokens (a prefill chunk: compute-bound) runs
+// the kernels' tiled Attend over a copy of the cached rows for every method
+// (none, or alibi, on the turned or projected rows for the first four).
 //
 // Thread-safety: a session is used by one caller at a time (a Decode stream
 // keeps one message in flight); distinct sessions share nothing.

@@ -132,7 +132,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
           return;
         }
         method_ = MethodLabelIndex(MethodKindOf(request_.open().method()));
-        Queue(request_.open().batch());
+        Queue(request_.open().batch(), 0);
         return;
       case v1::DecodeRequest::kStep:
         if (session_ == nullptr) {
@@ -140,7 +140,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
               "step: before open (the first message of a Decode stream must be open)"));
           return;
         }
-        Queue(session_->options().batch);
+        Queue(session_->options().batch, StepWork());
         return;
       case v1::DecodeRequest::kTruncate:
         if (session_ == nullptr) {
@@ -278,12 +278,28 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     StartRead(&body_);
   }
 
-  void Queue(int64_t items) {
+  // `work`: the estimated multiply-adds (Batcher::Traits::work), so that a
+  // decode step, a memory-bound pass over the cache that threads barely
+  // speed up, gets one compute thread unless it is large.
+  void Queue(int64_t items, int64_t work) {
     c_.gate->Enter(/*new_call=*/false);
     queued_ = true;
     const absl::Status queued = c_.batcher->Enqueue(
-        this, Batcher::Traits{"", items < 1 ? 1 : items, method_, Deadline(*context_), 0});
+        this, Batcher::Traits{"", items < 1 ? 1 : items, method_, Deadline(*context_), work});
     if (!queued.ok()) Done(queued);
+  }
+
+  // B * H * n * (t + n) * (D + Dv) for the current step (n from its q or x).
+  int64_t StepWork() const {
+    const v1::DecodeStep& step = request_.step();
+    const v1::Tensor& rows = step.has_q() ? step.q() : step.x();
+    const int axis = step.has_q() ? 2 : 1;
+    const double n = rows.shape_size() > axis && rows.shape(axis) > 0 ? rows.shape(axis) : 1;
+    const kernels::DecodeOptions& o = session_->options();
+    const double work = static_cast<double>(o.batch) * o.num_heads * n *
+                        (static_cast<double>(session_->length()) + n) *
+                        static_cast<double>(o.head_dim + o.value_dim);
+    return work >= 9e18 ? int64_t{9000000000000000000} : static_cast<int64_t>(work);
   }
 
   absl::Status OpenSession() {

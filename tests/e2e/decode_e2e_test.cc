@@ -421,6 +421,14 @@ TEST_P(DecodeMethodTest, MixedPrefillAndDecodeChunksEqualAttend) {
   ExpectChunksMatchAttend(ShapeOf(GetParam()), {5, 1, 3, 1, 1, 4});
 }
 
+// A prefill chunk above 16 tokens runs on the tiled engine, the steps after
+// it on the decode kernel: the two must agree.
+TEST_P(DecodeMethodTest, LongPrefillThenStepsEqualAttend) {
+  Shape s = ShapeOf(GetParam());
+  s.max_len = 24;
+  ExpectChunksMatchAttend(s, {18, 1, 3, 1});
+}
+
 TEST_P(DecodeMethodTest, TruncateThenStepEqualsAFreshSession) {
   const Shape s = ShapeOf(GetParam());
   const Sequence first = MakeSequence(s, 7, 300);
