@@ -34,10 +34,10 @@ bool RunsInPlace(MethodKind method) {
     case MethodKind::kLearned:
     case MethodKind::kRope:
     case MethodKind::kAlibi:
+    case MethodKind::kDaTransformer:
       return true;
     case MethodKind::kTransformerXL:
     case MethodKind::kShaw:
-    case MethodKind::kDaTransformer:
       return false;
   }
   return false;
@@ -356,6 +356,19 @@ absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, boo
   ATTN_ASSIGN_OR_RETURN(const double scale, ResolveScale(o.scale, d_));
   p.scale = static_cast<float>(scale);
   p.slopes = slopes_.empty() ? nullptr : slopes_.data();
+  // DA-Transformer's Rhat_h at every distance a new row meets: 0 .. length-1.
+  std::vector<float> rhat;
+  if (o.method == MethodKind::kDaTransformer) {
+    const Tensor& w = o.tensors.at("dist_w");
+    const Tensor& v = o.tensors.at("dist_v");
+    std::vector<double> coefficients(static_cast<size_t>(length));
+    rhat.resize(static_cast<size_t>(o.num_heads * length));
+    for (int64_t h = 0; h < o.num_heads; ++h) {
+      DaCoefficients(w.data()[h], v.data()[h], 0, length, coefficients.data());
+      std::copy(coefficients.begin(), coefficients.end(), rhat.begin() + h * length);
+    }
+    p.rhat = rhat.data();
+  }
   p.window = o.window;
   p.softcap = o.softcap;
   p.out = result.out.data();
@@ -375,14 +388,10 @@ absl::StatusOr<AttendResult> DecodeSession::StepByAttend(Tensor q, int64_t n, bo
   const DecodeOptions& o = options_;
   const int64_t length = length_ + n;
   AttendArgs args;
-  if (RunsInPlace(o.method)) {
-    // The cache holds what the logits read directly (turned keys, projected
-    // rows), and q is turned or projected already: plain attention, plus
-    // ALiBi's bias.
-    args.method = o.method == MethodKind::kAlibi ? MethodKind::kAlibi : MethodKind::kNone;
-    if (auto slopes = o.tensors.find("slopes"); slopes != o.tensors.end()) {
-      args.inputs.insert(*slopes);
-    }
+  if (o.method == MethodKind::kRope || IsAbsolute(o.method)) {
+    // The cache holds turned keys or projected rows, and q is turned or
+    // projected already: plain attention.
+    args.method = MethodKind::kNone;
   } else {
     args.method = o.method;
     args.params = o.params;

@@ -15,13 +15,15 @@
 //                      then as none
 //   sinusoidal,        the projected keys and values of (x + P) @ w_k, w_v;
 //   learned            the queries projected likewise; then as none
+//   da_transformer     the keys and values as sent; the decode kernel
+//                      scales each logit by Rhat_h at its distance
 //   transformer_xl,    the keys and values as sent; the step runs the
-//   shaw, da_transformer  kernels' Attend over a contiguous copy of the
+//   shaw               kernels' Attend over a contiguous copy of the
 //                      cached rows (their score terms need the tiled
 //                      engine's per-block state: not yet in place)
 // A step of more than 16 new tokens (a prefill chunk: compute-bound) runs
 // the kernels' tiled Attend over a copy of the cached rows for every method
-// (none, or alibi, on the turned or projected rows for the first four).
+// (rope and the absolute methods as none on their turned or projected rows).
 //
 // Thread-safety: a session is used by one caller at a time (a Decode stream
 // keeps one message in flight); distinct sessions share nothing.

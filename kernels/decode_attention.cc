@@ -47,6 +47,8 @@ class Logits {
   explicit Logits(const DecodeAttention& p)
       : scale_(p.scale),
         alibi_(p.slopes != nullptr),
+        rhat_(p.rhat),
+        rhat_ld_(p.length),
         softcap_(p.softcap.has_value()),
         cap_(static_cast<float>(p.softcap.value_or(1.0))),
         inv_cap_(static_cast<float>(1.0 / p.softcap.value_or(1.0))) {}
@@ -55,13 +57,18 @@ class Logits {
   float operator()(float dot, const Row& row, int64_t j) const {
     float l = scale_ * dot;
     if (alibi_) l -= row.slope * static_cast<float>(row.pos - j);
+    // A non-positive dot product scores exactly 0, whatever Rhat is.
+    if (rhat_ != nullptr) l = dot > 0 ? dot * rhat_[row.h * rhat_ld_ + row.pos - j] * scale_ : 0;
     if (softcap_) l = cap_ * std::tanh(l * inv_cap_);
     return l;
   }
 
  private:
   const float scale_;
-  const bool alibi_, softcap_;
+  const bool alibi_;
+  const float* const rhat_;
+  const int64_t rhat_ld_;
+  const bool softcap_;
   const float cap_, inv_cap_;
 };
 

@@ -1,7 +1,8 @@
 // The decode kernel: the attention of a few new query rows per head against a
 // long key/value cache, for the logits that are a scaled dot product plus at
 // most a per-head linear distance bias (none, RoPE on rotated rows, the
-// absolute methods after projection, ALiBi), with grouped-query heads, a
+// absolute methods after projection, ALiBi) or times a per-head distance
+// coefficient (DA-Transformer), with grouped-query heads, a
 // causal sliding window and logit soft-capping (attention-variants.md 1-5).
 //
 // A decode step (one query row per head, thousands of cached keys) does
@@ -42,6 +43,9 @@ struct DecodeAttention {
   float scale = 1;
   // ALiBi: H slopes m_h, the logit gets -m_h * (p - j); null: none.
   const double* slopes = nullptr;
+  // DA-Transformer: Rhat_h at distance p - j is rhat[h * length + p - j];
+  // the logit is max(0, q.k) * Rhat * scale. Null: none.
+  const float* rhat = nullptr;
   std::optional<int64_t> window;  // W >= 1: keys p - W < j <= p
   std::optional<double> softcap;  // c > 0: logit -> c * tanh(logit / c)
   // Outputs: out [B, H, n, Dv]; probs [B, H, n, length] or null.
