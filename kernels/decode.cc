@@ -35,9 +35,9 @@ bool RunsInPlace(MethodKind method) {
     case MethodKind::kRope:
     case MethodKind::kAlibi:
     case MethodKind::kDaTransformer:
+    case MethodKind::kShaw:
       return true;
     case MethodKind::kTransformerXL:
-    case MethodKind::kShaw:
       return false;
   }
   return false;
@@ -368,6 +368,11 @@ absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, boo
       std::copy(coefficients.begin(), coefficients.end(), rhat.begin() + h * length);
     }
     p.rhat = rhat.data();
+  }
+  if (o.method == MethodKind::kShaw) {
+    p.rel_k = o.tensors.at("rel_k").data();
+    p.rel_v = o.tensors.at("rel_v").data();
+    p.max_relative = o.params.max_relative_position.value_or(0);
   }
   p.window = o.window;
   p.softcap = o.softcap;

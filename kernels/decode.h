@@ -17,10 +17,12 @@
 //   learned            the queries projected likewise; then as none
 //   da_transformer     the keys and values as sent; the decode kernel
 //                      scales each logit by Rhat_h at its distance
-//   transformer_xl,    the keys and values as sent; the step runs the
-//   shaw               kernels' Attend over a contiguous copy of the
-//                      cached rows (their score terms need the tiled
-//                      engine's per-block state: not yet in place)
+//   shaw               the keys and values as sent; the decode kernel adds
+//                      q.rel_k[bucket] to each logit, rel_v[bucket] to each value
+//   transformer_xl     the keys and values as sent; the step runs the
+//                      kernels' Attend over a contiguous copy of the cached
+//                      rows (its position term needs the tiled engine's
+//                      per-block state: not yet in place)
 // A step of more than 16 new tokens (a prefill chunk: compute-bound) runs
 // the kernels' tiled Attend over a copy of the cached rows for every method
 // (rope and the absolute methods as none on their turned or projected rows).

@@ -82,6 +82,29 @@ Row MakeRow(const DecodeAttention& p, int64_t b, int64_t h, int64_t i) {
   return row;
 }
 
+// Shaw's bucket of key j for `row`: causal, so j - p <= 0.
+inline int64_t ShawRow(const DecodeAttention& p, const Row& row, int64_t j) {
+  return std::max(j - row.pos, -p.max_relative) + p.max_relative;
+}
+
+// q . k_j, plus q . rel_k[bucket] for Shaw.
+inline float KeyDot(const DecodeAttention& p, const Row& row, const float* k, int64_t j) {
+  float dot = Dot(row.q, k + j * p.d, p.d);
+  if (p.rel_k != nullptr) dot += Dot(row.q, p.rel_k + ShawRow(p, row, j) * p.d, p.d);
+  return dot;
+}
+
+// acc += w * v_j (+ w * rel_v[bucket] for Shaw).
+inline void AddValue(const DecodeAttention& p, const Row& row, const float* v, int64_t j, float w,
+                     float* acc) {
+  const float* vj = v + j * p.dv;
+  for (int64_t e = 0; e < p.dv; ++e) acc[e] += w * vj[e];
+  if (p.rel_v != nullptr) {
+    const float* rj = p.rel_v + ShawRow(p, row, j) * p.dv;
+    for (int64_t e = 0; e < p.dv; ++e) acc[e] += w * rj[e];
+  }
+}
+
 // With probs: each row on its own, two passes over its visible keys (the
 // logits go straight into its probs row), exact normalisation.
 absl::Status RunWithProbs(const DecodeAttention& p, const ComputeOptions& options) {
@@ -101,7 +124,7 @@ absl::Status RunWithProbs(const DecodeAttention& p, const ComputeOptions& option
       std::fill_n(out, p.dv, 0.0f);
       float max = -std::numeric_limits<float>::infinity();
       for (int64_t j = row.lo; j <= row.pos; ++j) {
-        probs[j] = logit(Dot(row.q, k + j * p.d, p.d), row, j);
+        probs[j] = logit(KeyDot(p, row, k, j), row, j);
         max = std::max(max, probs[j]);
       }
       double sum = 0;
@@ -113,8 +136,7 @@ absl::Status RunWithProbs(const DecodeAttention& p, const ComputeOptions& option
       for (int64_t j = row.lo; j <= row.pos; ++j) {
         probs[j] *= inv;
         const float w = probs[j];
-        const float* vj = v + j * p.dv;
-        for (int64_t e = 0; e < p.dv; ++e) out[e] += w * vj[e];
+        AddValue(p, row, v, j, w, out);
       }
     }
   });
@@ -175,7 +197,7 @@ absl::Status RunDecodeAttention(const DecodeAttention& p, const ComputeOptions& 
             float* s = scores.data() + r * kKeyBlock;
             float block_max = -std::numeric_limits<float>::infinity();
             for (int64_t j = lo; j < hi; ++j) {
-              const float l = logit(Dot(row.q, k + j * p.d, p.d), row, j);
+              const float l = logit(KeyDot(p, row, k, j), row, j);
               s[j - j0] = l;
               block_max = std::max(block_max, l);
             }
@@ -193,8 +215,7 @@ absl::Status RunDecodeAttention(const DecodeAttention& p, const ComputeOptions& 
             for (int64_t j = lo; j < hi; ++j) {
               const float w = std::exp(s[j - j0] - m);
               sum += w;
-              const float* vj = v + j * p.dv;
-              for (int64_t e = 0; e < p.dv; ++e) acc[e] += w * vj[e];
+              AddValue(p, row, v, j, w, acc);
             }
             state[1] += sum;
           }

@@ -46,6 +46,12 @@ struct DecodeAttention {
   // DA-Transformer: Rhat_h at distance p - j is rhat[h * length + p - j];
   // the logit is max(0, q.k) * Rhat * scale. Null: none.
   const float* rhat = nullptr;
+  // Shaw: rel_k [2K+1, D] and rel_v [2K+1, Dv] with K = max_relative;
+  // key j of a row at p uses row t = max(j - p, -K) + K of each: the logit
+  // is scale * q.(k_j + rel_k[t]), the values v_j + rel_v[t]. Null: none.
+  const float* rel_k = nullptr;
+  const float* rel_v = nullptr;
+  int64_t max_relative = 0;
   std::optional<int64_t> window;  // W >= 1: keys p - W < j <= p
   std::optional<double> softcap;  // c > 0: logit -> c * tanh(logit / c)
   // Outputs: out [B, H, n, Dv]; probs [B, H, n, length] or null.
