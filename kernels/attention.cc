@@ -181,6 +181,25 @@ std::vector<MethodInfo> DescribeMethods() {
         {"query_offset", "int", "Sk - Sq", "query i sits at position query_offset + i; >= 0",
          attend_only},
         {"return_probs", "bool", "false", "also return probs [B,H,Sq,Sk]", attend_only},
+        // attention-variants.md 1-5.
+        {"num_kv_heads", "int", "num_heads",
+         kind == MethodKind::kSinusoidal || kind == MethodKind::kLearned
+             ? "H_kv of w_k [d_model,H_kv*D] and w_v [d_model,H_kv*Dv]; 0 or a divisor of "
+               "num_heads; query head h reads key/value head h / (H / H_kv)"
+             : "0 or k.shape[1] (k and v carry H_kv heads, H % H_kv == 0); query head h reads "
+               "key/value head h / (H / H_kv)",
+         attend_only},
+        {"kv_lengths", "int", "",
+         "repeated: empty (every key valid) or B values, 1 <= L_b <= Sk; key j of item b is "
+         "visible iff j < L_b",
+         attend_only},
+        {"window", "int", "",
+         "unset (no window) or >= 1; causal: key j visible iff p - W < j <= p, else iff "
+         "|p - j| < W (p = query_offset + i)",
+         attend_only},
+        {"softcap", "double", "",
+         "unset or finite > 0: every final logit l becomes softcap * tanh(l / softcap)",
+         attend_only},
     };
     for (const ParameterInfo& param : common) {
       auto same = std::find_if(info.parameters.begin(), info.parameters.end(),

@@ -604,6 +604,23 @@ void FillListMethodsResponse(const std::vector<kernels::MethodInfo>& methods,
       p->set_rule(param.rule);
       for (const std::string& op : param.ops) p->add_ops(op);
     }
+    // The response encoding is the server's, not a kernel parameter
+    // (attention-variants.md 6); for every op the method has.
+    v1::ParameterInfo* output_dtype = info->add_parameters();
+    output_dtype->set_name("output_dtype");
+    output_dtype->set_type("enum");
+    output_dtype->set_default_value("float32");
+    output_dtype->set_rule(
+        "float32, float16 or bfloat16: the type of every response tensor's raw_data (round to "
+        "nearest even, overflow to infinity); float16 and bfloat16 need raw_output");
+    const bool has_encode =
+        std::any_of(method.parameters.begin(), method.parameters.end(),
+                    [](const kernels::ParameterInfo& param) {
+                      return std::find(param.ops.begin(), param.ops.end(), "encode") !=
+                             param.ops.end();
+                    });
+    if (has_encode) output_dtype->add_ops("encode");
+    output_dtype->add_ops("attend");
   }
   response->mutable_limits()->set_max_message_bytes(max_message_bytes);
   response->mutable_limits()->set_max_elements(max_elements);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -250,6 +251,32 @@ TEST(ConvertVariantsTest, ResponsesInSixteenBitRoundToNearestEvenWithTheirDtype)
   EXPECT_EQ(encode_response.outputs().at("y").dtype(), v1::DTYPE_FLOAT16);
   EXPECT_EQ(encode_response.outputs().at("y").raw_data(), Bytes16({0x4000, 0xB800}));
   EXPECT_EQ(encode_response.outputs().at("table").raw_data(), Bytes16({0x7BFF}));
+}
+
+TEST(ConvertVariantsTest, ListMethodsListsTheVariantParametersWithTheirOps) {
+  v1::ListMethodsResponse response;
+  FillListMethodsResponse(kernels::DescribeMethods(), 1024, 99, "attnd", &response);
+  ASSERT_EQ(response.methods_size(), 8);
+  for (const v1::MethodInfo& method : response.methods()) {
+    std::map<std::string, const v1::ParameterInfo*> params;
+    for (const v1::ParameterInfo& p : method.parameters()) params[p.name()] = &p;
+    for (const char* name : {"num_kv_heads", "kv_lengths", "window", "softcap"}) {
+      ASSERT_EQ(params.count(name), 1u) << method.name() << " " << name;
+      EXPECT_THAT(params[name]->ops(), ElementsAre("attend")) << method.name() << " " << name;
+      EXPECT_FALSE(params[name]->rule().empty());
+    }
+    ASSERT_EQ(params.count("output_dtype"), 1u) << method.name();
+    const v1::ParameterInfo& output_dtype = *params["output_dtype"];
+    EXPECT_EQ(output_dtype.type(), "enum");
+    EXPECT_EQ(output_dtype.default_value(), "float32");
+    EXPECT_THAT(output_dtype.rule(), HasSubstr("need raw_output"));
+    // `none` has no encode form.
+    if (method.name() == "none") {
+      EXPECT_THAT(output_dtype.ops(), ElementsAre("attend"));
+    } else {
+      EXPECT_THAT(output_dtype.ops(), ElementsAre("encode", "attend")) << method.name();
+    }
+  }
 }
 
 }  // namespace
