@@ -609,16 +609,28 @@ int RunAttend(Client& client, const Args& args) {
   return kExitOk;
 }
 
-int RunAttendStream(Client& client, const Args& args) {
+// The JSON values of the FILE argument (attend --stream, decode), split by
+// SplitJsonValues; `source` is set to the FILE ("-" for stdin). Errors are
+// the user's (usage) and name `what` and the source.
+absl::StatusOr<std::vector<std::string>> ReadJsonValues(const Args& args, absl::string_view what,
+                                                        std::string& source) {
   absl::StatusOr<std::string> path = InputPath(args);
-  if (!path.ok()) return UsageError(path.status().message());
+  if (!path.ok()) return path.status();
   absl::StatusOr<std::string> text = ReadInput(*path);
-  if (!text.ok()) return UsageError(text.status().message());
-  const std::string source = path->empty() ? "-" : *path;
+  if (!text.ok()) return text.status();
+  source = path->empty() ? "-" : *path;
   absl::StatusOr<std::vector<std::string>> pieces = SplitJsonValues(*text);
   if (!pieces.ok()) {
-    return UsageError(absl::StrCat("requests JSON (", source, "): ", pieces.status().message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " JSON (", source, "): ", pieces.status().message()));
   }
+  return pieces;
+}
+
+int RunAttendStream(Client& client, const Args& args) {
+  std::string source;
+  absl::StatusOr<std::vector<std::string>> pieces = ReadJsonValues(args, "requests", source);
+  if (!pieces.ok()) return UsageError(pieces.status().message());
   absl::StatusOr<RequestFlags> flags = ParseRequestFlags(args);
   if (!flags.ok()) return UsageError(flags.status().message());
   std::vector<attnserve::v1::AttendRequest> requests(pieces->size());
@@ -714,15 +726,9 @@ std::string TensorJson(const attnserve::v1::Tensor& tensor, bool values) {
 // The first message must be the open (a usage error otherwise), so that a
 // file's mistake is not sent; every other rule is the server's.
 int RunDecode(Client& client, const Args& args) {
-  absl::StatusOr<std::string> path = InputPath(args);
-  if (!path.ok()) return UsageError(path.status().message());
-  absl::StatusOr<std::string> text = ReadInput(*path);
-  if (!text.ok()) return UsageError(text.status().message());
-  const std::string source = path->empty() ? "-" : *path;
-  absl::StatusOr<std::vector<std::string>> pieces = SplitJsonValues(*text);
-  if (!pieces.ok()) {
-    return UsageError(absl::StrCat("decode JSON (", source, "): ", pieces.status().message()));
-  }
+  std::string source;
+  absl::StatusOr<std::vector<std::string>> pieces = ReadJsonValues(args, "decode", source);
+  if (!pieces.ok()) return UsageError(pieces.status().message());
   absl::StatusOr<RequestFlags> flags = ParseRequestFlags(args);
   if (!flags.ok()) return UsageError(flags.status().message());
   std::vector<attnserve::v1::DecodeRequest> messages(pieces->size());
