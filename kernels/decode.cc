@@ -36,9 +36,8 @@ bool RunsInPlace(MethodKind method) {
     case MethodKind::kAlibi:
     case MethodKind::kDaTransformer:
     case MethodKind::kShaw:
-      return true;
     case MethodKind::kTransformerXL:
-      return false;
+      return true;
   }
   return false;
 }
@@ -73,8 +72,8 @@ Tensor Zeros(std::vector<int64_t> shape) { return Tensor(std::move(shape)); }
 // batch element b at dst + ((b * heads + h) * ld + row0 + i) * width: the
 // [B, heads, *, width] layout of a query tensor (ld = n, row0 = 0) or of the
 // cache (ld = max_len, row0 = t).
-void Project(const Tensor& y, const Tensor& w, int64_t heads, int64_t width, float* dst,
-             int64_t ld, int64_t row0) {
+void Project(const Tensor& y, const Tensor& w, int64_t heads, int64_t width, float* dst, int64_t ld,
+             int64_t row0) {
   const int64_t batch = y.dim(0), n = y.dim(1), d_model = y.dim(2), cols = heads * width;
   std::vector<float> row(static_cast<size_t>(cols));
   for (int64_t b = 0; b < batch; ++b) {
@@ -87,8 +86,7 @@ void Project(const Tensor& y, const Tensor& w, int64_t heads, int64_t width, flo
         for (int64_t e = 0; e < cols; ++e) row[e] += xc * wc[e];
       }
       for (int64_t h = 0; h < heads; ++h) {
-        std::copy_n(row.data() + h * width, width,
-                    dst + ((b * heads + h) * ld + row0 + i) * width);
+        std::copy_n(row.data() + h * width, width, dst + ((b * heads + h) * ld + row0 + i) * width);
       }
     }
   }
@@ -139,9 +137,9 @@ absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& o) {
   ATTN_RETURN_IF_ERROR(AtLeast(o.value_dim, 0, "value_dim"));
   ATTN_RETURN_IF_ERROR(AtLeast(o.max_len, 1, "max_len"));
   if (o.num_kv_heads < 0 || (o.num_kv_heads > 0 && o.num_heads % o.num_kv_heads != 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "num_kv_heads: must be 0 (= num_heads) or divide num_heads=", o.num_heads, ", got ",
-        o.num_kv_heads));
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_kv_heads: must be 0 (= num_heads) or divide num_heads=", o.num_heads,
+                     ", got ", o.num_kv_heads));
   }
   if (o.num_kv_heads == 0) o.num_kv_heads = o.num_heads;
   if (o.value_dim == 0) o.value_dim = o.head_dim;
@@ -163,8 +161,8 @@ absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& o) {
   for (int64_t factor : {o.max_len, o.batch, o.num_kv_heads, o.head_dim + o.value_dim}) {
     if (__builtin_mul_overflow(bytes, factor, &bytes)) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "max_len: a cache of max_len=", o.max_len, " x B=", o.batch, " x H_kv=",
-          o.num_kv_heads, " x (D+Dv)=", o.head_dim + o.value_dim, " floats overflows int64"));
+          "max_len: a cache of max_len=", o.max_len, " x B=", o.batch, " x H_kv=", o.num_kv_heads,
+          " x (D+Dv)=", o.head_dim + o.value_dim, " floats overflows int64"));
     }
   }
 
@@ -194,9 +192,9 @@ absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& o) {
       auto table = o.tensors.find("table");
       if (table != o.tensors.end() && table->second.rank() == 2 &&
           table->second.dim(0) < o.max_len) {
-        return absl::OutOfRangeError(absl::StrCat(
-            "max_len: the learned table has ", table->second.dim(0),
-            " rows, fewer than max_len=", o.max_len, " (a step could run past it)"));
+        return absl::OutOfRangeError(
+            absl::StrCat("max_len: the learned table has ", table->second.dim(0),
+                         " rows, fewer than max_len=", o.max_len, " (a step could run past it)"));
       }
     }
     // The weights are checked above; the one-token Attend checks the
@@ -213,6 +211,16 @@ absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& o) {
     args.inputs["v"] = Zeros({b, h, 1, dv});
   }
   ATTN_RETURN_IF_ERROR(Attend(std::move(args), ComputeOptions()).status());
+  if (o.method == MethodKind::kTransformerXL) {
+    // Its key features, [max_len, d_rel] floats, are reserved with the cache.
+    int64_t features = 4;
+    if (__builtin_mul_overflow(features, o.max_len, &features) ||
+        __builtin_mul_overflow(features, o.params.d_rel, &features) ||
+        __builtin_add_overflow(bytes, features, &bytes)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "max_len: max_len=", o.max_len, " x d_rel=", o.params.d_rel, " overflows int64"));
+    }
+  }
   return bytes;
 }
 
@@ -225,7 +233,10 @@ DecodeSession::DecodeSession(DecodeOptions options, int64_t cache_bytes)
 
 absl::StatusOr<std::unique_ptr<DecodeSession>> DecodeSession::Open(DecodeOptions options) {
   const int64_t rows = options.batch * options.num_kv_heads * options.max_len;
-  const int64_t bytes = rows * (options.head_dim + options.value_dim) * 4;
+  int64_t bytes = rows * (options.head_dim + options.value_dim) * 4;
+  if (options.method == MethodKind::kTransformerXL) {
+    bytes += options.max_len * options.params.d_rel * 4;
+  }
   std::unique_ptr<DecodeSession> session(new DecodeSession(std::move(options), bytes));
   // Not zero-filled: a row is read only after a step wrote it.
   session->k_.reset(new (std::nothrow) float[static_cast<size_t>(rows * session->d_)]);
@@ -235,6 +246,25 @@ absl::StatusOr<std::unique_ptr<DecodeSession>> DecodeSession::Open(DecodeOptions
         absl::StrCat("max_len: the cache of ", bytes, " bytes could not be allocated"));
   }
   const DecodeOptions& o = session->options_;
+  if (o.method == MethodKind::kTransformerXL) {
+    // c_j = [cos(j f_m) | sin(j f_m)] for every position the cache can hold.
+    const int64_t d_rel = o.params.d_rel, half = d_rel / 2;
+    const double base = o.params.base.value_or(10000.0);
+    session->txl_frequencies_.resize(static_cast<size_t>(half));
+    for (int64_t m = 0; m < half; ++m) {
+      session->txl_frequencies_[m] =
+          std::pow(base, -2.0 * static_cast<double>(m) / static_cast<double>(d_rel));
+    }
+    session->txl_keys_.resize(static_cast<size_t>(o.max_len * d_rel));
+    for (int64_t j = 0; j < o.max_len; ++j) {
+      float* c = session->txl_keys_.data() + j * d_rel;
+      for (int64_t m = 0; m < half; ++m) {
+        const double angle = static_cast<double>(j) * session->txl_frequencies_[m];
+        c[m] = static_cast<float>(std::cos(angle));
+        c[half + m] = static_cast<float>(std::sin(angle));
+      }
+    }
+  }
   if (o.method == MethodKind::kAlibi) {
     auto slopes = o.tensors.find("slopes");
     if (slopes != o.tensors.end()) {
@@ -248,8 +278,8 @@ absl::StatusOr<std::unique_ptr<DecodeSession>> DecodeSession::Open(DecodeOptions
 
 absl::Status DecodeSession::Truncate(int64_t length) {
   if (length < 0 || length > length_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "truncate.length: must be in 0 .. ", length_, " (the cached length), got ", length));
+    return absl::InvalidArgumentError(absl::StrCat("truncate.length: must be in 0 .. ", length_,
+                                                   " (the cached length), got ", length));
   }
   length_ = length;
   return absl::OkStatus();
@@ -258,7 +288,8 @@ absl::Status DecodeSession::Truncate(int64_t length) {
 void DecodeSession::Append(const float* rows, int64_t n, int64_t width, float* cache) const {
   const int64_t heads = options_.batch * kv_heads_;
   for (int64_t bh = 0; bh < heads; ++bh) {
-    std::copy_n(rows + bh * n * width, n * width, cache + (bh * options_.max_len + length_) * width);
+    std::copy_n(rows + bh * n * width, n * width,
+                cache + (bh * options_.max_len + length_) * width);
   }
 }
 
@@ -288,9 +319,8 @@ absl::StatusOr<AttendResult> DecodeSession::Step(TensorMap inputs, bool return_p
                                         {{"B", b}, {"H_kv", kv_heads_}, {"n", n}, {"Dv", dv_}}));
   }
   if (n > o.max_len - length_) {
-    return absl::OutOfRangeError(absl::StrCat("max_len: a step of ", n, " tokens after ",
-                                              length_, " cached would exceed max_len=",
-                                              o.max_len));
+    return absl::OutOfRangeError(absl::StrCat("max_len: a step of ", n, " tokens after ", length_,
+                                              " cached would exceed max_len=", o.max_len));
   }
   ATTN_RETURN_IF_ERROR(CheckAttendResult(b, h, n, length_ + n, dv_, return_probs, options));
 
@@ -368,6 +398,46 @@ absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, boo
       std::copy(coefficients.begin(), coefficients.end(), rhat.begin() + h * length);
     }
     p.rhat = rhat.data();
+  }
+  std::vector<float> features;
+  if (o.method == MethodKind::kTransformerXL) {
+    // (q + u_h) . k_j + (q + v_h) . rel_h(p - j); with b = (q + v_h) @ w_r[h]^T
+    // (d_rel) and f_m the frequencies, angle addition gives
+    // b . R(p - j) = sum_m cos(j f_m) [b_s sin(p f_m) + b_c cos(p f_m)]
+    //             + sin(j f_m) [b_c sin(p f_m) - b_s cos(p f_m)],
+    // a query feature a_i times the cached key feature c_j = [cos | sin](j f).
+    const Tensor& u = o.tensors.at("pos_bias_u");
+    const Tensor& v = o.tensors.at("pos_bias_v");
+    const Tensor& w_r = o.tensors.at("w_r");
+    const int64_t d_rel = o.params.d_rel, half = d_rel / 2;
+    features.resize(static_cast<size_t>(o.batch * o.num_heads * n * d_rel));
+    std::vector<double> b(static_cast<size_t>(d_rel));
+    for (int64_t bh = 0; bh < o.batch * o.num_heads; ++bh) {
+      const int64_t h = bh % o.num_heads;
+      for (int64_t i = 0; i < n; ++i) {
+        float* qi = q.data() + (bh * n + i) * d_;
+        for (int64_t r = 0; r < d_rel; ++r) {
+          double sum = 0;
+          for (int64_t e = 0; e < d_; ++e) {
+            sum += (static_cast<double>(qi[e]) + v.data()[h * d_ + e]) *
+                   w_r.data()[(h * d_rel + r) * d_ + e];
+          }
+          b[r] = sum;
+        }
+        const double pos = static_cast<double>(length_ + i);
+        float* a = features.data() + (bh * n + i) * d_rel;
+        for (int64_t m = 0; m < half; ++m) {
+          const double angle = pos * txl_frequencies_[m];
+          const double s = std::sin(angle), c = std::cos(angle);
+          a[m] = static_cast<float>(b[m] * s + b[half + m] * c);
+          a[half + m] = static_cast<float>(b[half + m] * s - b[m] * c);
+        }
+        for (int64_t e = 0; e < d_; ++e) qi[e] += u.data()[h * d_ + e];
+      }
+    }
+    p.features = features.data();
+    p.key_features = txl_keys_.data();
+    p.width = d_rel;
   }
   if (o.method == MethodKind::kShaw) {
     p.rel_k = o.tensors.at("rel_k").data();

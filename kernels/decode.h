@@ -19,10 +19,10 @@
 //                      scales each logit by Rhat_h at its distance
 //   shaw               the keys and values as sent; the decode kernel adds
 //                      q.rel_k[bucket] to each logit, rel_v[bucket] to each value
-//   transformer_xl     the keys and values as sent; the step runs the
-//                      kernels' Attend over a contiguous copy of the cached
-//                      rows (its position term needs the tiled engine's
-//                      per-block state: not yet in place)
+//   transformer_xl     the keys and values as sent, and each position's
+//                      features [cos(j f) | sin(j f)] (computed at open); the
+//                      decode kernel reads (q + u) . k_j + a_i . c_j, the
+//                      position term split by angle addition
 // A step of more than 16 new tokens (a prefill chunk: compute-bound) runs
 // the kernels' tiled Attend over a copy of the cached rows for every method
 // (rope and the absolute methods as none on their turned or projected rows).
@@ -67,7 +67,8 @@ struct DecodeOptions {
 // softcap, scaling, w_q, ...; the method's own parameters and tensors are
 // checked by a one-token Attend, so they get Attend's messages), resolves
 // num_kv_heads and value_dim in place, and returns the cache's size in
-// bytes, max_len * B * H_kv * (D + Dv) * 4. INVALID_ARGUMENT for a rule,
+// bytes, max_len * B * H_kv * (D + Dv) * 4 (transformer_xl: plus its key
+// features, max_len * d_rel * 4). INVALID_ARGUMENT for a rule,
 // OUT_OF_RANGE naming max_len for a learned table shorter than max_len,
 // RESOURCE_EXHAUSTED when the size overflows int64.
 absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& options);
@@ -116,6 +117,11 @@ class DecodeSession {
   int64_t kv_heads_ = 0, d_ = 0, dv_ = 0;
   std::unique_ptr<float[]> k_, v_;  // [B, H_kv, max_len, D], [.., Dv]
   std::vector<double> slopes_;      // ALiBi's, per query head
+  // Transformer-XL: its frequencies f_m and the key features
+  // [cos(j f_m) | sin(j f_m)] of positions 0 .. max_len-1 (max_len * d_rel
+  // floats beside the cache).
+  std::vector<double> txl_frequencies_;
+  std::vector<float> txl_keys_;
   int64_t length_ = 0;
 };
 

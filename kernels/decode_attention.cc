@@ -40,6 +40,7 @@ struct Row {
   int64_t h = 0, pos = 0, lo = 0;
   float slope = 0;
   const float* q = nullptr;
+  const float* a = nullptr;  // Transformer-XL's query features
 };
 
 class Logits {
@@ -79,6 +80,7 @@ Row MakeRow(const DecodeAttention& p, int64_t b, int64_t h, int64_t i) {
   row.lo = p.window.has_value() ? std::max<int64_t>(0, row.pos - *p.window + 1) : 0;
   row.slope = p.slopes != nullptr ? static_cast<float>(p.slopes[h]) : 0.0f;
   row.q = p.q + ((b * p.heads + h) * p.n + i) * p.d;
+  if (p.features != nullptr) row.a = p.features + ((b * p.heads + h) * p.n + i) * p.width;
   return row;
 }
 
@@ -91,6 +93,7 @@ inline int64_t ShawRow(const DecodeAttention& p, const Row& row, int64_t j) {
 inline float KeyDot(const DecodeAttention& p, const Row& row, const float* k, int64_t j) {
   float dot = Dot(row.q, k + j * p.d, p.d);
   if (p.rel_k != nullptr) dot += Dot(row.q, p.rel_k + ShawRow(p, row, j) * p.d, p.d);
+  if (row.a != nullptr) dot += Dot(row.a, p.key_features + j * p.width, p.width);
   return dot;
 }
 

@@ -52,6 +52,13 @@ struct DecodeAttention {
   const float* rel_k = nullptr;
   const float* rel_v = nullptr;
   int64_t max_relative = 0;
+  // Transformer-XL's position term, split by angle addition into features:
+  // query row (b, h, i) has a_i at features + ((b*H + h)*n + i) * width, key
+  // j has c_j at key_features + j * width; the logit gains scale * a_i.c_j
+  // (q already holds q + u_h). Null: none.
+  const float* features = nullptr;
+  const float* key_features = nullptr;
+  int64_t width = 0;
   std::optional<int64_t> window;  // W >= 1: keys p - W < j <= p
   std::optional<double> softcap;  // c > 0: logit -> c * tanh(logit / c)
   // Outputs: out [B, H, n, Dv]; probs [B, H, n, length] or null.

@@ -24,7 +24,7 @@ namespace {
 absl::Time Deadline(const grpc::CallbackServerContext& context) {
   const auto deadline = context.deadline();
   return deadline == std::chrono::system_clock::time_point::max() ? absl::InfiniteFuture()
-                                                                   : absl::FromChrono(deadline);
+                                                                  : absl::FromChrono(deadline);
 }
 
 // DecodeOpen as the kernels' session options: the method and the
@@ -70,14 +70,15 @@ absl::StatusOr<kernels::TensorMap> ToStepInputs(const v1::DecodeStep& step,
   int64_t total = 0;
   for (const auto& [name, tensor] : fields) {
     if (tensor == nullptr) continue;
-    ATTN_ASSIGN_OR_RETURN(kernels::Tensor converted, ToKernelTensor(*tensor, name, limits, tensors));
+    ATTN_ASSIGN_OR_RETURN(kernels::Tensor converted,
+                          ToKernelTensor(*tensor, name, limits, tensors));
     total += converted.size();
     inputs[name] = std::move(converted);
   }
   if (total > limits.max_elements) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "step: its tensors hold ", total, " values together, above --max_elements=",
-        limits.max_elements));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("step: its tensors hold ", total,
+                     " values together, above --max_elements=", limits.max_elements));
   }
   return inputs;
 }
@@ -206,8 +207,8 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   absl::Status DecodeShared(kernels::TensorMap& /*inputs*/) const override {
     return absl::OkStatus();
   }
-  void Fill(const kernels::AttendResult& /*batch*/, int64_t /*begin*/,
-            int64_t /*count*/) override {}
+  void Fill(const kernels::AttendResult& /*batch*/, int64_t /*begin*/, int64_t /*count*/) override {
+  }
 
   // The current message's answer: its response is written, or its error
   // ends the stream.

@@ -9,8 +9,8 @@
 #include <signal.h>
 
 #include <cmath>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <random>
 #include <string>
@@ -64,8 +64,12 @@ struct Shape {
 v1::PositionalMethod MethodMessage(const Shape& s) {
   v1::PositionalMethod m;
   switch (s.method) {
-    case kernels::MethodKind::kNone: m.mutable_none(); break;
-    case kernels::MethodKind::kSinusoidal: m.mutable_sinusoidal(); break;
+    case kernels::MethodKind::kNone:
+      m.mutable_none();
+      break;
+    case kernels::MethodKind::kSinusoidal:
+      m.mutable_sinusoidal();
+      break;
     case kernels::MethodKind::kLearned:
       *m.mutable_learned()->mutable_table() =
           MakeTensor({s.max_len, s.d_model}, Random(s.max_len * s.d_model, 11, 0.5f));
@@ -88,7 +92,9 @@ v1::PositionalMethod MethodMessage(const Shape& s) {
       *t->mutable_rel_v() = MakeTensor({7, s.dv}, Random(7 * s.dv, 16, 0.3f));
       break;
     }
-    case kernels::MethodKind::kAlibi: m.mutable_alibi(); break;
+    case kernels::MethodKind::kAlibi:
+      m.mutable_alibi();
+      break;
     case kernels::MethodKind::kDaTransformer: {
       v1::DaTransformer* t = m.mutable_da_transformer();
       *t->mutable_dist_w() = MakeTensor({s.heads}, Random(s.heads, 17, 0.5f));
@@ -187,13 +193,13 @@ v1::DecodeRequest StepRequest(const Shape& s, const Sequence& seq, int64_t from,
   v1::DecodeStep* step = request.mutable_step();
   const int64_t n = to - from;
   if (s.absolute()) {
-    *step->mutable_x() =
-        MakeTensor({s.batch, n, s.d_model}, Slice(seq.x, {s.batch, seq.len, s.d_model}, 1, from, to));
+    *step->mutable_x() = MakeTensor({s.batch, n, s.d_model},
+                                    Slice(seq.x, {s.batch, seq.len, s.d_model}, 1, from, to));
   } else {
     *step->mutable_q() = MakeTensor({s.batch, s.heads, n, s.d},
                                     Slice(seq.q, {s.batch, s.heads, seq.len, s.d}, 2, from, to));
-    *step->mutable_k() = MakeTensor(
-        {s.batch, s.kv_heads, n, s.d}, Slice(seq.k, {s.batch, s.kv_heads, seq.len, s.d}, 2, from, to));
+    *step->mutable_k() = MakeTensor({s.batch, s.kv_heads, n, s.d},
+                                    Slice(seq.k, {s.batch, s.kv_heads, seq.len, s.d}, 2, from, to));
     *step->mutable_v() =
         MakeTensor({s.batch, s.kv_heads, n, s.dv},
                    Slice(seq.v, {s.batch, s.kv_heads, seq.len, s.dv}, 2, from, to));
@@ -300,8 +306,8 @@ bool MetricBecomes(const ServerProcess& server, const std::string& series, doubl
 class DecodeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto server = ServerProcess::Start(
-        {"--session_memory_bytes=1000000", "--max_sessions=6", "--threads=2"});
+    auto server =
+        ServerProcess::Start({"--session_memory_bytes=1000000", "--max_sessions=6", "--threads=2"});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
   }
@@ -366,8 +372,7 @@ class DecodeTest : public ::testing::Test {
                         absl::StrCat("out of step ", c)),
                 "");
       if (with_probs) {
-        ASSERT_THAT(step->probs().shape(),
-                    ::testing::ElementsAre(s.batch, s.heads, n, t + n));
+        ASSERT_THAT(step->probs().shape(), ::testing::ElementsAre(s.batch, s.heads, n, t + n));
         // Attend's rows t .. t+n-1, its columns 0 .. t+n-1 (later ones are masked).
         const std::vector<float> rows = Slice(probs, {s.batch, s.heads, len, len}, 2, t, t + n);
         EXPECT_EQ(Compare(*TensorValues(step->probs()),
@@ -397,11 +402,20 @@ Shape ShapeOf(const MethodVariant& param) {
   Shape s;
   s.method = std::get<0>(param);
   switch (std::get<1>(param)) {
-    case Variant::kPlain: break;
-    case Variant::kGqa: s.kv_heads = 2; break;
-    case Variant::kMqa: s.kv_heads = 1; break;
-    case Variant::kWindow: s.window = 3; break;
-    case Variant::kSoftcap: s.softcap = 1.5; break;
+    case Variant::kPlain:
+      break;
+    case Variant::kGqa:
+      s.kv_heads = 2;
+      break;
+    case Variant::kMqa:
+      s.kv_heads = 1;
+      break;
+    case Variant::kWindow:
+      s.window = 3;
+      break;
+    case Variant::kSoftcap:
+      s.softcap = 1.5;
+      break;
     case Variant::kAll:
       s.kv_heads = 2;
       s.window = 4;
@@ -573,8 +587,7 @@ TEST_F(DecodeTest, BadOpensNameTheirField) {
   open.mutable_open()->set_softcap(-1);
   ExpectOpenFails(stub_.get(), open, grpc::StatusCode::INVALID_ARGUMENT, "softcap");
   open = OpenRequest(s);
-  open.mutable_open()->mutable_method()->mutable_rope()->set_scaling(
-      v1::ROPE_SCALING_DYNAMIC_NTK);
+  open.mutable_open()->mutable_method()->mutable_rope()->set_scaling(v1::ROPE_SCALING_DYNAMIC_NTK);
   open.mutable_open()->mutable_method()->mutable_rope()->set_original_max_position(8);
   open.mutable_open()->mutable_method()->mutable_rope()->set_scaling_factor(2);
   ExpectOpenFails(stub_.get(), open, grpc::StatusCode::INVALID_ARGUMENT, "scaling");
@@ -604,8 +617,8 @@ TEST_F(DecodeTest, BadStepsNameTheirField) {
     Session session(stub_.get());
     ASSERT_TRUE(session.Send(OpenRequest(s)).has_value());
     v1::DecodeRequest step = StepRequest(s, seq, 0, 1, false);
-    *step.mutable_step()->mutable_q() = MakeTensor({s.batch, s.heads, 1, s.d + 1},
-                                                   Random(s.batch * s.heads * (s.d + 1), 1));
+    *step.mutable_step()->mutable_q() =
+        MakeTensor({s.batch, s.heads, 1, s.d + 1}, Random(s.batch * s.heads * (s.d + 1), 1));
     EXPECT_FALSE(session.Send(step).has_value());
     const grpc::Status status = session.Finish();
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -701,8 +714,7 @@ TEST_F(DecodeTest, ErrorsEndTheSessionAndAreCounted) {
   const double closed_before =
       Metric(*server_, "attnserve_sessions_ended_total{reason=\"closed\"}");
   const double steps_before = Metric(*server_, "attnserve_session_steps_total{method=\"none\"}");
-  const double tokens_before =
-      Metric(*server_, "attnserve_session_tokens_total{method=\"none\"}");
+  const double tokens_before = Metric(*server_, "attnserve_session_tokens_total{method=\"none\"}");
   const Sequence seq = MakeSequence(s, 4, 10);
   {
     Session session(stub_.get());
