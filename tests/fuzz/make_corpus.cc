@@ -1,5 +1,6 @@
 // make_corpus: writes the fuzz targets' seed corpora from the golden cases
-// (tests/golden/*.json), checked in under tests/fuzz/corpus/<target>/:
+// (tests/golden/*.json, and the requests of tests/golden-variants/*.json),
+// checked in under tests/fuzz/corpus/<target>/:
 //   attend_request/  each attend case as a serialized AttendRequest, with its
 //                    tensors in `data` and in `raw_data`
 //   encode_request/  each encode case likewise, as an EncodeRequest
@@ -82,12 +83,22 @@ int Main(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     if (std::strncmp(argv[i], "--max_len=", 10) == 0) max_len = std::stoul(argv[i] + 10);
   }
-  for (const std::string& path : testing::GoldenCaseFiles(testing::GoldenDir())) {
+  // The public variant cases (attention-variants.md 9) too, for their
+  // requests only: GQA, kv_lengths, window, softcap, 16-bit tensors and
+  // outputs, the RoPE scalings and ALiBi slopes reach the fuzzers' paths.
+  std::vector<std::string> paths = testing::GoldenCaseFiles(testing::GoldenDir());
+  const size_t first_variant = paths.size();
+  for (const std::string& path : testing::GoldenCaseFiles(testing::GoldenVariantsDir())) {
+    paths.push_back(path);
+  }
+  for (size_t n = 0; n < paths.size(); ++n) {
+    const std::string& path = paths[n];
     absl::StatusOr<GoldenCase> c = testing::LoadGoldenCase(path);
     if (!c.ok()) {
       std::fprintf(stderr, "%s: %s\n", path.c_str(), std::string(c.status().message()).c_str());
       return 1;
     }
+    if (c->op == "decode") continue;  // no Decode fuzz target here
     for (WireEncoding encoding : {WireEncoding::kData, WireEncoding::kRawData}) {
       const std::string suffix = encoding == WireEncoding::kData ? ".data.pb" : ".raw.pb";
       if (c->op == "attend") {
@@ -98,7 +109,7 @@ int Main(int argc, char** argv) {
         if (request.ok()) Write(out / "encode_request" / (c->name + suffix), request->SerializeAsString());
       }
     }
-    if (c->inputs.empty()) continue;
+    if (c->inputs.empty() || n >= first_variant) continue;
     for (const char* dtype : {"F32", "F16", "BF16"}) {
       Write(out / "safetensors" / (c->name + "." + dtype + ".safetensors"), Safetensors(*c, dtype),
             16384);
