@@ -8,11 +8,11 @@
 //   - every successful attend case on one AttendStream, and each attend
 //     error case after two good ones on a stream;
 //   - through the batcher's merge: each case with B = 2 is split into its
-//     two batch items (one request each, with its own kv_lengths entry; the
-//     second one's 16-bit tensors and output as float32), sent at once to
-//     an attnd that waits for
-//     a batch of 2, which must run them as one merged kernel call (read from
-//     /metrics) and give each its own rows.
+//     two batch items (one request each, with its own kv_lengths entry, none
+//     when it is Sk; the second one's 16-bit tensors and output as float32),
+//     sent at once to an attnd that waits for a batch of 2, which must run
+//     them as one merged kernel call (read from /metrics) and give each its
+//     own rows.
 // Decode cases ("op": "decode") are tests/e2e/decode_*'s.
 #include <algorithm>
 #include <cstdint>
@@ -208,7 +208,8 @@ GoldenTensor Row(const GoldenTensor& t, int64_t b) {
 
 // Batch item `b` of an attend case as a case of its own: the batched inputs
 // (q, k, v, x_q, x_kv) and the expected out and probs cut to that item, its
-// kv_lengths entry; everything else (the parameters the batch shares) kept.
+// kv_lengths entry (none when it is Sk); everything else (the parameters the
+// batch shares) kept.
 GoldenCase ItemOf(const GoldenCase& c, int64_t b) {
   GoldenCase item = c;
   for (const char* name : {"q", "k", "v", "x_q", "x_kv"}) {
@@ -217,7 +218,13 @@ GoldenCase ItemOf(const GoldenCase& c, int64_t b) {
   }
   for (auto& [name, tensor] : item.expected) tensor = Row(tensor, b);
   if (auto lengths = c.IntList("kv_lengths")) {
-    item.params["kv_lengths"] = std::vector<int64_t>{(*lengths)[static_cast<size_t>(b)]};
+    const int64_t length = (*lengths)[static_cast<size_t>(b)];
+    // A length of Sk is the same as none: left out, so that a merged call
+    // also mixes requests with and without kv_lengths.
+    const auto k = c.inputs.find("k");
+    const int64_t sk = k != c.inputs.end() ? k->second.shape[2] : c.inputs.at("x_kv").shape[1];
+    item.params["kv_lengths"] =
+        length == sk ? nlohmann::json() : nlohmann::json(std::vector<int64_t>{length});
   }
   item.name = absl::StrCat(c.name, "[", b, "]");
   return item;
