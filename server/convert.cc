@@ -27,59 +27,30 @@ static_assert(std::numeric_limits<float>::is_iec559 && sizeof(float) == 4,
               "raw_data decoding assumes IEEE-754 binary32 floats");
 constexpr bool kLittleEndianHost = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 
-// little-endian float32 bytes read as floats, for vector::insert: one pass
-// into the vector's fresh storage, with no zero-fill first and no pointer
-// cast over char storage. Only what insert, std::distance and std::advance
-// use.
-class LittleEndianFloatIterator {
- public:
-  using iterator_category = std::random_access_iterator_tag;
-  using value_type = float;
-  using difference_type = std::ptrdiff_t;
-  using pointer = const float*;
-  using reference = float;
-
-  explicit LittleEndianFloatIterator(const char* bytes) : bytes_(bytes) {}
-  float operator*() const {
-    float value;
-    if constexpr (kLittleEndianHost) {
-      std::memcpy(&value, bytes_, 4);
-    } else {
-      uint32_t word = 0;
-      for (int b = 3; b >= 0; --b) {
-        word = (word << 8) | static_cast<uint8_t>(bytes_[static_cast<size_t>(b)]);
-      }
-      std::memcpy(&value, &word, 4);
+// One little-endian float32 of raw_data.
+float LoadFloat32(const char* bytes) {
+  float value;
+  if constexpr (kLittleEndianHost) {
+    std::memcpy(&value, bytes, 4);
+  } else {
+    uint32_t word = 0;
+    for (int b = 3; b >= 0; --b) {
+      word = (word << 8) | static_cast<uint8_t>(bytes[static_cast<size_t>(b)]);
     }
-    return value;
+    std::memcpy(&value, &word, 4);
   }
-  LittleEndianFloatIterator& operator++() {
-    bytes_ += 4;
-    return *this;
-  }
-  LittleEndianFloatIterator& operator--() {
-    bytes_ -= 4;
-    return *this;
-  }
-  LittleEndianFloatIterator& operator+=(difference_type n) {
-    bytes_ += 4 * n;
-    return *this;
-  }
-  difference_type operator-(const LittleEndianFloatIterator& other) const {
-    return (bytes_ - other.bytes_) / 4;
-  }
-  bool operator==(const LittleEndianFloatIterator& other) const { return bytes_ == other.bytes_; }
-  bool operator!=(const LittleEndianFloatIterator& other) const { return bytes_ != other.bytes_; }
+  return value;
+}
+// One little-endian float16 / bfloat16 of raw_data, widened exactly.
+float LoadHalf(const char* bytes) { return HalfToFloat(LoadLittleEndian16(bytes)); }
+float LoadBFloat16(const char* bytes) { return BFloat16ToFloat(LoadLittleEndian16(bytes)); }
 
- private:
-  const char* bytes_;
-};
-
-// Little-endian 16-bit values (float16 or bfloat16 raw_data) read as their
-// float32 widening, for vector::insert like the float32 iterator above: the
-// values are widened once, straight into the kernels' input buffer.
-template <float (*Widen)(uint16_t)>
-class Widening16Iterator {
+// raw_data elements of `kBytes` bytes read as floats by `Load`, for
+// vector::insert: one pass into the vector's fresh storage (the kernels'
+// input buffer), with no zero-fill first and no pointer cast over char
+// storage. Only what insert, std::distance and std::advance use.
+template <std::ptrdiff_t kBytes, float (*Load)(const char*)>
+class RawDataIterator {
  public:
   using iterator_category = std::random_access_iterator_tag;
   using value_type = float;
@@ -87,29 +58,36 @@ class Widening16Iterator {
   using pointer = const float*;
   using reference = float;
 
-  explicit Widening16Iterator(const char* bytes) : bytes_(bytes) {}
-  float operator*() const { return Widen(LoadLittleEndian16(bytes_)); }
-  Widening16Iterator& operator++() {
-    bytes_ += 2;
+  explicit RawDataIterator(const char* bytes) : bytes_(bytes) {}
+  float operator*() const { return Load(bytes_); }
+  RawDataIterator& operator++() {
+    bytes_ += kBytes;
     return *this;
   }
-  Widening16Iterator& operator--() {
-    bytes_ -= 2;
+  RawDataIterator& operator--() {
+    bytes_ -= kBytes;
     return *this;
   }
-  Widening16Iterator& operator+=(difference_type n) {
-    bytes_ += 2 * n;
+  RawDataIterator& operator+=(difference_type n) {
+    bytes_ += kBytes * n;
     return *this;
   }
-  difference_type operator-(const Widening16Iterator& other) const {
-    return (bytes_ - other.bytes_) / 2;
+  difference_type operator-(const RawDataIterator& other) const {
+    return (bytes_ - other.bytes_) / kBytes;
   }
-  bool operator==(const Widening16Iterator& other) const { return bytes_ == other.bytes_; }
-  bool operator!=(const Widening16Iterator& other) const { return bytes_ != other.bytes_; }
+  bool operator==(const RawDataIterator& other) const { return bytes_ == other.bytes_; }
+  bool operator!=(const RawDataIterator& other) const { return bytes_ != other.bytes_; }
 
  private:
   const char* bytes_;
 };
+
+// Appends raw_data `bytes` read by RawDataIterator<kBytes, Load> to `out`.
+template <std::ptrdiff_t kBytes, float (*Load)(const char*)>
+void AppendRaw(const std::string& bytes, std::vector<float>& out) {
+  using Iterator = RawDataIterator<kBytes, Load>;
+  out.insert(out.end(), Iterator(bytes.data()), Iterator(bytes.data() + bytes.size()));
+}
 
 // The wire name of a data type, for messages.
 absl::string_view DataTypeName(v1::DataType dtype) {
@@ -406,20 +384,11 @@ absl::Status DeferredTensor::AppendTo(std::vector<float>& out) const {
     const float* data = message->data().data();
     out.insert(out.end(), data, data + message->data_size());
   } else {
-    const std::string& bytes = message->raw_data();
-    const char* const from = bytes.data();
-    const char* const to = bytes.data() + bytes.size();
     switch (message->dtype()) {
-      case v1::DTYPE_FLOAT16:
-        out.insert(out.end(), Widening16Iterator<HalfToFloat>(from),
-                   Widening16Iterator<HalfToFloat>(to));
-        break;
-      case v1::DTYPE_BFLOAT16:
-        out.insert(out.end(), Widening16Iterator<BFloat16ToFloat>(from),
-                   Widening16Iterator<BFloat16ToFloat>(to));
-        break;
+      case v1::DTYPE_FLOAT16: AppendRaw<2, LoadHalf>(message->raw_data(), out); break;
+      case v1::DTYPE_BFLOAT16: AppendRaw<2, LoadBFloat16>(message->raw_data(), out); break;
       default:  // float32 (CheckTensor refused every other value)
-        out.insert(out.end(), LittleEndianFloatIterator(from), LittleEndianFloatIterator(to));
+        AppendRaw<4, LoadFloat32>(message->raw_data(), out);
         break;
     }
   }
