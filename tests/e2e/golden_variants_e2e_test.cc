@@ -1,10 +1,8 @@
-// Every format-2 attend, encode and error case (attention-variants.md 9:
-// tests/golden-variants/, the public cases, and tests/golden-generated/, the
-// project's own) through a real attnd over loopback, via the C++ SDK:
-//   - unary, with the float32 tensors as `data` and as `raw_data` (16-bit
-//     tensors always travel as raw_data of their type, 9.1), compared with
-//     rule 9.3 (one extra ulp of a 16-bit output type); error cases must
-//     come back with their code and a message naming one of expect_field;
+// The format-2 attend cases (attention-variants.md 9: tests/golden-variants/,
+// the public cases, and tests/golden-generated/, the project's own) on the
+// paths besides a unary call (golden_e2e_test's VariantUnaryTest sends every
+// case unary, with both transports), through a real attnd over loopback via
+// the C++ SDK, compared with rule 9.3 (golden_proto.h):
 //   - every successful attend case on one AttendStream, and each attend
 //     error case after two good ones on a stream;
 //   - through the batcher's merge: each case with B = 2 is split into its
@@ -13,13 +11,12 @@
 //     sent at once to an attnd that waits for a batch of 2, which must run
 //     them as one merged kernel call (read from /metrics) and give each its
 //     own rows.
-// Decode cases ("op": "decode") are tests/e2e/decode_*'s.
+// Decode cases ("op": "decode") are tests/e2e/decode_golden_e2e_test's.
 #include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
-#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -96,44 +93,6 @@ std::unique_ptr<Client> Servers::merging_client_;
 std::string CheckError(const GoldenCase& c, const absl::Status& status) {
   return CheckExpectedError(c, status.code(), status.message());
 }
-
-class GoldenVariantsTest : public ::testing::TestWithParam<std::tuple<std::string, WireEncoding>> {
-};
-
-TEST_P(GoldenVariantsTest, UnaryMatchesWithinTolerance) {
-  const auto& [path, encoding] = GetParam();
-  absl::StatusOr<GoldenCase> c = LoadGoldenCase(path);
-  ASSERT_TRUE(c.ok()) << c.status();
-  std::string failure;
-  if (c->op == "attend") {
-    absl::StatusOr<v1::AttendRequest> request = ToAttendRequest(*c, encoding);
-    ASSERT_TRUE(request.ok()) << request.status();
-    absl::StatusOr<v1::AttendResponse> response = Servers::client().Attend(*request);
-    failure = c->expect_error.empty()
-                  ? (response.ok() ? CheckAttendResponse(*c, *response, encoding)
-                                   : response.status().ToString())
-                  : CheckError(*c, response.status());
-  } else {
-    ASSERT_EQ(c->op, "encode");
-    absl::StatusOr<v1::EncodeRequest> request = ToEncodeRequest(*c, encoding);
-    ASSERT_TRUE(request.ok()) << request.status();
-    absl::StatusOr<v1::EncodeResponse> response = Servers::client().Encode(*request);
-    failure = c->expect_error.empty()
-                  ? (response.ok() ? CheckEncodeResponse(*c, *response, encoding)
-                                   : response.status().ToString())
-                  : CheckError(*c, response.status());
-  }
-  EXPECT_EQ(failure, "") << c->name << " (" << c->description << ")";
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    AllCases, GoldenVariantsTest,
-    ::testing::Combine(::testing::ValuesIn(CaseFiles()),
-                       ::testing::Values(WireEncoding::kData, WireEncoding::kRawData)),
-    [](const ::testing::TestParamInfo<std::tuple<std::string, WireEncoding>>& param) {
-      return GoldenTestName(std::get<0>(param.param)) + "_" +
-             EncodingName(std::get<1>(param.param));
-    });
 
 std::vector<GoldenCase> AttendCases(bool errors) {
   std::vector<GoldenCase> cases;
