@@ -27,10 +27,10 @@ absl::Time Deadline(const grpc::CallbackServerContext& context) {
                                                                   : absl::FromChrono(deadline);
 }
 
-// DecodeOpen as the kernels' session options: the method and the
-// projection weights through Attend's conversion (so their fields get
-// Attend's names and rules), the scalars as they are.
-// `*encoding`: how the session's responses carry their tensors.
+}  // namespace
+
+// The method and the projection weights go through Attend's conversion (so
+// their fields get Attend's names and rules), the scalars as they are.
 absl::StatusOr<kernels::DecodeOptions> ToDecodeOptions(const v1::DecodeOpen& open,
                                                        const ConvertLimits& limits,
                                                        const TensorStore* tensors,
@@ -82,6 +82,8 @@ absl::StatusOr<kernels::TensorMap> ToStepInputs(const v1::DecodeStep& step,
   }
   return inputs;
 }
+
+namespace {
 
 class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
                             public BatchRequest {

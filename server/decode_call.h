@@ -21,8 +21,12 @@
 
 #include <cstdint>
 
+#include "absl/status/statusor.h"
+#include "attnserve/v1/attention.pb.h"
+#include "kernels/decode.h"
 #include "server/attention_service.h"
 #include "server/batcher.h"
+#include "server/convert.h"
 #include "server/metrics.h"
 #include "server/pending_responses.h"
 #include "server/sessions.h"
@@ -40,6 +44,25 @@ struct DecodeContext {
   const TensorStore* tensors = nullptr;
   int64_t max_elements = int64_t{1} << 28;
 };
+
+// The decode-and-validate path of the stream's messages, apart from the
+// reactor so that the DecodeRequest fuzz target (tests/fuzz) drives the same
+// code. Both are reentrant.
+//
+// DecodeOpen as the kernels' session options (still to be checked by
+// kernels::ValidateDecodeOpen); `*encoding` gets how the session's responses
+// carry their tensors. INVALID_ARGUMENT/NOT_FOUND/RESOURCE_EXHAUSTED naming
+// the field, as Attend's conversion does.
+absl::StatusOr<kernels::DecodeOptions> ToDecodeOptions(const v1::DecodeOpen& open,
+                                                       const ConvertLimits& limits,
+                                                       const TensorStore* tensors,
+                                                       OutputEncoding* encoding);
+// A DecodeStep's tensors (q, k, v or x, those present) as the step's
+// inputs; RESOURCE_EXHAUSTED when together they hold more than
+// limits.max_elements values.
+absl::StatusOr<kernels::TensorMap> ToStepInputs(const v1::DecodeStep& step,
+                                                const ConvertLimits& limits,
+                                                const TensorStore* tensors);
 
 // A new reactor for one Decode call; it deletes itself when the call is done.
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewDecodeReactor(

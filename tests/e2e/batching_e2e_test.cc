@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
 #include "tests/testing/metrics_scrape.h"
+#include "tests/testing/sanitizers.h"
 #include "tests/testing/server_process.h"
 
 namespace attnserve::testing {
@@ -254,17 +255,26 @@ TEST(BatchingTest, ExpiredAndCancelledRequestsNeverReachAKernel) {
   // Nothing runs before a batch of 64 items or 20 s: every request waits.
   auto server = ServerProcess::Start({"--max_batch_size=64", "--max_queue_delay_us=20000000"});
   ASSERT_TRUE(server.ok()) << server.status();
-  ClientOptions short_deadline;
-  short_deadline.default_deadline = absl::Milliseconds(200);
-  auto client = Client::Create((*server)->address(), short_deadline);
-  ASSERT_TRUE(client.ok());
-  for (int i = 0; i < 3; ++i) {
-    EXPECT_EQ((*client)->Attend(Request(1, i)).status().code(),
-              absl::StatusCode::kDeadlineExceeded);
-  }
-  // A client cancel while the request waits.
   auto stub = v1::AttentionService::NewStub(
       grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  // The connection first, without a tight deadline (ListMethods is not
+  // batched): on a busy machine, or under a sanitizer, connecting can take
+  // longer than 200 ms, and a call whose deadline passes before it is sent
+  // never reaches the server to be dropped there.
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::ListMethodsResponse methods;
+    ASSERT_TRUE(stub->ListMethods(&context, v1::ListMethodsRequest(), &methods).ok());
+  }
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    v1::AttendResponse response;
+    EXPECT_EQ(stub->Attend(&context, Request(1, i), &response).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  // A client cancel while the request waits.
   grpc::ClientContext context;
   v1::AttendResponse response;
   std::thread canceller([&context] {
@@ -404,9 +414,11 @@ TEST(BatchingTest, FullQueueAnswersResourceExhausted) {
       {"--max_batch_size=64", "--max_queue_delay_us=20000000", "--max_queue_size=3"});
   ASSERT_TRUE(server.ok()) << server.status();
   ClientOptions deadline;
-  deadline.default_deadline = absl::Seconds(1);
+  // The three must still be queued when the fourth call arrives.
+  deadline.default_deadline = absl::Seconds(1) * kSanitizerTimeFactor;
   auto client = Client::Create((*server)->address(), deadline);
   ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->ListMethods().ok());  // connected before the clock matters
   std::vector<std::thread> waiting;
   for (int i = 0; i < 3; ++i) {
     waiting.emplace_back([&, i] { (void)(*client)->Attend(Request(1, i)); });
@@ -511,7 +523,7 @@ TEST(BatchingTest, IdleServerExitsPromptlyOnSigterm) {
     const absl::Time start = absl::Now();
     const absl::Status exit = (*server)->Terminate();
     EXPECT_TRUE(exit.ok()) << exit;
-    EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(500) * kSanitizerTimeFactor);
   }
 }
 

@@ -1,12 +1,18 @@
 // make_corpus: writes the fuzz targets' seed corpora from the golden cases
-// (tests/golden/*.json, and the requests of tests/golden-variants/*.json),
-// checked in under tests/fuzz/corpus/<target>/:
+// (tests/golden/*.json), checked in under tests/fuzz/corpus/<target>/:
 //   attend_request/  each attend case as a serialized AttendRequest, with its
 //                    tensors in `data` and in `raw_data`
 //   encode_request/  each encode case likewise, as an EncodeRequest
 //   safetensors/     each case's input tensors as one safetensors file, in
 //                    F32, F16 and BF16 (with a __metadata__ object), up
 //                    to 16 KiB each (the loader's paths do not need more)
+//   decode_request/  each decode case of the format-2 directories as its
+//                    stream: the messages in order, each length-prefixed
+//                    (protobuf's delimited format), as decode_request_fuzzer
+//                    reads them
+// The attend and encode seeds come from the version-1 cases and from the
+// format-2 ones (tests/golden-variants, tests/golden-generated: GQA, windows,
+// softcap, 16-bit tensors, the newer RoPE scalings).
 // Seeds larger than --max_len bytes are left out (libFuzzer would cut them).
 //
 //   make_corpus OUT_DIR [--max_len=N]     (default 65536)
@@ -19,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/util/delimited_message_util.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/golden.h"
 #include "tests/testing/golden_proto.h"
@@ -83,25 +91,31 @@ int Main(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     if (std::strncmp(argv[i], "--max_len=", 10) == 0) max_len = std::stoul(argv[i] + 10);
   }
-  // The public variant cases (attention-variants.md 9) too, for their
-  // requests only: GQA, kv_lengths, window, softcap, 16-bit tensors and
-  // outputs, the RoPE scalings and ALiBi slopes reach the fuzzers' paths.
-  std::vector<std::string> paths = testing::GoldenCaseFiles(testing::GoldenDir());
-  const size_t first_variant = paths.size();
-  for (const std::string& path : testing::GoldenCaseFiles(testing::GoldenVariantsDir())) {
-    paths.push_back(path);
-  }
-  for (size_t n = 0; n < paths.size(); ++n) {
-    const std::string& path = paths[n];
+  const std::vector<std::string> version1 = testing::GoldenCaseFiles(testing::GoldenDir());
+  std::vector<std::string> paths = version1;
+  for (const std::string& path : testing::VariantCaseFiles()) paths.push_back(path);
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const std::string& path = paths[i];
     absl::StatusOr<GoldenCase> c = testing::LoadGoldenCase(path);
     if (!c.ok()) {
       std::fprintf(stderr, "%s: %s\n", path.c_str(), std::string(c.status().message()).c_str());
       return 1;
     }
-    if (c->op == "decode") continue;  // no Decode fuzz target here
     for (WireEncoding encoding : {WireEncoding::kData, WireEncoding::kRawData}) {
       const std::string suffix = encoding == WireEncoding::kData ? ".data.pb" : ".raw.pb";
-      if (c->op == "attend") {
+      if (c->op == "decode") {
+        absl::StatusOr<std::vector<v1::DecodeRequest>> stream =
+            testing::ToDecodeRequests(*c, encoding);
+        if (!stream.ok()) continue;
+        std::string bytes;
+        {
+          google::protobuf::io::StringOutputStream output(&bytes);
+          for (const v1::DecodeRequest& message : *stream) {
+            google::protobuf::util::SerializeDelimitedToZeroCopyStream(message, &output);
+          }
+        }
+        Write(out / "decode_request" / (c->name + suffix), bytes);
+      } else if (c->op == "attend") {
         absl::StatusOr<v1::AttendRequest> request = testing::ToAttendRequest(*c, encoding);
         if (request.ok()) Write(out / "attend_request" / (c->name + suffix), request->SerializeAsString());
       } else {
@@ -109,7 +123,8 @@ int Main(int argc, char** argv) {
         if (request.ok()) Write(out / "encode_request" / (c->name + suffix), request->SerializeAsString());
       }
     }
-    if (c->inputs.empty() || n >= first_variant) continue;
+    // The loader's paths are covered by the version-1 cases' tensors.
+    if (c->inputs.empty() || i >= version1.size()) continue;
     for (const char* dtype : {"F32", "F16", "BF16"}) {
       Write(out / "safetensors" / (c->name + "." + dtype + ".safetensors"), Safetensors(*c, dtype),
             16384);
