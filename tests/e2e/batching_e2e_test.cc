@@ -194,9 +194,12 @@ TEST(BatchingTest, SharedParametersMergeAndEachGetsItsOwnResult) {
   auto batching_client = Client::Create((*batching)->address());
   auto unbatched_client = Client::Create((*unbatched)->address());
   ASSERT_TRUE(batching_client.ok() && unbatched_client.ok());
-  for (const auto& [name, make] :
+  for (const auto& [name, make_request] :
        std::vector<std::pair<std::string, std::function<v1::AttendRequest(int)>>>{
            {"shaw", shaw}, {"sinusoidal", sinusoidal}}) {
+    // A lambda may not capture a structured binding before C++20 (Clang
+    // refuses; the tsan preset builds with Clang): a plain reference it may.
+    const std::function<v1::AttendRequest(int)>& make = make_request;
     std::vector<absl::StatusOr<v1::AttendResponse>> got(kCallers, absl::UnknownError("unset"));
     std::vector<std::thread> callers;
     for (int c = 0; c < kCallers; ++c) {
