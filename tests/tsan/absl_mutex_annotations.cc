@@ -2,7 +2,7 @@
 // Debian's libabsl is not instrumented, so TSan cannot see absl::Mutex lock
 // and unlock inside libabsl_synchronization.so, and reports every access
 // that a Mutex guards as a race (the batcher's queue, first). This library
-// interposes the Mutex, Condition and CondVar entry points (an earlier library in the
+// interposes the Mutex, Condition, CondVar and Notification entry points (an earlier library in the
 // link line wins over libabsl's definitions, for our code, libabsl's own
 // calls and gRPC's), calls the real ones through dlsym(RTLD_NEXT), and gives
 // TSan a happens-before edge on the mutex's address: release before it is
@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 
 namespace {
@@ -169,6 +170,39 @@ bool CondVar::WaitWithDeadline(Mutex* mu, absl::Time deadline) {
   const bool timed_out = real(this, mu, deadline);
   __tsan_acquire(mu);
   return timed_out;
+}
+
+// Notification: Notify sets an atomic inside libabsl, and a wait that finds
+// it set returns without touching the mutex, so the Mutex edges above never
+// form: release on the notification before it is set, acquire after a wait
+// that saw it. (Our code does not call the inline HasBeenNotified.)
+void Notification::Notify() {
+  static const auto real = Real<void (*)(Notification*)>("_ZN4absl7debian312Notification6NotifyEv");
+  __tsan_release(this);
+  real(this);
+}
+
+void Notification::WaitForNotification() const {
+  static const auto real = Real<void (*)(const Notification*)>(
+      "_ZNK4absl7debian312Notification19WaitForNotificationEv");
+  real(this);
+  __tsan_acquire(const_cast<Notification*>(this));
+}
+
+bool Notification::WaitForNotificationWithTimeout(absl::Duration timeout) const {
+  static const auto real = Real<bool (*)(const Notification*, absl::Duration)>(
+      "_ZNK4absl7debian312Notification30WaitForNotificationWithTimeoutENS0_8DurationE");
+  const bool notified = real(this, timeout);
+  if (notified) __tsan_acquire(const_cast<Notification*>(this));
+  return notified;
+}
+
+bool Notification::WaitForNotificationWithDeadline(absl::Time deadline) const {
+  static const auto real = Real<bool (*)(const Notification*, absl::Time)>(
+      "_ZNK4absl7debian312Notification31WaitForNotificationWithDeadlineENS0_4TimeE");
+  const bool notified = real(this, deadline);
+  if (notified) __tsan_acquire(const_cast<Notification*>(this));
+  return notified;
 }
 
 ABSL_NAMESPACE_END
