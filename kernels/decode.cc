@@ -448,12 +448,19 @@ absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, boo
   p.softcap = o.softcap;
   p.out = result.out.data();
   p.probs = return_probs ? result.probs->data() : nullptr;
+  // A failed step caches nothing: the length goes back (the fuzzer found a
+  // step whose scores overflowed leave its tokens cached).
+  const int64_t before = length_;
   length_ = length;
-  ATTN_RETURN_IF_ERROR(RunDecodeAttention(p, options));
-  if (!AllFinite(result.out.data(), result.out.size())) {
-    return absl::InvalidArgumentError(
+  absl::Status status = RunDecodeAttention(p, options);
+  if (status.ok() && !AllFinite(result.out.data(), result.out.size())) {
+    status = absl::InvalidArgumentError(
         "q, k, scale: the scores overflow float32 (an output is not finite); scale the inputs "
         "down");
+  }
+  if (!status.ok()) {
+    length_ = before;
+    return status;
   }
   return result;
 }
@@ -489,10 +496,13 @@ absl::StatusOr<AttendResult> DecodeSession::StepByAttend(Tensor q, int64_t n, bo
   args.window = o.window;
   args.softcap = o.softcap;
   args.return_probs = return_probs;
+  const int64_t before = length_;
   length_ = length;
   ComputeOptions checked = options;
   checked.inputs_checked = true;
-  return Attend(std::move(args), checked);
+  absl::StatusOr<AttendResult> result = Attend(std::move(args), checked);
+  if (!result.ok()) length_ = before;  // A failed step caches nothing.
+  return result;
 }
 
 }  // namespace attnserve::kernels
