@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/client/attnd_client_test.h"
 #include "tests/testing/server_process.h"
 
 namespace attnserve::client {
@@ -164,29 +165,7 @@ TEST(ClientCreateTest, ConnectsLazilySoADownServerFailsOnlyTheCall) {
 
 // --- Client against attnd --------------------------------------------------
 
-class ClientServerTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start();
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = server->release();
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr) << "attnd did not start";
-    absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(server_->address());
-    ASSERT_TRUE(client.ok()) << client.status();
-    client_ = *std::move(client);
-  }
-
-  static ServerProcess* server_;
-  std::unique_ptr<Client> client_;
-};
-
-ServerProcess* ClientServerTest::server_ = nullptr;
+class ClientServerTest : public AttndClientTest {};
 
 // The example of api.md: ALiBi, causal, B=H=1, Sq=Sk=2, D=Dv=2,
 // q = k = [[1,0],[0,1]], v = [[1,2],[3,4]].

@@ -18,6 +18,7 @@
 #include "client/dtype.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/client/attnd_client_test.h"
 #include "tests/testing/server_process.h"
 
 namespace attnserve::client {
@@ -78,29 +79,7 @@ std::vector<float> RepeatHeads(const std::vector<float>& kv, int64_t batch, int6
   return out;
 }
 
-class ClientVariantsTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start();
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = server->release();
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr) << "attnd did not start";
-    absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(server_->address());
-    ASSERT_TRUE(client.ok()) << client.status();
-    client_ = *std::move(client);
-  }
-
-  static ServerProcess* server_;
-  std::unique_ptr<Client> client_;
-};
-
-ServerProcess* ClientVariantsTest::server_ = nullptr;
+class ClientVariantsTest : public AttndClientTest {};
 
 // Attend under RoPE, [1, 4, 16, 32]: each 16-bit encoding in, each 16-bit type out.
 TEST_F(ClientVariantsTest, SixteenBitInAndOutMatchTheFloat32CallBitForBit) {
