@@ -43,9 +43,11 @@ PREFIX_BASE = "attnso"
 SUBNET = "10.231.0"
 PORT = 50051
 METRICS_PORT = 9464
-# Long enough for HAProxy's check (inter 1s, fall 2) to take a lame duck out;
-# client-side health checking needs milliseconds.
-LAME_DUCK_S = 3
+# As the deployments (Compose, Kubernetes): long enough for HAProxy's check to take a
+# lame duck out, about 1.25 s plus two check durations (deploy/haproxy/haproxy.cfg); with
+# 3 s a loaded run once sent a call into a replica's drain (CANCELLED). Client-side health
+# checking needs milliseconds.
+LAME_DUCK_S = 5
 GRACE_S = 10
 WAIT_S = 60.0
 MIN_SHARE = 0.15
