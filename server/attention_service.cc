@@ -19,6 +19,7 @@
 #include "server/convert.h"
 #include "server/decode_call.h"
 #include "server/status_util.h"
+#include "server/tsan_annotations.h"
 #include "server/wire.h"
 
 #ifndef ATTN_VERSION
@@ -359,6 +360,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public Job {
   }
   void OnCancel() override { batcher_->Cancel(this); }
   void OnDone() override {
+    TakeOverFromGrpc(this);
     if (reserved_ > 0) pending_->Release(reserved_);
     delete this;
   }
@@ -371,6 +373,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public Job {
       sent = reserved_;
     }
     record_.Done(status, sent);
+    HandOverToGrpc(this);
     Finish(ToGrpcStatus(status));
   }
 
@@ -413,19 +416,23 @@ class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffe
     // A new stream while draining is refused; its later messages are not.
     if (!gate_->Enter(/*new_call=*/true)) {
       metrics_->RecordDrop(DropReason::kShutdown);
+      HandOverToGrpc(this);
       Finish(ToGrpcStatus(Draining()));
       return;
     }
     gate_->Leave();
     gate_->StreamOpened();
     opened_ = true;
+    HandOverToGrpc(this);
     StartRead(&body_);
   }
 
   void OnReadDone(bool ok) override {
+    TakeOverFromGrpc(this);
     // Not ok: the client half-closed (every earlier response is written) or
     // the call is gone; either way the stream ends here.
     if (!ok) {
+      HandOverToGrpc(this);
       Finish(grpc::Status::OK);
       return;
     }
@@ -436,6 +443,7 @@ class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffe
     body_.Clear();
     if (!parsed.ok()) {
       record_->Done(parsed, 0);
+      HandOverToGrpc(this);
       Finish(ToGrpcStatus(parsed));
       return;
     }
@@ -457,28 +465,34 @@ class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffe
     // After Finish (or a write that fails), OnDone may delete `this`.
     DrainGate* const gate = gate_;
     if (answer.ok()) {
+      HandOverToGrpc(this);
       StartWrite(&reply_);
     } else {
+      HandOverToGrpc(this);
       Finish(ToGrpcStatus(answer));
     }
     gate->Leave();
   }
 
   void OnWriteDone(bool ok) override {
+    TakeOverFromGrpc(this);
     // Sent (or never to be): no longer pending, no longer in flight.
     ReleaseReply();
     record_.reset();
     if (!ok) {
+      HandOverToGrpc(this);
       Finish(ToGrpcStatus(
           absl::CancelledError("AttendStream: writing a response failed; the stream is broken")));
       return;
     }
     request_.Clear();
+    HandOverToGrpc(this);
     StartRead(&body_);
   }
 
   void OnCancel() override { batcher_->Cancel(this); }
   void OnDone() override {
+    TakeOverFromGrpc(this);
     ReleaseReply();
     if (opened_) gate_->StreamClosed();
     delete this;

@@ -16,6 +16,7 @@
 #include "kernels/status_macros.h"
 #include "server/convert.h"
 #include "server/status_util.h"
+#include "server/tsan_annotations.h"
 #include "server/wire.h"
 
 namespace attnserve::server {
@@ -104,6 +105,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   void OnReadDone(bool ok) override {
+    TakeOverFromGrpc(this);
     {
       absl::MutexLock lock(&mu_);
       reading_ = false;
@@ -235,6 +237,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     DrainGate* const gate = queued_ ? c_.gate : nullptr;
     queued_ = false;
     if (answer.ok()) {
+      HandOverToGrpc(this);
       StartWrite(&reply_);
     } else {
       FinishOnce(answer, SessionEnd::kError);
@@ -244,6 +247,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   void OnWriteDone(bool ok) override {
+    TakeOverFromGrpc(this);
     ReleaseReply();
     if (!ok) {
       FinishOnce(absl::CancelledError("Decode: writing a response failed; the stream is broken"),
@@ -256,6 +260,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   void OnCancel() override { c_.batcher->Cancel(this); }
 
   void OnDone() override {
+    TakeOverFromGrpc(this);
     ReleaseReply();
     if (in_flight_) c_.metrics->inflight_requests().Decrement();
     if (opened_) c_.gate->StreamClosed();
@@ -278,6 +283,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       reading_ = true;
     }
     if (session_id_ != 0) c_.sessions->SetWaiting(session_id_, true);
+    HandOverToGrpc(this);
     StartRead(&body_);
   }
 
@@ -322,6 +328,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       end_ = SessionEnd::kIdle;
     }
     const absl::Duration timeout = c_.sessions->options().idle_timeout;
+    HandOverToGrpc(this);
     Finish(ToGrpcStatus(absl::AbortedError(absl::StrCat(
         "session: no message for --session_idle_timeout_s=", absl::ToDoubleSeconds(timeout),
         " s; the session and its cache are gone (open a new stream to start again)"))));
@@ -334,6 +341,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       finished_ = true;
       end_ = reason;
     }
+    HandOverToGrpc(this);
     Finish(ToGrpcStatus(status));
   }
 
