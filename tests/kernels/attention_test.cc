@@ -441,10 +441,11 @@ TEST(AttentionTest, CancellationFlagStopsTheCallWithCancelled) {
 }
 
 // The phases of AttendResult::timings are real, disjoint parts of the call:
-// each positive, together no longer than the call timed from outside. For
-// learned with d_model = H*D = 512 (the bench's widths) the input side,
-// three [128,512]x[512,512] projections (201 MFLOP), outweighs the attention
-// (4*H*D*S^2 = 33.5 MFLOP).
+// each positive, together no longer than the call timed from outside, with
+// the input projections (learned, d_model = H*D = 512: the bench's widths)
+// and without (none). Which phase is the longer is not asserted: that is a
+// speed, the bench's to show, and its order changes on a loaded machine and
+// under ASan (which instruments the engine and not oneDNN's projections).
 TEST(AttentionTest, TimingsSplitTheCallIntoItsPhases) {
   RandomCase c;
   c.heads = 2;
@@ -465,21 +466,6 @@ TEST(AttentionTest, TimingsSplitTheCallIntoItsPhases) {
     EXPECT_GT(t.prepare_seconds, 0) << Name(method);
     EXPECT_GT(t.engine_seconds, 0) << Name(method);
     EXPECT_LE(t.check_seconds + t.prepare_seconds + t.engine_seconds, wall) << Name(method);
-    // The projections run in oneDNN at the CPU's best ISA; on the baseline
-    // path (ATTN_MAX_ISA=baseline: SSE2, no FMA) the engine is about 5x
-    // slower and the two are of one size, so the order holds only above it.
-    if (method == MethodKind::kLearned && kernels::ActiveIsa() != kernels::Isa::kBaseline) {
-      // The fastest of a few calls each (one call's phase can lose its core
-      // on a loaded machine).
-      double prepare = t.prepare_seconds, engine = t.engine_seconds;
-      for (int n = 0; n < 4; ++n) {
-        auto again = AttendOnce(args, options);
-        ASSERT_TRUE(again.ok()) << again.status();
-        prepare = std::min(prepare, again->timings.prepare_seconds);
-        engine = std::min(engine, again->timings.engine_seconds);
-      }
-      EXPECT_GT(prepare, engine) << "the projections are 6x the attention";
-    }
   }
 }
 
