@@ -29,6 +29,7 @@
 #include "server/convert.h"
 #include "tests/testing/metrics_scrape.h"
 #include "tests/testing/reference.h"
+#include "tests/testing/sanitizers.h"
 #include "tests/testing/server_process.h"
 
 namespace attnserve::testing {
@@ -40,6 +41,10 @@ using ::testing::HasSubstr;
 using Stream = grpc::ClientReaderWriter<v1::DecodeRequest, v1::DecodeResponse>;
 
 constexpr double kRtol = 1e-4, kAtol = 1e-5;
+
+// A stream's whole life, far above what any session here needs (a few
+// seconds at most): a wedged attnd fails the test instead of hanging it.
+const absl::Duration kStreamDeadline = absl::Seconds(30) * kSanitizerTimeFactor;
 
 std::vector<float> Random(int64_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);
@@ -253,6 +258,7 @@ class Session {
  public:
   explicit Session(v1::AttentionService::Stub* stub, const std::string& token = "") {
     if (!token.empty()) context_.AddMetadata("authorization", "Bearer " + token);
+    context_.set_deadline(absl::ToChronoTime(absl::Now() + kStreamDeadline));
     stream_ = stub->Decode(&context_);
   }
   // The response, or nullopt when the stream ended instead (see Finish).
@@ -294,10 +300,16 @@ double Metric(const ServerProcess& server, const std::string& series) {
 }
 
 // Polls (at most 20 s) until `series` reads `value`: a stream's end reaches
-// the server a moment after the client sees it.
+// the server a moment after the client sees it. False at once if attnd has
+// died.
 bool MetricBecomes(const ServerProcess& server, const std::string& series, double value) {
   for (int i = 0; i < 400; ++i) {
     if (Metric(server, series) == value) return true;
+    const absl::Status alive = server.CheckAlive();
+    if (!alive.ok()) {
+      ADD_FAILURE() << alive;
+      return false;
+    }
     absl::SleepFor(absl::Milliseconds(50));
   }
   return false;
@@ -315,8 +327,16 @@ class DecodeTest : public ::testing::Test {
     delete server_;
     server_ = nullptr;
   }
-  void SetUp() override { stub_ = StubFor(*server_); }
+  void SetUp() override {
+    // The suite shares one attnd: once it has died, every later test fails
+    // here at once.
+    ASSERT_NE(server_, nullptr);
+    const absl::Status alive = server_->CheckAlive();
+    ASSERT_TRUE(alive.ok()) << alive;
+    stub_ = StubFor(*server_);
+  }
   void TearDown() override {
+    if (server_ == nullptr) return;
     // Every stream of the test has ended: nothing stays reserved.
     EXPECT_TRUE(MetricBecomes(*server_, "attnserve_session_cache_bytes", 0));
     EXPECT_TRUE(MetricBecomes(*server_, "attnserve_sessions", 0));

@@ -209,6 +209,23 @@ absl::Status ServerProcess::Terminate() {
       absl::StrCat("attnd ", DescribeWaitStatus(status), " after SIGTERM"));
 }
 
+absl::Status ServerProcess::CheckAlive() const {
+  siginfo_t info{};
+  // WNOWAIT: look without reaping, so the pid stays ours until the destructor.
+  while (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+    if (errno != EINTR) {
+      return absl::InternalError(absl::StrCat("waitid(", pid_, "): ", strerror(errno)));
+    }
+  }
+  if (info.si_pid == 0) return absl::OkStatus();
+  const std::string how = info.si_code == CLD_EXITED
+                              ? absl::StrCat("exited with status ", info.si_status)
+                              : absl::StrCat("was killed by signal ", info.si_status, " (",
+                                             strsignal(info.si_status), ")");
+  return absl::FailedPreconditionError(absl::StrCat(
+      "attnd (pid ", pid_, ") ", how, " while the test ran (its stderr is in the test log)"));
+}
+
 std::string ServerProcess::address() const { return absl::StrCat("127.0.0.1:", port_); }
 
 }  // namespace attnserve::testing

@@ -52,6 +52,13 @@ class ServerProcess {
   // The child's process id (for tests that signal it themselves).
   pid_t pid() const { return pid_; }
 
+  // OK while attnd runs; FAILED_PRECONDITION saying how it ended once it has
+  // exited or been killed (a sanitizer build's attnd exits at its first
+  // report). Does not reap the child (the destructor still does), so it may
+  // be called any number of times, from any thread: a test that polls attnd
+  // checks it to fail at once instead of waiting out its polls.
+  absl::Status CheckAlive() const;
+
   // Sends SIGTERM and waits (without limit) for attnd to exit. OK when it
   // exited with status 0, else FAILED_PRECONDITION saying how it ended.
   // Call at most once; the destructor then only removes the directory.
