@@ -223,8 +223,11 @@ class FastEngine {
     int64_t begin = 0, lower_end = 0, upper_begin = 0, end = 0;
 
     int64_t TileEnd(int64_t j0) const {
-      const int64_t limit = j0 < lower_end ? lower_end : j0 < upper_begin ? upper_begin : end;
-      return std::min(limit, j0 + kBlockK);
+      const int64_t limit = j0 + kBlockK;
+      if (end <= limit) return end;
+      if (upper_begin > j0 && upper_begin <= limit) return upper_begin;
+      if (lower_end > j0 && lower_end <= limit) return lower_end;
+      return limit;
     }
   };
 
@@ -376,18 +379,19 @@ class FastEngine {
     for (int64_t j0 = tiles.begin, n = 0; j0 < tiles.end; j0 += n) {
       n = tiles.TileEnd(j0) - j0;
       ComputeScores(ws, bh, i0, rows, j0, n, s, kBlockK);
+      // The weights P.V reads outside a row's [cols.begin, cols.end) must
+      // be 0: the rest of its row group's columns (GroupInTile), at most
+      // kRows - 1 keys past cols.end (each mask's end grows by at most one
+      // a row); a value term reads the whole tile.
+      int64_t group_end = n;
       for (int64_t r = 0; r < rows; ++r) {
         float* row = s + r * kBlockK;
         const KeyRange cols = VisibleInTile(b, i0 + r, j0, n);
-        // The weights P.V reads outside [cols.begin, cols.end) must be 0:
-        // the rest of its row group's columns (GroupInTile), at most kRows
-        // - 1 keys past cols.end (each mask's end grows by at most one a
-        // row); a value term reads up to the causal prefix.
-        const int64_t group_start = r / simd::kRows * simd::kRows;
-        const int64_t group = std::min<int64_t>(simd::kRows, rows - group_start);
-        const int64_t read_end =
-            value_term_ ? n
-                        : std::max(cols.end, GroupInTile(b, i0 + group_start, group, j0, n).end);
+        if (r % simd::kRows == 0 && !value_term_) {
+          const int64_t group = std::min<int64_t>(simd::kRows, rows - r);
+          group_end = GroupInTile(b, i0 + r, group, j0, n).end;
+        }
+        const int64_t read_end = std::max(cols.end, group_end);
         if (cols.end == cols.begin) {
           std::fill(row, row + read_end, 0.0f);
           continue;
@@ -396,8 +400,10 @@ class FastEngine {
         // From the vector holding the first visible key (the ones before it
         // -inf: exp gives 0), so the padded tail stays inside the row.
         const int64_t start = cols.begin / simd::kLanes * simd::kLanes;
-        std::fill(row, row + start, 0.0f);
-        std::fill(row + start, row + cols.begin, kMinusInf);
+        if (cols.begin > 0) {  // Not the common case: no calls for empty ranges.
+          std::fill(row, row + start, 0.0f);
+          std::fill(row + start, row + cols.begin, kMinusInf);
+        }
         const int64_t width = cols.end - start;
         const float tile_max = simd::Max(row + start, width, simd::Tail::kPadded);
         const float new_max = std::max(m[r], tile_max);
