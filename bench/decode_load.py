@@ -11,7 +11,13 @@ rows; bounded in steps and time). Starts attnd from the build tree itself on
   3. 64 concurrent sessions of 1024 cached tokens (asyncio, one channel):
      steps/s and p50/p99 step latency.
 
+With --compare_batching=RUNS it runs only part 3, RUNS times against an
+attnd with --decode_batching=true and RUNS times against one with
+--decode_batching=false (the same binary, both started once), alternating,
+and prints each run, the medians and the load average around each run.
+
 Usage: PYTHONPATH=build/python bench/decode_load.py [build] [--steps=N] [--sessions=64]
+       [--compare_batching=RUNS]
 """
 
 import asyncio
@@ -31,13 +37,13 @@ from attnserve.session import decode_step_request
 from attnserve.client import attend_request
 
 
-def start_attnd(build):
+def start_attnd(build, extra=()):
     tmp = tempfile.mkdtemp(prefix="decode_load_")
     port_file, metrics_file = os.path.join(tmp, "port"), os.path.join(tmp, "metrics")
     proc = subprocess.Popen(
         [os.path.join(build, "bin", "attnd"), "--address=127.0.0.1:0", f"--port_file={port_file}",
          "--metrics_address=127.0.0.1:0", f"--metrics_port_file={metrics_file}",
-         "--lame_duck_s=0", "--threads=2", "--session_memory_bytes=2000000000"],
+         "--lame_duck_s=0", "--threads=2", "--session_memory_bytes=2000000000", *extra],
         stderr=subprocess.DEVNULL)
     for _ in range(400):
         if os.path.exists(port_file):
@@ -48,12 +54,16 @@ def start_attnd(build):
     raise RuntimeError("attnd did not start")
 
 
-def decode_bytes(metrics_port):
+def metric(metrics_port, series):
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
     for line in text.decode().splitlines():
-        if line.startswith('attnserve_request_bytes_total{rpc="Decode"}'):
+        if line.startswith(series + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def decode_bytes(metrics_port):
+    return metric(metrics_port, 'attnserve_request_bytes_total{rpc="Decode"}')
 
 
 def rand(rng, *shape):
@@ -134,9 +144,44 @@ async def concurrent(address, rng, sessions, steps, cached=1024, h=8, d=64):
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1e3
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3
-    print(f"3. {sessions} concurrent sessions of {cached} cached tokens, {steps} steps each: "
-          f"{len(latencies) / wall:.0f} steps/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms "
-          f"(no cross-session batching)")
+    return len(latencies) / wall, p50, p99
+
+
+def compare_batching(build, rng, sessions, steps, runs):
+    """Part 3 alternating between attnd with and without --decode_batching."""
+    servers = {}
+    try:
+        for batching in (True, False):
+            servers[batching] = start_attnd(
+                build, [f"--decode_batching={'true' if batching else 'false'}"])
+        results = {True: [], False: []}
+        for run in range(runs):
+            for batching in (True, False) if run % 2 == 0 else (False, True):
+                proc, port, metrics_port = servers[batching]
+                passes = metric(metrics_port, "attnserve_decode_batch_size_count")
+                batched = metric(metrics_port, "attnserve_decode_batch_size_sum")
+                load_before = os.getloadavg()[0]
+                rate, p50, p99 = asyncio.run(
+                    concurrent(f"127.0.0.1:{port}", rng, sessions, steps))
+                load_after = os.getloadavg()[0]
+                passes = metric(metrics_port, "attnserve_decode_batch_size_count") - passes
+                batched = metric(metrics_port, "attnserve_decode_batch_size_sum") - batched
+                results[batching].append((rate, p50, p99))
+                print(f"   run {run + 1} batching={'on ' if batching else 'off'}: {rate:6.0f} "
+                      f"steps/s, p50 {p50:6.2f} ms, p99 {p99:6.2f} ms; {batched / passes:5.2f} "
+                      f"steps per kernel pass (prefills included); load {load_before:.1f} -> "
+                      f"{load_after:.1f}", flush=True)
+        for batching in (True, False):
+            rows = results[batching]
+            print(f"3. {sessions} sessions x 1024 cached, {steps} steps each, batching "
+                  f"{'on ' if batching else 'off'}: median of {len(rows)}: "
+                  f"{statistics.median(r[0] for r in rows):.0f} steps/s, "
+                  f"p50 {statistics.median(r[1] for r in rows):.2f} ms, "
+                  f"p99 {statistics.median(r[2] for r in rows):.2f} ms")
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
 def main():
@@ -145,6 +190,10 @@ def main():
     build = args[0] if args else "build"
     steps = int(flags.get("steps", 40))
     sessions = int(flags.get("sessions", 64))
+    if "compare_batching" in flags:
+        compare_batching(build, np.random.default_rng(15), sessions, max(4, steps // 4),
+                         int(flags["compare_batching"]))
+        return
     proc, port, metrics_port = start_attnd(build)
     try:
         rng = np.random.default_rng(15)
@@ -152,7 +201,10 @@ def main():
         with attnserve.Client(address, timeout=600) as client:
             step_vs_attend(client, rng, steps)
             bytes_per_step(client, metrics_port, rng)
-        asyncio.run(concurrent(address, rng, sessions, max(4, steps // 4)))
+        rate, p50, p99 = asyncio.run(concurrent(address, rng, sessions, max(4, steps // 4)))
+        print(f"3. {sessions} concurrent sessions of 1024 cached tokens, {max(4, steps // 4)} "
+              f"steps each: {rate:.0f} steps/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+              f"(attnd's default --decode_batching)")
     finally:
         proc.terminate()
         proc.wait(timeout=20)

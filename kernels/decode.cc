@@ -27,7 +27,7 @@ bool IsAbsolute(MethodKind method) {
 // Methods whose logit is scale * q.k plus at most ALiBi's bias once RoPE's
 // rows are turned and the absolute methods' rows projected: the decode
 // kernel reads their cache in place.
-bool RunsInPlace(MethodKind method) {
+bool MethodRunsInPlace(MethodKind method) {
   switch (method) {
     case MethodKind::kNone:
     case MethodKind::kSinusoidal:
@@ -295,13 +295,67 @@ void DecodeSession::Append(const float* rows, int64_t n, int64_t width, float* c
 
 absl::StatusOr<AttendResult> DecodeSession::Step(TensorMap inputs, bool return_probs,
                                                  const ComputeOptions& options) {
+  SessionStep step;
+  step.session = this;
+  step.inputs = std::move(inputs);
+  step.return_probs = return_probs;
+  StepBatch(absl::MakeSpan(&step, 1), options);
+  return std::move(step.result);
+}
+
+void DecodeSession::StepBatch(absl::Span<SessionStep> steps, const ComputeOptions& options) {
+  std::vector<std::unique_ptr<InPlace>> in_place(steps.size());
+  std::vector<const DecodeAttention*> problems;
+  std::vector<size_t> of_problem;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    SessionStep& step = steps[i];
+    DecodeSession& session = *step.session;
+    // The encode and projection loops of a step stop when its own caller does.
+    ComputeOptions own = options;
+    if (step.cancelled != nullptr) own.cancelled = step.cancelled;
+    Tensor q;
+    int64_t n = 0;
+    const absl::Status begun = session.Begin(step.inputs, step.return_probs, own, &q, &n);
+    step.inputs.clear();
+    if (!begun.ok()) {
+      step.result = begun;
+      continue;
+    }
+    // A long prefill chunk is compute-bound (n rows against every key): the
+    // tiled engine does it far faster than the decode kernel, and the copy of
+    // the cached rows it needs costs little next to its n * (t + n) products.
+    if (!session.RunsInPlace(n)) {
+      step.result = session.StepByAttend(std::move(q), n, step.return_probs, own);
+      continue;
+    }
+    absl::StatusOr<std::unique_ptr<InPlace>> prepared =
+        session.PrepareInPlace(std::move(q), n, step.return_probs);
+    if (!prepared.ok()) {
+      step.result = prepared.status();
+      continue;
+    }
+    in_place[i] = *std::move(prepared);
+    in_place[i]->problem.cancelled = step.cancelled;
+    problems.push_back(&in_place[i]->problem);
+    of_problem.push_back(i);
+  }
+  if (problems.empty()) return;
+  const std::vector<absl::Status> statuses = RunDecodeAttentionBatch(problems, options);
+  for (size_t k = 0; k < problems.size(); ++k) {
+    SessionStep& step = steps[of_problem[k]];
+    step.result = step.session->EndInPlace(*in_place[of_problem[k]], statuses[k]);
+  }
+}
+
+absl::Status DecodeSession::Begin(TensorMap& inputs, bool return_probs,
+                                  const ComputeOptions& options, Tensor* q_out, int64_t* n_out) {
   const DecodeOptions& o = options_;
   const int64_t b = o.batch, h = o.num_heads;
   if (!options.inputs_checked) {
     for (const auto& [name, tensor] : inputs) ATTN_RETURN_IF_ERROR(CheckFiniteValues(tensor, name));
   }
-  int64_t n = 0;
-  Tensor q;
+  int64_t& n = *n_out;
+  Tensor& q = *q_out;
   if (IsAbsolute(o.method)) {
     ATTN_RETURN_IF_ERROR(CheckStepNames(inputs, {"x"}, o.method));
     const int64_t d_model = o.tensors.at("w_q").dim(0);
@@ -356,22 +410,24 @@ absl::StatusOr<AttendResult> DecodeSession::Step(TensorMap inputs, bool return_p
     Append(k.data(), n, d_, k_.get());
     Append(inputs.at("v").data(), n, dv_, v_.get());
   }
-  // A long prefill chunk is compute-bound (n rows against every key): the
-  // tiled engine does it far faster than the decode kernel, and the copy of
-  // the cached rows it needs costs little next to its n * (t + n) products.
-  return RunsInPlace(o.method) && n <= kMaxInPlaceRows
-             ? StepInPlace(std::move(q), n, return_probs, options)
-             : StepByAttend(std::move(q), n, return_probs, options);
+  return absl::OkStatus();
 }
 
-absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, bool return_probs,
-                                                        const ComputeOptions& options) {
+bool DecodeSession::RunsInPlace(int64_t n) const {
+  return MethodRunsInPlace(options_.method) && n <= kMaxInPlaceRows;
+}
+
+absl::StatusOr<std::unique_ptr<DecodeSession::InPlace>> DecodeSession::PrepareInPlace(
+    Tensor q_in, int64_t n, bool return_probs) {
   const DecodeOptions& o = options_;
   const int64_t length = length_ + n;
-  AttendResult result;
+  auto step = std::make_unique<InPlace>();
+  step->q = std::move(q_in);
+  Tensor& q = step->q;
+  AttendResult& result = step->result;
   result.out = Tensor({o.batch, o.num_heads, n, dv_});
   if (return_probs) result.probs = Tensor({o.batch, o.num_heads, n, length});
-  DecodeAttention p;
+  DecodeAttention& p = step->problem;
   p.q = q.data();
   p.k = k_.get();
   p.v = v_.get();
@@ -387,7 +443,7 @@ absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, boo
   p.scale = static_cast<float>(scale);
   p.slopes = slopes_.empty() ? nullptr : slopes_.data();
   // DA-Transformer's Rhat_h at every distance a new row meets: 0 .. length-1.
-  std::vector<float> rhat;
+  std::vector<float>& rhat = step->rhat;
   if (o.method == MethodKind::kDaTransformer) {
     const Tensor& w = o.tensors.at("dist_w");
     const Tensor& v = o.tensors.at("dist_v");
@@ -399,7 +455,7 @@ absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, boo
     }
     p.rhat = rhat.data();
   }
-  std::vector<float> features;
+  std::vector<float>& features = step->features;
   if (o.method == MethodKind::kTransformerXL) {
     // (q + u_h) . k_j + (q + v_h) . rel_h(p - j); with b = (q + v_h) @ w_r[h]^T
     // (d_rel) and f_m the frequencies, angle addition gives
@@ -448,21 +504,26 @@ absl::StatusOr<AttendResult> DecodeSession::StepInPlace(Tensor q, int64_t n, boo
   p.softcap = o.softcap;
   p.out = result.out.data();
   p.probs = return_probs ? result.probs->data() : nullptr;
-  // A failed step caches nothing: the length goes back (the fuzzer found a
-  // step whose scores overflowed leave its tokens cached).
-  const int64_t before = length_;
+  step->before = length_;
   length_ = length;
-  absl::Status status = RunDecodeAttention(p, options);
-  if (status.ok() && !AllFinite(result.out.data(), result.out.size())) {
+  return step;
+}
+
+absl::StatusOr<AttendResult> DecodeSession::EndInPlace(InPlace& step, const absl::Status& kernel) {
+  absl::Status status = kernel;
+  const Tensor& out = step.result.out;
+  if (status.ok() && !AllFinite(out.data(), out.size())) {
     status = absl::InvalidArgumentError(
         "q, k, scale: the scores overflow float32 (an output is not finite); scale the inputs "
         "down");
   }
+  // A failed step caches nothing: the length goes back (the fuzzer found a
+  // step whose scores overflowed leave its tokens cached).
   if (!status.ok()) {
-    length_ = before;
+    length_ = step.before;
     return status;
   }
-  return result;
+  return std::move(step.result);
 }
 
 absl::StatusOr<AttendResult> DecodeSession::StepByAttend(Tensor q, int64_t n, bool return_probs,

@@ -26,12 +26,17 @@
 // A step of more than 16 new tokens (a prefill chunk: compute-bound) runs
 // the kernels' tiled Attend over a copy of the cached rows for every method
 // (rope and the absolute methods as none on their turned or projected rows).
+// DecodeSession::StepBatch runs the steps of several sessions together:
+// those the decode kernel runs in place share one parallel pass
+// (RunDecodeAttentionBatch), each reading its own cache where it is.
 //
 // Thread-safety: a session is used by one caller at a time (a Decode stream
-// keeps one message in flight); distinct sessions share nothing.
+// keeps one message in flight; a batch holds distinct sessions); distinct
+// sessions share nothing.
 #ifndef ATTNSERVE_KERNELS_DECODE_H_
 #define ATTNSERVE_KERNELS_DECODE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -39,7 +44,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "kernels/attention.h"
+#include "kernels/decode_attention.h"
 #include "kernels/tensor.h"
 
 namespace attnserve::kernels {
@@ -73,6 +80,21 @@ struct DecodeOptions {
 // RESOURCE_EXHAUSTED when the size overflows int64.
 absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& options);
 
+class DecodeSession;
+
+// One step of a batch (DecodeSession::StepBatch): what Step takes, and its
+// answer.
+struct SessionStep {
+  DecodeSession* session = nullptr;  // not owned; distinct in a batch
+  TensorMap inputs;
+  bool return_probs = false;
+  // This step's own caller stops waiting; null: never (the batch's
+  // ComputeOptions::cancelled stops every step).
+  const std::atomic<bool>* cancelled = nullptr;
+  // Step's result or error, set by StepBatch.
+  absl::StatusOr<AttendResult> result = absl::UnknownError("step: not run");
+};
+
 class DecodeSession {
  public:
   // Allocates the cache of `options`, which ValidateDecodeOpen has accepted
@@ -86,6 +108,11 @@ class DecodeSession {
   int64_t cache_bytes() const { return cache_bytes_; }
   const DecodeOptions& options() const { return options_; }
 
+  // Whether a step of n new tokens runs in place on the decode kernel (every
+  // method, n <= 16), which StepBatch runs in one pass with others; else it
+  // runs the tiled engine alone.
+  bool RunsInPlace(int64_t n) const;
+
   // Keeps the first `length` tokens. INVALID_ARGUMENT naming truncate.length
   // unless 0 <= length <= length().
   absl::Status Truncate(int64_t length);
@@ -97,18 +124,44 @@ class DecodeSession {
   // INVALID_ARGUMENT naming the tensor (names, shapes; non-finite values
   // unless options.inputs_checked), OUT_OF_RANGE naming max_len when
   // length() + n > max_len, RESOURCE_EXHAUSTED for a result above the
-  // options' limits; CANCELLED (the new tokens stay cached: a failed step
-  // ends its stream anyway).
+  // options' limits; CANCELLED.
   absl::StatusOr<AttendResult> Step(TensorMap inputs, bool return_probs,
                                     const ComputeOptions& options);
+
+  // Steps of distinct sessions, each exactly as its session's Step (its own
+  // result or error in steps[i].result; a failed or cancelled step caches
+  // nothing and leaves the others alone). The steps the decode kernel runs
+  // in place (n <= 16 new tokens) share one parallel pass over all their
+  // caches with options.threads threads; the others (prefill chunks) run
+  // one after another. With one thread every output is bit for bit that of
+  // Step (RunDecodeAttentionBatch).
+  static void StepBatch(absl::Span<SessionStep> steps, const ComputeOptions& options);
 
  private:
   DecodeSession(DecodeOptions options, int64_t cache_bytes);
 
+  // A step in place between its preparation and its end: the decode
+  // kernel's problem and the buffers it points into.
+  struct InPlace {
+    DecodeAttention problem;
+    Tensor q;
+    std::vector<float> rhat, features;
+    AttendResult result;
+    int64_t before = 0;  // length_ before the step
+  };
+
   // Writes rows [B, H_kv, n, width] of `rows` into `cache` at row length_.
   void Append(const float* rows, int64_t n, int64_t width, float* cache) const;
-  absl::StatusOr<AttendResult> StepInPlace(Tensor q, int64_t n, bool return_probs,
-                                           const ComputeOptions& options);
+  // Checks a step's inputs and writes its new rows into the cache (turned
+  // or projected) past length_; *q gets its queries, *n its token count.
+  absl::Status Begin(TensorMap& inputs, bool return_probs, const ComputeOptions& options,
+                     Tensor* q, int64_t* n);
+  // The kernel's problem of a step in place; length_ counts the new tokens
+  // from here until EndInPlace.
+  absl::StatusOr<std::unique_ptr<InPlace>> PrepareInPlace(Tensor q, int64_t n, bool return_probs);
+  // The step's answer after its kernel returned `status`: on any failure
+  // (or an output that is not finite) length_ goes back.
+  absl::StatusOr<AttendResult> EndInPlace(InPlace& step, const absl::Status& status);
   absl::StatusOr<AttendResult> StepByAttend(Tensor q, int64_t n, bool return_probs,
                                             const ComputeOptions& options);
 

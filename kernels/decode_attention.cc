@@ -146,103 +146,134 @@ absl::Status RunWithProbs(const DecodeAttention& p, const ComputeOptions& option
   return CheckCancelled(options);
 }
 
-}  // namespace
+// CANCELLED once `p`'s caller, or the whole call's, stopped waiting.
+absl::Status CheckStopped(const DecodeAttention& p, const ComputeOptions& options) {
+  ATTN_RETURN_IF_ERROR(CheckCancelled(options));
+  ComputeOptions own;
+  own.cancelled = p.cancelled;
+  return CheckCancelled(own);
+}
 
-absl::Status RunDecodeAttention(const DecodeAttention& p, const ComputeOptions& options) {
-  if (p.probs != nullptr) return RunWithProbs(p, options);
-  const int64_t group = p.heads / p.kv_heads;
-  const int64_t rows = group * p.n;  // query rows per key/value head
-  const int64_t heads = p.batch * p.kv_heads;
+// One problem's share of a pass: its tasks (key/value head x key chunk) are
+// [task0, task0 + tasks) of the pass, its partial softmaxes at `partial`.
+struct Plan {
+  const DecodeAttention* p = nullptr;
+  int64_t group = 0;      // query heads per key/value head
+  int64_t rows = 0;       // query rows per key/value head
+  int64_t heads = 0;      // key/value heads, B * H_kv
+  int64_t first_key = 0;  // keys before it no row sees (the window)
+  int64_t chunks = 1, chunk_keys = 0;
+  int64_t task0 = 0, tasks = 0;
+  int64_t stride = 0;  // per task and row: the running max, the sum and Dv weighted values
+  float* partial = nullptr;
+};
+
+// The plan of `p` when the pass has `all_heads` key/value heads in total:
+// split-K only as far as the threads need work, about two tasks a thread.
+Plan MakePlan(const DecodeAttention& p, int64_t all_heads, int threads) {
+  Plan plan;
+  plan.p = &p;
+  plan.group = p.heads / p.kv_heads;
+  plan.rows = plan.group * p.n;
+  plan.heads = p.batch * p.kv_heads;
   // Keys no row sees (before the window of the first new row) are skipped.
-  const int64_t first_key =
-      p.window.has_value() ? std::max<int64_t>(0, p.length - p.n - *p.window + 1) : 0;
-  const int64_t keys = p.length - first_key;
-  // Split-K only as far as the threads need work: about two tasks a thread.
-  int64_t chunks = 1;
-  if (options.threads > 1) {
-    const int64_t wanted = (2 * options.threads + heads - 1) / heads;
-    chunks = std::clamp<int64_t>(keys / kMinChunkKeys, 1, wanted);
+  plan.first_key = p.window.has_value() ? std::max<int64_t>(0, p.length - p.n - *p.window + 1) : 0;
+  const int64_t keys = p.length - plan.first_key;
+  if (threads > 1) {
+    const int64_t wanted = (2 * threads + all_heads - 1) / all_heads;
+    plan.chunks = std::clamp<int64_t>(keys / kMinChunkKeys, 1, wanted);
   }
-  const int64_t chunk_keys = (keys + chunks - 1) / chunks;
-  const int64_t tasks = heads * chunks;
-  // Per task and row: the running max, the sum and the weighted values.
-  const int64_t stride = p.dv + 2;
-  std::vector<float> partial(static_cast<size_t>(tasks * rows * stride));
-  const Logits logit(p);
+  plan.chunk_keys = (keys + plan.chunks - 1) / plan.chunks;
+  plan.tasks = plan.heads * plan.chunks;
+  plan.stride = p.dv + 2;
+  return plan;
+}
 
-  ParallelFor(tasks, options.threads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Row> block_rows(kRowBlock);
-    std::vector<float> scores(static_cast<size_t>(kRowBlock * kKeyBlock));
-    for (int64_t task = begin; task < end; ++task) {
-      if (IsCancelled(options)) return;
-      const int64_t kv = task / chunks, chunk = task % chunks;
-      const int64_t b = kv / p.kv_heads, g = kv % p.kv_heads;
-      const int64_t c0 = first_key + chunk * chunk_keys;
-      const int64_t c1 = std::min(p.length, c0 + chunk_keys);
-      const float* k = p.k + kv * p.max_len * p.d;
-      const float* v = p.v + kv * p.max_len * p.dv;
-      float* part = partial.data() + task * rows * stride;
-      for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-        const int64_t count = std::min(kRowBlock, rows - r0);
-        for (int64_t r = 0; r < count; ++r) {
-          const int64_t row = r0 + r;
-          block_rows[r] = MakeRow(p, b, g * group + row / p.n, row % p.n);
-          float* state = part + row * stride;
-          state[0] = -std::numeric_limits<float>::infinity();
-          std::fill_n(state + 1, p.dv + 1, 0.0f);
+// Task `task` of `plan` (one key/value head's chunk of keys, every query row
+// of its group): its rows' partial softmaxes. `block_rows` and `scores` are
+// the thread's scratch (kRowBlock rows, kRowBlock * kKeyBlock scores).
+void RunTask(const Plan& plan, int64_t task, std::vector<Row>& block_rows,
+             std::vector<float>& scores) {
+  const DecodeAttention& p = *plan.p;
+  const Logits logit(p);
+  const int64_t kv = task / plan.chunks, chunk = task % plan.chunks;
+  const int64_t b = kv / p.kv_heads, g = kv % p.kv_heads;
+  const int64_t c0 = plan.first_key + chunk * plan.chunk_keys;
+  const int64_t c1 = std::min(p.length, c0 + plan.chunk_keys);
+  const float* k = p.k + kv * p.max_len * p.d;
+  const float* v = p.v + kv * p.max_len * p.dv;
+  const int64_t rows = plan.rows, stride = plan.stride;
+  float* part = plan.partial + task * rows * stride;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+    const int64_t count = std::min(kRowBlock, rows - r0);
+    for (int64_t r = 0; r < count; ++r) {
+      const int64_t row = r0 + r;
+      block_rows[r] = MakeRow(p, b, g * plan.group + row / p.n, row % p.n);
+      float* state = part + row * stride;
+      state[0] = -std::numeric_limits<float>::infinity();
+      std::fill_n(state + 1, p.dv + 1, 0.0f);
+    }
+    for (int64_t j0 = c0; j0 < c1; j0 += kKeyBlock) {
+      const int64_t j1 = std::min(c1, j0 + kKeyBlock);
+      for (int64_t r = 0; r < count; ++r) {
+        const Row& row = block_rows[r];
+        const int64_t lo = std::max(row.lo, j0), hi = std::min(row.pos + 1, j1);
+        if (lo >= hi) continue;
+        float* s = scores.data() + r * kKeyBlock;
+        float block_max = -std::numeric_limits<float>::infinity();
+        for (int64_t j = lo; j < hi; ++j) {
+          const float l = logit(KeyDot(p, row, k, j), row, j);
+          s[j - j0] = l;
+          block_max = std::max(block_max, l);
         }
-        for (int64_t j0 = c0; j0 < c1; j0 += kKeyBlock) {
-          const int64_t j1 = std::min(c1, j0 + kKeyBlock);
-          for (int64_t r = 0; r < count; ++r) {
-            const Row& row = block_rows[r];
-            const int64_t lo = std::max(row.lo, j0), hi = std::min(row.pos + 1, j1);
-            if (lo >= hi) continue;
-            float* s = scores.data() + r * kKeyBlock;
-            float block_max = -std::numeric_limits<float>::infinity();
-            for (int64_t j = lo; j < hi; ++j) {
-              const float l = logit(KeyDot(p, row, k, j), row, j);
-              s[j - j0] = l;
-              block_max = std::max(block_max, l);
-            }
-            float* state = part + (r0 + r) * stride;
-            float* acc = state + 2;
-            // The online softmax: rescale what was summed when the max grows.
-            if (block_max > state[0]) {
-              const float rescale = std::exp(state[0] - block_max);
-              state[1] *= rescale;
-              for (int64_t e = 0; e < p.dv; ++e) acc[e] *= rescale;
-              state[0] = block_max;
-            }
-            const float m = state[0];
-            float sum = 0;
-            for (int64_t j = lo; j < hi; ++j) {
-              const float w = std::exp(s[j - j0] - m);
-              sum += w;
-              AddValue(p, row, v, j, w, acc);
-            }
-            state[1] += sum;
-          }
+        float* state = part + (r0 + r) * stride;
+        float* acc = state + 2;
+        // The online softmax: rescale what was summed when the max grows.
+        if (block_max > state[0]) {
+          const float rescale = std::exp(state[0] - block_max);
+          state[1] *= rescale;
+          for (int64_t e = 0; e < p.dv; ++e) acc[e] *= rescale;
+          state[0] = block_max;
         }
+        const float m = state[0];
+        float sum = 0;
+        for (int64_t j = lo; j < hi; ++j) {
+          const float w = std::exp(s[j - j0] - m);
+          sum += w;
+          AddValue(p, row, v, j, w, acc);
+        }
+        state[1] += sum;
       }
     }
-  });
-  ATTN_RETURN_IF_ERROR(CheckCancelled(options));
+  }
+}
 
-  // The merge of the chunks' partial softmaxes, row by row.
-  for (int64_t kv = 0; kv < heads; ++kv) {
+// The merge of `plan`'s chunks' partial softmaxes into its out, row by row.
+void Merge(const Plan& plan) {
+  const DecodeAttention& p = *plan.p;
+  const int64_t rows = plan.rows, stride = plan.stride, chunks = plan.chunks;
+  for (int64_t kv = 0; kv < plan.heads; ++kv) {
     const int64_t b = kv / p.kv_heads, g = kv % p.kv_heads;
     for (int64_t row = 0; row < rows; ++row) {
-      const int64_t h = g * group + row / p.n, i = row % p.n;
+      const int64_t h = g * plan.group + row / p.n, i = row % p.n;
       float* out = p.out + ((b * p.heads + h) * p.n + i) * p.dv;
       float max = -std::numeric_limits<float>::infinity();
+      bool overflowed = false;
       for (int64_t c = 0; c < chunks; ++c) {
-        const float* state = partial.data() + ((kv * chunks + c) * rows + row) * stride;
+        const float* state = plan.partial + ((kv * chunks + c) * rows + row) * stride;
         if (state[1] > 0) max = std::max(max, state[0]);
+        // An infinite logit makes its chunk's sum NaN: the row has no
+        // softmax, and its out must say so (NaN) rather than drop the chunk.
+        overflowed = overflowed || std::isnan(state[1]);
+      }
+      if (overflowed) {
+        std::fill_n(out, p.dv, std::numeric_limits<float>::quiet_NaN());
+        continue;
       }
       std::fill_n(out, p.dv, 0.0f);
       double sum = 0;
       for (int64_t c = 0; c < chunks; ++c) {
-        const float* state = partial.data() + ((kv * chunks + c) * rows + row) * stride;
+        const float* state = plan.partial + ((kv * chunks + c) * rows + row) * stride;
         if (!(state[1] > 0)) continue;
         const float w = std::exp(state[0] - max);
         sum += static_cast<double>(w) * state[1];
@@ -253,7 +284,65 @@ absl::Status RunDecodeAttention(const DecodeAttention& p, const ComputeOptions& 
       for (int64_t e = 0; e < p.dv; ++e) out[e] *= inv;
     }
   }
-  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RunDecodeAttention(const DecodeAttention& p, const ComputeOptions& options) {
+  const DecodeAttention* problems[] = {&p};
+  return RunDecodeAttentionBatch(problems, options).front();
+}
+
+std::vector<absl::Status> RunDecodeAttentionBatch(absl::Span<const DecodeAttention* const> problems,
+                                                  const ComputeOptions& options) {
+  std::vector<absl::Status> statuses(problems.size());
+  // The problems without probs share the pass.
+  std::vector<Plan> plans;
+  int64_t all_heads = 0;
+  for (const DecodeAttention* p : problems) {
+    if (p->probs == nullptr) all_heads += p->batch * p->kv_heads;
+  }
+  int64_t tasks = 0, floats = 0;
+  for (const DecodeAttention* p : problems) {
+    if (p->probs != nullptr) continue;
+    Plan plan = MakePlan(*p, all_heads, options.threads);
+    plan.task0 = tasks;
+    tasks += plan.tasks;
+    floats += plan.tasks * plan.rows * plan.stride;
+    plans.push_back(plan);
+  }
+  std::vector<float> partial(static_cast<size_t>(floats));
+  for (size_t i = 0, offset = 0; i < plans.size(); ++i) {
+    plans[i].partial = partial.data() + offset;
+    offset += static_cast<size_t>(plans[i].tasks * plans[i].rows * plans[i].stride);
+  }
+  ParallelFor(tasks, options.threads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Row> block_rows(kRowBlock);
+    std::vector<float> scores(static_cast<size_t>(kRowBlock * kKeyBlock));
+    // The plan of task `begin`: the last one starting at or before it.
+    size_t at = static_cast<size_t>(
+        std::upper_bound(plans.begin(), plans.end(), begin,
+                         [](int64_t task, const Plan& plan) { return task < plan.task0; }) -
+        plans.begin() - 1);
+    for (int64_t task = begin; task < end; ++task) {
+      while (task >= plans[at].task0 + plans[at].tasks) ++at;
+      if (!CheckStopped(*plans[at].p, options).ok()) continue;
+      RunTask(plans[at], task - plans[at].task0, block_rows, scores);
+    }
+  });
+  for (size_t i = 0, next = 0; i < problems.size(); ++i) {
+    const DecodeAttention& p = *problems[i];
+    if (p.probs != nullptr) {
+      statuses[i] = CheckStopped(p, options);
+      if (statuses[i].ok()) statuses[i] = RunWithProbs(p, options);
+      if (statuses[i].ok()) statuses[i] = CheckStopped(p, options);
+      continue;
+    }
+    const Plan& plan = plans[next++];
+    statuses[i] = CheckStopped(p, options);
+    if (statuses[i].ok()) Merge(plan);
+  }
+  return statuses;
 }
 
 }  // namespace attnserve::kernels

@@ -17,14 +17,23 @@
 // "Flash-Decoding for long-context inference": split-K). The cache is read
 // where it lives; nothing is copied.
 //
-// Thread-safety: reentrant; RunDecodeAttention shares no state between calls.
+// RunDecodeAttentionBatch runs the steps of several sessions (one problem
+// each, every one with its own cache, length, method terms and
+// cancellation) as one parallel pass over (problem x key/value head x key
+// chunk) tasks: one team of threads woken once instead of once per step,
+// and the tasks of short problems fill the threads beside long ones.
+//
+// Thread-safety: reentrant; a call shares no state with another.
 #ifndef ATTNSERVE_KERNELS_DECODE_ATTENTION_H_
 #define ATTNSERVE_KERNELS_DECODE_ATTENTION_H_
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "kernels/attention.h"
 
 namespace attnserve::kernels {
@@ -64,12 +73,26 @@ struct DecodeAttention {
   // Outputs: out [B, H, n, Dv]; probs [B, H, n, length] or null.
   float* out = nullptr;
   float* probs = nullptr;
+  // This problem's own caller stops waiting (polled with
+  // ComputeOptions::cancelled); null: never.
+  const std::atomic<bool>* cancelled = nullptr;
 };
 
 // Fills problem.out (and problem.probs when set). CANCELLED when
 // options.cancelled becomes true (polled between chunks). The shapes are the
 // caller's (kernels/decode.cc checks them).
 absl::Status RunDecodeAttention(const DecodeAttention& problem, const ComputeOptions& options);
+
+// Fills every problem's out (and probs), as RunDecodeAttention would one by
+// one, in one parallel pass over all their tasks (problems with probs run
+// after it, one by one). Returns each problem's status in order: CANCELLED
+// for one whose own flag or options.cancelled became true (its out is then
+// undefined), else OK. A key/value head is split into chunks only while the
+// whole batch has fewer than two tasks a thread; with one thread nothing is
+// split, so each output is RunDecodeAttention's bit for bit (with more,
+// the chunks, and so the rounding, may differ).
+std::vector<absl::Status> RunDecodeAttentionBatch(absl::Span<const DecodeAttention* const> problems,
+                                                  const ComputeOptions& options);
 
 }  // namespace attnserve::kernels
 

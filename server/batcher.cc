@@ -209,6 +209,7 @@ absl::Status Batcher::Enqueue(BatchRequest* request, Traits traits) {
     request->items_ = std::max<int64_t>(traits.items, 1);
     request->method_ = traits.method;
     request->work_ = traits.work;
+    request->group_ = traits.group;
     request->enqueued_ = absl::Now();
     request->deadline_ = traits.deadline;
     request->batch_ = nullptr;
@@ -297,7 +298,11 @@ bool Batcher::FormBatch(absl::Time now, Formed& formed, absl::Time& wake) {
     }
   }
   for (Group& group : groups) {
-    const absl::Time ready_at = group.requests.front()->enqueued_ + options_.max_queue_delay;
+    // A group's batch (Decode steps) takes what is queued and never waits.
+    const BatchRequest* oldest = group.requests.front();
+    const absl::Time ready_at =
+        oldest->enqueued_ + (oldest->group_ != nullptr ? absl::ZeroDuration()
+                                                       : options_.max_queue_delay);
     if (group.items == options_.max_batch_size || now >= ready_at || stopping_) {
       formed.requests = std::move(group.requests);
       return true;
@@ -434,7 +439,61 @@ void Batcher::Run(Formed& formed) {
     RunAlone(formed.requests.front(), formed.threads, /*prepared=*/false);
     return;
   }
+  if (formed.requests.front()->group_ != nullptr) {
+    RunGroup(formed.requests, *formed.state, formed.threads);
+    return;
+  }
   RunMerged(formed.requests, *formed.state, formed.threads);
+}
+
+void Batcher::Leave(BatchRequest::BatchState& state, BatchRequest* request,
+                    const absl::Status& status) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (--state.live == 0) state.all_cancelled.store(true, std::memory_order_relaxed);
+  }
+  Answer(request, status);
+}
+
+void Batcher::RunGroup(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
+                       int threads) {
+  // A request that fails its checks is answered alone; the others go on.
+  std::vector<BatchRequest*> members;
+  std::vector<const std::atomic<bool>*> cancelled;
+  int64_t items = 0;
+  for (BatchRequest* request : requests) {
+    const absl::Status status = request->Prepare(options_.max_elements, /*defer_batched=*/false);
+    if (!status.ok()) {
+      Leave(state, request, status);
+      continue;
+    }
+    members.push_back(request);
+    cancelled.push_back(&request->cancelled_);
+    items += request->items_;
+  }
+  if (members.size() <= 1) {
+    if (!members.empty()) RunAlone(members.front(), threads, /*prepared=*/true);
+    return;
+  }
+  kernels::ComputeOptions options;
+  options.threads = threads;
+  options.max_elements = std::min(options_.max_elements, options_.max_result_bytes / 4);
+  options.max_result_bytes = options_.max_result_bytes;
+  options.cancelled = &state.all_cancelled;
+  options.inputs_checked = true;  // by Prepare
+  const absl::Time start = absl::Now();
+  const std::vector<absl::Status> statuses =
+      members.front()->group_->ComputeTogether(members, cancelled, options);
+  metrics_->RecordBatch(members.front()->method_, static_cast<int64_t>(members.size()), items,
+                        absl::Now() - start);
+  for (size_t i = 0; i < members.size(); ++i) {
+    absl::Status status = statuses[i];
+    // Cancelled after the kernels' last look: the caller is gone either way.
+    if (status.ok() && members[i]->cancelled_.load(std::memory_order_relaxed)) {
+      status = CancelledWhileComputing();
+    }
+    Answer(members[i], status);
+  }
 }
 
 void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
@@ -446,11 +505,7 @@ void Batcher::RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::Batc
     prepared[i] = requests[i]->Prepare(options_.max_elements, /*defer_batched=*/true);
   }
   const auto fail = [&](BatchRequest* request, const absl::Status& status) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (--state.live == 0) state.all_cancelled.store(true, std::memory_order_relaxed);
-    }
-    Answer(request, status);
+    Leave(state, request, status);
   };
   std::vector<Part> parts;
   std::vector<BatchRequest*> misfits;

@@ -22,7 +22,10 @@
 // one cancelled while the others still need the batch is answered
 // CANCELLED once it ends, without a copy of its rows.
 // If a merged kernel call fails, each of its requests is run again alone, so
-// that every caller gets its own status.
+// that every caller gets its own status. Requests of a BatchGroup (Decode
+// steps) are not merged along B: their group computes a batch of them by its
+// own code, each request getting its own status, and such a batch never
+// waits for more (max_queue_delay is for merged Attend calls).
 //
 // Thread-safety: Enqueue, Cancel and Stop may be called from any thread.
 // Stop must not be called from a batcher thread.
@@ -44,6 +47,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "absl/time/time.h"
 #include "kernels/attention.h"
 #include "server/metrics.h"
@@ -95,6 +99,26 @@ absl::Status ValidateBatcherOptions(const BatcherOptions& options);
 // since it is part of the merge key).
 inline constexpr absl::string_view kBatchedInputs[] = {"q", "k", "v", "x_q", "x_kv"};
 
+class BatchRequest;
+
+// How a batch of requests that merge by their own code runs, instead of
+// along B into one Attend: Decode steps of different sessions share one pass
+// of the decode kernel over all their caches (server/decode_call.cc).
+class BatchGroup {
+ public:
+  virtual ~BatchGroup() = default;
+  // Computes `requests` (two or more with this group and one key, each
+  // Prepared without defer_batched) together and returns each one's answer,
+  // in order; their responses are written as by BatchRequest::Compute.
+  // `cancelled[i]` is requests[i]'s own cancellation (polled by the kernels:
+  // a cancelled request must not stop the others); `options` as for Compute,
+  // its `cancelled` set once every request is.
+  virtual std::vector<absl::Status> ComputeTogether(
+      absl::Span<BatchRequest* const> requests,
+      absl::Span<const std::atomic<bool>* const> cancelled,
+      const kernels::ComputeOptions& options) = 0;
+};
+
 // One request as the batcher sees it; implemented by the RPC handlers. The
 // batcher calls the virtual functions on its own threads, except Done, which
 // it may also call from Enqueue's or Cancel's caller.
@@ -145,6 +169,7 @@ class BatchRequest {
   int64_t items_ = 1;
   int method_ = 0;
   int64_t work_ = 0;
+  BatchGroup* group_ = nullptr;
   absl::Time enqueued_;
   absl::Time deadline_;
   std::list<BatchRequest*>::iterator position_;
@@ -169,6 +194,10 @@ class Batcher {
     // Estimated multiply-adds of its kernel call; 0: unknown (it may use
     // every free compute thread).
     int64_t work = 0;
+    // Not null: a batch of requests with this key runs through this group
+    // (not owned, outliving the request), never merged along B; equal keys
+    // must have equal groups.
+    BatchGroup* group = nullptr;
   };
 
   // Starts options.batch_threads threads. `metrics` is not owned and must
@@ -218,7 +247,11 @@ class Batcher {
   void Run(Formed& formed);
   void RunMerged(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
                  int threads);
+  void RunGroup(std::vector<BatchRequest*>& requests, BatchRequest::BatchState& state,
+                int threads);
   void RunAlone(BatchRequest* request, int threads, bool prepared);
+  // Answers `request`, a member of a running batch, before the batch ends.
+  void Leave(BatchRequest::BatchState& state, BatchRequest* request, const absl::Status& status);
   void Answer(BatchRequest* request, const absl::Status& status);
 
   const BatcherOptions options_;

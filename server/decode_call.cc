@@ -1,16 +1,19 @@
 #include "server/decode_call.h"
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "attnserve/v1/attention.pb.h"
 #include "kernels/decode.h"
 #include "kernels/status_macros.h"
@@ -86,6 +89,22 @@ absl::StatusOr<kernels::TensorMap> ToStepInputs(const v1::DecodeStep& step,
 
 namespace {
 
+// Decode steps of different sessions that run as one pass of the decode
+// kernel (--decode_batching): the Batcher forms the batch from the steps
+// queued with one key (method, in place, no probs), and this runs it, each
+// step on its own session and cache.
+class StepGroup final : public BatchGroup {
+ public:
+  std::vector<absl::Status> ComputeTogether(absl::Span<BatchRequest* const> requests,
+                                            absl::Span<const std::atomic<bool>* const> cancelled,
+                                            const kernels::ComputeOptions& options) override;
+};
+
+StepGroup& TheStepGroup() {
+  static StepGroup* const group = new StepGroup();
+  return *group;
+}
+
 class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
                             public BatchRequest {
  public:
@@ -137,7 +156,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
           return;
         }
         method_ = MethodLabelIndex(MethodKindOf(request_.open().method()));
-        Queue(request_.open().batch(), 0);
+        Queue(request_.open().batch(), 0, "");
         return;
       case v1::DecodeRequest::kStep:
         if (session_ == nullptr) {
@@ -145,7 +164,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
               "step: before open (the first message of a Decode stream must be open)"));
           return;
         }
-        Queue(session_->options().batch, StepWork());
+        Queue(session_->options().batch, StepWork(), StepKey());
         return;
       case v1::DecodeRequest::kTruncate:
         if (session_ == nullptr) {
@@ -189,6 +208,24 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     absl::StatusOr<kernels::AttendResult> result =
         session_->Step(std::move(step_inputs_), request_.step().return_probs(), checked);
     step_inputs_.clear();
+    c_.sessions->RecordDecodeBatch(1);
+    return EndStep(std::move(result), before);
+  }
+
+  // For StepGroup, on the Batcher's thread after Prepare: the step as one
+  // of a batch (its inputs moved in)...
+  kernels::SessionStep TakeStep(const std::atomic<bool>* cancelled) {
+    kernels::SessionStep step;
+    step.session = session_.get();
+    step.inputs = std::move(step_inputs_);
+    step_inputs_.clear();
+    step.return_probs = request_.step().return_probs();
+    step.cancelled = cancelled;
+    return step;
+  }
+  // ...and its result or error (the session had `before` tokens) as the
+  // response to write.
+  absl::Status EndStep(absl::StatusOr<kernels::AttendResult> result, int64_t before) {
     if (!result.ok()) return result.status();
     FillTensor(result->out, encoding_, response_.mutable_out());
     if (result->probs.has_value()) {
@@ -198,6 +235,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     c_.sessions->RecordStep(method_, session_->length() - before);
     return absl::OkStatus();
   }
+  SessionRegistry* sessions() const { return c_.sessions; }
 
   // Never merged (empty key): the merge interface is unused.
   kernels::AttendArgs TakeAttendArgs() override { return {}; }
@@ -290,20 +328,41 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   // `work`: the estimated multiply-adds (Batcher::Traits::work), so that a
   // decode step, a memory-bound pass over the cache that threads barely
   // speed up, gets one compute thread unless it is large.
-  void Queue(int64_t items, int64_t work) {
+  // `key`: steps with equal non-empty keys run together (StepGroup).
+  void Queue(int64_t items, int64_t work, std::string key) {
     c_.gate->Enter(/*new_call=*/false);
     queued_ = true;
-    const absl::Status queued = c_.batcher->Enqueue(
-        this, Batcher::Traits{"", items < 1 ? 1 : items, method_, Deadline(*context_), work});
+    Batcher::Traits traits{std::move(key), items < 1 ? 1 : items, method_, Deadline(*context_),
+                           work};
+    if (!traits.key.empty()) traits.group = &TheStepGroup();
+    const absl::Status queued = c_.batcher->Enqueue(this, std::move(traits));
     if (!queued.ok()) Done(queued);
+  }
+
+  // The current step's token count n (from its q or x; 1 when unreadable:
+  // the kernels name the error).
+  int64_t StepTokens() const {
+    const v1::DecodeStep& step = request_.step();
+    const v1::Tensor& rows = step.has_q() ? step.q() : step.x();
+    const int axis = step.has_q() ? 2 : 1;
+    return rows.shape_size() > axis && rows.shape(axis) > 0 ? rows.shape(axis) : 1;
+  }
+
+  // The batching key of the current step: empty (alone) unless
+  // --decode_batching and the decode kernel runs it in place without probs
+  // (a prefill chunk or a step with probs gains nothing from a shared
+  // pass); the method, so that a batch is one method's in the metrics.
+  std::string StepKey() const {
+    if (!c_.sessions->options().batching || request_.step().return_probs() ||
+        !session_->RunsInPlace(StepTokens())) {
+      return "";
+    }
+    return absl::StrCat("decode step/", method_);
   }
 
   // B * H * n * (t + n) * (D + Dv) for the current step (n from its q or x).
   int64_t StepWork() const {
-    const v1::DecodeStep& step = request_.step();
-    const v1::Tensor& rows = step.has_q() ? step.q() : step.x();
-    const int axis = step.has_q() ? 2 : 1;
-    const double n = rows.shape_size() > axis && rows.shape(axis) > 0 ? rows.shape(axis) : 1;
+    const double n = static_cast<double>(StepTokens());
     const kernels::DecodeOptions& o = session_->options();
     const double work = static_cast<double>(o.batch) * o.num_heads * n *
                         (static_cast<double>(session_->length()) + n) *
@@ -378,6 +437,27 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   absl::Time start_;
   int64_t request_bytes_ = 0;
 };
+
+std::vector<absl::Status> StepGroup::ComputeTogether(
+    absl::Span<BatchRequest* const> requests, absl::Span<const std::atomic<bool>* const> cancelled,
+    const kernels::ComputeOptions& options) {
+  // Only Decode steps carry this group.
+  std::vector<DecodeReactor*> reactors;
+  std::vector<kernels::SessionStep> steps;
+  std::vector<int64_t> before;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    reactors.push_back(static_cast<DecodeReactor*>(requests[i]));
+    steps.push_back(reactors.back()->TakeStep(cancelled[i]));
+    before.push_back(steps.back().session->length());
+  }
+  kernels::DecodeSession::StepBatch(absl::MakeSpan(steps), options);
+  reactors.front()->sessions()->RecordDecodeBatch(static_cast<int64_t>(steps.size()));
+  std::vector<absl::Status> statuses;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    statuses.push_back(reactors[i]->EndStep(std::move(steps[i].result), before[i]));
+  }
+  return statuses;
+}
 
 }  // namespace
 

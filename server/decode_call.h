@@ -7,9 +7,14 @@
 // reservation given back as it ends.
 //
 // Like AttendStream (server/attention_service.cc), a stream keeps one
-// message in flight: opens and steps run on the Batcher's threads (never
-// merged), truncates are answered on gRPC's; nothing touches the session
-// concurrently. Messages count in attnserve_requests_total{rpc="Decode"}.
+// message in flight: opens and steps run on the Batcher's threads,
+// truncates are answered on gRPC's; nothing touches the session
+// concurrently. With --decode_batching (SessionOptions::batching), steps of
+// different sessions queued together with the same method (in place: at
+// most 16 new tokens, no probs) run as one pass of the decode kernel over
+// all their caches (kernels::DecodeSession::StepBatch), each with its own
+// answer; a step that arrives while a batch computes joins the next one.
+// Messages count in attnserve_requests_total{rpc="Decode"}.
 //
 // Thread-safety: gRPC and the Batcher call the reactor; it guards its own
 // state.

@@ -114,6 +114,9 @@ ABSL_FLAG(int64_t, session_memory_bytes, int64_t{1} << 30,
 ABSL_FLAG(double, session_idle_timeout_s, 300,
           "a decode session waiting this long for its next message is ended with ABORTED; 0: "
           "never");
+ABSL_FLAG(bool, decode_batching, false,
+          "concurrent decode steps of different sessions with the same method (at most 16 new "
+          "tokens, no probs) run as one pass of the decode kernel; false: each step alone");
 ABSL_FLAG(bool, insecure, false,
           "allow plaintext gRPC on an --address that is not loopback (else attnd refuses)");
 
@@ -233,6 +236,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   options.sessions.idle_timeout = absl::Seconds(idle_s);
+  options.sessions.batching = absl::GetFlag(FLAGS_decode_batching);
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
   if (!(grace_s >= 0) || grace_s > 1e6) {
     std::fprintf(stderr, "attnd: --shutdown_grace_s: must be in 0..1e6 seconds, got %g\n", grace_s);

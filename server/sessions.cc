@@ -64,7 +64,14 @@ SessionRegistry::SessionRegistry(const SessionOptions& options, prometheus::Regi
       tokens_(prometheus::BuildCounter()
                   .Name("attnserve_session_tokens_total")
                   .Help("Tokens appended to decode caches by steps, by positional method")
-                  .Register(registry)) {
+                  .Register(registry)),
+      batch_size_(prometheus::BuildHistogram()
+                      .Name("attnserve_decode_batch_size")
+                      .Help("Decode steps (of different sessions) per pass of the decode kernel; "
+                            "1: a step alone")
+                      .Register(registry)
+                      .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64,
+                                                                       128, 256, 512, 1024})) {
   auto& ended = prometheus::BuildCounter()
                     .Name("attnserve_sessions_ended_total")
                     .Help("Decode sessions ended, by reason (closed, cancelled, idle, error, "
@@ -122,6 +129,10 @@ void SessionRegistry::SetWaiting(int64_t id, bool waiting) {
   if (it == sessions_.end()) return;
   it->second.waiting = waiting;
   it->second.since = absl::Now();
+}
+
+void SessionRegistry::RecordDecodeBatch(int64_t steps) {
+  batch_size_.Observe(static_cast<double>(steps));
 }
 
 void SessionRegistry::RecordStep(int method, int64_t tokens) {

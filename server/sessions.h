@@ -8,6 +8,9 @@
 //   attnserve_session_steps_total{method}  steps served
 //   attnserve_session_tokens_total{method} tokens those steps appended
 //   attnserve_sessions_ended_total{reason} closed, cancelled, idle, error, shutdown
+//   attnserve_decode_batch_size            histogram, decode steps per kernel pass
+//                                          (above 1: steps of different sessions
+//                                          batched, --decode_batching)
 //
 // The sessions themselves (kernels::DecodeSession) belong to their streams
 // (server/decode_call.h); the registry holds only their reservations and
@@ -23,6 +26,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
 #include <array>
@@ -48,6 +52,10 @@ struct SessionOptions {
   // A session waiting this long for its next message is ended with
   // ABORTED (--session_idle_timeout_s); zero: never.
   absl::Duration idle_timeout = absl::Minutes(5);
+  // Concurrent decode steps of different sessions (same method, at most 16
+  // new tokens, no probs) run as one pass of the decode kernel
+  // (--decode_batching); false: each step alone.
+  bool batching = false;
 };
 
 // INVALID_ARGUMENT naming the flag when `options` cannot be used.
@@ -79,6 +87,8 @@ class SessionRegistry {
   // A step of `tokens` new tokens served by session `id` (method: a
   // MethodLabelIndex).
   void RecordStep(int method, int64_t tokens);
+  // One pass of the decode kernel over `steps` steps (1: a step alone).
+  void RecordDecodeBatch(int64_t steps);
   // Ends session `id`: its reservation is released and the reason counted.
   // Waits while its idle callback runs on another thread.
   void End(int64_t id, SessionEnd reason);
@@ -106,6 +116,7 @@ class SessionRegistry {
   prometheus::Family<prometheus::Counter>& steps_;
   prometheus::Family<prometheus::Counter>& tokens_;
   std::array<prometheus::Counter*, kNumSessionEnds> ended_{};
+  prometheus::Histogram& batch_size_;
 
   mutable absl::Mutex mu_;
   // Signalled when an idle callback returns and when stopping.

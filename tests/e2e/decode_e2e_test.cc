@@ -4,7 +4,11 @@
 // causal Attend calls; truncate-then-step equals a fresh session; every
 // error and limit of the spec, with the cache metrics checked after each
 // way a stream can end (closed, error, cancelled by a vanished client, idle,
-// drain).
+// drain). Cross-session batching (--decode_batching): steps of sessions of
+// every method and cached length, queued together, run as batches and give
+// bit for bit the outputs of the same steps run alone by an attnd without
+// the flag; a bad step, an overflowing one and a vanished client among them
+// fail alone.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
@@ -16,6 +20,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -273,6 +278,13 @@ class Session {
     v1::DecodeResponse extra;
     EXPECT_FALSE(stream_->Read(&extra)) << "a response nobody asked for";
     return stream_->Finish();
+  }
+  // The two halves of Send, for steps of several streams in flight at once.
+  bool Write(const v1::DecodeRequest& request) { return stream_->Write(request); }
+  std::optional<v1::DecodeResponse> Receive() {
+    v1::DecodeResponse response;
+    if (!stream_->Read(&response)) return std::nullopt;
+    return response;
   }
   // Reads without writing: false once the stream has ended.
   bool Read() {
@@ -820,6 +832,210 @@ TEST(DecodeDrainTest, OpenSessionsFinishWhileNewOpensAreUnavailable) {
   EXPECT_EQ(step->length(), 3);
   EXPECT_TRUE(session.Close().ok());
   EXPECT_TRUE((*server)->Terminate().ok());
+}
+
+// Two attnd with one batch thread and one compute thread each, with and
+// without --decode_batching: with one thread the batched kernel's arithmetic
+// is the lone step's, so their outputs must be equal bit for bit. The steps
+// reach the batching one together, queued behind a long Attend; the other
+// runs the same steps one by one.
+class DecodeBatchingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    for (bool batching : {true, false}) {
+      auto server = ServerProcess::Start({absl::StrCat("--decode_batching=", batching),
+                                          "--threads=1", "--batch_threads=1"});
+      ASSERT_TRUE(server.ok()) << server.status();
+      (batching ? batched_ : alone_) = server->release();
+    }
+  }
+  static void TearDownTestSuite() {
+    delete batched_;
+    delete alone_;
+    batched_ = alone_ = nullptr;
+  }
+
+  // Holds `server`'s only batch thread with an Attend of `keys` keys (on its
+  // own thread, joined by the caller) and returns once that Attend computes:
+  // what is queued meanwhile forms its batches when it ends.
+  static std::thread HoldBatchThread(const ServerProcess& server, int64_t keys) {
+    const double started = Metric(server, "attnserve_queue_duration_seconds_count");
+    std::thread holder([&server, keys] {
+      grpc::ChannelArguments args;
+      args.SetMaxReceiveMessageSize(-1);  // its out is keys * 2 KiB
+      auto stub = v1::AttentionService::NewStub(grpc::CreateCustomChannel(
+          server.address(), grpc::InsecureChannelCredentials(), args));
+      v1::AttendRequest request;
+      request.mutable_method()->mutable_none();
+      const std::vector<float> values(static_cast<size_t>(8 * keys * 64), 0.01f);
+      *request.mutable_q() = MakeTensor({1, 8, keys, 64}, values);
+      *request.mutable_k() = MakeTensor({1, 8, keys, 64}, values);
+      *request.mutable_v() = MakeTensor({1, 8, keys, 64}, values);
+      request.set_raw_output(true);
+      grpc::ClientContext context;
+      v1::AttendResponse response;
+      const grpc::Status status = stub->Attend(&context, request, &response);
+      EXPECT_TRUE(status.ok()) << status.error_message();
+    });
+    // Polled often: the Attend takes well under a second on a quiet machine.
+    bool computing = false;
+    for (int poll = 0; poll < 4000 && !computing; ++poll) {
+      computing = Metric(server, "attnserve_queue_duration_seconds_count") == started + 1;
+      if (!computing) absl::SleepFor(absl::Milliseconds(2));
+    }
+    EXPECT_TRUE(computing);
+    return holder;
+  }
+
+  static ServerProcess* batched_;
+  static ServerProcess* alone_;
+};
+ServerProcess* DecodeBatchingTest::batched_ = nullptr;
+ServerProcess* DecodeBatchingTest::alone_ = nullptr;
+
+TEST_F(DecodeBatchingTest, QueuedStepsOfManySessionsRunTogetherAndEqualStepsAlone) {
+  // Two sessions of every method (the second with GQA, a window and
+  // softcap), each with a different cached length.
+  std::vector<Shape> shapes;
+  for (kernels::MethodKind method : kernels::kAllMethods) {
+    for (int variant = 0; variant < 2; ++variant) {
+      Shape s;
+      s.method = method;
+      s.max_len = 64;
+      if (variant == 1) {
+        s.kv_heads = 2;
+        s.window = 6;
+        s.softcap = 2.0;
+      }
+      shapes.push_back(s);
+    }
+  }
+  const int kRounds = 3;
+  const size_t count = shapes.size();
+  std::vector<Sequence> sequences;
+  std::vector<int64_t> cached;
+  for (size_t i = 0; i < count; ++i) {
+    cached.push_back(1 + static_cast<int64_t>((i * 7) % 23));
+    sequences.push_back(MakeSequence(shapes[i], cached[i] + 2 * kRounds + 1,
+                                     300 + static_cast<uint32_t>(i)));
+  }
+  const ServerProcess* servers[] = {batched_, alone_};
+  std::vector<std::unique_ptr<v1::AttentionService::Stub>> stubs;
+  std::vector<std::unique_ptr<Session>> sessions[2];
+  for (int k = 0; k < 2; ++k) {
+    stubs.push_back(StubFor(*servers[k]));
+    for (size_t i = 0; i < count; ++i) {
+      sessions[k].push_back(std::make_unique<Session>(stubs[k].get()));
+      ASSERT_TRUE(sessions[k][i]->Send(OpenRequest(shapes[i])).has_value());
+      std::optional<v1::DecodeResponse> prefilled = sessions[k][i]->Send(
+          StepRequest(shapes[i], sequences[i], 0, cached[i], /*probs=*/false));
+      ASSERT_TRUE(prefilled.has_value()) << sessions[k][i]->Finish().error_message();
+    }
+  }
+
+  // Rounds of one step (1 or 2 tokens) per session, all queued at once
+  // behind a long Attend on the batching server.
+  const auto batches = [](const ServerProcess& server) {
+    return std::make_pair(Metric(server, "attnserve_decode_batch_size_count"),
+                          Metric(server, "attnserve_decode_batch_size_sum"));
+  };
+  int64_t keys = 2048;
+  int together = 0;
+  std::vector<int64_t> t = cached;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::pair<double, double> before[2] = {batches(*batched_), batches(*alone_)};
+    std::thread holder = HoldBatchThread(*batched_, keys);
+    std::vector<int64_t> n(count);
+    std::vector<v1::DecodeRequest> steps;
+    for (size_t i = 0; i < count; ++i) {
+      n[i] = 1 + static_cast<int64_t>((i + round) % 2);
+      steps.push_back(StepRequest(shapes[i], sequences[i], t[i], t[i] + n[i], /*probs=*/false));
+      ASSERT_TRUE(sessions[0][i]->Write(steps.back()));
+    }
+    // Every step queued while the batch thread was busy: one batch per
+    // method when it is free.
+    bool queued = false;
+    for (int poll = 0; poll < 2000 && !queued; ++poll) {
+      queued = Metric(*batched_, "attnserve_queue_depth") == count;
+      if (!queued) absl::SleepFor(absl::Milliseconds(2));
+    }
+    holder.join();
+    for (size_t i = 0; i < count; ++i) {
+      std::optional<v1::DecodeResponse> got = sessions[0][i]->Receive();
+      std::optional<v1::DecodeResponse> want = sessions[1][i]->Send(steps[i]);
+      ASSERT_TRUE(got.has_value()) << sessions[0][i]->Finish().error_message();
+      ASSERT_TRUE(want.has_value()) << sessions[1][i]->Finish().error_message();
+      EXPECT_EQ(got->length(), t[i] + n[i]);
+      EXPECT_EQ(*TensorValues(got->out()), *TensorValues(want->out()))
+          << "session " << i << " (" << kernels::MethodName(shapes[i].method) << ") round "
+          << round;
+      t[i] += n[i];
+    }
+    const std::pair<double, double> after[2] = {batches(*batched_), batches(*alone_)};
+    EXPECT_EQ(after[1].first - before[1].first, count) << "without the flag: one pass a step";
+    EXPECT_EQ(after[1].second - before[1].second, count);
+    if (!queued) {
+      // The Attend ended before every step arrived (a very busy machine):
+      // the outputs still had to match; hold longer next time.
+      keys *= 2;
+      continue;
+    }
+    ++together;
+    EXPECT_EQ(after[0].first - before[0].first, 8) << "one kernel pass per method";
+    EXPECT_EQ(after[0].second - before[0].second, count);
+  }
+  EXPECT_GE(together, 1) << "no round had every step queued at once";
+
+  // The last round: a bad step (q of the wrong head size), one whose scores
+  // overflow float32 and a client that vanishes with its step queued; each
+  // ends its own stream, the others go on exact.
+  ASSERT_EQ(shapes[0].method, kernels::MethodKind::kNone);
+  ASSERT_EQ(shapes[6].method, kernels::MethodKind::kRope);
+  std::thread holder = HoldBatchThread(*batched_, keys);
+  std::vector<v1::DecodeRequest> steps;
+  for (size_t i = 0; i < count; ++i) {
+    steps.push_back(StepRequest(shapes[i], sequences[i], t[i], t[i] + 1, false));
+    v1::DecodeStep* step = steps.back().mutable_step();
+    if (i == 0) *step->mutable_q() = MakeTensor({2, 4, 1, 9}, std::vector<float>(72, 0.5f));
+    if (i == 6) {
+      // q = k = 1e30: q.k of the new key is above float32's range (RoPE
+      // turns both alike, keeping the dot product).
+      const std::vector<float> huge(8 * 8, 1e30f);
+      *step->mutable_q() = MakeTensor({2, 4, 1, 8}, huge);
+      *step->mutable_k() = MakeTensor({2, 4, 1, 8}, huge);
+    }
+    ASSERT_TRUE(sessions[0][i]->Write(steps.back()));
+  }
+  sessions[0][9]->context().TryCancel();
+  holder.join();
+  for (size_t i = 0; i < count; ++i) {
+    std::optional<v1::DecodeResponse> got = sessions[0][i]->Receive();
+    if (i == 0 || i == 6 || i == 9) {
+      EXPECT_FALSE(got.has_value()) << "session " << i;
+      const grpc::Status status = sessions[0][i]->Finish();
+      if (i == 9) {
+        EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+      } else {
+        EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+            << status.error_message();
+        EXPECT_THAT(status.error_message(), HasSubstr(i == 0 ? "q.shape" : "overflow"));
+      }
+      sessions[1][i]->context().TryCancel();
+      sessions[1][i]->Finish();
+      continue;
+    }
+    std::optional<v1::DecodeResponse> want = sessions[1][i]->Send(steps[i]);
+    ASSERT_TRUE(got.has_value()) << sessions[0][i]->Finish().error_message();
+    ASSERT_TRUE(want.has_value()) << sessions[1][i]->Finish().error_message();
+    EXPECT_EQ(*TensorValues(got->out()), *TensorValues(want->out())) << "session " << i;
+    EXPECT_TRUE(sessions[0][i]->Close().ok());
+    EXPECT_TRUE(sessions[1][i]->Close().ok());
+  }
+  // Every cache is freed, the vanished client's and the failed ones' too.
+  for (const ServerProcess* server : servers) {
+    EXPECT_TRUE(MetricBecomes(*server, "attnserve_session_cache_bytes", 0));
+    EXPECT_TRUE(MetricBecomes(*server, "attnserve_sessions", 0));
+  }
 }
 
 TEST(DecodeAuthTest, DecodeNeedsATokenWhenTokensAreOn) {

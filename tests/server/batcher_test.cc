@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "absl/types/span.h"
 #include "server/metrics.h"
 
 namespace attnserve::server {
@@ -341,6 +342,163 @@ TEST_F(BatcherTest, DifferentKeysAndLargeRequestsRunApart) {
   EXPECT_THAT(big.out().values(), ElementsAreArray(big.Expected()));
   EXPECT_THAT(other.out().values(), ElementsAreArray(other.Expected()));
   EXPECT_EQ(Batches(), 2);
+}
+
+// A request of a BatchGroup (what a Decode step is): no kernel, its answer
+// is its seed doubled, or an error chosen by the test.
+class GroupedRequest final : public BatchRequest {
+ public:
+  enum class Fault { kNone, kPrepare, kCompute };
+  explicit GroupedRequest(float seed, Fault fault = Fault::kNone) : seed_(seed), fault_(fault) {}
+
+  absl::Status Prepare(int64_t /*max_elements*/, bool defer_batched) override {
+    EXPECT_FALSE(defer_batched) << "a group's request is prepared in full";
+    return fault_ == Fault::kPrepare ? absl::InvalidArgumentError("q: bad shape")
+                                     : absl::OkStatus();
+  }
+  // Alone.
+  absl::Status Compute(const kernels::ComputeOptions& /*options*/) override {
+    alone_ = true;
+    return Answer();
+  }
+  absl::Status Answer() {
+    if (fault_ == Fault::kCompute) return absl::InvalidArgumentError("q, k: scores overflow");
+    out_ = 2 * seed_;
+    return absl::OkStatus();
+  }
+  kernels::AttendArgs TakeAttendArgs() override {
+    ADD_FAILURE() << "a group's request is never merged along B";
+    return {};
+  }
+  const std::vector<int64_t>* BatchedShape(absl::string_view) const override { return nullptr; }
+  absl::Status AppendBatched(absl::string_view, std::vector<float>&) const override {
+    return absl::OkStatus();
+  }
+  absl::Status DecodeShared(kernels::TensorMap&) const override { return absl::OkStatus(); }
+  void Fill(const kernels::AttendResult&, int64_t, int64_t) override {}
+  void Done(const absl::Status& status) override {
+    status_ = status;
+    done_.Notify();
+  }
+
+  bool WaitDone() { return done_.WaitForNotificationWithTimeout(absl::Seconds(10)); }
+  float seed_;
+  Fault fault_;
+  bool alone_ = false;
+  float out_ = 0;
+  absl::Status status_;
+  absl::Notification done_;
+};
+
+// Records each batch; `vanishing` is cancelled (its client gone) while the
+// batch computes.
+class TestGroup final : public BatchGroup {
+ public:
+  std::vector<absl::Status> ComputeTogether(absl::Span<BatchRequest* const> requests,
+                                            absl::Span<const std::atomic<bool>* const> cancelled,
+                                            const kernels::ComputeOptions& options) override {
+    EXPECT_EQ(requests.size(), cancelled.size());
+    EXPECT_NE(options.cancelled, nullptr);
+    std::vector<absl::Status> statuses;
+    std::vector<float> seeds;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      auto* request = static_cast<GroupedRequest*>(requests[i]);
+      seeds.push_back(request->seed_);
+      if (request == vanishing) {
+        batcher->Cancel(request);
+        // What the kernels poll for this request alone.
+        saw_cancelled = cancelled[i]->load();
+      }
+      statuses.push_back(request->Answer());
+    }
+    batches.push_back(seeds);
+    return statuses;
+  }
+  Batcher* batcher = nullptr;
+  GroupedRequest* vanishing = nullptr;
+  bool saw_cancelled = false;
+  std::vector<std::vector<float>> batches;
+};
+
+// Requests queued behind a running one form one batch of their group at
+// once (no queue delay for a group), each with its own answer: a bad one is
+// answered from Prepare and left out, one failing in the group gets its own
+// error, one cancelled mid-batch gets CANCELLED, the rest their results.
+TEST_F(BatcherTest, AGroupRunsWhatIsQueuedTogetherEachWithItsOwnAnswer) {
+  BatcherOptions options;
+  options.max_batch_size = 8;
+  options.max_queue_delay = absl::Seconds(30);  // for merged calls; a group never waits
+  options.batch_threads = 1;
+  auto batcher = Make(options);
+  TestGroup group;
+  group.batcher = batcher.get();
+  absl::Notification release;
+  GroupedRequest good(2), bad(3, GroupedRequest::Fault::kPrepare),
+      failing(4, GroupedRequest::Fault::kCompute), vanishing(5), last(6);
+  group.vanishing = &vanishing;
+  // The single batch thread is busy with this one while the others queue.
+  class Holder final : public BatchRequest {
+   public:
+    explicit Holder(absl::Notification* release) : release_(release) {}
+    absl::Status Prepare(int64_t, bool) override { return absl::OkStatus(); }
+    absl::Status Compute(const kernels::ComputeOptions&) override {
+      started_.Notify();
+      release_->WaitForNotification();
+      return absl::OkStatus();
+    }
+    kernels::AttendArgs TakeAttendArgs() override { return {}; }
+    const std::vector<int64_t>* BatchedShape(absl::string_view) const override {
+      return nullptr;
+    }
+    absl::Status AppendBatched(absl::string_view, std::vector<float>&) const override {
+      return absl::OkStatus();
+    }
+    absl::Status DecodeShared(kernels::TensorMap&) const override { return absl::OkStatus(); }
+    void Fill(const kernels::AttendResult&, int64_t, int64_t) override {}
+    void Done(const absl::Status&) override { done_.Notify(); }
+    absl::Notification* release_;
+    absl::Notification started_, done_;
+  };
+  Holder holder(&release);
+  const int none = MethodLabelIndex(kernels::MethodKind::kNone);
+  ASSERT_TRUE(batcher->Enqueue(&holder, Batcher::Traits{"", 1, none}).ok());
+  ASSERT_TRUE(holder.started_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  Batcher::Traits traits{"decode step/none", 1, none};
+  traits.group = &group;
+  for (GroupedRequest* request : {&good, &bad, &failing, &vanishing, &last}) {
+    ASSERT_TRUE(batcher->Enqueue(request, traits).ok());
+  }
+  EXPECT_EQ(batcher->queued(), 5);
+  release.Notify();
+  for (GroupedRequest* request : {&good, &bad, &failing, &vanishing, &last}) {
+    ASSERT_TRUE(request->WaitDone());
+    EXPECT_FALSE(request->alone_);
+  }
+  ASSERT_TRUE(holder.done_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_EQ(group.batches.size(), 1u);
+  EXPECT_THAT(group.batches[0], ElementsAreArray({2.0f, 4.0f, 5.0f, 6.0f}));
+  EXPECT_TRUE(good.status_.ok()) << good.status_;
+  EXPECT_EQ(good.out_, 4);
+  EXPECT_TRUE(last.status_.ok()) << last.status_;
+  EXPECT_EQ(last.out_, 12);
+  EXPECT_EQ(bad.status_.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status_.message()), HasSubstr("q: bad shape"));
+  EXPECT_EQ(failing.status_.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(failing.status_.message()), HasSubstr("overflow"));
+  EXPECT_TRUE(group.saw_cancelled);
+  EXPECT_EQ(vanishing.status_.code(), absl::StatusCode::kCancelled) << vanishing.status_;
+  // The holder's batch and the group's (of the four that reached it).
+  EXPECT_EQ(Batches(), 2);
+  EXPECT_EQ(Reached(), 5);
+
+  // A group request queued alone runs alone, through Compute.
+  GroupedRequest single(7);
+  ASSERT_TRUE(batcher->Enqueue(&single, traits).ok());
+  ASSERT_TRUE(single.WaitDone());
+  EXPECT_TRUE(single.alone_);
+  EXPECT_TRUE(single.status_.ok());
+  EXPECT_EQ(single.out_, 14);
+  EXPECT_EQ(group.batches.size(), 1u);
 }
 
 TEST(BatcherOptionsTest, InvalidOptionsNameTheFlag) {
