@@ -92,6 +92,16 @@ struct IsaKernels {
   // a fused multiply-add where the ISA has one).
   void (*turn_row)(const float* c, const float* s, int64_t half, bool half_layout,
                    const float* in, float* out);
+  // The positional methods' score rows (kernels/simd/score_rows.h), each
+  // rounding as the scalar loop it replaced (the same logits on every ISA).
+  // ALiBi: row[c] = scale * row[c] - slope * |delta - c| for c < n, |delta|
+  // + n < 2^24; writes whole vectors up to n rounded up to 16.
+  void (*alibi_row)(float* row, int64_t n, float scale, float slope, float delta);
+  // DA-Transformer: row[c] = max(row[c], 0) * factors[c] for c < n.
+  void (*relu_times_row)(float* row, const float* factors, int64_t n);
+  // Shaw: row[c] = scale * (row[c] + terms[c]) for c < n, or with `term`
+  // for every c when terms is null.
+  void (*add_then_scale_row)(float* row, int64_t n, const float* terms, float term, float scale);
 };
 
 // The active ISA's kernels.

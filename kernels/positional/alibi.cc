@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/isa.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
 #include "kernels/positional/tables.h"
@@ -76,18 +77,16 @@ class AlibiModifier final : public ScoreModifier {
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
     const double slope = slopes_[static_cast<size_t>(tile.h)];
     const int64_t first_delta = query_offset_ + tile.i0 - tile.j0;
-    // Within float's exact integers the tile runs in float, in a loop the
-    // compiler vectorises; far positions take the double path.
+    // Within float's exact integers the tile runs in float, on the ISA's
+    // vectors (kernels/isa.h); far positions take the double path.
     constexpr int64_t kExactInFloat = int64_t{1} << 24;
     if (std::llabs(first_delta) + tile.rows + tile.cols < kExactInFloat) {
       const float scale = static_cast<float>(scale_), m = static_cast<float>(slope);
+      const auto alibi_row = Kernels().alibi_row;
       for (int64_t r = 0; r < tile.rows; ++r) {
-        const float delta = static_cast<float>(first_delta + r);  // q_pos - j0
-        float* row = scores + r * ld;
-        const int cols = static_cast<int>(tile.VisibleCols(r, query_offset_, causal_));
-        for (int c = 0; c < cols; ++c) {
-          row[c] = scale * row[c] - m * std::fabs(delta - static_cast<float>(c));
-        }
+        // scale * s - m * |q_pos - k_pos|, q_pos - k_pos = (q_pos - j0) - c.
+        alibi_row(scores + r * ld, tile.VisibleCols(r, query_offset_, causal_), scale, m,
+                  static_cast<float>(first_delta + r));
       }
       return;
     }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/isa.h"
 #include "kernels/parallel.h"
 #include "kernels/positional/common.h"
 #include "kernels/positional/method.h"
@@ -175,6 +176,9 @@ class DaModifier final : public ScoreModifier {
   void ModifyInFloat(const ScoreTile& tile, float* scores, int64_t ld) const {
     const float* forward = scaled_.data() + tile.h * count_;
     const float* backward = reversed_.data() + tile.h * count_;
+    // max(x, 0) * Rhat per run, on the ISA's vectors (kernels/isa.h): exactly
+    // 0 for x <= 0 (Rhat is finite here), and branch-free.
+    const auto relu_times_row = Kernels().relu_times_row;
     for (int64_t r = 0; r < tile.rows; ++r) {
       const int64_t delta = query_offset_ + tile.i0 + r - tile.j0;  // q_pos - j0
       float* row = scores + r * ld;
@@ -182,15 +186,11 @@ class DaModifier final : public ScoreModifier {
       if (split > 0) {
         // distance delta - c at reversed index count - 1 - (delta - c - min).
         const float* run = backward + (count_ - 1 - delta + min_distance_);
-        // max(x, 0) * Rhat is exactly 0 for x <= 0 (Rhat is finite here),
-        // and branch-free.
-        for (int64_t c = 0; c < split; ++c) row[c] = std::max(row[c], 0.0f) * run[c];
+        relu_times_row(row, run, split);
       }
       if (split < tile.cols && !causal_) {  // Keys after the query (masked if causal).
         const float* run = forward + (split - delta - min_distance_);  // distance c - delta
-        for (int64_t c = split; c < tile.cols; ++c) {
-          row[c] = std::max(row[c], 0.0f) * run[c - split];
-        }
+        relu_times_row(row + split, run, tile.cols - split);
       }
     }
   }

@@ -95,7 +95,8 @@ class ShawModifier final : public ScoreModifier {
 
   void ModifyScores(const ScoreTile& tile, float* scores, int64_t ld) const override {
     const RelativeTable::Window w = WindowOf(tile);
-    const float scale = scale_;  // A local: the stores below cannot alias it.
+    // scale * (s + q . rel_k[idx]) over each run, on the ISA's vectors.
+    const auto add_then_scale_row = Kernels().add_then_scale_row;
     for (int64_t r = 0; r < tile.rows; ++r) {
       // Masked entries may hold anything (the engine masks them), and their
       // buckets were not multiplied: only the visible prefix is touched.
@@ -104,18 +105,15 @@ class ShawModifier final : public ScoreModifier {
       const float* qr = tile.scratch + r * w.ld;  // qr[t - base], t in the window
       float* row = scores + r * ld;
       if (runs.band_begin > 0) {
-        const float low = qr[0 - w.base];
-        for (int64_t c = 0; c < runs.band_begin; ++c) row[c] = scale * (row[c] + low);
+        add_then_scale_row(row, runs.band_begin, nullptr, qr[0 - w.base], scale_);
       }
       if (runs.band_end > runs.band_begin) {
-        const float* band = qr + (runs.first_band_index - w.base);
-        for (int64_t c = runs.band_begin; c < runs.band_end; ++c) {
-          row[c] = scale * (row[c] + band[c - runs.band_begin]);
-        }
+        add_then_scale_row(row + runs.band_begin, runs.band_end - runs.band_begin,
+                           qr + (runs.first_band_index - w.base), 0.0f, scale_);
       }
       if (runs.band_end < cols) {
-        const float high = qr[2 * k_ - w.base];
-        for (int64_t c = runs.band_end; c < cols; ++c) row[c] = scale * (row[c] + high);
+        add_then_scale_row(row + runs.band_end, cols - runs.band_end, nullptr,
+                           qr[2 * k_ - w.base], scale_);
       }
     }
   }

@@ -14,6 +14,7 @@ namespace {
 
 #include "kernels/simd/micro_kernels.h"
 #include "kernels/simd/engine.h"
+#include "kernels/simd/score_rows.h"
 
 bool AllFinite(const float* x, int64_t n) { return simd::AllFinite(x, n); }
 
@@ -42,10 +43,31 @@ void TurnRow(const float* c, const float* s, int64_t half, bool half_layout, con
   simd::TurnRow(c, s, half, half_layout, in, out);
 }
 
+void AlibiRow(float* row, int64_t n, float scale, float slope, float delta) {
+  simd::AlibiRow(row, n, scale, slope, delta);
+}
+
+void ReluTimesRow(float* row, const float* factors, int64_t n) {
+  simd::ReluTimesRow(row, factors, n);
+}
+
+void AddThenScaleRow(float* row, int64_t n, const float* terms, float term, float scale) {
+  simd::AddThenScaleRow(row, n, terms, term, scale);
+}
+
 }  // namespace
 
 extern const IsaKernels kKernels;
-const IsaKernels kKernels = {static_cast<Isa>(ATTN_ISA_LEVEL), RunFastAttention, AllFinite,
-                             SumInDouble, Gemm, PackColumnPanels, TransposeIntoPanel, TurnRow};
+const IsaKernels kKernels = {static_cast<Isa>(ATTN_ISA_LEVEL),
+                             RunFastAttention,
+                             AllFinite,
+                             SumInDouble,
+                             Gemm,
+                             PackColumnPanels,
+                             TransposeIntoPanel,
+                             TurnRow,
+                             AlibiRow,
+                             ReluTimesRow,
+                             AddThenScaleRow};
 
 }  // namespace attnserve::kernels::ATTN_ISA_NAMESPACE

@@ -27,6 +27,8 @@ inline V MulAdd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline V NegMulAdd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
 inline V Max(V a, V b) { return _mm512_max_ps(a, b); }
 inline V Min(V a, V b) { return _mm512_min_ps(a, b); }
+// |x|: the sign bit cleared (as std::fabs).
+inline V Abs(V x) { return _mm512_andnot_ps(Set1(-0.0f), x); }
 inline V Floor(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
 // 2^n for integral n in [-127, 128) held as floats.
 inline V Pow2(V n) {
@@ -77,6 +79,7 @@ inline V MulAdd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 inline V NegMulAdd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
 inline V Max(V a, V b) { return _mm256_max_ps(a, b); }
 inline V Min(V a, V b) { return _mm256_min_ps(a, b); }
+inline V Abs(V x) { return _mm256_andnot_ps(Set1(-0.0f), x); }
 inline V Floor(V x) { return _mm256_floor_ps(x); }
 inline V Pow2(V n) {
   const __m256i bits =
@@ -138,6 +141,10 @@ inline V NegMulAdd(V a, V b, V c) { return c - a * b; }
 // As the x86 instructions: the second operand when either is NaN.
 inline V Max(V a, V b) { return a > b ? a : b; }
 inline V Min(V a, V b) { return a < b ? a : b; }
+inline V Abs(V x) {
+  const VInt magnitude = __builtin_bit_cast(VInt, x) & 0x7fffffff;
+  return __builtin_bit_cast(V, magnitude);
+}
 inline V Floor(V x) {  // |x| < 2^31 here
   const V truncated = __builtin_convertvector(__builtin_convertvector(x, VInt), V);
   // -1 (true) where truncation went up, i.e. for negative non-integers.
