@@ -118,7 +118,9 @@ def bytes_per_step(client, metrics_port, rng, h=8, d=64, steps=4):
               f"equivalent Attend {attend:10d} bytes")
 
 
-async def concurrent(address, rng, sessions, steps, cached=1024, h=8, d=64):
+async def concurrent(address, rng, sessions, steps, cached=1024, h=8, d=64, pid=None):
+    """Steps/s, p50 and p99 (ms) and attnd's CPU seconds (of process `pid`,
+    None without one) while the sessions step."""
     latencies = []
     async with attnserve.aio.Client(address, timeout=600) as client:
         opened = []
@@ -136,15 +138,24 @@ async def concurrent(address, rng, sessions, steps, cached=1024, h=8, d=64):
                 await s.step(q, k, v)
                 latencies.append(time.perf_counter() - start)
 
+        cpu = cpu_seconds(pid) if pid else 0.0
         start = time.perf_counter()
         await asyncio.gather(*(run(s) for s in opened))
         wall = time.perf_counter() - start
+        cpu = cpu_seconds(pid) - cpu if pid else None
         for s in opened:
             await s.close()
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1e3
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3
-    return len(latencies) / wall, p50, p99
+    return len(latencies) / wall, p50, p99, cpu
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def compare_batching(build, rng, sessions, steps, runs):
@@ -161,23 +172,25 @@ def compare_batching(build, rng, sessions, steps, runs):
                 passes = metric(metrics_port, "attnserve_decode_batch_size_count")
                 batched = metric(metrics_port, "attnserve_decode_batch_size_sum")
                 load_before = os.getloadavg()[0]
-                rate, p50, p99 = asyncio.run(
-                    concurrent(f"127.0.0.1:{port}", rng, sessions, steps))
+                rate, p50, p99, cpu = asyncio.run(
+                    concurrent(f"127.0.0.1:{port}", rng, sessions, steps, pid=proc.pid))
+                cpu_per_step = cpu / (sessions * steps) * 1e6
                 load_after = os.getloadavg()[0]
                 passes = metric(metrics_port, "attnserve_decode_batch_size_count") - passes
                 batched = metric(metrics_port, "attnserve_decode_batch_size_sum") - batched
-                results[batching].append((rate, p50, p99))
+                results[batching].append((rate, p50, p99, cpu_per_step))
                 print(f"   run {run + 1} batching={'on ' if batching else 'off'}: {rate:6.0f} "
                       f"steps/s, p50 {p50:6.2f} ms, p99 {p99:6.2f} ms; {batched / passes:5.2f} "
-                      f"steps per kernel pass (prefills included); load {load_before:.1f} -> "
-                      f"{load_after:.1f}", flush=True)
+                      f"steps per kernel pass (prefills included), attnd CPU {cpu_per_step:.0f} "
+                      f"us a step; load {load_before:.1f} -> {load_after:.1f}", flush=True)
         for batching in (True, False):
             rows = results[batching]
             print(f"3. {sessions} sessions x 1024 cached, {steps} steps each, batching "
                   f"{'on ' if batching else 'off'}: median of {len(rows)}: "
                   f"{statistics.median(r[0] for r in rows):.0f} steps/s, "
                   f"p50 {statistics.median(r[1] for r in rows):.2f} ms, "
-                  f"p99 {statistics.median(r[2] for r in rows):.2f} ms")
+                  f"p99 {statistics.median(r[2] for r in rows):.2f} ms, "
+                  f"attnd CPU {statistics.median(r[3] for r in rows):.0f} us a step")
     finally:
         for proc, _, _ in servers.values():
             proc.terminate()
@@ -201,7 +214,7 @@ def main():
         with attnserve.Client(address, timeout=600) as client:
             step_vs_attend(client, rng, steps)
             bytes_per_step(client, metrics_port, rng)
-        rate, p50, p99 = asyncio.run(concurrent(address, rng, sessions, max(4, steps // 4)))
+        rate, p50, p99, _ = asyncio.run(concurrent(address, rng, sessions, max(4, steps // 4)))
         print(f"3. {sessions} concurrent sessions of 1024 cached tokens, {max(4, steps // 4)} "
               f"steps each: {rate:.0f} steps/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms "
               f"(attnd's default --decode_batching)")

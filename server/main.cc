@@ -114,7 +114,7 @@ ABSL_FLAG(int64_t, session_memory_bytes, int64_t{1} << 30,
 ABSL_FLAG(double, session_idle_timeout_s, 300,
           "a decode session waiting this long for its next message is ended with ABORTED; 0: "
           "never");
-ABSL_FLAG(bool, decode_batching, false,
+ABSL_FLAG(bool, decode_batching, true,
           "concurrent decode steps of different sessions with the same method (at most 16 new "
           "tokens, no probs) run as one pass of the decode kernel; false: each step alone");
 ABSL_FLAG(bool, insecure, false,
