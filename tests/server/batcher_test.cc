@@ -284,10 +284,22 @@ TEST_F(BatcherTest, CancelledAndExpiredRequestsNeverReachAKernel) {
   EXPECT_EQ(Reached(), 0);
 }
 
+// A request that is never merged along B: the merge hooks do nothing.
+class UnmergedRequest : public BatchRequest {
+ public:
+  kernels::AttendArgs TakeAttendArgs() override { return {}; }
+  const std::vector<int64_t>* BatchedShape(absl::string_view) const override { return nullptr; }
+  absl::Status AppendBatched(absl::string_view, std::vector<float>&) const override {
+    return absl::OkStatus();
+  }
+  absl::Status DecodeShared(kernels::TensorMap&) const override { return absl::OkStatus(); }
+  void Fill(const kernels::AttendResult&, int64_t, int64_t) override {}
+};
+
 // A request that computes alone stops between rows once cancelled instead
 // of finishing a long kernel call nobody wants.
 TEST_F(BatcherTest, CancelStopsARunningKernel) {
-  class LongRequest final : public BatchRequest {
+  class LongRequest final : public UnmergedRequest {
    public:
     absl::Status Prepare(int64_t /*max_elements*/, bool /*defer_batched*/) override {
       args_.method = kernels::MethodKind::kNone;
@@ -303,12 +315,6 @@ TEST_F(BatcherTest, CancelStopsARunningKernel) {
       return kernels::Attend(std::move(args_), options).status();
     }
     kernels::AttendArgs TakeAttendArgs() override { return std::move(args_); }
-    const std::vector<int64_t>* BatchedShape(absl::string_view) const override { return nullptr; }
-    absl::Status AppendBatched(absl::string_view, std::vector<float>&) const override {
-      return absl::OkStatus();
-    }
-    absl::Status DecodeShared(kernels::TensorMap&) const override { return absl::OkStatus(); }
-    void Fill(const kernels::AttendResult&, int64_t, int64_t) override {}
     void Done(const absl::Status& status) override {
       status_ = status;
       done_.Notify();
@@ -346,7 +352,7 @@ TEST_F(BatcherTest, DifferentKeysAndLargeRequestsRunApart) {
 
 // A request of a BatchGroup (what a Decode step is): no kernel, its answer
 // is its seed doubled, or an error chosen by the test.
-class GroupedRequest final : public BatchRequest {
+class GroupedRequest final : public UnmergedRequest {
  public:
   enum class Fault { kNone, kPrepare, kCompute };
   explicit GroupedRequest(float seed, Fault fault = Fault::kNone) : seed_(seed), fault_(fault) {}
@@ -370,12 +376,6 @@ class GroupedRequest final : public BatchRequest {
     ADD_FAILURE() << "a group's request is never merged along B";
     return {};
   }
-  const std::vector<int64_t>* BatchedShape(absl::string_view) const override { return nullptr; }
-  absl::Status AppendBatched(absl::string_view, std::vector<float>&) const override {
-    return absl::OkStatus();
-  }
-  absl::Status DecodeShared(kernels::TensorMap&) const override { return absl::OkStatus(); }
-  void Fill(const kernels::AttendResult&, int64_t, int64_t) override {}
   void Done(const absl::Status& status) override {
     status_ = status;
     done_.Notify();
@@ -437,7 +437,7 @@ TEST_F(BatcherTest, AGroupRunsWhatIsQueuedTogetherEachWithItsOwnAnswer) {
       failing(4, GroupedRequest::Fault::kCompute), vanishing(5), last(6);
   group.vanishing = &vanishing;
   // The single batch thread is busy with this one while the others queue.
-  class Holder final : public BatchRequest {
+  class Holder final : public UnmergedRequest {
    public:
     explicit Holder(absl::Notification* release) : release_(release) {}
     absl::Status Prepare(int64_t, bool) override { return absl::OkStatus(); }
@@ -446,15 +446,6 @@ TEST_F(BatcherTest, AGroupRunsWhatIsQueuedTogetherEachWithItsOwnAnswer) {
       release_->WaitForNotification();
       return absl::OkStatus();
     }
-    kernels::AttendArgs TakeAttendArgs() override { return {}; }
-    const std::vector<int64_t>* BatchedShape(absl::string_view) const override {
-      return nullptr;
-    }
-    absl::Status AppendBatched(absl::string_view, std::vector<float>&) const override {
-      return absl::OkStatus();
-    }
-    absl::Status DecodeShared(kernels::TensorMap&) const override { return absl::OkStatus(); }
-    void Fill(const kernels::AttendResult&, int64_t, int64_t) override {}
     void Done(const absl::Status&) override { done_.Notify(); }
     absl::Notification* release_;
     absl::Notification started_, done_;
