@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/isa.h"
 #include "kernels/parallel.h"
 #include "kernels/positional/common.h"
 #include "kernels/status_macros.h"
@@ -89,12 +90,18 @@ inline int64_t ShawRow(const DecodeAttention& p, const Row& row, int64_t j) {
   return std::max(j - row.pos, -p.max_relative) + p.max_relative;
 }
 
-// q . k_j, plus q . rel_k[bucket] for Shaw.
-inline float KeyDot(const DecodeAttention& p, const Row& row, const float* k, int64_t j) {
-  float dot = Dot(row.q, k + j * p.d, p.d);
+// What key j's logit adds to q . k_j: q . rel_k[bucket] for Shaw, a . c_j
+// for Transformer-XL.
+inline float ExtraDot(const DecodeAttention& p, const Row& row, int64_t j) {
+  float dot = 0;
   if (p.rel_k != nullptr) dot += Dot(row.q, p.rel_k + ShawRow(p, row, j) * p.d, p.d);
   if (row.a != nullptr) dot += Dot(row.a, p.key_features + j * p.width, p.width);
   return dot;
+}
+
+// q . k_j, plus ExtraDot.
+inline float KeyDot(const DecodeAttention& p, const Row& row, const float* k, int64_t j) {
+  return Dot(row.q, k + j * p.d, p.d) + ExtraDot(p, row, j);
 }
 
 // acc += w * v_j (+ w * rel_v[bucket] for Shaw).
@@ -196,6 +203,8 @@ void RunTask(const Plan& plan, int64_t task, std::vector<Row>& block_rows,
              std::vector<float>& scores) {
   const DecodeAttention& p = *plan.p;
   const Logits logit(p);
+  const bool extra = p.rel_k != nullptr || p.features != nullptr;
+  const IsaKernels& isa = Kernels();
   const int64_t kv = task / plan.chunks, chunk = task % plan.chunks;
   const int64_t b = kv / p.kv_heads, g = kv % p.kv_heads;
   const int64_t c0 = plan.first_key + chunk * plan.chunk_keys;
@@ -219,12 +228,15 @@ void RunTask(const Plan& plan, int64_t task, std::vector<Row>& block_rows,
         const Row& row = block_rows[r];
         const int64_t lo = std::max(row.lo, j0), hi = std::min(row.pos + 1, j1);
         if (lo >= hi) continue;
+        // s[t] is key lo + t's logit, then its weight.
         float* s = scores.data() + r * kKeyBlock;
+        const int64_t keys_seen = hi - lo;
+        isa.decode_dot_rows(row.q, k + lo * p.d, p.d, keys_seen, s);
         float block_max = -std::numeric_limits<float>::infinity();
-        for (int64_t j = lo; j < hi; ++j) {
-          const float l = logit(KeyDot(p, row, k, j), row, j);
-          s[j - j0] = l;
-          block_max = std::max(block_max, l);
+        for (int64_t t = 0; t < keys_seen; ++t) {
+          const float dot = extra ? s[t] + ExtraDot(p, row, lo + t) : s[t];
+          s[t] = logit(dot, row, lo + t);
+          block_max = std::max(block_max, s[t]);
         }
         float* state = part + (r0 + r) * stride;
         float* acc = state + 2;
@@ -235,14 +247,13 @@ void RunTask(const Plan& plan, int64_t task, std::vector<Row>& block_rows,
           for (int64_t e = 0; e < p.dv; ++e) acc[e] *= rescale;
           state[0] = block_max;
         }
-        const float m = state[0];
-        float sum = 0;
-        for (int64_t j = lo; j < hi; ++j) {
-          const float w = std::exp(s[j - j0] - m);
-          sum += w;
-          AddValue(p, row, v, j, w, acc);
+        state[1] += isa.decode_exp_accumulate(s, keys_seen, state[0], v + lo * p.dv, p.dv, acc);
+        if (p.rel_v != nullptr) {
+          for (int64_t t = 0; t < keys_seen; ++t) {
+            const float* rt = p.rel_v + ShawRow(p, row, lo + t) * p.dv;
+            for (int64_t e = 0; e < p.dv; ++e) acc[e] += s[t] * rt[e];
+          }
         }
-        state[1] += sum;
       }
     }
   }

@@ -102,6 +102,14 @@ struct IsaKernels {
   // Shaw: row[c] = scale * (row[c] + terms[c]) for c < n, or with `term`
   // for every c when terms is null.
   void (*add_then_scale_row)(float* row, int64_t n, const float* terms, float term, float scale);
+  // The decode kernel's (kernels/decode_attention.cc) per-key work, for one
+  // query row against `count` cached rows: out[j] = q . k_j with k_j at
+  // k + j * d.
+  void (*decode_dot_rows)(const float* q, const float* k, int64_t d, int64_t count, float* out);
+  // s[j] = exp(s[j] - max) for j < count, acc[0..dv) += sum_j s[j] * v_j with
+  // v_j at v + j * dv; returns sum_j s[j].
+  float (*decode_exp_accumulate)(float* s, int64_t count, float max, const float* v, int64_t dv,
+                                 float* acc);
 };
 
 // The active ISA's kernels.

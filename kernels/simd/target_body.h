@@ -15,6 +15,7 @@ namespace {
 #include "kernels/simd/micro_kernels.h"
 #include "kernels/simd/engine.h"
 #include "kernels/simd/score_rows.h"
+#include "kernels/simd/decode_rows.h"
 
 bool AllFinite(const float* x, int64_t n) { return simd::AllFinite(x, n); }
 
@@ -55,6 +56,15 @@ void AddThenScaleRow(float* row, int64_t n, const float* terms, float term, floa
   simd::AddThenScaleRow(row, n, terms, term, scale);
 }
 
+void DecodeDotRows(const float* q, const float* k, int64_t d, int64_t count, float* out) {
+  simd::DotRows(q, k, d, count, out);
+}
+
+float DecodeExpAccumulate(float* s, int64_t count, float max, const float* v, int64_t dv,
+                          float* acc) {
+  return simd::ExpAccumulate(s, count, max, v, dv, acc);
+}
+
 }  // namespace
 
 extern const IsaKernels kKernels;
@@ -68,6 +78,8 @@ const IsaKernels kKernels = {static_cast<Isa>(ATTN_ISA_LEVEL),
                              TurnRow,
                              AlibiRow,
                              ReluTimesRow,
-                             AddThenScaleRow};
+                             AddThenScaleRow,
+                             DecodeDotRows,
+                             DecodeExpAccumulate};
 
 }  // namespace attnserve::kernels::ATTN_ISA_NAMESPACE
