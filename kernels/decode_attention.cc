@@ -233,13 +233,22 @@ void RunTask(const Plan& plan, int64_t task, std::vector<Row>& block_rows,
         const int64_t keys_seen = hi - lo;
         isa.decode_dot_rows(row.q, k + lo * p.d, p.d, keys_seen, s);
         float block_max = -std::numeric_limits<float>::infinity();
+        bool finite = true;
         for (int64_t t = 0; t < keys_seen; ++t) {
           const float dot = extra ? s[t] + ExtraDot(p, row, lo + t) : s[t];
           s[t] = logit(dot, row, lo + t);
           block_max = std::max(block_max, s[t]);
+          finite = finite && std::isfinite(s[t]);
         }
         float* state = part + (r0 + r) * stride;
         float* acc = state + 2;
+        if (!finite) {
+          // The inputs are finite, so the scores overflowed float32: a NaN sum
+          // makes Merge give the row a NaN out, and the step fails with the
+          // overflow error (the vectorised exp would turn NaN into 0).
+          state[1] = std::numeric_limits<float>::quiet_NaN();
+          continue;
+        }
         // The online softmax: rescale what was summed when the max grows.
         if (block_max > state[0]) {
           const float rescale = std::exp(state[0] - block_max);
