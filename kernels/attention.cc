@@ -114,6 +114,12 @@ absl::StatusOr<TensorMap> PositionalMethod::Encode(EncodeArgs& /*args*/,
       absl::StrCat("method: ", MethodName(kind()), " has no encode form"));
 }
 
+Tensor AttendOutput(std::vector<int64_t> shape, const ComputeOptions& options) {
+  float* const storage = options.out_storage ? options.out_storage(shape) : nullptr;
+  if (storage == nullptr) return Tensor(std::move(shape));
+  return Tensor::MutableView(std::move(shape), storage);
+}
+
 absl::StatusOr<AttendResult> Attend(AttendArgs args, const ComputeOptions& options) {
   using Clock = std::chrono::steady_clock;
   const auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };

@@ -25,6 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "kernels/tensor.h"
 
 namespace attnserve::kernels {
@@ -153,6 +154,14 @@ struct ComputeOptions {
   // dimension >= 1) and are finite, having checked them while writing them
   // (server/convert.cc does); skips the kernels' own scan of the inputs.
   bool inputs_checked = false;
+  // Where Attend writes its output `out` [B,H,Sq,Dv] (issue 13 item 4: the
+  // server's float32 raw_data response is written once, by the engine):
+  // when set, called once with out's shape, after every rule is checked and
+  // before the engine runs; it returns zero-filled, writable storage for
+  // product(shape) values (4-byte aligned) that outlives the result, or null
+  // to have the kernels allocate. The result's out is then a
+  // Tensor::MutableView of it.
+  std::function<float*(absl::Span<const int64_t> shape)> out_storage;
 };
 
 // Multi-head attention under args.method. Consumes args (inputs are moved

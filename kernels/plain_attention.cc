@@ -17,7 +17,7 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
   const AttentionProblem& p = prepared.problem;
   const ScoreModifier& modifier = *prepared.modifier;
   AttendResult result;
-  result.out = Tensor({p.batch, p.heads, p.sq, p.dv});
+  result.out = AttendOutput({p.batch, p.heads, p.sq, p.dv}, options);
   if (return_probs) result.probs = Tensor({p.batch, p.heads, p.sq, p.sk});
   float* probs = return_probs ? result.probs->data() : nullptr;
   float* out = result.out.data();

@@ -10,11 +10,51 @@ namespace attnserve::kernels {
 Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)) {
   int64_t count = 1;
   for (int64_t d : shape_) count *= d;
-  data_.assign(static_cast<size_t>(count), 0.0f);
+  owned_.assign(static_cast<size_t>(count), 0.0f);
 }
 
 Tensor::Tensor(std::vector<int64_t> shape, std::vector<float> data)
-    : shape_(std::move(shape)), data_(std::move(data)) {}
+    : shape_(std::move(shape)), owned_(std::move(data)) {}
+
+Tensor Tensor::View(std::vector<int64_t> shape, const float* data) {
+  Tensor view = MutableView(std::move(shape), const_cast<float*>(data));
+  view.writable_ = false;
+  return view;
+}
+
+Tensor Tensor::MutableView(std::vector<int64_t> shape, float* data) {
+  Tensor view;
+  view.shape_ = std::move(shape);
+  int64_t count = 1;
+  for (int64_t d : view.shape_) count *= d;
+  view.borrowed_ = data;
+  view.borrowed_size_ = count;
+  view.writable_ = true;
+  return view;
+}
+
+float* Tensor::data() {
+  if (borrowed_ != nullptr && !writable_) {
+    // Copy on write: the borrowed memory is its creator's (a request's
+    // bytes), and stays as it arrived.
+    owned_.assign(borrowed_, borrowed_ + borrowed_size_);
+    borrowed_ = nullptr;
+    borrowed_size_ = 0;
+  }
+  return borrowed_ != nullptr ? borrowed_ : owned_.data();
+}
+
+std::vector<float> Tensor::TakeValues() {
+  std::vector<float> values;
+  if (borrowed_ != nullptr) {
+    values.assign(borrowed_, borrowed_ + borrowed_size_);
+    borrowed_ = nullptr;
+    borrowed_size_ = 0;
+  } else {
+    values.swap(owned_);
+  }
+  return values;
+}
 
 absl::StatusOr<Tensor> Tensor::Create(std::vector<int64_t> shape, std::vector<float> data,
                                       absl::string_view field) {

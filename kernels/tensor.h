@@ -1,8 +1,17 @@
-// Tensor: a dense, row-major float32 array with its shape, owned by value.
+// Tensor: a dense, row-major float32 array with its shape, owned by value or
+// borrowed.
 //
 // The kernels' only data type. Shapes follow positional-methods.md 1.1 (every
-// dimension >= 1). Not thread-safe for concurrent mutation; const access from
-// many threads is fine.
+// dimension >= 1). A tensor either owns its values (a std::vector) or
+// borrows them from memory its creator keeps alive (View, MutableView): the
+// server reads a request's raw_data where it arrived and writes an output
+// straight into the response's bytes (issue 13 item 4). A read-only view is
+// copied into storage of its own on the first mutable access (data(),
+// values() on a non-const tensor), so a kernel that works on an input in
+// place (RoPE, the projections) never writes its creator's memory.
+//
+// Not thread-safe for concurrent mutation (the copy on first mutable access
+// included); const access from many threads is fine.
 #ifndef ATTNSERVE_KERNELS_TENSOR_H_
 #define ATTNSERVE_KERNELS_TENSOR_H_
 
@@ -32,19 +41,43 @@ class Tensor {
   static absl::StatusOr<Tensor> Create(std::vector<int64_t> shape, std::vector<float> data,
                                        absl::string_view field);
 
+  // A read-only view of `data`: the product(shape) values there (4-byte
+  // aligned), not owned; they must outlive the tensor and every copy of it
+  // that still borrows them. Mutable access copies them first (see above).
+  static Tensor View(std::vector<int64_t> shape, const float* data);
+  // A writable view of `data` (as View): mutable access writes `data`
+  // itself, so a kernel's output lands in its caller's buffer. Copies of the
+  // tensor write the same memory.
+  static Tensor MutableView(std::vector<int64_t> shape, float* data);
+
   const std::vector<int64_t>& shape() const { return shape_; }
   int rank() const { return static_cast<int>(shape_.size()); }
   int64_t dim(int i) const { return shape_[static_cast<size_t>(i)]; }
-  int64_t size() const { return static_cast<int64_t>(data_.size()); }
+  int64_t size() const {
+    return borrowed_ != nullptr ? borrowed_size_ : static_cast<int64_t>(owned_.size());
+  }
+  // Whether the values live in memory the tensor does not own (a view that
+  // has not been copied yet).
+  bool borrowed() const { return borrowed_ != nullptr; }
 
-  float* data() { return data_.data(); }
-  const float* data() const { return data_.data(); }
-  std::vector<float>& values() { return data_; }
-  const std::vector<float>& values() const { return data_; }
+  const float* data() const { return borrowed_ != nullptr ? borrowed_ : owned_.data(); }
+  // A read-only view is copied into storage of its own first.
+  float* data();
+  absl::Span<const float> values() const { return absl::MakeConstSpan(data(), ValueCount()); }
+  absl::Span<float> values() { return absl::MakeSpan(data(), ValueCount()); }
+  // The values as a vector, leaving the tensor empty (no values, shape
+  // kept): the owned storage moved out, a view's values copied.
+  std::vector<float> TakeValues();
 
  private:
+  size_t ValueCount() const { return static_cast<size_t>(size()); }
+
   std::vector<int64_t> shape_;
-  std::vector<float> data_;
+  std::vector<float> owned_;
+  // A view's values (const_cast from View's: never written unless writable_).
+  float* borrowed_ = nullptr;
+  int64_t borrowed_size_ = 0;
+  bool writable_ = false;
 };
 
 // "[2,3,7,16]"; past 8 dimensions only the first 8 and the count,

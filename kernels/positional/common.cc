@@ -382,9 +382,11 @@ absl::StatusOr<Tensor> ProjectRows(Tensor& x, int64_t first_position,
     }
   }
   if (!in_place) return Tensor({batch, seq, n}, std::move(fresh));
-  // Keeps the capacity: the memory is the input's.
-  x.values().resize(static_cast<size_t>(total * n));
-  return Tensor({batch, seq, n}, std::move(x.values()));
+  // Keeps the capacity: the memory is the input's (its own by now: dst
+  // above made a borrowed x copy itself).
+  std::vector<float> storage = x.TakeValues();
+  storage.resize(static_cast<size_t>(total * n));
+  return Tensor({batch, seq, n}, std::move(storage));
 }
 
 }  // namespace

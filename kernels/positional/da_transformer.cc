@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "kernels/isa.h"
 #include "kernels/parallel.h"
 #include "kernels/positional/common.h"
@@ -114,14 +115,13 @@ absl::Status CheckDistanceParams(const Tensor& dist_w, const Tensor& dist_v, int
 // a contiguous range): no exp per score.
 class DaModifier final : public ScoreModifier {
  public:
-  DaModifier(const AttentionProblem& p, const std::vector<float>& w, const std::vector<float>& v)
+  DaModifier(const AttentionProblem& p, absl::Span<const float> w, absl::Span<const float> v)
       : scale_(p.scale),
         query_offset_(p.query_offset),
         causal_(p.causal),
         // q_pos in [a, a + Sq - 1], k_pos in [0, Sk - 1], a = query_offset >= 0.
         min_distance_(std::max<int64_t>(0, p.query_offset - (p.sk - 1))),
-        count_(std::max(p.query_offset + p.sq - 1, p.sk - 1 - p.query_offset) - min_distance_ +
-               1),
+        count_(std::max(p.query_offset + p.sq - 1, p.sk - 1 - p.query_offset) - min_distance_ + 1),
         table_(static_cast<size_t>(p.heads * count_)) {
     bool fits_float = true;
     for (int64_t h = 0; h < p.heads; ++h) {

@@ -217,6 +217,10 @@ struct PreparedAttention {
   std::unique_ptr<ScoreModifier> modifier;
 };
 
+// The engines' output tensor of `shape` ([B,H,Sq,Dv]): in
+// options.out_storage when that gives storage, else a new zero-filled one.
+Tensor AttendOutput(std::vector<int64_t> shape, const ComputeOptions& options);
+
 // Which tensors an op takes; Attend/Encode reject any other before calling
 // the method, and a missing required one.
 struct InputSpec {

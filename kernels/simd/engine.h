@@ -496,7 +496,7 @@ absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
                                               bool check_qkv) {
   const AttentionProblem& p = prepared.problem;
   AttendResult result;
-  result.out = Tensor({p.batch, p.heads, p.sq, p.dv});
+  result.out = AttendOutput({p.batch, p.heads, p.sq, p.dv}, options);
   if (return_probs) result.probs = Tensor({p.batch, p.heads, p.sq, p.sk});
   const FastEngine engine(prepared, result.out.data(),
                           return_probs ? result.probs->data() : nullptr, check_qkv);

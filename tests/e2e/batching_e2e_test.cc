@@ -74,7 +74,7 @@ std::vector<float> Expected(int64_t b, int seed) {
   args.inputs["q"] = kernels::Tensor({b, kH, kS, kD}, Values(n, seed));
   args.inputs["k"] = kernels::Tensor({b, kH, kS, kD}, Values(n, seed + 1000));
   args.inputs["v"] = kernels::Tensor({b, kH, kS, kD}, Values(n, seed + 2000));
-  return kernels::Attend(std::move(args), kernels::ComputeOptions())->out.values();
+  return kernels::Attend(std::move(args), kernels::ComputeOptions())->out.TakeValues();
 }
 
 ::testing::AssertionResult Matches(const v1::AttendResponse& response, int64_t b, int seed) {
@@ -384,7 +384,7 @@ TEST(BatchingTest, PartlyCancelledBatchAnswersTheOthersAndDropsTheCancelled) {
       args.inputs[name] = kernels::Tensor({1, kBigH, kBigS, kBigD}, Values(n, c + 1000 * part++));
     }
     const std::vector<float> want =
-        kernels::Attend(std::move(args), kernels::ComputeOptions())->out.values();
+        kernels::Attend(std::move(args), kernels::ComputeOptions())->out.TakeValues();
     ASSERT_EQ(got->size(), want.size());
     for (size_t i = 0; i < want.size(); ++i) {
       ASSERT_NEAR((*got)[i], want[i], 1e-5f) << "caller " << c << " element " << i;

@@ -97,7 +97,7 @@ TEST(AlibiTest, EncodeBiasIsMinusSlopeTimesAbsoluteDistance) {
 TEST(AlibiTest, NonCausalBiasIsSymmetricAroundTheQuery) {
   auto got = kernels::Encode(AlibiEncode(1, 1, 5, 2), {});
   ASSERT_TRUE(got.ok()) << got.status();
-  const std::vector<float>& bias = got->outputs.at("bias").values();
+  const absl::Span<const float> bias = got->outputs.at("bias").values();
   const float m = 1.0f / 256;
   EXPECT_EQ(bias[2], 0.0f);
   EXPECT_EQ(bias[1], -m);
@@ -145,8 +145,8 @@ TEST(AlibiTest, CausalProbsEqualThoseOfThePublicPlusMjBias) {
   auto got = kernels::Attend(args, {});
   ASSERT_TRUE(got.ok()) << got.status();
   const std::vector<double> slopes = {1.0 / 16, 1.0 / 256, 1.0 / 4};
-  const std::vector<float>& q = args.inputs.at("q").values();
-  const std::vector<float>& k = args.inputs.at("k").values();
+  const absl::Span<const float> q = args.inputs.at("q").values();
+  const absl::Span<const float> k = args.inputs.at("k").values();
   for (int64_t h = 0; h < 3; ++h) {
     for (int64_t i = 0; i < 5; ++i) {
       const int64_t q_pos = 4 + i;
@@ -223,8 +223,8 @@ TEST(AlibiTest, AttendUsesTheCustomSlopesOnBothEngines) {
       args.causal = causal;
       args.query_offset = query_offset;
       args.return_probs = true;
-      const std::vector<float>& q = args.inputs.at("q").values();
-      const std::vector<float>& k = args.inputs.at("k").values();
+      const absl::Span<const float> q = args.inputs.at("q").values();
+      const absl::Span<const float> k = args.inputs.at("k").values();
       for (const kernels::Engine engine : {kernels::Engine::kFast, kernels::Engine::kPlain}) {
         kernels::ComputeOptions options;
         options.engine = engine;

@@ -118,7 +118,7 @@ TEST(AttentionTest, CausallyMaskedEntriesHaveExactlyZeroProbability) {
   for (MethodKind method : kernels::kAllMethods) {
     auto got = AttendOnce(Request(method, c));
     ASSERT_TRUE(got.ok()) << Name(method) << ": " << got.status();
-    const std::vector<float>& p = got->probs->values();
+    const absl::Span<const float> p = got->probs->values();
     for (int64_t row = 0; row < c.batch * c.heads * c.sq; ++row) {
       const int64_t q_pos = 1 + row % c.sq;
       double sum = 0;
@@ -146,7 +146,7 @@ TEST(AttentionTest, KeyZeroIsNeverMaskedSoTheFirstQueryAttendsOnlyToIt) {
     const kernels::AttendArgs args = Request(method, c);
     auto got = AttendOnce(args);
     ASSERT_TRUE(got.ok()) << Name(method) << ": " << got.status();
-    const std::vector<float>& p = got->probs->values();
+    const absl::Span<const float> p = got->probs->values();
     EXPECT_EQ(p[0], 1.0f) << Name(method);
     EXPECT_EQ(p[1], 0.0f) << Name(method);
     EXPECT_EQ(p[2], 0.0f) << Name(method);
@@ -341,7 +341,7 @@ TEST(AttentionTest, NonFiniteQkvIsNamedExactlyOnEitherEngine) {
       const int64_t size = clean.inputs.at(name).size();
       for (const int64_t n : {int64_t{0}, size / 2 + 1, size - 1}) {
         kernels::AttendArgs args = clean;
-        std::vector<float>& values = args.inputs.at(name).values();
+        absl::Span<float> values = args.inputs.at(name).values();
         values[static_cast<size_t>(n)] = -std::numeric_limits<float>::infinity();
         // A second bad value later in the same tensor must not be the one named.
         if (n + 7 < size) values[static_cast<size_t>(n + 7)] = std::nanf("");

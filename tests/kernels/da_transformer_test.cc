@@ -38,7 +38,7 @@ std::vector<float> Coefficients(const kernels::EncodeArgs& args) {
   auto got = kernels::Encode(args, {});
   EXPECT_TRUE(got.ok()) << got.status();
   if (!got.ok()) return {};
-  return got->outputs.at("coeff").values();
+  return got->outputs.at("coeff").TakeValues();
 }
 
 // (1 + e^v) / (1 + e^(v - w d)), directly (for arguments where it cannot overflow).

@@ -60,9 +60,9 @@ TEST(LearnedTest, EncodeAddsTableRowsFromTheOffset) {
   auto got = kernels::Encode(args, {});
   ASSERT_TRUE(got.ok()) << got.status();
   ASSERT_EQ(got->outputs.size(), 1u);  // Only y (3.2).
-  const std::vector<float>& y = got->outputs.at("y").values();
-  const std::vector<float>& x = args.inputs.at("x").values();
-  const std::vector<float>& table = args.inputs.at("table").values();
+  const absl::Span<const float> y = got->outputs.at("y").values();
+  const absl::Span<const float> x = args.inputs.at("x").values();
+  const absl::Span<const float> table = args.inputs.at("table").values();
   for (size_t b = 0; b < 2; ++b) {
     for (size_t s = 0; s < 2; ++s) {
       for (size_t c = 0; c < 3; ++c) {

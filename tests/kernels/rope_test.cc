@@ -60,7 +60,7 @@ std::vector<float> Rotate(const Tensor& x, int64_t offset, const kernels::Method
   auto got = kernels::Encode(RopeEncode(x, offset, params), {});
   EXPECT_TRUE(got.ok()) << got.status();
   if (!got.ok()) return {};
-  return got->outputs.at("y").values();
+  return got->outputs.at("y").TakeValues();
 }
 
 absl::StatusCode EncodeCode(const Tensor& x, const kernels::MethodParams& params,
@@ -170,7 +170,7 @@ TEST(RopeTest, AttendScoresDependOnlyOnRelativePosition) {
   // Query 1 (position 8) against keys 1..5 sees the distances query 0
   // (position 7) sees against keys 0..4, so its scores are shifted by one key;
   // the logits ratio p(1, j+1) / p(1, 1) equals p(0, j) / p(0, 0).
-  const std::vector<float>& p = got->probs->values();
+  const absl::Span<const float> p = got->probs->values();
   for (int j = 1; j < 5; ++j) {
     EXPECT_NEAR(std::log(p[6 + j + 1] / p[6 + 1]), std::log(p[j] / p[0]), 1e-5) << j;
   }

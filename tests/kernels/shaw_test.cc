@@ -39,8 +39,8 @@ std::vector<float> Indices(const kernels::EncodeArgs& args) {
   EXPECT_TRUE(got.ok()) << got.status();
   if (!got.ok()) return {};
   // rel_k_gathered[i, j] = rel_k[idx] (row r holds 10r, 10r + 1).
-  const std::vector<float>& index = got->outputs.at("rel_index").values();
-  const std::vector<float>& gathered = got->outputs.at("rel_k_gathered").values();
+  const absl::Span<const float> index = got->outputs.at("rel_index").values();
+  const absl::Span<const float> gathered = got->outputs.at("rel_k_gathered").values();
   for (size_t n = 0; n < index.size(); ++n) {
     EXPECT_EQ(gathered[2 * n], 10 * index[n]);
     EXPECT_EQ(gathered[2 * n + 1], 10 * index[n] + 1);
@@ -50,7 +50,7 @@ std::vector<float> Indices(const kernels::EncodeArgs& args) {
   if (ref.ok()) {
     EXPECT_EQ(ref->at("rel_index").data, std::vector<double>(index.begin(), index.end()));
   }
-  return index;
+  return std::vector<float>(index.begin(), index.end());
 }
 
 TEST(ShawTest, EncodeClipsKeyMinusQueryAtK) {
@@ -91,8 +91,8 @@ TEST(ShawTest, KZeroUsesOneRowForEveryPair) {
   none.inputs.erase("rel_v");
   for (const auto& [name, table] : {std::pair<std::string, std::string>{"k", "rel_k"},
                                     std::pair<std::string, std::string>{"v", "rel_v"}}) {
-    std::vector<float>& values = none.inputs.at(name).values();
-    const std::vector<float>& row = shaw.inputs.at(table).values();
+    absl::Span<float> values = none.inputs.at(name).values();
+    const absl::Span<const float> row = shaw.inputs.at(table).values();
     for (size_t n = 0; n < values.size(); ++n) values[n] += row[n % row.size()];
   }
   auto a = kernels::Attend(shaw, {});

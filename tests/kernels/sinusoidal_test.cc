@@ -40,7 +40,7 @@ std::vector<float> Table(int64_t seq, int64_t d_model, int64_t offset,
   EXPECT_EQ(got->outputs.at("table").shape(), (std::vector<int64_t>{seq, d_model}));
   // x = 0, so y is the table too.
   EXPECT_EQ(got->outputs.at("y").values(), got->outputs.at("table").values());
-  return got->outputs.at("table").values();
+  return got->outputs.at("table").TakeValues();
 }
 
 TEST(SinusoidalTest, InterleavesSinAndCosAtKnownPositions) {
@@ -64,7 +64,7 @@ TEST(SinusoidalTest, EncodeAddsTheTableToEveryBatchRow) {
   const Tensor x = RandomTensor({2, 3, 6}, rng);
   auto got = kernels::Encode(SinusoidEncode(x, 4), {});
   ASSERT_TRUE(got.ok()) << got.status();
-  const std::vector<float>& y = got->outputs.at("y").values();
+  const absl::Span<const float> y = got->outputs.at("y").values();
   const std::vector<float> table = Table(3, 6, 4);
   for (size_t b = 0; b < 2; ++b) {
     for (size_t n = 0; n < 18; ++n) {

@@ -94,7 +94,7 @@ class FakeRequest final : public BatchRequest {
     return it == batched_.end() ? nullptr : &it->second.shape();
   }
   absl::Status AppendBatched(absl::string_view name, std::vector<float>& out) const override {
-    const std::vector<float>& values = batched_.find(name)->second.values();
+    const absl::Span<const float> values = batched_.find(name)->second.values();
     out.insert(out.end(), values.begin(), values.end());
     for (size_t i = 0; i < values.size(); ++i) {
       if (!std::isfinite(values[i])) {
@@ -131,7 +131,7 @@ class FakeRequest final : public BatchRequest {
   const kernels::Tensor& out() const { return out_; }
   // What this request alone computes.
   std::vector<float> Expected() const {
-    return kernels::Attend(NoneArgs(b_, seed_), kernels::ComputeOptions())->out.values();
+    return kernels::Attend(NoneArgs(b_, seed_), kernels::ComputeOptions())->out.TakeValues();
   }
 
  private:

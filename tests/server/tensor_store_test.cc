@@ -113,7 +113,7 @@ TEST_F(TensorStoreTest, WidensF16ExactlyIncludingSubnormalsAndSpecials) {
       Words16(words));
   absl::StatusOr<std::vector<StoredTensor>> tensors = ReadSafetensorsFile(path);
   ASSERT_TRUE(tensors.ok()) << tensors.status();
-  const std::vector<float>& v = (*tensors)[0].tensor.values();
+  const absl::Span<const float> v = (*tensors)[0].tensor.values();
   ASSERT_EQ(v.size(), words.size());
   EXPECT_EQ((*tensors)[0].dtype, "F16");
   EXPECT_EQ(v[0], 1.0f);
@@ -137,7 +137,7 @@ TEST_F(TensorStoreTest, WidensBF16ExactlyIncludingSubnormalsAndSpecials) {
       Words16(words));
   absl::StatusOr<std::vector<StoredTensor>> tensors = ReadSafetensorsFile(path);
   ASSERT_TRUE(tensors.ok()) << tensors.status();
-  const std::vector<float>& v = (*tensors)[0].tensor.values();
+  const absl::Span<const float> v = (*tensors)[0].tensor.values();
   ASSERT_EQ(v.size(), words.size());
   EXPECT_THAT((*tensors)[0].tensor.shape(), ElementsAre(7, 1));
   EXPECT_EQ(v[0], 1.0f);

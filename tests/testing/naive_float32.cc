@@ -155,9 +155,9 @@ Heads QkvHeads(const kernels::AttendArgs& args) {
   p.causal = args.causal;
   p.scale = ResolveScale(args, p.d);
   SetVariants(args, &p);
-  p.q = q.values();
-  p.k = k.values();
-  p.v = v.values();
+  p.q.assign(q.values().begin(), q.values().end());
+  p.k.assign(k.values().begin(), k.values().end());
+  p.v.assign(v.values().begin(), v.values().end());
   return p;
 }
 
@@ -388,7 +388,9 @@ NaiveOutputs AttendAlibi(const kernels::AttendArgs& args) {
   // attention-variants.md 7: the input slopes when sent, else get_slopes.
   const auto sent = args.inputs.find("slopes");
   const std::vector<float> slopes =
-      sent != args.inputs.end() ? sent->second.values() : ToFloat(ReferenceAlibiSlopes(p.heads));
+      sent != args.inputs.end()
+          ? std::vector<float>(sent->second.values().begin(), sent->second.values().end())
+          : ToFloat(ReferenceAlibiSlopes(p.heads));
   return RunAttention(
       p,
       [&](int64_t, int64_t h, int64_t i, int64_t j, const float* q, const float* k) {
