@@ -184,9 +184,16 @@ class AttendJob : public BatchRequest {
   explicit AttendJob(const TensorStore* tensors) : tensors_(tensors) {}
 
   absl::Status Prepare(int64_t max_elements, bool defer_batched) override {
+    // Alone, the kernels read the request's values where they arrived (the
+    // message outlives Compute: the call owns it until gRPC is done with
+    // the call, a stream until the response is written). Merged, each
+    // request's batched values are copied into the merged call's rows, and
+    // the shared ones decoded into copies (DecodeShared): the first request
+    // may be answered, and its message freed, before the last chunk runs.
     absl::StatusOr<kernels::AttendArgs> args =
-        defer_batched ? ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_, &deferred_)
-                      : ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_);
+        defer_batched
+            ? ToAttendArgs(*request_, ConvertLimits{max_elements}, tensors_, &deferred_)
+            : ToAttendArgs(*request_, ConvertLimits{max_elements, /*in_place=*/true}, tensors_);
     if (!args.ok()) return args.status();
     args_ = std::move(*args);
     // Checked by ToAttendArgs.
@@ -194,7 +201,10 @@ class AttendJob : public BatchRequest {
     return absl::OkStatus();
   }
   absl::Status Compute(const kernels::ComputeOptions& options) override {
-    absl::StatusOr<kernels::AttendResult> result = kernels::Attend(TakeAttendArgs(), options);
+    // A float32 raw_data out is written by the engine into the response.
+    kernels::ComputeOptions in_response = options;
+    in_response.out_storage = AttendOutStorage(output_, response_);
+    absl::StatusOr<kernels::AttendResult> result = kernels::Attend(TakeAttendArgs(), in_response);
     if (!result.ok()) return result.status();
     FillAttendResponse(std::move(*result), output_, response_);
     return absl::OkStatus();
@@ -254,8 +264,9 @@ class EncodeJob : public BatchRequest {
   explicit EncodeJob(const TensorStore* tensors) : tensors_(tensors) {}
 
   absl::Status Prepare(int64_t max_elements, bool /*defer_batched*/) override {
+    // Read in place, as Attend's (the call owns the message until done).
     absl::StatusOr<kernels::EncodeArgs> args =
-        ToEncodeArgs(*request_, ConvertLimits{max_elements}, tensors_);
+        ToEncodeArgs(*request_, ConvertLimits{max_elements, /*in_place=*/true}, tensors_);
     if (!args.ok()) return args.status();
     args_ = std::move(*args);
     // Checked by ToEncodeArgs.

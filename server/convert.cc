@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <string>
@@ -25,12 +27,13 @@ namespace {
 // host with IEEE floats that is the in-memory layout, so a memcpy converts.
 static_assert(std::numeric_limits<float>::is_iec559 && sizeof(float) == 4,
               "raw_data decoding assumes IEEE-754 binary32 floats");
-constexpr bool kLittleEndianHost = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 
-// One little-endian float32 of raw_data.
+// One little-endian float32 of raw_data on a host of the given byte order
+// (both compiled everywhere: Float32RawData runs either).
+template <bool kLittleEndian>
 float LoadFloat32(const char* bytes) {
   float value;
-  if constexpr (kLittleEndianHost) {
+  if constexpr (kLittleEndian) {
     std::memcpy(&value, bytes, 4);
   } else {
     uint32_t word = 0;
@@ -84,7 +87,7 @@ class RawDataIterator {
 
 // Appends raw_data `bytes` read by RawDataIterator<kBytes, Load> to `out`.
 template <std::ptrdiff_t kBytes, float (*Load)(const char*)>
-void AppendRaw(const std::string& bytes, std::vector<float>& out) {
+void AppendRaw(absl::string_view bytes, std::vector<float>& out) {
   using Iterator = RawDataIterator<kBytes, Load>;
   out.insert(out.end(), Iterator(bytes.data()), Iterator(bytes.data() + bytes.size()));
 }
@@ -261,7 +264,7 @@ class InputCollector {
       deferred_->insert_or_assign(std::string(name), std::move(checked));
       return absl::OkStatus();
     }
-    ATTN_ASSIGN_OR_RETURN(kernels::Tensor decoded, checked.Decode());
+    ATTN_ASSIGN_OR_RETURN(kernels::Tensor decoded, checked.Decode(limits_.in_place));
     inputs_->insert_or_assign(std::string(name), std::move(decoded));
     return absl::OkStatus();
   }
@@ -373,7 +376,41 @@ absl::Status ConvertMethod(const v1::PositionalMethod& method, kernels::MethodKi
       "alibi, da_transformer");
 }
 
+// The error for value `bad` of `tensor` (a DeferredTensor's), which is
+// not finite.
+absl::Status NonFiniteError(const DeferredTensor& tensor, int64_t bad, float value) {
+  const v1::Tensor& message = *tensor.message;
+  if (tensor.stored != nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(tensor.field, ".ref: value ", bad, " of ",
+                                                   QuoteCallerText(message.ref()),
+                                                   " must be finite, got ", value));
+  }
+  if (message.data_size() > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(tensor.field, ".data[", bad, "]: must be finite, got ", value));
+  }
+  // Widening keeps NaN and infinity, so the index is the raw_data element's.
+  return absl::InvalidArgumentError(absl::StrCat(tensor.field, ".raw_data[", bad,
+                                                 "]: must be finite, got ", value, " (",
+                                                 DataTypeName(message.dtype()), ")"));
+}
+
 }  // namespace
+
+kernels::Tensor Float32RawData(std::vector<int64_t> shape, absl::string_view bytes,
+                               bool little_endian_host) {
+  if (little_endian_host && reinterpret_cast<uintptr_t>(bytes.data()) % alignof(float) == 0) {
+    return kernels::Tensor::View(std::move(shape), reinterpret_cast<const float*>(bytes.data()));
+  }
+  std::vector<float> values;
+  values.reserve(bytes.size() / 4);
+  if (little_endian_host) {
+    AppendRaw<4, LoadFloat32<true>>(bytes, values);
+  } else {
+    AppendRaw<4, LoadFloat32<false>>(bytes, values);
+  }
+  return kernels::Tensor(std::move(shape), std::move(values));
+}
 
 absl::Status DeferredTensor::AppendTo(std::vector<float>& out) const {
   const size_t begin = out.size();
@@ -388,7 +425,7 @@ absl::Status DeferredTensor::AppendTo(std::vector<float>& out) const {
       case v1::DTYPE_FLOAT16: AppendRaw<2, LoadHalf>(message->raw_data(), out); break;
       case v1::DTYPE_BFLOAT16: AppendRaw<2, LoadBFloat16>(message->raw_data(), out); break;
       default:  // float32 (CheckTensor refused every other value)
-        AppendRaw<4, LoadFloat32>(message->raw_data(), out);
+        AppendRaw<4, LoadFloat32<kLittleEndianHost>>(message->raw_data(), out);
         break;
     }
   }
@@ -396,27 +433,36 @@ absl::Status DeferredTensor::AppendTo(std::vector<float>& out) const {
   // not scan them again (ComputeOptions::inputs_checked).
   const int64_t bad = FirstNonFinite(absl::MakeConstSpan(out).subspan(begin));
   if (bad < 0) return absl::OkStatus();
-  const float value = out[begin + static_cast<size_t>(bad)];
-  if (stored != nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".ref: value ", bad, " of ",
-                                                   QuoteCallerText(message->ref()),
-                                                   " must be finite, got ", value));
-  }
-  if (message->data_size() > 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ".data[", bad, "]: must be finite, got ", value));
-  }
-  // Widening keeps NaN and infinity, so the index is the raw_data element's.
-  return absl::InvalidArgumentError(absl::StrCat(field, ".raw_data[", bad,
-                                                 "]: must be finite, got ", value, " (",
-                                                 DataTypeName(message->dtype()), ")"));
+  return NonFiniteError(*this, bad, out[begin + static_cast<size_t>(bad)]);
 }
 
-absl::StatusOr<kernels::Tensor> DeferredTensor::Decode() const {
-  std::vector<float> values;
-  values.reserve(static_cast<size_t>(size));
-  ATTN_RETURN_IF_ERROR(AppendTo(values));
-  return kernels::Tensor(shape, std::move(values));
+absl::StatusOr<kernels::Tensor> DeferredTensor::Decode(bool in_place) const {
+  const bool raw16 =
+      stored == nullptr && message->data_size() == 0 &&
+      (message->dtype() == v1::DTYPE_FLOAT16 || message->dtype() == v1::DTYPE_BFLOAT16);
+  if (!in_place || raw16) {
+    // 16-bit values are widened: that one pass is their conversion.
+    std::vector<float> values;
+    values.reserve(static_cast<size_t>(size));
+    ATTN_RETURN_IF_ERROR(AppendTo(values));
+    return kernels::Tensor(shape, std::move(values));
+  }
+  kernels::Tensor tensor;
+  if (stored != nullptr) {
+    // The store lives as long as the server and is never written.
+    tensor = kernels::Tensor::View(shape, stored->data());
+  } else if (message->data_size() > 0) {
+    tensor = kernels::Tensor::View(shape, message->data().data());
+  } else {
+    tensor = Float32RawData(shape, message->raw_data());
+  }
+  // The one pass over the values that converting has left: the spec's
+  // finite check, where they lie.
+  // Through a const reference: mutable access would copy a view.
+  const absl::Span<const float> values = std::as_const(tensor).values();
+  const int64_t bad = FirstNonFinite(values);
+  if (bad < 0) return tensor;
+  return NonFiniteError(*this, bad, values[static_cast<size_t>(bad)]);
 }
 
 absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
@@ -541,10 +587,43 @@ void FillAttendResponseRows(const kernels::AttendResult& batch, int64_t begin, i
   }
 }
 
+std::function<float*(absl::Span<const int64_t>)> AttendOutStorage(const OutputEncoding& encoding,
+                                                                  v1::AttendResponse* response) {
+  const bool float32 =
+      encoding.dtype == v1::DTYPE_UNSPECIFIED || encoding.dtype == v1::DTYPE_FLOAT32;
+  if (!kLittleEndianHost || !encoding.raw || !float32) return nullptr;
+  return [encoding, response](absl::Span<const int64_t> shape) -> float* {
+    response->Clear();
+    v1::Tensor* out = response->mutable_out();
+    out->mutable_shape()->Add(shape.begin(), shape.end());
+    if (encoding.dtype != v1::DTYPE_UNSPECIFIED) out->set_dtype(encoding.dtype);
+    size_t count = 1;
+    for (int64_t d : shape) count *= static_cast<size_t>(d);
+    // Zero-filled, as the kernels' own output would be.
+    std::string* bytes = out->mutable_raw_data();
+    bytes->resize(count * sizeof(float));
+    if (reinterpret_cast<uintptr_t>(bytes->data()) % alignof(float) != 0) {
+      // Never seen (std::string's storage is malloc's), but then the
+      // kernels allocate and FillAttendResponse copies.
+      response->Clear();
+      return nullptr;
+    }
+    return reinterpret_cast<float*>(bytes->data());
+  };
+}
+
 void FillAttendResponse(kernels::AttendResult&& result, const OutputEncoding& encoding,
                         v1::AttendResponse* response) {
-  response->Clear();
-  FillTensor(result.out, encoding, response->mutable_out());
+  // Written by the engine into the response itself (AttendOutStorage).
+  const bool out_in_place =
+      result.out.borrowed() && response->has_out() &&
+      result.out.data() == reinterpret_cast<const float*>(response->out().raw_data().data());
+  if (out_in_place) {
+    response->clear_probs();
+  } else {
+    response->Clear();
+    FillTensor(result.out, encoding, response->mutable_out());
+  }
   if (result.probs.has_value()) FillTensor(*result.probs, encoding, response->mutable_probs());
   result = kernels::AttendResult();  // Release the kernel buffers now, not at the caller.
 }

@@ -31,12 +31,24 @@
 
 namespace attnserve::server {
 
-// Limits applied while converting a request, before any allocation.
+// Limits applied while converting a request, before any allocation, and
+// where the values go.
 struct ConvertLimits {
   // Largest element count of any one input tensor, and of all input tensors
   // of one request together (the --max_elements flag).
   int64_t max_elements = int64_t{1} << 28;
+  // Whether float32 values may be read where they are (issue 13 item 4):
+  // data, ref, and float32 raw_data on a little-endian host when 4-byte
+  // aligned become read-only kernels::Tensor::Views of the request message
+  // (or of the TensorStore), which must then outlive the tensors; 16-bit
+  // raw_data is widened into a copy either way. False: every tensor owns a
+  // copy (for tensors kept past the message, e.g. a decode session's).
+  bool in_place = false;
 };
+
+// raw_data is little-endian (api.md "Tensors"); on a little-endian host
+// with IEEE floats float32 raw_data is the in-memory layout.
+inline constexpr bool kLittleEndianHost = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 
 // A request tensor that is checked (encoding, shape, limits) but not yet
 // decoded, so that its values can be copied once, straight to where the
@@ -54,8 +66,10 @@ struct DeferredTensor {
   // checks that each is finite: INVALID_ARGUMENT naming the field and the
   // value's index otherwise, after which `out` holds some of them.
   absl::Status AppendTo(std::vector<float>& out) const;
-  // The tensor on its own (one copy, values checked as by AppendTo).
-  absl::StatusOr<kernels::Tensor> Decode() const;
+  // The tensor on its own, values checked as by AppendTo: one copy, or
+  // with `in_place` (ConvertLimits::in_place) a view of the message's or
+  // the store's values where it can be, checked where they lie.
+  absl::StatusOr<kernels::Tensor> Decode(bool in_place = false) const;
 };
 using DeferredTensors = std::map<std::string, DeferredTensor, std::less<>>;
 
@@ -77,6 +91,15 @@ using DeferredTensors = std::map<std::string, DeferredTensor, std::less<>>;
 absl::StatusOr<kernels::Tensor> ToKernelTensor(const v1::Tensor& tensor, absl::string_view field,
                                                const ConvertLimits& limits,
                                                const TensorStore* tensors = nullptr);
+
+// float32 raw_data `bytes` (little-endian; product(shape) * 4 of them, as
+// the caller has checked) as a kernel tensor: a read-only view of the bytes
+// themselves (no copy; they must outlive it) when the host is little-endian
+// and the bytes are 4-byte aligned, else a copy (assembled byte by byte on a
+// big-endian host). `little_endian_host` is the build's byte order; tests
+// pass false to run the big-endian path on any host. Values are not checked.
+kernels::Tensor Float32RawData(std::vector<int64_t> shape, absl::string_view bytes,
+                               bool little_endian_host = kLittleEndianHost);
 
 // How a response carries its tensors (api.md "Tensors",
 // attention-variants.md 6): raw_data of `dtype` when `raw`, else data
@@ -129,8 +152,19 @@ void FillTensor(const kernels::Tensor& tensor, const OutputEncoding& encoding, v
 void FillAttendResponseRows(const kernels::AttendResult& batch, int64_t begin, int64_t count,
                             const OutputEncoding& encoding, v1::AttendResponse* response);
 
+// Storage for an Attend call's out straight in `response`'s out.raw_data
+// (kernels::ComputeOptions::out_storage), so the engine writes the bytes
+// that are sent and FillAttendResponse copies nothing: set when `encoding`
+// is float32 raw_data and the host little-endian, else empty (the kernels
+// allocate). When called it clears `response`, writes out's shape (and an
+// explicit dtype) and sizes raw_data for the values; `response` must
+// outlive the call's result.
+std::function<float*(absl::Span<const int64_t>)> AttendOutStorage(const OutputEncoding& encoding,
+                                                                  v1::AttendResponse* response);
+
 // Moves `result` into `response` (cleared first): out [B,H,Sq,Dv], and probs
-// [B,H,Sq,Sk] when the result has them.
+// [B,H,Sq,Sk] when the result has them. An out the kernels wrote into
+// `response` itself (AttendOutStorage) stays where it is.
 void FillAttendResponse(kernels::AttendResult&& result, const OutputEncoding& encoding,
                         v1::AttendResponse* response);
 

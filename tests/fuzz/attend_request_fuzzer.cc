@@ -17,8 +17,11 @@ void Run(const uint8_t* data, size_t size) {
   if (!request.ParseFromArray(data, static_cast<int>(size))) return;
   server::MethodKindOf(request.method());  // the metrics' label
 
+  // Alone, the service reads the request's values in place.
+  server::ConvertLimits in_place = Limits();
+  in_place.in_place = true;
   absl::StatusOr<kernels::AttendArgs> args =
-      server::ToAttendArgs(request, Limits(), &FuzzTensors());
+      server::ToAttendArgs(request, in_place, &FuzzTensors());
 
   // A merged batch checks without decoding, then decodes each tensor where
   // it goes: the two must agree on whether the request is valid.
@@ -49,17 +52,20 @@ void Run(const uint8_t* data, size_t size) {
     return;
   }
 
-  absl::StatusOr<kernels::AttendResult> result = kernels::Attend(*std::move(args), KernelOptions());
-  if (!result.ok()) {
-    CheckError(result.status());
-    return;
-  }
-  ATTN_FUZZ_CHECK(result->out.rank() == 4, "out is [B,H,Sq,Dv]");
   v1::AttendResponse response;
   // The conversion accepted the request, so its output encoding too.
   const absl::StatusOr<server::OutputEncoding> encoding =
       server::ToOutputEncoding(request.raw_output(), request.output_dtype());
   ATTN_FUZZ_CHECK(encoding.ok(), "a converted request's output encoding is valid");
+  // As the service: a float32 raw_data out is written into the response.
+  kernels::ComputeOptions options = KernelOptions();
+  options.out_storage = server::AttendOutStorage(*encoding, &response);
+  absl::StatusOr<kernels::AttendResult> result = kernels::Attend(*std::move(args), options);
+  if (!result.ok()) {
+    CheckError(result.status());
+    return;
+  }
+  ATTN_FUZZ_CHECK(result->out.rank() == 4, "out is [B,H,Sq,Dv]");
   server::FillAttendResponse(*std::move(result), *encoding, &response);
   CheckResponse(response);
 }
