@@ -307,9 +307,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       if (reason == SessionEnd::kClosed && context_->IsCancelled()) {
         reason = c_.sessions->refusing() ? SessionEnd::kShutdown : SessionEnd::kCancelled;
       }
-      // The cache goes first, then its reservation.
-      session_.reset();
-      c_.sessions->End(session_id_, reason);
+      EndSession(reason);
     }
     delete this;
   }
@@ -387,12 +385,14 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       end_ = SessionEnd::kIdle;
     }
     const absl::Duration timeout = c_.sessions->options().idle_timeout;
+    EndSession(SessionEnd::kIdle);  // waiting for a message: no step in flight
     HandOverToGrpc(this);
     Finish(ToGrpcStatus(absl::AbortedError(absl::StrCat(
         "session: no message for --session_idle_timeout_s=", absl::ToDoubleSeconds(timeout),
         " s; the session and its cache are gone (open a new stream to start again)"))));
   }
 
+  // Every caller has no message in flight (nothing uses the session).
   void FinishOnce(const absl::Status& status, SessionEnd reason) {
     {
       absl::MutexLock lock(&mu_);
@@ -400,8 +400,22 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       finished_ = true;
       end_ = reason;
     }
+    // A read that failed on a cancelled call is a cancellation (OnDone
+    // tells it from a shutdown); any other end is known now.
+    if (reason != SessionEnd::kClosed || !context_->IsCancelled()) EndSession(reason);
     HandOverToGrpc(this);
     Finish(ToGrpcStatus(status));
+  }
+
+  // The cache, then its reservation, go back before the stream's end is
+  // sent, so that a client that sees the end and reopens at once finds its
+  // budget back (OnDone does it for a stream that ends otherwise: the
+  // client cancelled or vanished). Only while no message is in flight.
+  void EndSession(SessionEnd reason) {
+    if (session_id_ == 0) return;
+    session_.reset();
+    c_.sessions->End(session_id_, reason);
+    session_id_ = 0;
   }
 
   void ReleaseReply() {
