@@ -63,11 +63,7 @@ absl::Status CheckInputValues(const TensorMap& inputs, bool scan_qkv) {
 }
 
 absl::Status CheckFiniteOutput(const Tensor& out) {
-  if (!AllFinite(out.data(), out.size())) {
-    return absl::InvalidArgumentError(
-        "q, k, scale: the scores overflow float32 (an output is not finite); scale the "
-        "inputs down");
-  }
+  if (!AllFinite(out.data(), out.size())) return OutputOverflowError();
   return absl::OkStatus();
 }
 
@@ -148,7 +144,8 @@ absl::StatusOr<AttendResult> Attend(AttendArgs args, const ComputeOptions& optio
                             : RunFastAttention(prepared, return_probs, options,
                                                engine_checks_qkv));
   const Clock::time_point engine_end = Clock::now();
-  ATTN_RETURN_IF_ERROR(CheckFiniteOutput(result.out));
+  // The fast engine checks its output rows on its threads as it writes them.
+  if (options.engine == Engine::kPlain) ATTN_RETURN_IF_ERROR(CheckFiniteOutput(result.out));
   result.timings.check_seconds = seconds(checked - start) + seconds(Clock::now() - engine_end);
   result.timings.prepare_seconds = seconds(engine_start - checked);
   result.timings.engine_seconds = seconds(engine_end - engine_start);

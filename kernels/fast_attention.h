@@ -46,7 +46,9 @@ namespace attnserve::kernels {
 // [B,H,Sq,Sk] is filled only when return_probs (the caller has checked its
 // size). CANCELLED when options.cancelled becomes true (polled between query
 // blocks). With check_qkv it also checks that q, k and v are finite as it
-// packs them, INVALID_ARGUMENT naming the first value that is not.
+// packs them, INVALID_ARGUMENT naming the first value that is not. Its
+// output is checked as it is written: OutputOverflowError
+// (kernels/positional/common.h) when a value of out is not finite.
 absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
                                               bool return_probs, const ComputeOptions& options,
                                               bool check_qkv = false);

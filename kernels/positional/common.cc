@@ -179,6 +179,12 @@ absl::Status CheckFiniteValues(const Tensor& tensor, absl::string_view name) {
   return absl::OkStatus();
 }
 
+absl::Status OutputOverflowError() {
+  return absl::InvalidArgumentError(
+      "q, k, scale: the scores overflow float32 (an output is not finite); scale the inputs "
+      "down");
+}
+
 absl::Status CheckAttendResult(int64_t batch, int64_t heads, int64_t sq, int64_t sk, int64_t dv,
                                bool return_probs, const ComputeOptions& options) {
   if (!return_probs) return CheckResultSize({{"out", {batch, heads, sq, dv}}}, options);

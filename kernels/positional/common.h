@@ -173,6 +173,10 @@ int ThreadsFor(double work, const ComputeOptions& options);
 // infinite ("q.data[17]: must be finite, got nan"), else OK.
 absl::Status CheckFiniteValues(const Tensor& tensor, absl::string_view name);
 
+// The INVALID_ARGUMENT of an Attend whose output is not finite (its scores
+// overflowed float32), from either engine.
+absl::Status OutputOverflowError();
+
 }  // namespace attnserve::kernels
 
 #endif  // ATTNSERVE_KERNELS_POSITIONAL_COMMON_H_

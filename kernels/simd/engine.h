@@ -160,6 +160,9 @@ class FastEngine {
   // Whether a block found a value of q, k or v that is not finite.
   bool found_non_finite() const { return non_finite_.load(std::memory_order_relaxed); }
 
+  // Whether a block wrote an output value that is not finite.
+  bool wrote_non_finite() const { return out_non_finite_.load(std::memory_order_relaxed); }
+
   // Query rows [i0, i0 + rows) of head bh.
   void RunBlock(Workspace& ws, int64_t bh, int64_t i0, int64_t rows) const {
     if (check_qkv_) {
@@ -249,6 +252,15 @@ class FastEngine {
     tiles.lower_end = std::clamp(RoundUpToPanel(last_begin), tiles.begin, end);
     tiles.upper_begin = std::clamp(first_end / kPanel * kPanel, tiles.lower_end, end);
     return tiles;
+  }
+
+  // Checks out's rows [i0, i0 + rows) of head bh (contiguous) just after the
+  // block wrote them (in cache): Attend's own scan of the output would be a
+  // serial pass of its own.
+  void CheckOutput(int64_t bh, int64_t i0, int64_t rows) const {
+    if (!simd::AllFinite(out_ + (bh * p_.sq + i0) * p_.dv, rows * p_.dv)) {
+      out_non_finite_.store(true, std::memory_order_relaxed);
+    }
   }
 
   // Rows [r0, r0 + n) of head bh are all finite.
@@ -437,6 +449,7 @@ class FastEngine {
       const float inverse = 1.0f / l[r];
       for (int64_t e = 0; e < p_.dv; ++e) out[e] = acc[e] * inverse;
     }
+    CheckOutput(bh, i0, rows);
   }
 
   // With probs requested: logits straight into the probs rows, an exact
@@ -477,6 +490,7 @@ class FastEngine {
     for (int64_t r = 0; r < rows; ++r) {
       std::copy_n(ws.acc + r * ws.dv_pad, p_.dv, out_ + (bh * p_.sq + i0 + r) * p_.dv);
     }
+    CheckOutput(bh, i0, rows);
   }
 
   const AttentionProblem& p_;
@@ -489,6 +503,7 @@ class FastEngine {
   float* const probs_;
   const bool check_qkv_;
   mutable std::atomic<bool> non_finite_{false};
+  mutable std::atomic<bool> out_non_finite_{false};
 };
 
 absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
@@ -541,5 +556,6 @@ absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
     ATTN_RETURN_IF_ERROR(CheckFiniteValues(p.q, "q"));
     ATTN_RETURN_IF_ERROR(CheckFiniteValues(p.v, "v"));
   }
+  if (engine.wrote_non_finite()) return OutputOverflowError();
   return result;
 }

@@ -507,5 +507,32 @@ TEST(AttentionTest, LogitsBeyondFloatExpRangeStayFinite) {
   }
 }
 
+TEST(AttentionTest, ScoresBeyondFloatAreAnErrorOnBothEngines) {
+  // q . k = 2e60 is infinite in float32: the softmax of a row of infinities
+  // is NaN. The fast engine checks its output rows as it writes them (in the
+  // first, middle and last query block here), the plain one after the call.
+  for (int64_t bad_row : {0, 150, 299}) {
+    kernels::AttendArgs args;
+    args.method = MethodKind::kNone;
+    std::vector<float> q(300 * 2, 0.5f);
+    q[bad_row * 2] = q[bad_row * 2 + 1] = 1e30f;
+    args.inputs["q"] = Tensor({1, 1, 300, 2}, q);
+    args.inputs["k"] = Tensor({1, 1, 2, 2}, {1e30f, 1e30f, 1e30f, 1e30f});
+    args.inputs["v"] = Tensor({1, 1, 2, 1}, {1, 2});
+    args.scale = 1.0;
+    args.query_offset = 0;  // Sq > Sk
+    for (kernels::Engine engine : {kernels::Engine::kFast, kernels::Engine::kPlain}) {
+      kernels::ComputeOptions options;
+      options.engine = engine;
+      options.threads = 2;
+      auto got = AttendOnce(args, options);
+      EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << bad_row;
+      EXPECT_THAT(std::string(got.status().message()),
+                  HasSubstr("q, k, scale: the scores overflow float32"))
+          << bad_row;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace attnserve::testing
