@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench/bench_args.h"
 #include "kernels/attention.h"
 #include "kernels/decode.h"
 #include "kernels/tensor.h"
@@ -36,17 +37,9 @@ using attnserve::kernels::DecodeOptions;
 using attnserve::kernels::DecodeSession;
 using attnserve::kernels::Tensor;
 using attnserve::kernels::TensorMap;
+using attnserve::bench::CpuSeconds;
+using attnserve::bench::Flag;
 using Clock = std::chrono::steady_clock;
-
-int64_t Flag(int argc, char** argv, const char* name, int64_t fallback) {
-  const std::string prefix = std::string("--") + name + "=";
-  for (int i = 1; i < argc; ++i) {
-    if (std::strncmp(argv[i], prefix.c_str(), prefix.size()) == 0) {
-      return std::atoll(argv[i] + prefix.size());
-    }
-  }
-  return fallback;
-}
 
 std::vector<int> ThreadCounts(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
@@ -68,15 +61,6 @@ Tensor Random(std::vector<int64_t> shape, std::mt19937& rng) {
   std::normal_distribution<float> dist(0.0f, 1.0f);
   for (float& x : t.values()) x = dist(rng);
   return t;
-}
-
-// The calling thread's CPU time in seconds: unlike the wall clock, it leaves
-// out the time the thread waits for a core, which on a shared 2-core host is
-// most of the spread (a 1-thread step runs on the calling thread).
-double ThreadCpuSeconds() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
 }
 
 double Median(std::vector<double> v) {
@@ -118,14 +102,14 @@ int main(int argc, char** argv) {
     std::vector<double> times, cpu_times;
     for (int64_t i = 0; i < iterations; ++i) {
       if (cold) EvictCaches();
-      const double cpu_start = ThreadCpuSeconds();
+      const double cpu_start = CpuSeconds(CLOCK_THREAD_CPUTIME_ID);
       const Clock::time_point start = Clock::now();
       float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       for (size_t j = 0; j + 8 <= kv.size(); j += 8) {
         for (int l = 0; l < 8; ++l) sum[l] += kv[j + l];
       }
       times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-      cpu_times.push_back(ThreadCpuSeconds() - cpu_start);
+      cpu_times.push_back(CpuSeconds(CLOCK_THREAD_CPUTIME_ID) - cpu_start);
       for (float s : sum) sink += s;
     }
     return std::make_pair(Median(times), Median(cpu_times));
@@ -179,12 +163,12 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < iterations; ++i) {
         TensorMap step{{"q", q}, {"k", k}, {"v", v}};
         if (cold) EvictCaches();
-        const double cpu_start = ThreadCpuSeconds();
+        const double cpu_start = CpuSeconds(CLOCK_THREAD_CPUTIME_ID);
         const Clock::time_point start = Clock::now();
         absl::StatusOr<attnserve::kernels::AttendResult> out =
             (*session)->Step(std::move(step), false, compute);
         times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-        cpu_times.push_back(ThreadCpuSeconds() - cpu_start);
+        cpu_times.push_back(CpuSeconds(CLOCK_THREAD_CPUTIME_ID) - cpu_start);
         if (!out.ok() || !(*session)->Truncate(cached - 1).ok()) return 1;
         sink += out->out.data()[0];
       }

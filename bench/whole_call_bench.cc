@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "attnserve/v1/attention.pb.h"
+#include "bench/bench_args.h"
 #include "kernels/attention.h"
 #include "server/convert.h"
 #include "server/wire.h"
@@ -43,23 +44,9 @@ namespace v1 = attnserve::v1;
 using attnserve::server::AttendOutStorage;
 using attnserve::server::ConvertLimits;
 using attnserve::server::OutputEncoding;
+using attnserve::bench::CpuSeconds;
+using attnserve::bench::Flag;
 using Clock = std::chrono::steady_clock;
-
-int64_t Flag(int argc, char** argv, const char* name, int64_t fallback) {
-  const std::string prefix = std::string("--") + name + "=";
-  for (int i = 1; i < argc; ++i) {
-    if (std::strncmp(argv[i], prefix.c_str(), prefix.size()) == 0) {
-      return std::atoll(argv[i] + prefix.size());
-    }
-  }
-  return fallback;
-}
-
-double CpuSeconds(clockid_t clock) {
-  timespec t{};
-  clock_gettime(clock, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
 
 long MinorFaults() {
   rusage usage{};

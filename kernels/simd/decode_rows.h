@@ -8,7 +8,7 @@
 // scalar std::exp cost more than reading the row.
 //
 // Included only inside a target region of kernels/simd/*_target.cc, after
-// kernels/simd/micro_kernels.h (Exp). All functions are pure and thread-safe.
+// kernels/simd/micro_kernels.h (ExpAndSum). All functions are pure and thread-safe.
 #if !defined(ATTN_ISA_LEVEL)
 #error "kernels/simd/decode_rows.h is for the per-ISA translation units only"
 #endif
@@ -46,20 +46,7 @@ inline void DotRows(const float* q, const float* k, int64_t d, int64_t count, fl
 // the block, a register group (4 vectors) of columns at a time.
 inline float ExpAccumulate(float* s, int64_t count, float max, const float* v, int64_t dv,
                            float* acc) {
-  const V m = Set1(max);
-  V sum = Zero();
-  int64_t j = 0;
-  for (; j + kLanes <= count; j += kLanes) {
-    const V w = Exp(Sub(Load(s + j), m));
-    Store(s + j, w);
-    sum = Add(sum, w);
-  }
-  if (j < count) {
-    // -inf past count: Exp gives exactly 0 there.
-    const V w = Exp(Sub(LoadFirst(s + j, count - j, -std::numeric_limits<float>::infinity()), m));
-    StoreFirst(s + j, count - j, w);
-    sum = Add(sum, w);
-  }
+  const float sum = ExpAndSum(s, count, max);
   constexpr int64_t kGroup = 4 * kLanes;
   int64_t e = 0;
   for (; e + kGroup <= dv; e += kGroup) {
@@ -86,7 +73,7 @@ inline float ExpAccumulate(float* s, int64_t count, float max, const float* v, i
     }
     StoreFirst(acc + e, width, a);
   }
-  return ReduceSum(sum);
+  return sum;
 }
 
 }  // namespace simd
