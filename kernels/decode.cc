@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <new>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/strings/str_join.h"
 #include "kernels/decode_attention.h"
 #include "kernels/positional/common.h"
@@ -167,7 +169,24 @@ absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& o) {
   }
 
   // The method's own rules, by a one-token Attend with the session's
-  // parameters and tensors (so they get Attend's answers).
+  // parameters and tensors (so they get Attend's answers), of batch 1: no
+  // rule depends on B. Its tensors are bounded first, so that a hostile
+  // open cannot make this check allocate what no step could ever send.
+  const auto step_tensor = [&o](absl::string_view field, std::initializer_list<int64_t> dims,
+                                absl::string_view what) -> absl::Status {
+    int64_t count = 1;
+    for (int64_t dim : dims) {
+      if (__builtin_mul_overflow(count, dim, &count) || count > o.max_step_elements) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            field, ": a one-token step's ", what, " would hold more than --max_elements=",
+            o.max_step_elements, " floats"));
+      }
+    }
+    return absl::OkStatus();
+  };
+  ATTN_RETURN_IF_ERROR(step_tensor("batch", {o.batch, o.num_heads, o.head_dim}, "q (B x H x D)"));
+  ATTN_RETURN_IF_ERROR(
+      step_tensor("batch", {o.batch, o.num_heads, o.value_dim}, "out (B x H x Dv)"));
   AttendArgs args;
   args.method = o.method;
   args.params = o.params;
@@ -177,7 +196,7 @@ absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& o) {
   args.scale = o.scale;
   args.window = o.window;
   args.softcap = o.softcap;
-  const int64_t b = o.batch, h = o.num_heads, hkv = o.num_kv_heads, d = o.head_dim,
+  const int64_t b = 1, h = o.num_heads, hkv = o.num_kv_heads, d = o.head_dim,
                 dv = o.value_dim;
   if (IsAbsolute(o.method)) {
     const auto w_q = o.tensors.find("w_q");
@@ -186,6 +205,9 @@ absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& o) {
     }
     const int64_t d_model = w_q->second.dim(0);
     ATTN_RETURN_IF_ERROR(CheckWeight(o.tensors, "w_q", d_model, h, d, "H*D"));
+    ATTN_RETURN_IF_ERROR(step_tensor("batch", {o.batch, d_model}, "x (B x d_model)"));
+    ATTN_RETURN_IF_ERROR(
+        step_tensor("num_heads", {d_model, h, std::max(d, dv)}, "projections (d_model x H x D)"));
     ATTN_RETURN_IF_ERROR(CheckWeight(o.tensors, "w_k", d_model, hkv, d, "H_kv*D"));
     ATTN_RETURN_IF_ERROR(CheckWeight(o.tensors, "w_v", d_model, hkv, dv, "H_kv*Dv"));
     if (o.method == MethodKind::kLearned) {

@@ -67,6 +67,10 @@ struct DecodeOptions {
   std::optional<double> scale;
   std::optional<int64_t> window;
   std::optional<double> softcap;
+  // The most floats one tensor of a one-token step may hold (q, out, and for
+  // the absolute methods x and the projections): attnd sets --max_elements.
+  // ValidateDecodeOpen checks the open against it before it allocates.
+  int64_t max_step_elements = int64_t{1} << 28;
 };
 
 // Checks every rule of an open (messages name the DecodeOpen field:
@@ -77,7 +81,8 @@ struct DecodeOptions {
 // bytes, max_len * B * H_kv * (D + Dv) * 4 (transformer_xl: plus its key
 // features, max_len * d_rel * 4). INVALID_ARGUMENT for a rule,
 // OUT_OF_RANGE naming max_len for a learned table shorter than max_len,
-// RESOURCE_EXHAUSTED when the size overflows int64.
+// RESOURCE_EXHAUSTED when the size overflows int64 or a one-token step's
+// tensor would hold more than max_step_elements floats.
 absl::StatusOr<int64_t> ValidateDecodeOpen(DecodeOptions& options);
 
 class DecodeSession;

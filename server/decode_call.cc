@@ -56,6 +56,7 @@ absl::StatusOr<kernels::DecodeOptions> ToDecodeOptions(const v1::DecodeOpen& ope
   options.head_dim = open.head_dim();
   options.value_dim = open.value_dim();
   options.max_len = open.max_len();
+  options.max_step_elements = limits.max_elements;
   if (open.has_scale()) options.scale = open.scale();
   if (open.has_window()) options.window = open.window();
   if (open.has_softcap()) options.softcap = open.softcap();

@@ -313,3 +313,41 @@ TEST(StepBatchErrorsTest, ABatchCancelledAsAWholeCachesNothing) {
 
 }  // namespace
 }  // namespace attnserve::testing
+
+namespace attnserve {
+namespace {
+
+// The fuzzer's out-of-memory input (tests/fuzz/regressions/decode_request/
+// crash-6e99...): an open whose one-token check would have allocated tens
+// of GiB. It is refused before anything is allocated, naming the field.
+TEST(ValidateDecodeOpenTest, AStepTooLargeToSendIsRefusedBeforeAnyAllocation) {
+  kernels::DecodeOptions o;
+  o.method = kernels::MethodKind::kNone;
+  o.batch = int64_t{1} << 20;
+  o.num_heads = 1024;
+  o.head_dim = 64;
+  o.max_len = 1;
+  absl::StatusOr<int64_t> bytes = kernels::ValidateDecodeOpen(o);
+  EXPECT_EQ(bytes.status().code(), absl::StatusCode::kResourceExhausted) << bytes.status();
+  const std::string message(bytes.status().message());
+  EXPECT_EQ(message.rfind("batch: ", 0), 0u) << message;
+  EXPECT_NE(message.find("--max_elements=268435456"), std::string::npos) << message;
+
+  // Just under the bound it is accepted (the cache's own size is the
+  // session budget's to refuse).
+  const auto small = [](int64_t max_step_elements) {
+    kernels::DecodeOptions open;
+    open.method = kernels::MethodKind::kNone;
+    open.batch = 1;
+    open.num_heads = 8;
+    open.head_dim = 64;
+    open.max_len = 16;
+    open.max_step_elements = max_step_elements;
+    return kernels::ValidateDecodeOpen(open).status();
+  };
+  EXPECT_TRUE(small(8 * 64).ok()) << small(8 * 64);
+  EXPECT_EQ(small(8 * 64 - 1).code(), absl::StatusCode::kResourceExhausted);
+}
+
+}  // namespace
+}  // namespace attnserve
