@@ -112,7 +112,7 @@ absl::StatusOr<TensorMap> PositionalMethod::Encode(EncodeArgs& /*args*/,
 
 Tensor AttendOutput(std::vector<int64_t> shape, const ComputeOptions& options) {
   float* const storage = options.out_storage ? options.out_storage(shape) : nullptr;
-  if (storage == nullptr) return Tensor(std::move(shape));
+  if (storage == nullptr) return Tensor::Uninitialized(std::move(shape));
   return Tensor::MutableView(std::move(shape), storage);
 }
 

@@ -18,7 +18,8 @@ absl::StatusOr<AttendResult> RunPlainAttention(const PreparedAttention& prepared
   const ScoreModifier& modifier = *prepared.modifier;
   AttendResult result;
   result.out = AttendOutput({p.batch, p.heads, p.sq, p.dv}, options);
-  if (return_probs) result.probs = Tensor({p.batch, p.heads, p.sq, p.sk});
+  // Every probs row is written in full (zeros where the row sees no key).
+  if (return_probs) result.probs = Tensor::Uninitialized({p.batch, p.heads, p.sq, p.sk});
   float* probs = return_probs ? result.probs->data() : nullptr;
   float* out = result.out.data();
   const HeadRows q = p.q_rows(), k = p.k_rows(), v = p.v_rows();

@@ -33,6 +33,15 @@ Tensor Tensor::MutableView(std::vector<int64_t> shape, float* data) {
   return view;
 }
 
+Tensor Tensor::Uninitialized(std::vector<int64_t> shape) {
+  Tensor tensor;
+  tensor.shape_ = std::move(shape);
+  int64_t count = 1;
+  for (int64_t d : tensor.shape_) count *= d;
+  tensor.unfilled_.resize(static_cast<size_t>(count));
+  return tensor;
+}
+
 float* Tensor::data() {
   if (borrowed_ != nullptr && !writable_) {
     // Copy on write: the borrowed memory is its creator's (a request's
@@ -41,7 +50,8 @@ float* Tensor::data() {
     borrowed_ = nullptr;
     borrowed_size_ = 0;
   }
-  return borrowed_ != nullptr ? borrowed_ : owned_.data();
+  if (borrowed_ != nullptr) return borrowed_;
+  return unfilled_.empty() ? owned_.data() : unfilled_.data();
 }
 
 std::vector<float> Tensor::TakeValues() {
@@ -50,6 +60,10 @@ std::vector<float> Tensor::TakeValues() {
     values.assign(borrowed_, borrowed_ + borrowed_size_);
     borrowed_ = nullptr;
     borrowed_size_ = 0;
+  } else if (!unfilled_.empty()) {
+    values.assign(unfilled_.begin(), unfilled_.end());
+    unfilled_.clear();
+    unfilled_.shrink_to_fit();
   } else {
     values.swap(owned_);
   }

@@ -16,6 +16,8 @@
 #define ATTNSERVE_KERNELS_TENSOR_H_
 
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +27,32 @@
 #include "absl/types/span.h"
 
 namespace attnserve::kernels {
+
+// std::allocator, except that resize() leaves new elements uninitialized
+// (default-initialised): for buffers whose every element is written before
+// it is read, where value-initialising them would be a pass over memory for
+// nothing.
+template <typename T>
+struct DefaultInitAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = DefaultInitAllocator<U>;
+  };
+  DefaultInitAllocator() = default;
+  template <typename U>
+  DefaultInitAllocator(const DefaultInitAllocator<U>& /*other*/) noexcept {}
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+// Floats that resize() does not zero.
+using UnfilledFloats = std::vector<float, DefaultInitAllocator<float>>;
 
 class Tensor {
  public:
@@ -49,18 +77,27 @@ class Tensor {
   // itself, so a kernel's output lands in its caller's buffer. Copies of the
   // tensor write the same memory.
   static Tensor MutableView(std::vector<int64_t> shape, float* data);
+  // A tensor of `shape` (checked as for the zeros constructor) whose values
+  // are unspecified until written: for a kernel's output that its threads
+  // write in full, where zeros first would be a serial pass over all of it
+  // (16 MiB at S=8192, H=8) before the parallel work starts.
+  static Tensor Uninitialized(std::vector<int64_t> shape);
 
   const std::vector<int64_t>& shape() const { return shape_; }
   int rank() const { return static_cast<int>(shape_.size()); }
   int64_t dim(int i) const { return shape_[static_cast<size_t>(i)]; }
   int64_t size() const {
-    return borrowed_ != nullptr ? borrowed_size_ : static_cast<int64_t>(owned_.size());
+    if (borrowed_ != nullptr) return borrowed_size_;
+    return static_cast<int64_t>(unfilled_.empty() ? owned_.size() : unfilled_.size());
   }
   // Whether the values live in memory the tensor does not own (a view that
   // has not been copied yet).
   bool borrowed() const { return borrowed_ != nullptr; }
 
-  const float* data() const { return borrowed_ != nullptr ? borrowed_ : owned_.data(); }
+  const float* data() const {
+    if (borrowed_ != nullptr) return borrowed_;
+    return unfilled_.empty() ? owned_.data() : unfilled_.data();
+  }
   // A read-only view is copied into storage of its own first.
   float* data();
   absl::Span<const float> values() const { return absl::MakeConstSpan(data(), ValueCount()); }
@@ -74,6 +111,9 @@ class Tensor {
 
   std::vector<int64_t> shape_;
   std::vector<float> owned_;
+  // Uninitialized()'s storage: owned like owned_ (copied with the tensor),
+  // used instead of it when not empty.
+  UnfilledFloats unfilled_;
   // A view's values (const_cast from View's: never written unless writable_).
   float* borrowed_ = nullptr;
   int64_t borrowed_size_ = 0;

@@ -218,7 +218,9 @@ struct PreparedAttention {
 };
 
 // The engines' output tensor of `shape` ([B,H,Sq,Dv]): in
-// options.out_storage when that gives storage, else a new zero-filled one.
+// options.out_storage when that gives storage, else a new one left
+// unfilled (Tensor::Uninitialized): both engines write every row, a row
+// that sees no key included.
 Tensor AttendOutput(std::vector<int64_t> shape, const ComputeOptions& options);
 
 // Which tensors an op takes; Attend/Encode reject any other before calling

@@ -79,8 +79,10 @@ class Workspace {
                              modifier.turns_rows() ? kPanel * p.d : 0};
     int64_t total = 0;
     for (int64_t size : sizes) total += RoundUpToPanel(size);
-    thread_local std::vector<float> kept;
-    std::vector<float>& arena = total <= kKeptWorkspaceFloats ? kept : owned_;
+    // Unfilled: every part is written before it is read (packed heads in
+    // full, the tiles and row state per block).
+    thread_local UnfilledFloats kept;
+    UnfilledFloats& arena = total <= kKeptWorkspaceFloats ? kept : owned_;
     if (static_cast<int64_t>(arena.size()) < total) arena.resize(static_cast<size_t>(total));
     float* next = arena.data();
     float** parts[] = {&kt,      &vp,           &scores,   &acc,        &row_max,
@@ -123,7 +125,7 @@ class Workspace {
   float* turned_keys = nullptr;    // [16 x D]: a panel's keys turned (turned rows only)
 
  private:
-  std::vector<float> owned_;
+  UnfilledFloats owned_;
   int64_t packed_head_ = -1;
 };
 
@@ -512,7 +514,8 @@ absl::StatusOr<AttendResult> RunFastAttention(const PreparedAttention& prepared,
   const AttentionProblem& p = prepared.problem;
   AttendResult result;
   result.out = AttendOutput({p.batch, p.heads, p.sq, p.dv}, options);
-  if (return_probs) result.probs = Tensor({p.batch, p.heads, p.sq, p.sk});
+  // Every probs row is written in full (zeros where the row sees no key).
+  if (return_probs) result.probs = Tensor::Uninitialized({p.batch, p.heads, p.sq, p.sk});
   const FastEngine engine(prepared, result.out.data(),
                           return_probs ? result.probs->data() : nullptr, check_qkv);
 

@@ -8,8 +8,10 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -82,6 +84,27 @@ TEST(TensorTest, TakeValuesMovesOwnedStorageAndCopiesAView) {
   EXPECT_EQ(view.size(), 0);
 }
 
+TEST(TensorTest, UninitializedOwnsItsValuesAndCopiesThemWithTheTensor) {
+  Tensor fresh = Tensor::Uninitialized({2, 3});
+  EXPECT_FALSE(fresh.borrowed());
+  EXPECT_EQ(fresh.size(), 6);
+  EXPECT_EQ(fresh.dim(0), 2);
+  float* const data = fresh.data();
+  EXPECT_EQ(data, static_cast<const Tensor&>(fresh).data());  // writable in place
+  for (int i = 0; i < 6; ++i) data[i] = static_cast<float>(i);
+  // A copy is a tensor of its own, as for the zeros constructor.
+  Tensor copy = fresh;
+  EXPECT_NE(copy.data(), data);
+  copy.values()[0] = 9;
+  EXPECT_THAT(static_cast<const Tensor&>(fresh).values(), ElementsAre(0, 1, 2, 3, 4, 5));
+  EXPECT_THAT(static_cast<const Tensor&>(copy).values(), ElementsAre(9, 1, 2, 3, 4, 5));
+  // A move takes the storage; TakeValues hands the values over as a vector.
+  Tensor moved = std::move(fresh);
+  EXPECT_EQ(static_cast<const Tensor&>(moved).data(), data);
+  EXPECT_THAT(moved.TakeValues(), ElementsAre(0, 1, 2, 3, 4, 5));
+  EXPECT_EQ(moved.size(), 0);
+}
+
 // Every differential case (every method, the variants, multi-block
 // geometries) on both engines: owned inputs vs views of the same values with
 // out in a caller's buffer. One test, not one per case: each is
@@ -108,7 +131,9 @@ TEST(TensorViewAttendTest, ViewsGiveBitwiseTheOwnedResultAndLeaveTheInputsAlone)
         asked.assign(shape.begin(), shape.end());
         int64_t count = 1;
         for (int64_t dim : shape) count *= dim;
-        buffer.assign(static_cast<size_t>(count), 0.0f);
+        // Poisoned: the engines write every value (their own outputs are
+        // Tensor::Uninitialized), so a value left unwritten shows as NaN.
+        buffer.assign(static_cast<size_t>(count), std::numeric_limits<float>::quiet_NaN());
         return buffer.data();
       };
       absl::StatusOr<kernels::AttendResult> got = kernels::Attend(std::move(viewed), options);
