@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -126,15 +128,25 @@ int main(int argc, char** argv) {
   // and page faults were a fifth of the server's CPU under load); the
   // IdleTrimmer below gives it back once a burst is over.
   mallopt(M_MMAP_THRESHOLD, 256 << 20);
-  // Free memory at the top of a heap is returned beyond 16 MiB: a thread's
-  // arena is at most 64 MiB, and malloc_trim (the IdleTrimmer below) does
-  // not shrink an arena's top, only free chunks inside it; at 1 GiB a burst
-  // left every arena's top resident for good (issue 12, finding 8). The
-  // cost, measured on the shared two cores (load ~12, noisy): none seen for
-  // requests with tensors of 2 MiB (Encode rope [1,8,1024,64]: 3.7 vs
-  // 3.2-4.8 ms of server CPU a request), but 2-3x the server CPU for 16 MiB
-  // tensors ([1,8,8192,64]: 330-360 vs 87-160 ms), whose frees now return
-  // and refault the arena's top; MALLOC_ARENA_MAX=1 with 1 GiB cost ~35%.
+  // One arena for every thread. A call's message bytes are allocated on
+  // whichever gRPC thread parses it and freed on another; with glibc's
+  // default of 8 arenas a core, each thread's arena gave back its own top
+  // and the next call on another thread faulted 12 MiB in again (a fault is
+  // 10-20 us in this project's VMs): an Attend at S=2048 took 2.2x its
+  // compute time in the server instead of 1.08x (docs/PERFORMANCE.md, "One
+  // malloc arena"), and under load (4 clients, S=1024) one arena served 13-27%
+  // more calls a second with 27-35% less CPU a call and a third less RSS.
+  // Requests make few, large allocations (and small ones go through each
+  // thread's tcache), so the shared lock did not show. MALLOC_ARENA_MAX or a
+  // glibc.malloc.arena_max tunable in the environment overrides this.
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if (std::getenv("MALLOC_ARENA_MAX") == nullptr &&
+      (tunables == nullptr || std::strstr(tunables, "arena_max") == nullptr)) {
+    mallopt(M_ARENA_MAX, 1);
+  }
+  // Free memory at the top of the heap is returned beyond 16 MiB (with one
+  // arena the IdleTrimmer's malloc_trim also returns the top and the free
+  // pages inside it after a burst; issue 12, finding 8).
   mallopt(M_TRIM_THRESHOLD, 16 << 20);
   // Debian's Abseil checks every Mutex acquisition for lock-order cycles.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
