@@ -73,8 +73,11 @@ fuzz:
 # `make perf-doc` turns the JSONs into the attention_bench section of
 # docs/PERFORMANCE.md (with the S=16384 memory test's measurement), keeping
 # the file's other sections. Then variants_bench (issue 14's GQA and window
-# rows at the CPU's best ISA, $(BUILD_DIR)/bench-variants.json; the
-# "Attention variants" section of docs/PERFORMANCE.md, by hand).
+# rows at the CPU's best ISA, 5 repetitions interleaved at random so each
+# ratio's two rows share the machine's moods, $(BUILD_DIR)/bench-variants.json),
+# decode_bench, and against the real attnd: bench/whole_call.py (issue 13's
+# server/compute ratio at S=2048) and bench/fp16_transport.py (issue 14's
+# fp16 row); those sections of docs/PERFORMANCE.md are written by hand.
 BENCH_ISAS ?= avx512 avx2 baseline
 BENCH_GRID_TARGETS = ^(BM_BatchedCeiling/S:[0-9]+/threads:2/|BM_FastAttend/method:[0-7]/S:(512|1024|2048|4096)/causal:[01]/threads:2/)
 BENCH_FILTER_avx512 ?= $(BENCH_GRID_TARGETS)
@@ -82,10 +85,14 @@ BENCH_FILTER_avx2 ?= $(BENCH_GRID_TARGETS)
 BENCH_FILTER_baseline ?= ^(BM_BatchedCeiling/S:(1024|2048)/threads:2/|BM_FastAttend/method:[0-7]/S:(1024|2048)/causal:[01]/threads:2/)
 bench: build
 	$(foreach isa,$(BENCH_ISAS),$(call bench_isa,$(isa)))
-	$(BUILD_DIR)/bin/variants_bench --benchmark_repetitions=3 \
-	  --benchmark_report_aggregates_only=true \
+	$(BUILD_DIR)/bin/variants_bench --benchmark_repetitions=5 \
+	  --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true \
 	  --benchmark_out=$(BUILD_DIR)/bench-variants.json --benchmark_out_format=json
 	$(BUILD_DIR)/bin/decode_bench --threads=1 | tee $(BUILD_DIR)/decode-bench.txt
+	PYTHONPATH=$(BUILD_DIR)/python /usr/bin/python3 bench/whole_call.py \
+	  --attnd $(BUILD_DIR)/bin/attnd --calls 30 | tee $(BUILD_DIR)/whole-call.txt
+	PYTHONPATH=$(BUILD_DIR)/python ATTND_PATH=$(BUILD_DIR)/bin/attnd /usr/bin/python3 \
+	  bench/fp16_transport.py --calls 20 | tee $(BUILD_DIR)/fp16-transport.txt
 
 define bench_isa
 rm -f $(BUILD_DIR)/bench-$(1).json
