@@ -65,11 +65,13 @@ Isa CpuIsa() {
     __builtin_cpu_init();
     if (simd::Avx512Kernels() != nullptr && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
       return Isa::kAvx512;
     }
+    // F16C too: both targets are compiled with it (every AVX2 CPU has it).
     if (simd::Avx2Kernels() != nullptr && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma")) {
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
       return Isa::kAvx2;
     }
 #endif

@@ -110,6 +110,15 @@ struct IsaKernels {
   // v_j at v + j * dv; returns sum_j s[j].
   float (*decode_exp_accumulate)(float* s, int64_t count, float max, const float* v, int64_t dv,
                                  float* acc);
+  // dst[i] = the IEEE binary16 value whose little-endian bytes are src[2i]
+  // and src[2i + 1], exactly (F16C's vcvtph2ps; a NaN comes out quiet): the
+  // server's widening of float16 raw_data (attention-variants.md 6). Null on
+  // the baseline, which has no such instruction (the caller's scalar loop).
+  void (*widen_float16)(const char* src, int64_t n, float* dst);
+  // The reverse for responses: dst[2i], dst[2i + 1] = the little-endian
+  // binary16 nearest src[i], ties to even, beyond 65504 infinity (F16C's
+  // vcvtps2ph); null on the baseline.
+  void (*narrow_float16)(const float* src, int64_t n, char* dst);
 };
 
 // The active ISA's kernels.

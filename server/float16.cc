@@ -1,5 +1,9 @@
 #include "server/float16.h"
 
+#include <cstdint>
+
+#include "kernels/isa.h"
+
 namespace attnserve::server {
 namespace {
 
@@ -22,6 +26,13 @@ void NarrowTo(const float* values, size_t n, char* bytes) {
 }  // namespace
 
 void NarrowToHalf(const float* values, size_t n, char* bytes) {
+  // F16C's conversion where the ISA has it (the same values: RNE, overflow
+  // to infinity; a NaN keeps more of its payload, and outputs are finite).
+  const auto narrow = kLittleEndianHost ? kernels::Kernels().narrow_float16 : nullptr;
+  if (narrow != nullptr) {
+    narrow(values, static_cast<int64_t>(n), bytes);
+    return;
+  }
   NarrowTo<FloatToHalf>(values, n, bytes);
 }
 

@@ -326,6 +326,56 @@ inline bool AllFinite(const float* x, int64_t n) {
   return ReduceSum(Add(Add(s0, s1), Add(s2, s3))) + tail == 0.0f;
 }
 
+#if ATTN_ISA_LEVEL >= 1
+// dst[i] = the float16 whose little-endian bits are at src + 2i, exactly
+// (IsaKernels::widen_float16). Unaligned loads: raw_data is a byte string.
+inline void WidenFloat16(const char* src, int64_t n, float* dst) {
+  int64_t i = 0;
+#if ATTN_ISA_LEVEL >= 2
+  for (; i + 16 <= n; i += 16) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i));
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(bits));
+  }
+#endif
+  for (; i + 8 <= n; i += 8) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(bits));
+  }
+  if (i < n) {  // The last 1-7 through buffers, not past either end.
+    alignas(16) uint16_t tail_bits[8] = {};
+    alignas(32) float tail[8];
+    std::memcpy(tail_bits, src + 2 * i, static_cast<size_t>(2 * (n - i)));
+    _mm256_store_ps(tail, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tail_bits))));
+    std::memcpy(dst + i, tail, static_cast<size_t>(4 * (n - i)));
+  }
+}
+
+// dst = src[0..n) as little-endian float16, nearest, ties to even
+// (IsaKernels::narrow_float16).
+inline void NarrowFloat16(const float* src, int64_t n, char* dst) {
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  int64_t i = 0;
+#if ATTN_ISA_LEVEL >= 2
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), kNearest));
+  }
+#endif
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), kNearest));
+  }
+  if (i < n) {
+    alignas(32) float tail[8] = {};
+    alignas(16) uint16_t tail_bits[8];
+    std::memcpy(tail, src + i, static_cast<size_t>(4 * (n - i)));
+    _mm_store_si128(reinterpret_cast<__m128i*>(tail_bits),
+                    _mm256_cvtps_ph(_mm256_load_ps(tail), kNearest));
+    std::memcpy(dst + 2 * i, tail_bits, static_cast<size_t>(2 * (n - i)));
+  }
+}
+#endif
+
 // x[c] *= factor for c < n.
 inline void Scale(float* x, int64_t n, float factor) {
   const V f = Set1(factor);

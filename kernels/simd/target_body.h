@@ -65,6 +65,11 @@ float DecodeExpAccumulate(float* s, int64_t count, float max, const float* v, in
   return simd::ExpAccumulate(s, count, max, v, dv, acc);
 }
 
+#if ATTN_ISA_LEVEL >= 1
+void WidenFloat16(const char* src, int64_t n, float* dst) { simd::WidenFloat16(src, n, dst); }
+void NarrowFloat16(const float* src, int64_t n, char* dst) { simd::NarrowFloat16(src, n, dst); }
+#endif
+
 }  // namespace
 
 extern const IsaKernels kKernels;
@@ -80,6 +85,13 @@ const IsaKernels kKernels = {static_cast<Isa>(ATTN_ISA_LEVEL),
                              ReluTimesRow,
                              AddThenScaleRow,
                              DecodeDotRows,
-                             DecodeExpAccumulate};
+                             DecodeExpAccumulate,
+#if ATTN_ISA_LEVEL >= 1
+                             WidenFloat16,
+                             NarrowFloat16};
+#else
+                             nullptr,
+                             nullptr};
+#endif
 
 }  // namespace attnserve::kernels::ATTN_ISA_NAMESPACE

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/isa.h"
+
 namespace attnserve::server {
 namespace {
 
@@ -85,6 +87,86 @@ TEST(Float16Test, WideningIsExactForEveryHalfValue) {
     // And back: every half value narrows to itself.
     ASSERT_EQ(FloatToHalf(got), h) << std::hex << h;
   }
+}
+
+// The ISAs' conversion instruction (kernels' IsaKernels::widen_float16,
+// which the server's convert uses) gives HalfToFloat's value for every bit
+// pattern, read from unaligned little-endian bytes, at every length's tail.
+TEST(Float16Test, EveryIsaWidensEveryHalfValueAsHalfToFloat) {
+  std::string bytes(1 + 2 * 65536, '\0');  // at an odd offset: unaligned
+  for (uint32_t h = 0; h <= 0xFFFF; ++h) {
+    bytes[1 + 2 * h] = static_cast<char>(h & 0xFF);
+    bytes[2 + 2 * h] = static_cast<char>(h >> 8);
+  }
+  int isas = 0;
+  for (kernels::Isa isa : {kernels::Isa::kAvx512, kernels::Isa::kAvx2}) {
+    const kernels::IsaKernels* k = kernels::KernelsFor(isa);
+    if (k == nullptr) continue;
+    ASSERT_NE(k->widen_float16, nullptr);
+    ++isas;
+    std::vector<float> out(65536 + 1, -7.0f);
+    k->widen_float16(bytes.data() + 1, 65536, out.data());
+    for (uint32_t h = 0; h <= 0xFFFF; ++h) {
+      const float want = HalfToFloat(static_cast<uint16_t>(h));
+      if (std::isnan(want)) {
+        ASSERT_TRUE(std::isnan(out[h])) << std::hex << h;
+      } else {
+        ASSERT_EQ(FloatBits(out[h]), FloatBits(want)) << std::hex << h;
+      }
+    }
+    EXPECT_EQ(out[65536], -7.0f) << "wrote past n";
+    // Every tail length (n % 16 from 0 to 15), nothing written past n.
+    for (int64_t n = 1; n <= 33; ++n) {
+      std::vector<float> tail(static_cast<size_t>(n) + 1, -7.0f);
+      k->widen_float16(bytes.data() + 1 + 2 * 0x3C00, n, tail.data());
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(tail[static_cast<size_t>(i)], HalfToFloat(static_cast<uint16_t>(0x3C00 + i)))
+            << "n " << n << " i " << i;
+      }
+      ASSERT_EQ(tail[static_cast<size_t>(n)], -7.0f) << "n " << n;
+    }
+  }
+  if (isas == 0) GTEST_SKIP() << "no AVX2 or AVX-512 on this CPU: the baseline has no widen_float16";
+}
+
+// The ISAs' narrowing instruction (IsaKernels::narrow_float16, which
+// NarrowToHalf uses) gives FloatToHalf's bits over the sweep of the
+// narrowing test below plus every tie, to unaligned bytes, every tail length.
+TEST(Float16Test, EveryIsaNarrowsAsFloatToHalf) {
+  std::vector<float> values;
+  for (uint32_t bits = 0; bits < 0x7F800000u; bits += 0x1F3u) {  // finite, both signs
+    values.push_back(Bits(bits));
+    values.push_back(-Bits(bits));
+  }
+  for (uint32_t h = 0; h < 0x7C00u; ++h) {  // every tie between two halves
+    values.push_back(Bits(FloatBits(HalfToFloat(static_cast<uint16_t>(h))) + 0x1000u));
+  }
+  values.push_back(std::numeric_limits<float>::infinity());
+  values.push_back(-std::numeric_limits<float>::infinity());
+  int isas = 0;
+  for (kernels::Isa isa : {kernels::Isa::kAvx512, kernels::Isa::kAvx2}) {
+    const kernels::IsaKernels* k = kernels::KernelsFor(isa);
+    if (k == nullptr) continue;
+    ASSERT_NE(k->narrow_float16, nullptr);
+    ++isas;
+    std::string bytes(1 + 2 * values.size() + 2, '\x5A');
+    k->narrow_float16(values.data(), static_cast<int64_t>(values.size()), bytes.data() + 1);
+    for (size_t i = 0; i < values.size(); ++i) {
+      ASSERT_EQ(LoadLittleEndian16(bytes.data() + 1 + 2 * i), FloatToHalf(values[i]))
+          << std::hexfloat << values[i];
+    }
+    EXPECT_EQ(bytes[0], '\x5A');
+    EXPECT_EQ(bytes[1 + 2 * values.size()], '\x5A') << "wrote past n";
+    for (int64_t n = 1; n <= 33; ++n) {
+      std::string tail(2 * static_cast<size_t>(n) + 2, '\x5A');
+      k->narrow_float16(values.data() + 1000, n, tail.data());
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(LoadLittleEndian16(tail.data() + 2 * i), FloatToHalf(values[1000 + i]));
+      }
+      ASSERT_EQ(tail[2 * static_cast<size_t>(n)], '\x5A') << "n " << n;
+    }
+  }
+  if (isas == 0) GTEST_SKIP() << "no AVX2 or AVX-512 on this CPU: the baseline has no narrow_float16";
 }
 
 TEST(Float16Test, WideningIsExactForEveryBFloat16Value) {
