@@ -65,6 +65,8 @@ fuzz:
 	ctest --preset fuzz -j$(JOBS)
 
 # `make bench`: attention_bench once per instruction set (ATTN_MAX_ISA; the
+# repetitions of all rows interleaved at random, so that a causal row and its
+# non-causal row, whose ratio is a target, see the same swings of the host; the
 # bench caps oneDNN's ceiling at the same ISA; an ISA the CPU lacks is
 # skipped), each writing $(BUILD_DIR)/bench-<isa>.json, on the grid where
 # issue 13 states its targets (S 512..4096, 2 threads; the baseline, whose
@@ -97,6 +99,7 @@ bench: build
 define bench_isa
 rm -f $(BUILD_DIR)/bench-$(1).json
 ATTN_MAX_ISA=$(1) $(BUILD_DIR)/bin/attention_bench --benchmark_repetitions=3 \
+  --benchmark_enable_random_interleaving=true \
   --benchmark_report_aggregates_only=true --benchmark_filter='$(BENCH_FILTER_$(1))' \
   --benchmark_out=$(BUILD_DIR)/bench-$(1).json --benchmark_out_format=json $(BENCH_FLAGS)
 

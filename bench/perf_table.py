@@ -240,7 +240,8 @@ ISSUE13_TARGETS = [  # (methods, share of the batched ceiling), S >= 1024, non-c
 COMMAND = (
     "make bench && make perf-doc   # i.e. for isa in avx512 avx2 baseline: "
     "ATTN_MAX_ISA=$isa build/bin/attention_bench --benchmark_filter=<the ISA's grid, Makefile> "
-    "--benchmark_repetitions=3 --benchmark_report_aggregates_only=true "
+    "--benchmark_repetitions=3 --benchmark_enable_random_interleaving=true "
+    "--benchmark_report_aggregates_only=true "
     "--benchmark_out=build/bench-$isa.json --benchmark_out_format=json; then "
     "/usr/bin/python3 bench/perf_table.py build/bench-avx512.json build/bench-avx2.json "
     "build/bench-baseline.json --memory-log build/memory_test.log --update docs/PERFORMANCE.md")
