@@ -1,5 +1,9 @@
 #include "kernels/isa.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -57,6 +61,19 @@ absl::StatusOr<Isa> ParseIsa(absl::string_view value, absl::string_view source) 
       source, ": must be one of avx512, avx2, baseline, got \"", value, "\""));
 }
 
+namespace {
+
+#if defined(__x86_64__) || defined(__i386__)
+// F16C (CPUID.1:ECX bit 29): Clang's __builtin_cpu_supports does not know
+// "f16c". The ymm state the instructions use is the AVX check's.
+bool HasF16c() {
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+}
+#endif
+
+}  // namespace
+
 Isa CpuIsa() {
   static const Isa best = [] {
     // GCC's __builtin_cpu_supports checks the OS's XSAVE state too (a
@@ -65,13 +82,12 @@ Isa CpuIsa() {
     __builtin_cpu_init();
     if (simd::Avx512Kernels() != nullptr && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c")) {
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && HasF16c()) {
       return Isa::kAvx512;
     }
     // F16C too: both targets are compiled with it (every AVX2 CPU has it).
     if (simd::Avx2Kernels() != nullptr && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        __builtin_cpu_supports("fma") && HasF16c()) {
       return Isa::kAvx2;
     }
 #endif
