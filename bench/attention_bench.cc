@@ -3,7 +3,6 @@
 // on the same threads, in the same run.
 //   make bench    (or build/bin/attention_bench --benchmark_filter=...)
 // bench/perf_table.py turns the JSON output into docs/PERFORMANCE.md's table.
-#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -24,6 +23,7 @@
 #include "kernels/isa.h"
 #include "kernels/onednn_isa.h"
 #include "oneapi/dnnl/dnnl.hpp"
+#include "server/malloc_settings.h"
 #include "tests/testing/heap_peak.h"
 
 namespace attnserve::kernels {
@@ -446,7 +446,7 @@ BENCHMARK(BM_PlainAttend)
 }  // namespace
 }  // namespace attnserve::kernels
 
-// attnd's malloc settings (server/main.cc): freed memory stays in the heap,
+// attnd's malloc settings (server/malloc_settings.h): freed memory stays in the heap,
 // so a call's tensors reuse pages instead of paying mmap, munmap and page
 // faults on every call, as they do in the service. --malloc=glibc keeps
 // glibc's defaults instead, for comparison; the JSON context says which.
@@ -462,12 +462,11 @@ int main(int argc, char** argv) {
   }
   argc = kept;
   if (attnd_malloc) {
-    mallopt(M_MMAP_THRESHOLD, 256 << 20);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    attnserve::server::UseAttndMallocSettings();
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::AddCustomContext("malloc", attnd_malloc ? "attnd (mallopt as server/main.cc)"
+  benchmark::AddCustomContext("malloc", attnd_malloc ? "attnd (server/malloc_settings.h)"
                                                      : "glibc defaults");
   // Every row of a run is on this ISA (ATTN_MAX_ISA caps it), and so is
   // oneDNN's ceiling (capped to match unless ONEDNN_MAX_CPU_ISA is set).

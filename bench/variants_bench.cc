@@ -13,7 +13,6 @@
 //     --benchmark_report_aggregates_only=true
 // (make bench runs it after attention_bench; docs/PERFORMANCE.md "Attention
 // variants" has the measured rows).
-#include <malloc.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -25,6 +24,7 @@
 #include "benchmark/benchmark.h"
 #include "kernels/attention.h"
 #include "kernels/isa.h"
+#include "server/malloc_settings.h"
 #include "tests/testing/heap_peak.h"
 
 namespace attnserve::kernels {
@@ -105,11 +105,11 @@ BENCHMARK(BM_Window)->ArgName("window")->Arg(0)->Arg(512)->Unit(benchmark::kMill
 }  // namespace
 }  // namespace attnserve::kernels
 
-// attnd's malloc settings (server/main.cc), as attention_bench: freed memory
-// stays in the heap, so calls reuse pages as they do in the service.
+// attnd's malloc settings (server/malloc_settings.h), as attention_bench:
+// freed memory stays in the heap, so calls reuse pages as they do in the
+// service.
 int main(int argc, char** argv) {
-  mallopt(M_MMAP_THRESHOLD, 256 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  attnserve::server::UseAttndMallocSettings();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -435,10 +435,8 @@ int64_t WidenChecked16(v1::DataType dtype, const char* bytes, int64_t n, float* 
     } else {
       for (int64_t i = 0; i < count; ++i) out[i] = LoadBFloat16(src + 2 * i);
     }
-    if (kernels::AllFinite(out, count)) continue;
-    for (int64_t i = 0; i < count; ++i) {
-      if (!std::isfinite(out[i])) return begin + i;
-    }
+    const int64_t bad = FirstNonFinite(absl::MakeConstSpan(out, static_cast<size_t>(count)));
+    if (bad >= 0) return begin + bad;
   }
   return -1;
 }

@@ -1,14 +1,11 @@
 // attnd: the attnserve gRPC server. Parses flags, starts an AttnServer (see
 // server/server.h) and, on SIGTERM or SIGINT, makes it a lame duck for
 // --lame_duck_s, then drains it.
-#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +20,7 @@
 #include "absl/time/time.h"
 #include "kernels/isa.h"
 #include "kernels/onednn_isa.h"
+#include "server/malloc_settings.h"
 #include "server/memory_trim.h"
 #include "server/server.h"
 
@@ -123,35 +121,8 @@ ABSL_FLAG(bool, insecure, false,
           "allow plaintext gRPC on an --address that is not loopback (else attnd refuses)");
 
 int main(int argc, char** argv) {
-  // Batches allocate and free megabyte tensors at a high rate: keep freed
-  // memory in the heap instead of returning it to the kernel (mmap/munmap
-  // and page faults were a fifth of the server's CPU under load); the
-  // IdleTrimmer below gives it back once a burst is over.
-  mallopt(M_MMAP_THRESHOLD, 256 << 20);
-  // One arena for every thread. A call's message bytes are allocated on
-  // whichever gRPC thread parses it and freed on another; with glibc's
-  // default of 8 arenas a core, each thread's arena gave back its own top
-  // and the next call on another thread faulted 12 MiB in again (a fault is
-  // 10-20 us in this project's VMs): an Attend at S=2048 took 2.2x its
-  // compute time in the server instead of 1.08x (docs/PERFORMANCE.md, "One
-  // malloc arena"), and under load (4 clients, S=1024) one arena served 13-27%
-  // more calls a second with 27-35% less CPU a call and a third less RSS.
-  // Requests make few, large allocations (and small ones go through each
-  // thread's tcache), so the shared lock did not show. MALLOC_ARENA_MAX or a
-  // glibc.malloc.arena_max tunable in the environment overrides this.
-  const char* tunables = std::getenv("GLIBC_TUNABLES");
-  if (std::getenv("MALLOC_ARENA_MAX") == nullptr &&
-      (tunables == nullptr || std::strstr(tunables, "arena_max") == nullptr)) {
-    mallopt(M_ARENA_MAX, 1);
-  }
-  // Free memory at the top of the heap is kept up to 256 MiB too: with one
-  // arena the IdleTrimmer's malloc_trim returns the top (and the free pages
-  // inside the heap) once a burst is over (issue 12, finding 8), so the
-  // threshold need not do it on every free. At 16 MiB (chosen when each
-  // thread had an arena malloc_trim could not shrink) a call whose blocks
-  // crossed it faulted its memory in again: 130-610 page faults an S=2048
-  // float16 Attend against 50-90 for float32.
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  // Before any thread allocates (server/malloc_settings.h says why each).
+  attnserve::server::UseAttndMallocSettings();
   // Debian's Abseil checks every Mutex acquisition for lock-order cycles.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage("attnd: multi-head attention with positional encodings over gRPC");
